@@ -101,6 +101,14 @@ func setLogLevel(env string, verbose, trace bool, out io.Writer) {
 	}
 }
 
+// logLevelName is the KARAPACE_LOG spelling of the current level, passed
+// on to stages so a child logs like its parent.
+func logLevelName() string {
+	logState.Lock()
+	defer logState.Unlock()
+	return [...]string{"error", "warn", "info", "debug", "trace"}[logState.level]
+}
+
 func logAt(level int, prefix, format string, a ...any) {
 	logState.Lock()
 	defer logState.Unlock()

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // strictTests is set in CI (and by the README's test command): a test that
@@ -67,4 +70,39 @@ func mustContain(t testing.TB, what, s string, subs ...string) {
 			t.Fatalf("%s does not contain %q:\n%s", what, sub, s)
 		}
 	}
+}
+
+// openPTY opens a pseudo-terminal pair for tests of terminal behaviour.
+func openPTY(t testing.TB) (master, slave *os.File) {
+	t.Helper()
+	m, err := os.OpenFile("/dev/ptmx", os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("opening /dev/ptmx: %v", err)
+	}
+	if err := unix.IoctlSetPointerInt(int(m.Fd()), unix.TIOCSPTLCK, 0); err != nil {
+		t.Fatalf("unlocking pty: %v", err)
+	}
+	n, err := unix.IoctlGetInt(int(m.Fd()), unix.TIOCGPTN)
+	if err != nil {
+		t.Fatalf("pty number: %v", err)
+	}
+	s, err := os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|unix.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatalf("opening pty slave: %v", err)
+	}
+	t.Cleanup(func() { m.Close(); s.Close() })
+	return m, s
+}
+
+// needRoot requires root. In the rootless pass of the test suite
+// (KARAPACE_TEST_ROOTLESS set) a root-only test skips: the root pass ran it.
+func needRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("KARAPACE_TEST_ROOTLESS") != "" {
+		t.Skipf("needs root (%s); the root pass of the suite runs it", why)
+	}
+	need(t, false, "root ("+why+")")
 }

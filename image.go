@@ -1,0 +1,259 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"unicode/utf8"
+)
+
+// Image reference kinds, chosen by prefix like LXD/Incus remotes.
+const (
+	imageAlias = "alias" // debian/bookworm: the distribution's archive or the LXC image server
+	imageLXC   = "lxc"   // images:ALIAS: always the LXC image server
+	imageURL   = "url"   // http(s)://... tarball
+	imageFile  = "file"  // file:///... or a path to a tarball
+)
+
+// imageRef is a parsed base.image value.
+type imageRef struct {
+	Kind       string
+	Name       string // alias, URL or path, without the digest fragment
+	DigestAlgo string // "sha256" or "blake3" when pinned
+	Digest     string // lowercase hex
+}
+
+// pinned reports whether the reference names exact bytes.
+func (r imageRef) pinned() bool { return r.Digest != "" }
+
+// parseImageRef checks the syntax of a base.image value. A URL or path may
+// carry "#sha256=HEX" or "#blake3=HEX" to pin the exact bytes.
+func parseImageRef(s string) (imageRef, error) {
+	var r imageRef
+	if s == "" {
+		return r, fmt.Errorf("empty image reference")
+	}
+	if strings.ContainsAny(s, " \t\n\r\x00") {
+		return r, fmt.Errorf("image reference %q contains whitespace", s)
+	}
+	ref, frag, hasFrag := strings.Cut(s, "#")
+	switch {
+	case strings.HasPrefix(ref, "images:"):
+		r.Kind, r.Name = imageLXC, strings.TrimPrefix(ref, "images:")
+		if !validAlias(r.Name) {
+			return r, fmt.Errorf("invalid image alias %q after images:", r.Name)
+		}
+	case strings.HasPrefix(ref, "http://"), strings.HasPrefix(ref, "https://"):
+		u, err := url.Parse(ref)
+		if err != nil || u.Host == "" {
+			return r, fmt.Errorf("invalid image URL %q", ref)
+		}
+		r.Kind, r.Name = imageURL, ref
+	case strings.HasPrefix(ref, "file://"):
+		u, err := url.Parse(ref)
+		if err != nil || u.Path == "" || (u.Host != "" && u.Host != "localhost") {
+			return r, fmt.Errorf("invalid file URL %q (expected file:///absolute/path)", ref)
+		}
+		r.Kind, r.Name = imageFile, u.Path
+	case strings.HasPrefix(ref, "/"), strings.HasPrefix(ref, "./"), strings.HasPrefix(ref, "../"):
+		r.Kind, r.Name = imageFile, ref
+	case strings.Contains(ref, "://"):
+		return r, fmt.Errorf("unsupported image URL scheme in %q (use http, https or file)", ref)
+	default:
+		if !validAlias(ref) {
+			return r, fmt.Errorf("invalid image alias %q (for example debian/bookworm, or a URL or path to a tarball)", ref)
+		}
+		r.Kind, r.Name = imageAlias, ref
+	}
+	if r.Kind == imageFile {
+		base := path.Base(r.Name)
+		if strings.HasSuffix(r.Name, "/") || base == "." || base == ".." {
+			return r, fmt.Errorf("image path %q does not name a tarball file", r.Name)
+		}
+	}
+	if hasFrag {
+		if r.Kind == imageAlias || r.Kind == imageLXC {
+			return r, fmt.Errorf("an alias cannot carry a digest; run 'karapace pin' to pin %q", ref)
+		}
+		algo, digest, ok := strings.Cut(frag, "=")
+		if !ok || (algo != "sha256" && algo != "blake3") {
+			return r, fmt.Errorf("image digest %q: expected #sha256=HEX or #blake3=HEX", frag)
+		}
+		if b, err := hex.DecodeString(digest); err != nil || len(b) != 32 || digest != strings.ToLower(digest) {
+			return r, fmt.Errorf("image digest %q: expected 64 lowercase hex digits", frag)
+		}
+		r.DigestAlgo, r.Digest = algo, digest
+	}
+	return r, nil
+}
+
+func validAlias(s string) bool {
+	if s == "" || len(s) > 64 || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "..") {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '/' || c == '.' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+// cmdPin checks (--check) or pins base.image to exact bytes.
+func cmdPin(c *cli) error {
+	path := "karapace.toml"
+	if len(c.args) > 0 {
+		path = c.args[0]
+	}
+	m, err := loadManifest(path)
+	if err != nil {
+		return err
+	}
+	ref, _ := parseImageRef(m.BaseImage) // loadManifest checked it
+	if c.has("check") {
+		if !ref.pinned() {
+			return fmt.Errorf("%s: base.image %q is not pinned to a digest; run 'karapace pin %s'", path, m.BaseImage, path)
+		}
+		if c.json {
+			return writeJSON(c.stdout, map[string]any{"manifest": m.Path, "pinned": true, "base_image": m.BaseImage})
+		}
+		fmt.Fprintf(c.stdout, "%s: base.image is pinned (%s:%s)\n", path, ref.DigestAlgo, ref.Digest)
+		return nil
+	}
+	pinned, err := pinImage(ref, m.Dir)
+	if err != nil {
+		return err
+	}
+	if pinned != m.BaseImage {
+		if err := rewriteBaseImage(m.Path, pinned); err != nil {
+			return err
+		}
+	}
+	if c.json {
+		return writeJSON(c.stdout, map[string]any{"manifest": m.Path, "pinned": true, "base_image": pinned})
+	}
+	fmt.Fprintf(c.stdout, "%s: base.image = %q\n", path, pinned)
+	return nil
+}
+
+// pinImage returns the reference with the sha256 of the image's bytes.
+func pinImage(ref imageRef, dir string) (string, error) {
+	var r io.ReadCloser
+	switch ref.Kind {
+	case imageFile:
+		p := ref.Name
+		if !filepath.IsAbs(p) {
+			p = filepath.Join(dir, p)
+		}
+		f, err := os.Open(p)
+		if err != nil {
+			return "", fmt.Errorf("pin: %w", err)
+		}
+		r = f
+	case imageURL:
+		resp, err := http.Get(ref.Name)
+		if err != nil {
+			return "", fmt.Errorf("pin: downloading %s: %w", ref.Name, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			resp.Body.Close()
+			return "", fmt.Errorf("pin: downloading %s: %s", ref.Name, resp.Status)
+		}
+		r = resp.Body
+	default:
+		return "", fmt.Errorf("pin: resolving the alias %q needs the image server, which this version of karapace does not support yet; use a URL or a file path", ref.Name)
+	}
+	defer r.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return "", fmt.Errorf("pin: reading %s: %w", ref.Name, err)
+	}
+	digest := hex.EncodeToString(h.Sum(nil))
+	if ref.pinned() && ref.DigestAlgo == "sha256" && ref.Digest != digest {
+		return "", fmt.Errorf("pin: %s has sha256 %s, but the manifest pins %s", ref.Name, digest, ref.Digest)
+	}
+	return ref.Name + "#sha256=" + digest, nil
+}
+
+// rewriteBaseImage replaces the value of base.image in the manifest's text,
+// keeping every comment and all other formatting, and checks the result.
+func rewriteBaseImage(path, value string) error {
+	data, err := readLimited(path, maxManifestSize)
+	if err != nil {
+		return err
+	}
+	_, pos, err := decodeTOMLPos(data)
+	if err != nil {
+		return manifestErrorf("%s: %v", path, err)
+	}
+	p, ok := pos[tomlPath("base", "image")]
+	if !ok {
+		return manifestErrorf("%s: base.image not found", path)
+	}
+	start, end, ok := stringValueSpan(data, p)
+	if !ok {
+		return fmt.Errorf("%s: cannot rewrite base.image in place (not a one-line string); set it by hand to %q", path, value)
+	}
+	quoted, err := encodeTOML([]tomlKV{{"v", value}})
+	if err != nil {
+		return err
+	}
+	q := strings.TrimSpace(strings.TrimPrefix(string(quoted), "v = "))
+	out := append(append(append([]byte{}, data[:start]...), q...), data[end:]...)
+	m, err := parseManifest(path, path, out)
+	if err != nil || m.BaseImage != value {
+		return fmt.Errorf("%s: rewriting base.image did not give the expected manifest; set it by hand to %q", path, value)
+	}
+	return writeFileAtomic(path, out, 0o644)
+}
+
+// stringValueSpan finds the byte span of the one-line string value that
+// follows the key at p (1-based line and code-point column).
+func stringValueSpan(data []byte, p tomlPos) (int, int, bool) {
+	off := 0
+	for line := 1; line < p.Line; line++ {
+		i := bytes.IndexByte(data[off:], '\n')
+		if i < 0 {
+			return 0, 0, false
+		}
+		off += i + 1
+	}
+	for col := 1; col < p.Col && off < len(data); col++ {
+		_, size := utf8.DecodeRune(data[off:])
+		off += size
+	}
+	eq := bytes.IndexByte(data[off:], '=')
+	nl := bytes.IndexByte(data[off:], '\n')
+	if eq < 0 || (nl >= 0 && nl < eq) {
+		return 0, 0, false
+	}
+	i := off + eq + 1
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t') {
+		i++
+	}
+	if i >= len(data) || (data[i] != '"' && data[i] != '\'') {
+		return 0, 0, false
+	}
+	q := data[i]
+	if bytes.HasPrefix(data[i:], []byte{q, q, q}) {
+		return 0, 0, false
+	}
+	for j := i + 1; j < len(data) && data[j] != '\n'; j++ {
+		if q == '"' && data[j] == '\\' {
+			j++
+			continue
+		}
+		if data[j] == q {
+			return i, j + 1, true
+		}
+	}
+	return 0, 0, false
+}

@@ -1,0 +1,465 @@
+package main
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+const lockVersion = 2
+
+// lockFile is karapace.lock: everything that was resolved for a manifest.
+type lockFile struct {
+	EnvID, ShortID   string
+	BaseImage        string // the manifest's base.image
+	BaseImageDigest  string // "sha256:HEX" or "blake3:HEX" over every byte of the image
+	BaseImageURL     string // where those bytes came from (informational)
+	Backend          string
+	GPU, Audio       bool
+	NetworkIsolation bool
+	Apps             []string
+	Mounts           []lockMount
+	CPUShares        int64
+	MemoryLimitMB    int64
+	Packages         []lockedPackage // the installed closure, sorted by name
+}
+
+type lockMount struct {
+	Label, Source, Container string
+	ReadOnly                 bool
+}
+
+type lockedPackage struct{ Name, Version string }
+
+// lockPath is where the lock of a manifest lives: beside it.
+func lockPath(manifestPath string) string {
+	return filepath.Join(filepath.Dir(manifestPath), "karapace.lock")
+}
+
+// newLock records a manifest and what resolving it found, and computes
+// the identity.
+func newLock(m *manifest, digest, imageURL string, pkgs []lockedPackage) *lockFile {
+	l := &lockFile{
+		BaseImage: m.BaseImage, BaseImageDigest: digest, BaseImageURL: imageURL,
+		Backend: m.Backend, GPU: m.GPU, Audio: m.Audio, NetworkIsolation: m.NetworkIsolation,
+		Apps: append([]string(nil), m.Apps...), CPUShares: m.CPUShares, MemoryLimitMB: m.MemoryLimitMB,
+		Packages: append([]lockedPackage(nil), pkgs...),
+	}
+	for _, mt := range m.Mounts {
+		l.Mounts = append(l.Mounts, lockMount{mt.Label, mt.Source, mt.Container, mt.ReadOnly})
+	}
+	sort.Slice(l.Packages, func(i, j int) bool { return l.Packages[i].Name < l.Packages[j].Name })
+	l.EnvID, l.ShortID = l.computeID()
+	return l
+}
+
+// encode is the lock's TOML text: same content, same bytes.
+func (l *lockFile) encode() ([]byte, error) {
+	doc := []tomlKV{
+		{"lock_version", int64(lockVersion)},
+		{"env_id", l.EnvID},
+		{"short_id", l.ShortID},
+		{"base_image", l.BaseImage},
+		{"base_image_digest", l.BaseImageDigest},
+	}
+	if l.BaseImageURL != "" {
+		doc = append(doc, tomlKV{"base_image_url", l.BaseImageURL})
+	}
+	doc = append(doc,
+		tomlKV{"runtime_backend", l.Backend},
+		tomlKV{"hardware_gpu", l.GPU},
+		tomlKV{"hardware_audio", l.Audio},
+		tomlKV{"network_isolation", l.NetworkIsolation},
+		tomlKV{"resolved_apps", stringsToAny(l.Apps)},
+	)
+	if l.CPUShares != 0 {
+		doc = append(doc, tomlKV{"cpu_shares", l.CPUShares})
+	}
+	if l.MemoryLimitMB != 0 {
+		doc = append(doc, tomlKV{"memory_limit_mb", l.MemoryLimitMB})
+	}
+	if len(l.Mounts) > 0 {
+		var ms []any
+		for _, m := range l.Mounts {
+			ms = append(ms, []tomlKV{{"label", m.Label}, {"host_path", m.Source}, {"container_path", m.Container}, {"read_only", m.ReadOnly}})
+		}
+		doc = append(doc, tomlKV{"mounts", ms})
+	}
+	if len(l.Packages) > 0 {
+		var ps []any
+		for _, p := range l.Packages {
+			ps = append(ps, []tomlKV{{"name", p.Name}, {"version", p.Version}})
+		}
+		doc = append(doc, tomlKV{"resolved_packages", ps})
+	}
+	body, err := encodeTOML(doc)
+	if err != nil {
+		return nil, fmt.Errorf("encoding lock file: %w", err)
+	}
+	return append([]byte("# Written by karapace: what the manifest resolved to. Commit it; do not edit it.\n"), body...), nil
+}
+
+func stringsToAny(s []string) []any {
+	out := make([]any, 0, len(s))
+	for _, e := range s {
+		out = append(out, e)
+	}
+	return out
+}
+
+// writeLock writes the lock beside its manifest, atomically.
+func writeLock(path string, l *lockFile) error {
+	data, err := l.encode()
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(path, data, 0o644)
+}
+
+// loadLock reads and checks a lock file. Problems are manifest errors
+// (exit 2) naming file, line, column and key.
+func loadLock(path string) (*lockFile, error) {
+	data, err := readLimited(path, 64<<20)
+	if err != nil {
+		return nil, manifestErrorf("%s: %v", path, err)
+	}
+	return parseLock(path, data)
+}
+
+func parseLock(name string, data []byte) (*lockFile, error) {
+	doc, pos, err := decodeTOMLPos(data)
+	if err != nil {
+		var te *tomlError
+		if errors.As(err, &te) {
+			return nil, manifestErrorf("%s:%d:%d: %s", name, te.Line, te.Col, te.Msg)
+		}
+		return nil, manifestErrorf("%s: %v", name, err)
+	}
+	sc := &schemaChecker{file: name, pos: pos}
+	top, err := sc.table(nil, doc, "lock_version", "env_id", "short_id", "base_image", "base_image_digest",
+		"base_image_url", "runtime_backend", "hardware_gpu", "hardware_audio", "network_isolation",
+		"resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages")
+	if err != nil {
+		return nil, err
+	}
+	need := func(key string) (any, error) {
+		v, ok := top[key]
+		if !ok {
+			return nil, sc.errorf([]string{key}, "missing")
+		}
+		return v, nil
+	}
+	l := &lockFile{}
+	v, err := need("lock_version")
+	if err != nil {
+		return nil, err
+	}
+	if n, ok := v.(int64); !ok || n != lockVersion {
+		return nil, sc.errorf([]string{"lock_version"}, "unsupported lock version %v (this karapace reads version %d; rebuild to rewrite the lock)", v, lockVersion)
+	}
+	strField := func(key string, dst *string, required bool) error {
+		v, ok := top[key]
+		if !ok {
+			if required {
+				return sc.errorf([]string{key}, "missing")
+			}
+			return nil
+		}
+		s, err := sc.str([]string{key}, v)
+		if err != nil {
+			return err
+		}
+		if required && s == "" {
+			return sc.errorf([]string{key}, "must not be empty")
+		}
+		*dst = s
+		return nil
+	}
+	boolField := func(key string, dst *bool) error {
+		v, err := need(key)
+		if err != nil {
+			return err
+		}
+		*dst, err = sc.boolean([]string{key}, v)
+		return err
+	}
+	for _, f := range []struct {
+		key      string
+		dst      *string
+		required bool
+	}{
+		{"env_id", &l.EnvID, true}, {"short_id", &l.ShortID, true}, {"base_image", &l.BaseImage, true},
+		{"base_image_digest", &l.BaseImageDigest, true}, {"base_image_url", &l.BaseImageURL, false},
+		{"runtime_backend", &l.Backend, true},
+	} {
+		if err := strField(f.key, f.dst, f.required); err != nil {
+			return nil, err
+		}
+	}
+	if !isHexID(l.EnvID, 64) {
+		return nil, sc.errorf([]string{"env_id"}, "expected 64 lowercase hex digits")
+	}
+	if !isHexID(l.ShortID, 12) {
+		return nil, sc.errorf([]string{"short_id"}, "expected 12 lowercase hex digits")
+	}
+	if err := validDigest(l.BaseImageDigest); err != nil {
+		return nil, sc.errorf([]string{"base_image_digest"}, "%v", err)
+	}
+	if !contains(backends, l.Backend) {
+		return nil, sc.errorf([]string{"runtime_backend"}, "unknown backend %q", l.Backend)
+	}
+	for _, f := range []struct {
+		key string
+		dst *bool
+	}{{"hardware_gpu", &l.GPU}, {"hardware_audio", &l.Audio}, {"network_isolation", &l.NetworkIsolation}} {
+		if err := boolField(f.key, f.dst); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["resolved_apps"]; ok {
+		if l.Apps, err = sc.strings([]string{"resolved_apps"}, v); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["cpu_shares"]; ok {
+		if l.CPUShares, err = sc.integer([]string{"cpu_shares"}, v, 2, 262144); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["memory_limit_mb"]; ok {
+		if l.MemoryLimitMB, err = sc.integer([]string{"memory_limit_mb"}, v, 16, 1<<30); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["mounts"]; ok {
+		if l.Mounts, err = sc.lockMounts(v); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["resolved_packages"]; ok {
+		if l.Packages, err = sc.lockPackages(v); err != nil {
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// tables checks that v is an array of tables and returns them.
+func (sc *schemaChecker) tables(path []string, v any) ([]map[string]any, error) {
+	arr, ok := v.([]any)
+	if !ok {
+		return nil, sc.errorf(path, "expected an array of tables, got %s", tomlTypeName(v))
+	}
+	out := make([]map[string]any, 0, len(arr))
+	for i, e := range arr {
+		t, ok := e.(map[string]any)
+		if !ok {
+			return nil, sc.errorf(append(path, strconv.Itoa(i)), "expected a table, got %s", tomlTypeName(e))
+		}
+		out = append(out, t)
+	}
+	return out, nil
+}
+
+func (sc *schemaChecker) lockMounts(v any) ([]lockMount, error) {
+	ts, err := sc.tables([]string{"mounts"}, v)
+	if err != nil {
+		return nil, err
+	}
+	var out []lockMount
+	for i, t := range ts {
+		path := []string{"mounts", strconv.Itoa(i)}
+		if _, err := sc.table(path, t, "label", "host_path", "container_path", "read_only"); err != nil {
+			return nil, err
+		}
+		var m lockMount
+		for _, f := range []struct {
+			key string
+			dst *string
+		}{{"label", &m.Label}, {"host_path", &m.Source}, {"container_path", &m.Container}} {
+			fv, ok := t[f.key]
+			if !ok {
+				return nil, sc.errorf(append(path, f.key), "missing")
+			}
+			if *f.dst, err = sc.str(append(path, f.key), fv); err != nil {
+				return nil, err
+			}
+		}
+		if ro, ok := t["read_only"]; ok {
+			if m.ReadOnly, err = sc.boolean(append(path, "read_only"), ro); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, m)
+	}
+	return out, nil
+}
+
+func (sc *schemaChecker) lockPackages(v any) ([]lockedPackage, error) {
+	ts, err := sc.tables([]string{"resolved_packages"}, v)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]lockedPackage, 0, len(ts))
+	seen := map[string]bool{}
+	for i, t := range ts {
+		path := []string{"resolved_packages", strconv.Itoa(i)}
+		if _, err := sc.table(path, t, "name", "version"); err != nil {
+			return nil, err
+		}
+		var p lockedPackage
+		for _, f := range []struct {
+			key string
+			dst *string
+		}{{"name", &p.Name}, {"version", &p.Version}} {
+			fv, ok := t[f.key]
+			if !ok {
+				return nil, sc.errorf(append(path, f.key), "missing")
+			}
+			if *f.dst, err = sc.str(append(path, f.key), fv); err != nil {
+				return nil, err
+			}
+			if *f.dst == "" {
+				return nil, sc.errorf(append(path, f.key), "must not be empty")
+			}
+		}
+		if err := validPackageName(p.Name); err != nil {
+			return nil, sc.errorf(append(path, "name"), "package name %q: %v", p.Name, err)
+		}
+		if strings.ContainsAny(p.Version, " \t\n*?=") {
+			return nil, sc.errorf(append(path, "version"), "version %q contains a space or a pattern character", p.Version)
+		}
+		if seen[p.Name] {
+			return nil, sc.errorf(append(path, "name"), "package %q is listed twice", p.Name)
+		}
+		seen[p.Name] = true
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func isHexID(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// validDigest accepts "sha256:HEX" and "blake3:HEX" (64 lowercase hex digits).
+func validDigest(d string) error {
+	algo, h, ok := strings.Cut(d, ":")
+	if !ok || (algo != "sha256" && algo != "blake3") {
+		return fmt.Errorf("digest %q: expected sha256:HEX or blake3:HEX", d)
+	}
+	if _, err := hex.DecodeString(h); err != nil || !isHexID(h, 64) {
+		return fmt.Errorf("digest %q: expected 64 lowercase hex digits", d)
+	}
+	return nil
+}
+
+// verifyIntegrity recomputes the identity from the lock's fields and
+// compares it with the one the lock states.
+func (l *lockFile) verifyIntegrity(name string) error {
+	id, short := l.computeID()
+	if id != l.EnvID || short != l.ShortID {
+		return manifestErrorf("%s: env_id does not match the locked contents (lock says %s, contents give %s): the lock was edited or damaged; build without --locked to resolve it again", name, l.EnvID, id)
+	}
+	return nil
+}
+
+// verifyIntent reports every way the manifest has drifted from what was
+// locked.
+func (l *lockFile) verifyIntent(name string, m *manifest) error {
+	var drift []string
+	diff := func(what, locked, now string) {
+		if locked != now {
+			drift = append(drift, fmt.Sprintf("%s: locked %q, manifest %q", what, locked, now))
+		}
+	}
+	diff("base.image", l.BaseImage, m.BaseImage)
+	diff("runtime.backend", l.Backend, m.Backend)
+	diff("hardware.gpu", strconv.FormatBool(l.GPU), strconv.FormatBool(m.GPU))
+	diff("hardware.audio", strconv.FormatBool(l.Audio), strconv.FormatBool(m.Audio))
+	diff("runtime.network_isolation", strconv.FormatBool(l.NetworkIsolation), strconv.FormatBool(m.NetworkIsolation))
+	diff("gui.apps", strings.Join(l.Apps, ","), strings.Join(m.Apps, ","))
+	diff("runtime.resource_limits.cpu_shares", strconv.FormatInt(l.CPUShares, 10), strconv.FormatInt(m.CPUShares, 10))
+	diff("runtime.resource_limits.memory_limit_mb", strconv.FormatInt(l.MemoryLimitMB, 10), strconv.FormatInt(m.MemoryLimitMB, 10))
+	var lm, mm []string
+	for _, x := range l.Mounts {
+		lm = append(lm, fmt.Sprintf("%s=%s:%s:%v", x.Label, x.Source, x.Container, x.ReadOnly))
+	}
+	for _, x := range m.Mounts {
+		mm = append(mm, fmt.Sprintf("%s=%s:%s:%v", x.Label, x.Source, x.Container, x.ReadOnly))
+	}
+	diff("mounts", strings.Join(lm, ","), strings.Join(mm, ","))
+	locked := map[string]bool{}
+	for _, p := range l.Packages {
+		locked[p.Name] = true
+	}
+	for _, p := range m.Packages {
+		if !locked[p] {
+			drift = append(drift, fmt.Sprintf("system.packages: %q is not in the lock", p))
+		}
+	}
+	if len(drift) > 0 {
+		return manifestErrorf("%s does not match %s:\n  %s\nbuild without --locked to resolve and lock again", name, m.Path, strings.Join(drift, "\n  "))
+	}
+	return nil
+}
+
+// writeFileAtomic replaces path with data so that readers see the old or
+// the new file, never a part: temp file, fsync, rename, fsync directory.
+func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	tmp := f.Name()
+	fail := func(err error) error {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if _, err := f.Write(data); err != nil {
+		return fail(err)
+	}
+	if err := f.Chmod(perm); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("writing %s: %w", path, err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("syncing directory %s: %w", dir, err)
+	}
+	return nil
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on Debian or Ubuntu, then runs all of
+# them: gofmt, go vet and the race-enabled suite as root, then the same
+# suite again as an ordinary user with a subordinate ID range (rootless).
+# Tests run strict: a missing prerequisite fails a test instead of skipping it.
+set -euo pipefail
+cd "$(dirname "$0")"
+if [ "$(id -u)" != 0 ]; then
+	exec sudo --preserve-env=PATH,GOPATH,GOMODCACHE,GOCACHE,GOPROXY,GOFLAGS "$0" "$@"
+fi
+
+packages=(
+	ca-certificates git tar xz-utils zstd gnupg debian-archive-keyring
+	mmdebstrap uidmap fuse-overlayfs bubblewrap crun runc
+	tmux dbus mandoc desktop-file-utils docker-registry hyperfine
+)
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${packages[@]}"
+
+export PATH="$PATH:/usr/local/go/bin"
+command -v go >/dev/null || { echo "test.sh: Go 1.26 or newer is needed (https://go.dev/dl/)" >&2; exit 1; }
+
+# An ordinary user with a subordinate ID range runs the suite a second time.
+test_user=karapace-test
+id "$test_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$test_user"
+grep -q "^$test_user:" /etc/subuid || usermod --add-subuids 300000-365535 "$test_user"
+grep -q "^$test_user:" /etc/subgid || usermod --add-subgids 300000-365535 "$test_user"
+
+# One Debian root filesystem, made once and shared by every test that needs one.
+cache=${KARAPACE_TEST_CACHE:-/var/cache/karapace-test}
+mkdir -p "$cache"
+chmod 755 "$cache"
+rootfs=$cache/bookworm-minbase.tar
+if [ ! -s "$rootfs" ]; then
+	mmdebstrap --quiet --variant=minbase --format=tar bookworm "$rootfs.tmp"
+	mv "$rootfs.tmp" "$rootfs"
+fi
+chmod 644 "$rootfs"
+export KARAPACE_TEST_ROOTFS_TAR=$rootfs
+export KARAPACE_TEST_STRICT=1
+
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then
+	echo "test.sh: gofmt would change: $unformatted" >&2
+	exit 1
+fi
+go vet .
+go test -race -count=1 -timeout 45m ./...
+
+# Rootless: the same tests, as the ordinary user, from a copy it can read.
+work=$cache/rootless
+rm -rf "$work"
+mkdir -p "$work/src"
+git ls-files -z | xargs -0 cp --parents -t "$work/src"
+go test -race -c -o "$work/karapace.test" .
+chown -R "$test_user:" "$work"
+cd "$work/src"
+runuser -u "$test_user" -- env -i PATH="$PATH" HOME="/home/$test_user" \
+	KARAPACE_TEST_STRICT=1 KARAPACE_TEST_ROOTLESS=1 KARAPACE_TEST_ROOTFS_TAR="$rootfs" \
+	"$work/karapace.test" -test.count=1 -test.timeout 45m
+echo "test.sh: all tests passed (root and rootless)"
