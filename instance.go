@@ -1,0 +1,610 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// An instance is a running environment: its init (see nsrun.go) serves
+// requests on a unix socket to start commands inside. The protocol is a
+// few JSON messages over SOCK_SEQPACKET, with the caller's stdio (or the
+// pseudo-terminal it gets back) passed as file descriptors.
+
+// spawnRequest asks the instance to run a command.
+type spawnRequest struct {
+	Argv []string `json:"argv"`
+	Env  []string `json:"env"`
+	Dir  string   `json:"dir"`
+	TTY  bool     `json:"tty"` // run on a new pseudo-terminal; its master comes back
+	Rows uint16   `json:"rows,omitempty"`
+	Cols uint16   `json:"cols,omitempty"`
+}
+
+// instanceMsg is every message after the request, in both directions.
+type instanceMsg struct {
+	Pid    int    `json:"pid,omitempty"`    // started
+	Error  string `json:"error,omitempty"`  // could not start
+	Exit   *int   `json:"exit,omitempty"`   // finished: status, or 128+signal
+	Signal int    `json:"signal,omitempty"` // client → instance: forward this signal
+}
+
+const (
+	maxInstanceMsg = 256 << 10
+	// An instance nobody joins within this time after starting exits.
+	instanceIdle = 30 * time.Second
+	// How long init waits after SIGTERM before it kills what is left.
+	instanceStopGrace = 5 * time.Second
+)
+
+func listenControl(path string) (int, error) {
+	os.Remove(path) // a stale socket from an instance that died
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("creating control socket: %w", err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("binding control socket %s: %w", path, err)
+	}
+	if err := unix.Listen(fd, 64); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("listening on %s: %w", path, err)
+	}
+	return fd, nil
+}
+
+func sendMsg(fd int, v any, files ...int) error {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var oob []byte
+	if len(files) > 0 {
+		oob = unix.UnixRights(files...)
+	}
+	return unix.Sendmsg(fd, data, oob, nil, 0)
+}
+
+// recvMsg reads one message and the descriptors that came with it. At end
+// of stream it returns io.EOF-like errEOF.
+func recvMsg(fd int, v any) ([]int, error) {
+	buf := make([]byte, maxInstanceMsg)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	for {
+		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if n == 0 && oobn == 0 {
+			return nil, errEOF
+		}
+		var fds []int
+		if oobn > 0 {
+			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range msgs {
+				got, err := unix.ParseUnixRights(&m)
+				if err == nil {
+					fds = append(fds, got...)
+				}
+			}
+		}
+		if err := json.Unmarshal(buf[:n], v); err != nil {
+			closeAll(fds)
+			return nil, fmt.Errorf("bad message: %w", err)
+		}
+		return fds, nil
+	}
+}
+
+var errEOF = errors.New("connection closed")
+
+func closeAll(fds []int) {
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// instanceServer is the state of init: the connections it serves and the
+// commands it runs.
+type instanceServer struct {
+	mu       sync.Mutex
+	sessions map[int]*session // by command pid
+	active   int              // connections being served
+	served   bool             // a connection was ever accepted
+	stopping bool
+	ln       int
+}
+
+type session struct {
+	conn int
+	done chan struct{} // closed by the reaper once the exit status is sent
+}
+
+// serveInstance runs init's service loop until the last connection ends.
+func serveInstance(ln int) int {
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln}
+	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
+	sigs := make(chan os.Signal, 16)
+	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	go func() {
+		for sig := range sigs {
+			if sig == unix.SIGCHLD {
+				s.reap()
+			} else {
+				s.stop()
+			}
+		}
+	}()
+	for {
+		conn, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
+		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
+			continue
+		}
+		if err != nil {
+			select {} // the listener was closed: maybeExit is ending the process
+		}
+		s.mu.Lock()
+		s.active++
+		s.served = true
+		s.mu.Unlock()
+		go s.handle(conn)
+	}
+}
+
+// handle serves one connection: one command, from start to exit status.
+func (s *instanceServer) handle(conn int) {
+	defer s.finish(conn)
+	cred, err := unix.GetsockoptUcred(conn, unix.SOL_SOCKET, unix.SO_PEERCRED)
+	if err != nil || cred.Uid != 0 {
+		// Only the environment's owner, who is root in here, may run commands.
+		sendMsg(conn, instanceMsg{Error: "permission denied: not the owner of this environment"})
+		return
+	}
+	var req spawnRequest
+	fds, err := recvMsg(conn, &req)
+	if err != nil {
+		return
+	}
+	pid, sess, master, err := s.spawn(&req, fds, conn)
+	closeAll(fds)
+	if err != nil {
+		sendMsg(conn, instanceMsg{Error: err.Error()})
+		return
+	}
+	if master >= 0 {
+		sendMsg(conn, instanceMsg{Pid: pid}, master)
+		unix.Close(master)
+	} else {
+		sendMsg(conn, instanceMsg{Pid: pid})
+	}
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		for {
+			var m instanceMsg
+			got, err := recvMsg(conn, &m)
+			closeAll(got)
+			if err != nil {
+				select {
+				case <-sess.done:
+				default:
+					// The client went away: hang up on its command as a
+					// terminal would, and make sure it ends.
+					unix.Kill(-pid, unix.SIGHUP)
+					time.AfterFunc(instanceStopGrace, func() { unix.Kill(-pid, unix.SIGKILL) })
+				}
+				return
+			}
+			if m.Signal > 0 {
+				unix.Kill(-pid, unix.Signal(m.Signal))
+			}
+		}
+	}()
+	<-sess.done
+	unix.Shutdown(conn, unix.SHUT_RDWR) // wakes the reader
+	<-readerDone
+}
+
+// finish closes a served connection and ends init if it was the last.
+func (s *instanceServer) finish(conn int) {
+	unix.Close(conn)
+	s.mu.Lock()
+	s.active--
+	s.mu.Unlock()
+	s.maybeExit(false)
+}
+
+// spawn starts the command of req in a new session, on the caller's stdio
+// or on a new pseudo-terminal, and registers it before the reaper can see
+// it exit.
+func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *session, int, error) {
+	if len(req.Argv) == 0 {
+		return 0, nil, -1, errors.New("no command")
+	}
+	path, err := lookPathIn(req.Argv[0], req.Env)
+	if err != nil {
+		return 0, nil, -1, err
+	}
+	attr := &syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Sys: &syscall.SysProcAttr{Setsid: true}}
+	master := -1
+	if req.TTY {
+		m, slave, err := openPTYInside(req.Rows, req.Cols)
+		if err != nil {
+			return 0, nil, -1, err
+		}
+		defer unix.Close(slave)
+		master = m
+		attr.Files = []uintptr{uintptr(slave), uintptr(slave), uintptr(slave)}
+		attr.Sys.Setctty = true
+		attr.Sys.Ctty = 0
+	} else {
+		if len(fds) != 3 {
+			return 0, nil, -1, fmt.Errorf("expected 3 file descriptors (stdin, stdout, stderr), got %d", len(fds))
+		}
+		attr.Files = []uintptr{uintptr(fds[0]), uintptr(fds[1]), uintptr(fds[2])}
+	}
+	fail := func(err error) (int, *session, int, error) {
+		if master >= 0 {
+			unix.Close(master)
+		}
+		return 0, nil, -1, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopping {
+		return fail(errors.New("the environment is stopping"))
+	}
+	pid, err := syscall.ForkExec(path, req.Argv, attr)
+	if err != nil {
+		return fail(fmt.Errorf("starting %s: %w", req.Argv[0], err))
+	}
+	sess := &session{conn: conn, done: make(chan struct{})}
+	s.sessions[pid] = sess
+	return pid, sess, master, nil
+}
+
+// reap collects every exited child; a session's status goes to its client.
+func (s *instanceServer) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if pid <= 0 || err != nil {
+			return
+		}
+		s.mu.Lock()
+		sess, ok := s.sessions[pid]
+		delete(s.sessions, pid)
+		s.mu.Unlock()
+		if !ok {
+			continue // an orphan that init inherited
+		}
+		code := ws.ExitStatus()
+		if ws.Signaled() {
+			code = 128 + int(ws.Signal())
+		}
+		sendMsg(sess.conn, instanceMsg{Exit: &code})
+		close(sess.done)
+	}
+}
+
+// maybeExit ends init once no connection is left, after the first one or
+// when nobody came. Closing the listener first means a client is either
+// served or finds the instance gone and starts a new one.
+func (s *instanceServer) maybeExit(idle bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.active > 0 || !(s.served || idle || s.stopping) {
+		return
+	}
+	unix.Shutdown(s.ln, unix.SHUT_RDWR)
+	unix.Close(s.ln)
+	os.Exit(0)
+}
+
+// stop terminates every session: SIGTERM, then SIGKILL after the grace
+// time. As pid 1, init's exit takes the whole namespace with it.
+func (s *instanceServer) stop() {
+	s.mu.Lock()
+	if s.stopping {
+		s.mu.Unlock()
+		return
+	}
+	s.stopping = true
+	for pid := range s.sessions {
+		unix.Kill(-pid, unix.SIGTERM)
+	}
+	s.mu.Unlock()
+	s.maybeExit(false)
+	time.AfterFunc(instanceStopGrace, func() {
+		unix.Kill(-1, unix.SIGKILL)
+		os.Exit(0)
+	})
+}
+
+// lookPathIn finds a command the way a shell inside would, using the
+// PATH of the command's own environment.
+func lookPathIn(name string, env []string) (string, error) {
+	if strings.Contains(name, "/") {
+		return name, nil
+	}
+	path := "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+	for _, e := range env {
+		if v, ok := strings.CutPrefix(e, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range strings.Split(path, ":") {
+		if dir == "" {
+			continue
+		}
+		p := dir + "/" + name
+		var st unix.Stat_t
+		if unix.Stat(p, &st) == nil && st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o111 != 0 {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s: command not found in the environment (PATH=%s)", name, path)
+}
+
+// openPTYInside opens a new pseudo-terminal on the environment's devpts.
+func openPTYInside(rows, cols uint16) (int, int, error) {
+	m, err := unix.Open("/dev/ptmx", unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, -1, fmt.Errorf("opening /dev/ptmx: %w", err)
+	}
+	if err := unix.IoctlSetPointerInt(m, unix.TIOCSPTLCK, 0); err != nil {
+		unix.Close(m)
+		return -1, -1, fmt.Errorf("unlocking pseudo-terminal: %w", err)
+	}
+	n, err := unix.IoctlGetInt(m, unix.TIOCGPTN)
+	if err != nil {
+		unix.Close(m)
+		return -1, -1, fmt.Errorf("pseudo-terminal number: %w", err)
+	}
+	if rows > 0 && cols > 0 {
+		unix.IoctlSetWinsize(m, unix.TIOCSWINSZ, &unix.Winsize{Row: rows, Col: cols})
+	}
+	sl, err := unix.Open("/dev/pts/"+strconv.Itoa(n), unix.O_RDWR|unix.O_NOCTTY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		unix.Close(m)
+		return -1, -1, fmt.Errorf("opening /dev/pts/%d: %w", n, err)
+	}
+	return m, sl, nil
+}
+
+// instanceDir is the run-time state of an environment: <env dir>/run.
+type instanceDir string
+
+func (d instanceDir) socket() string    { return string(d) + "/ctl.sock" }
+func (d instanceDir) marker() string    { return string(d) + "/instance.json" }
+func (d instanceDir) startLock() string { return string(d) + "/start.lock" }
+
+// instanceMarker records a running init, by host pid and start time so a
+// reused pid is never mistaken for it.
+type instanceMarker struct {
+	Pid       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"`
+}
+
+// running reports the live init of the environment, if any. A marker of
+// a dead instance is stale and removed.
+func (d instanceDir) running() (int, bool) {
+	data, err := os.ReadFile(d.marker())
+	if err != nil {
+		return 0, false
+	}
+	var m instanceMarker
+	if json.Unmarshal(data, &m) == nil && m.Pid > 0 {
+		if st, err := procStartTime(m.Pid); err == nil && st == m.StartTime {
+			return m.Pid, true
+		}
+	}
+	os.Remove(d.marker())
+	return 0, false
+}
+
+// procStartTime is field 22 of /proc/PID/stat: when the process started,
+// in clock ticks since boot.
+func procStartTime(pid int) (uint64, error) {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return 0, err
+	}
+	// The command name may contain spaces and parentheses; fields
+	// restart after the last ')'.
+	i := strings.LastIndexByte(string(data), ')')
+	if i < 0 {
+		return 0, errors.New("bad stat")
+	}
+	f := strings.Fields(string(data[i+1:]))
+	if len(f) < 20 {
+		return 0, errors.New("bad stat")
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// ensureInstance starts the environment's init unless one is running.
+// Concurrent callers serialize on a lock in the run directory.
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, beforeConfig func(int) error) error {
+	if _, ok := d.running(); ok {
+		return nil
+	}
+	if err := os.MkdirAll(string(d), 0o700); err != nil {
+		return fmt.Errorf("creating %s: %w", d, err)
+	}
+	lock, err := os.OpenFile(d.startLock(), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", d.startLock(), err)
+	}
+	defer lock.Close()
+	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
+		return fmt.Errorf("locking %s: %w", d.startLock(), err)
+	}
+	if _, ok := d.running(); ok {
+		return nil
+	}
+	rr, rw, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	defer rr.Close()
+	cfg.Socket = d.socket()
+	p, err := startStage("init", cfg, m, stageOptions{
+		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: []*os.File{rw}, detach: true, beforeConfig: beforeConfig,
+	})
+	rw.Close()
+	if err != nil {
+		return err
+	}
+	// init writes one zero byte when it is ready, or its error.
+	msg, _ := readAllLimited(rr, 64<<10)
+	if len(msg) != 1 || msg[0] != 0 {
+		p.wait()
+		if len(msg) == 0 {
+			return errors.New("the environment's init exited during setup")
+		}
+		return fmt.Errorf("setting up the environment: %s", msg)
+	}
+	pid := p.cmd.Process.Pid
+	st, err := procStartTime(pid)
+	if err != nil {
+		return fmt.Errorf("reading the start time of init (pid %d): %w", pid, err)
+	}
+	data, _ := json.Marshal(instanceMarker{Pid: pid, StartTime: st})
+	if err := writeFileAtomic(d.marker(), data, 0o600); err != nil {
+		return err
+	}
+	// init outlives us when other sessions join it; nobody waits for it
+	// but the kernel, through its new parent.
+	p.cmd.Process.Release()
+	return nil
+}
+
+func readAllLimited(f *os.File, limit int) ([]byte, error) {
+	buf := make([]byte, 0, 512)
+	tmp := make([]byte, 4096)
+	for len(buf) < limit {
+		n, err := f.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if err != nil {
+			return buf, nil
+		}
+	}
+	return buf, nil
+}
+
+// errInstanceGone means the instance ended before it served us; the
+// caller may start a new one and try again.
+var errInstanceGone = errors.New("the environment's instance exited")
+
+// spawnIn runs a command in the running instance and returns its exit
+// status. Without a TTY the command gets our stdio itself; with one, it
+// runs on a new pseudo-terminal we relay to ours.
+func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer unix.Close(fd)
+	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: d.socket()}); err != nil {
+		if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT) {
+			return 0, errInstanceGone
+		}
+		return 0, fmt.Errorf("connecting to %s: %w", d.socket(), err)
+	}
+	var fds []int
+	if !req.TTY {
+		fds = []int{int(stdio[0].Fd()), int(stdio[1].Fd()), int(stdio[2].Fd())}
+	} else if ws, err := unix.IoctlGetWinsize(int(stdio[0].Fd()), unix.TIOCGWINSZ); err == nil {
+		req.Rows, req.Cols = ws.Row, ws.Col
+	}
+	if err := sendMsg(fd, req, fds...); err != nil {
+		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
+			return 0, errInstanceGone
+		}
+		return 0, fmt.Errorf("sending the command: %w", err)
+	}
+	var started instanceMsg
+	got, err := recvMsg(fd, &started)
+	if err != nil {
+		closeAll(got)
+		if errors.Is(err, errEOF) || errors.Is(err, unix.ECONNRESET) {
+			return 0, errInstanceGone
+		}
+		return 0, fmt.Errorf("waiting for the command to start: %w", err)
+	}
+	if started.Error != "" {
+		closeAll(got)
+		return 0, errors.New(started.Error)
+	}
+	var relayDone chan struct{}
+	if req.TTY {
+		if len(got) != 1 {
+			closeAll(got)
+			return 0, errors.New("the instance sent no pseudo-terminal")
+		}
+		master := os.NewFile(uintptr(got[0]), "pty")
+		defer master.Close()
+		restore := makeRaw(stdio[0])
+		defer restore()
+		relayDone = relayTerminal(master, stdio[0], stdio[1])
+	}
+	sigs := make(chan os.Signal, 8)
+	forwarded := []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
+	if req.TTY {
+		forwarded = append(forwarded, unix.SIGWINCH)
+	}
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	result := make(chan instanceMsg, 1)
+	go func() {
+		for {
+			var m instanceMsg
+			got, err := recvMsg(fd, &m)
+			closeAll(got)
+			if err != nil {
+				close(result)
+				return
+			}
+			if m.Exit != nil {
+				result <- m
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case sig := <-sigs:
+			if sig == unix.SIGWINCH {
+				// relayTerminal's master gets the new size; see resizeFrom.
+				resizeFrom(stdio[0], got[0])
+				continue
+			}
+			sendMsg(fd, instanceMsg{Signal: int(sig.(unix.Signal))})
+		case m, ok := <-result:
+			if !ok {
+				return 0, errors.New("lost the connection to the environment before the command finished")
+			}
+			if relayDone != nil {
+				<-relayDone
+			}
+			return *m.Exit, nil
+		}
+	}
+}

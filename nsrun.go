@@ -1,0 +1,341 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// The namespace backend. An environment runs as one instance: this binary,
+// started again as the "init" stage in new user, mount, pid, uts and ipc
+// namespaces (and net when isolated). Its setup below is one ordered
+// sequence of system calls; each failure says what it was doing. Once set
+// up, init listens on a unix socket in the environment's directory and
+// starts every command of every exec/enter inside itself, so an
+// environment's overlay is mounted exactly once however many sessions it
+// has.
+
+// initConfig is what the init stage needs, all host paths resolved and
+// checked against the policy by the parent.
+type initConfig struct {
+	Lower       []string    // layer trees, top first
+	Upper, Work string      // writable layer; empty when the root is read-only
+	Merged      string      // where the root is assembled
+	Hostname    string      //
+	Binds       []bindMount // manifest mounts, devices, host sockets, resolv.conf...
+	Isolated    bool        // own network namespace: bring up loopback only
+	Socket      string      // control socket to listen on
+	FuseOverlay string      // fuse-overlayfs to fall back on, if found
+	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
+}
+
+// bindMount binds a host path at a path inside the environment.
+type bindMount struct {
+	Source   string `json:"source"`
+	Target   string `json:"target"` // absolute, inside the environment
+	ReadOnly bool   `json:"ro"`
+	Dir      bool   `json:"dir"` // the source is a directory (else a file or socket)
+	Why      string `json:"why"` // for error messages: "mount workspace", "gpu"...
+}
+
+func init() { stageFuncs["init"] = initStage }
+
+// initStage is the environment's pid 1. It reports setup errors through
+// the ready pipe (fd 4) so the user sees them.
+func initStage(raw []byte) int {
+	ready := os.NewFile(4, "ready")
+	var cfg initConfig
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		fmt.Fprintf(ready, "reading configuration: %v", err)
+		return exitFailure
+	}
+	ln, err := setupEnvironment(&cfg)
+	if err != nil {
+		fmt.Fprintf(ready, "%v", err)
+		return exitFailure
+	}
+	ready.Write([]byte{0})
+	ready.Close()
+	return serveInstance(ln)
+}
+
+// setupEnvironment assembles the root filesystem and enters it. It runs
+// as root of the new user namespace, in its own mount namespace.
+func setupEnvironment(cfg *initConfig) (int, error) {
+	// Nothing we mount may propagate back to the host.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return -1, fmt.Errorf("making mounts private: %w", err)
+	}
+	if err := mountRoot(cfg); err != nil {
+		return -1, err
+	}
+	root, err := unix.Open(cfg.Merged, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("opening the root %s: %w", cfg.Merged, err)
+	}
+	defer unix.Close(root)
+	if err := mountDev(root, cfg.FullIDMap); err != nil {
+		return -1, err
+	}
+	if err := mountAt(root, "/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return -1, err
+	}
+	if err := mountSys(root, cfg.Isolated); err != nil {
+		return -1, err
+	}
+	for _, b := range cfg.Binds {
+		if err := bindInto(root, b); err != nil {
+			return -1, err
+		}
+	}
+	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
+		return -1, fmt.Errorf("setting hostname %s: %w", cfg.Hostname, err)
+	}
+	if cfg.Isolated {
+		if err := loopbackUp(); err != nil {
+			return -1, err
+		}
+	}
+	// The socket lives on the host side; its fd outlives pivot_root.
+	ln, err := listenControl(cfg.Socket)
+	if err != nil {
+		return -1, err
+	}
+	if err := enterRoot(cfg.Merged); err != nil {
+		unix.Close(ln)
+		return -1, err
+	}
+	return ln, nil
+}
+
+// mountRoot mounts the overlay of the layers at cfg.Merged: kernel
+// overlayfs with userxattr (its whiteouts and opaque markers are user.*
+// xattrs, which a user namespace may write; without it dpkg fails with
+// EXDEV when it renames directories), else fuse-overlayfs.
+func mountRoot(cfg *initConfig) error {
+	lower := strings.Join(escapeOverlayPaths(cfg.Lower), ":")
+	var opts string
+	var flags uintptr
+	if cfg.Upper == "" {
+		opts = "lowerdir=" + lower + ",userxattr"
+		flags = unix.MS_RDONLY
+	} else {
+		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", lower, escapeOverlayPath(cfg.Upper), escapeOverlayPath(cfg.Work))
+	}
+	err := unix.Mount("overlay", cfg.Merged, "overlay", flags, opts)
+	if err == nil {
+		return nil
+	}
+	if cfg.FuseOverlay == "" {
+		return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", cfg.Merged, err)
+	}
+	debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
+	fuseOpts := strings.Replace(opts, ",userxattr", "", 1)
+	if cfg.Upper == "" {
+		fuseOpts += ",ro"
+	}
+	out, ferr := exec.Command(cfg.FuseOverlay, "-o", fuseOpts, cfg.Merged).CombinedOutput()
+	if ferr != nil {
+		return fmt.Errorf("mounting the overlay root at %s: kernel overlayfs: %v; fuse-overlayfs: %v: %s", cfg.Merged, err, ferr, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// Overlay options separate with ',' and ':'; a path containing them must
+// escape them with a backslash.
+func escapeOverlayPath(p string) string {
+	r := strings.NewReplacer(`\`, `\\`, `,`, `\,`, `:`, `\:`)
+	return r.Replace(p)
+}
+
+func escapeOverlayPaths(ps []string) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = escapeOverlayPath(p)
+	}
+	return out
+}
+
+// openInRoot opens path inside the environment's root, resolving every
+// symlink as the environment would see it, so nothing planted in an image
+// can send a mount to a host path. Missing directories are created when
+// mkdir is set (the last component as a directory or an empty file).
+func openInRoot(root int, path string, mkdir, dir bool) (int, error) {
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT | unix.RESOLVE_NO_MAGICLINKS}
+	fd, err := unix.Openat2(root, path, how)
+	if err == nil || !mkdir || !errors.Is(err, unix.ENOENT) {
+		if err != nil {
+			return -1, fmt.Errorf("opening %s inside the environment: %w", path, err)
+		}
+		return fd, nil
+	}
+	parent, err := openInRoot(root, filepath.Dir(path), true, true)
+	if err != nil {
+		return -1, err
+	}
+	defer unix.Close(parent)
+	// O_PATH fds cannot create entries; reopen the parent as a directory.
+	pfd, err := unix.Openat(parent, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("opening %s inside the environment: %w", filepath.Dir(path), err)
+	}
+	defer unix.Close(pfd)
+	name := filepath.Base(path)
+	if dir {
+		err = unix.Mkdirat(pfd, name, 0o755)
+	} else {
+		var f int
+		f, err = unix.Openat(pfd, name, unix.O_CREAT|unix.O_EXCL|unix.O_WRONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o644)
+		if err == nil {
+			unix.Close(f)
+		}
+	}
+	if err != nil && !errors.Is(err, unix.EEXIST) {
+		return -1, fmt.Errorf("creating mount point %s inside the environment: %w", path, err)
+	}
+	return openInRoot(root, path, false, dir)
+}
+
+// fdPath names an open file for mount(2) without resolving any path again.
+func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
+
+// mountAt mounts a filesystem at target inside the root.
+func mountAt(root int, target, source, fstype string, flags uintptr, data string) error {
+	fd, err := openInRoot(root, target, true, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.Mount(source, fdPath(fd), fstype, flags, data); err != nil {
+		return fmt.Errorf("mounting %s on %s: %w", fstype, target, err)
+	}
+	return nil
+}
+
+// bindInto binds a host path into the root, read-only when asked. The
+// source was resolved and checked by the parent; it is opened once here
+// and mounted by its fd.
+func bindInto(root int, b bindMount) error {
+	src, err := unix.Open(b.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)
+	}
+	defer unix.Close(src)
+	dst, err := openInRoot(root, b.Target, true, b.Dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.Why, err)
+	}
+	defer unix.Close(dst)
+	if err := unix.Mount(fdPath(src), fdPath(dst), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+		return fmt.Errorf("%s: binding %s to %s: %w", b.Why, b.Source, b.Target, err)
+	}
+	if b.ReadOnly {
+		// mount_setattr changes only the read-only bit, keeping the
+		// flags a user namespace may not clear (nosuid, nodev...).
+		mnt, err := openInRoot(root, b.Target, false, b.Dir)
+		if err != nil {
+			return fmt.Errorf("%s: %w", b.Why, err)
+		}
+		defer unix.Close(mnt)
+		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		if err := unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
+			return fmt.Errorf("%s: making %s read-only: %w", b.Why, b.Target, err)
+		}
+	}
+	return nil
+}
+
+// mountDev gives the environment a minimal /dev: a few host device nodes
+// bound onto files of a tmpfs (a user namespace cannot mknod), a private
+// devpts instance and a shared-memory tmpfs.
+func mountDev(root int, fullIDMap bool) error {
+	if err := mountAt(root, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+		return err
+	}
+	for _, name := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
+		if err := bindInto(root, bindMount{Source: "/dev/" + name, Target: "/dev/" + name, Why: "/dev"}); err != nil {
+			return err
+		}
+	}
+	ptsOpts := "newinstance,ptmxmode=0666,mode=0620"
+	if fullIDMap {
+		ptsOpts += ",gid=5"
+	}
+	if err := mountAt(root, "/dev/pts", "devpts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, ptsOpts); err != nil {
+		return err
+	}
+	if err := mountAt(root, "/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+		return err
+	}
+	dev, err := openInRoot(root, "/dev", false, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dev)
+	d, err := unix.Openat(dev, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev inside the environment: %w", err)
+	}
+	defer unix.Close(d)
+	for _, l := range [][2]string{{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}} {
+		if err := unix.Symlinkat(l[0], d, l[1]); err != nil {
+			return fmt.Errorf("creating /dev/%s: %w", l[1], err)
+		}
+	}
+	return nil
+}
+
+// mountSys gives a read-only /sys: a fresh sysfs when the environment owns
+// its network namespace (required to mount one), else the host's, bound.
+func mountSys(root int, isolated bool) error {
+	if isolated {
+		return mountAt(root, "/sys", "sysfs", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+	}
+	return bindInto(root, bindMount{Source: "/sys", Target: "/sys", ReadOnly: true, Dir: true, Why: "/sys"})
+}
+
+// loopbackUp brings up lo, the only interface of an isolated environment.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("bringing up loopback: %w", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return fmt.Errorf("bringing up loopback: %w", err)
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bringing up loopback: reading flags: %w", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return fmt.Errorf("bringing up loopback: %w", err)
+	}
+	return nil
+}
+
+// enterRoot makes the assembled tree the root and detaches the host's.
+func enterRoot(merged string) error {
+	if err := unix.Chdir(merged); err != nil {
+		return fmt.Errorf("entering %s: %w", merged, err)
+	}
+	// pivot_root(".", ".") stacks the old root under the new one; the
+	// detach then removes it without needing a directory for it.
+	if err := unix.PivotRoot(".", "."); err != nil {
+		return fmt.Errorf("pivot_root into %s: %w", merged, err)
+	}
+	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
+		return fmt.Errorf("detaching the host's root: %w", err)
+	}
+	if err := unix.Chdir("/"); err != nil {
+		return fmt.Errorf("entering the new root: %w", err)
+	}
+	return nil
+}

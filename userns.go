@@ -1,0 +1,234 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/user"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Inside an environment, root is the invoking user and 1..65536 are the
+// user's subordinate IDs: package managers chown files to system users,
+// and those owners must survive on disk.
+const subordinateIDs = 65536
+
+// idRange is one line of /proc/PID/uid_map or gid_map.
+type idRange struct{ inside, outside, count int }
+
+// idMapping is how a user namespace maps IDs to the host.
+type idMapping struct {
+	uids, gids []idRange
+	helper     bool   // written by newuidmap/newgidmap (setuid helpers)
+	reduced    string // why only root is mapped, with the fix; empty when fully mapped
+}
+
+// planIDMapping decides the mapping for the current user: identity for
+// root, subordinate ranges through newuidmap/newgidmap for everyone else,
+// or root alone when those are missing.
+func planIDMapping() idMapping {
+	uid, gid := os.Getuid(), os.Getgid()
+	if uid == 0 {
+		r := []idRange{{0, 0, subordinateIDs + 1}}
+		return idMapping{uids: r, gids: r}
+	}
+	m := idMapping{uids: []idRange{{0, uid, 1}}, gids: []idRange{{0, gid, 1}}}
+	name := strconv.Itoa(uid)
+	if u, err := user.LookupId(name); err == nil {
+		name = u.Username
+	}
+	fix := fmt.Sprintf("to fix: sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 %s", name)
+	subU, okU := subordinateRange("/etc/subuid", name, uid)
+	subG, okG := subordinateRange("/etc/subgid", name, uid)
+	_, errU := exec.LookPath("newuidmap")
+	_, errG := exec.LookPath("newgidmap")
+	switch {
+	case !okU || !okG:
+		m.reduced = fmt.Sprintf("user %s has no subordinate ID range in /etc/subuid and /etc/subgid; only root is mapped inside, so package managers cannot create files for system users (%s)", name, fix)
+	case errU != nil || errG != nil:
+		m.reduced = fmt.Sprintf("newuidmap/newgidmap are not installed; only root is mapped inside, so package managers cannot create files for system users (%s)", fix)
+	default:
+		m.helper = true
+		m.uids = append(m.uids, idRange{1, subU.outside, min(subU.count, subordinateIDs)})
+		m.gids = append(m.gids, idRange{1, subG.outside, min(subG.count, subordinateIDs)})
+	}
+	return m
+}
+
+// subordinateRange finds the first range of name (or its numeric uid) in
+// an /etc/subuid-style file.
+func subordinateRange(file, name string, uid int) (idRange, bool) {
+	f, err := os.Open(file)
+	if err != nil {
+		return idRange{}, false
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Split(strings.TrimSpace(sc.Text()), ":")
+		if len(fields) != 3 || (fields[0] != name && fields[0] != strconv.Itoa(uid)) {
+			continue
+		}
+		start, err1 := strconv.Atoi(fields[1])
+		count, err2 := strconv.Atoi(fields[2])
+		if err1 == nil && err2 == nil && count > 0 {
+			return idRange{1, start, count}, true
+		}
+	}
+	return idRange{}, false
+}
+
+// apply writes the mapping of the user namespace of process pid.
+func (m idMapping) apply(pid int) error {
+	if m.helper {
+		for _, h := range []struct {
+			prog string
+			rs   []idRange
+		}{{"newuidmap", m.uids}, {"newgidmap", m.gids}} {
+			args := []string{strconv.Itoa(pid)}
+			for _, r := range h.rs {
+				args = append(args, strconv.Itoa(r.inside), strconv.Itoa(r.outside), strconv.Itoa(r.count))
+			}
+			if out, err := exec.Command(h.prog, args...).CombinedOutput(); err != nil {
+				return fmt.Errorf("mapping IDs with %s %s: %v: %s", h.prog, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+			}
+		}
+		return nil
+	}
+	proc := fmt.Sprintf("/proc/%d/", pid)
+	if os.Getuid() != 0 {
+		// An unprivileged writer may map only its own IDs, and only
+		// once the namespace can no longer call setgroups.
+		if err := os.WriteFile(proc+"setgroups", []byte("deny"), 0); err != nil {
+			return fmt.Errorf("writing %ssetgroups: %w", proc, err)
+		}
+	}
+	for _, w := range []struct {
+		file string
+		rs   []idRange
+	}{{"uid_map", m.uids}, {"gid_map", m.gids}} {
+		var b strings.Builder
+		for _, r := range w.rs {
+			fmt.Fprintf(&b, "%d %d %d\n", r.inside, r.outside, r.count)
+		}
+		if err := os.WriteFile(proc+w.file, []byte(b.String()), 0); err != nil {
+			return fmt.Errorf("writing %s%s: %w", proc, w.file, err)
+		}
+	}
+	return nil
+}
+
+// A stage is this binary started again inside new namespaces to do one
+// job there: be an environment's init, or pack, unpack or remove a tree
+// with the full ID mapping. The child reads its configuration from fd 3;
+// the parent writes it only after the ID mapping is in place, so the
+// child's first read doubles as the wait for the mapping.
+const stageEnv = "_KARAPACE_STAGE"
+
+// stageFuncs are the stages by name, registered by the files that
+// implement them.
+var stageFuncs = map[string]func(cfg []byte) int{}
+
+// stageProc is a started stage.
+type stageProc struct {
+	cmd *exec.Cmd
+}
+
+// stageOptions says how to start a stage.
+type stageOptions struct {
+	cloneFlags     uintptr // namespaces besides the user namespace
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	extraFiles     []*os.File // become fds 4, 5, ...
+	detach         bool       // new session, survives its starter (an environment's init)
+	beforeConfig   func(pid int) error
+}
+
+// startStage starts stage name in a new user namespace with mapping m.
+func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, error) {
+	data, err := json.Marshal(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: encoding configuration: %w", name, err)
+	}
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, fmt.Errorf("stage %s: %w", name, err)
+	}
+	cmd := exec.Command("/proc/self/exe")
+	cmd.Args = []string{"karapace-" + name}
+	cmd.Env = []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.stdin, o.stdout, o.stderr
+	cmd.ExtraFiles = append([]*os.File{pr}, o.extraFiles...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | o.cloneFlags}
+	if o.detach {
+		cmd.SysProcAttr.Setsid = true
+	} else {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := cmd.Start(); err != nil {
+		pr.Close()
+		pw.Close()
+		return nil, fmt.Errorf("stage %s: starting a process in new namespaces: %w (are user namespaces enabled? see 'karapace doctor')", name, err)
+	}
+	pr.Close()
+	p := &stageProc{cmd: cmd}
+	fail := func(err error) (*stageProc, error) {
+		pw.Close()
+		cmd.Process.Kill()
+		cmd.Wait()
+		return nil, fmt.Errorf("stage %s: %w", name, err)
+	}
+	if err := m.apply(cmd.Process.Pid); err != nil {
+		return fail(err)
+	}
+	if o.beforeConfig != nil {
+		if err := o.beforeConfig(cmd.Process.Pid); err != nil {
+			return fail(err)
+		}
+	}
+	if _, err := pw.Write(data); err != nil {
+		return fail(fmt.Errorf("sending configuration: %w", err))
+	}
+	pw.Close()
+	return p, nil
+}
+
+// wait waits for the stage and turns a failure into an error.
+func (p *stageProc) wait() error {
+	err := p.cmd.Wait()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return fmt.Errorf("%s failed (%s)", p.cmd.Args[0], ee.ProcessState)
+	}
+	return err
+}
+
+// runStageIfChild runs the stage this process was started as, if any, and
+// exits. It is the first thing main does.
+func runStageIfChild() {
+	name := os.Getenv(stageEnv)
+	if name == "" {
+		return
+	}
+	os.Unsetenv(stageEnv)
+	setLogLevel(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
+	f, ok := stageFuncs[name]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "karapace: unknown stage %q\n", name)
+		os.Exit(exitFailure)
+	}
+	cfgFile := os.NewFile(3, "stage-config")
+	cfg, err := io.ReadAll(cfgFile)
+	cfgFile.Close()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
+		os.Exit(exitFailure)
+	}
+	os.Exit(f(cfg))
+}
