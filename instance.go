@@ -22,12 +22,13 @@ import (
 
 // spawnRequest asks the instance to run a command.
 type spawnRequest struct {
-	Argv []string `json:"argv"`
-	Env  []string `json:"env"`
-	Dir  string   `json:"dir"`
-	TTY  bool     `json:"tty"` // run on a new pseudo-terminal; its master comes back
-	Rows uint16   `json:"rows,omitempty"`
-	Cols uint16   `json:"cols,omitempty"`
+	Argv  []string `json:"argv"`
+	Env   []string `json:"env"`
+	Dir   string   `json:"dir"`
+	TTY   bool     `json:"tty"`   // run on a new pseudo-terminal; its master comes back
+	Login bool     `json:"login"` // no Argv: start the login shell
+	Rows  uint16   `json:"rows,omitempty"`
+	Cols  uint16   `json:"cols,omitempty"`
 }
 
 // instanceMsg is every message after the request, in both directions.
@@ -234,10 +235,7 @@ func (s *instanceServer) finish(conn int) {
 // or on a new pseudo-terminal, and registers it before the reaper can see
 // it exit.
 func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *session, int, error) {
-	if len(req.Argv) == 0 {
-		return 0, nil, -1, errors.New("no command")
-	}
-	path, err := lookPathIn(req.Argv[0], req.Env)
+	path, argv, err := commandFor(req)
 	if err != nil {
 		return 0, nil, -1, err
 	}
@@ -270,9 +268,9 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *se
 	if s.stopping {
 		return fail(errors.New("the environment is stopping"))
 	}
-	pid, err := syscall.ForkExec(path, req.Argv, attr)
+	pid, err := syscall.ForkExec(path, argv, attr)
 	if err != nil {
-		return fail(fmt.Errorf("starting %s: %w", req.Argv[0], err))
+		return fail(fmt.Errorf("starting %s: %w", path, err))
 	}
 	sess := &session{conn: conn, done: make(chan struct{})}
 	s.sessions[pid] = sess
@@ -335,6 +333,24 @@ func (s *instanceServer) stop() {
 		unix.Kill(-1, unix.SIGKILL)
 		os.Exit(0)
 	})
+}
+
+// commandFor finds the program of a request: its command, or for a login
+// shell the first of bash and sh, with the "-" that tells it to log in.
+func commandFor(req *spawnRequest) (string, []string, error) {
+	if len(req.Argv) > 0 {
+		path, err := lookPathIn(req.Argv[0], req.Env)
+		return path, req.Argv, err
+	}
+	if !req.Login {
+		return "", nil, errors.New("no command")
+	}
+	for _, sh := range []string{"/bin/bash", "/bin/sh"} {
+		if unix.Access(sh, unix.X_OK) == nil {
+			return sh, []string{"-" + sh[strings.LastIndexByte(sh, '/')+1:]}, nil
+		}
+	}
+	return "", nil, errors.New("no shell in the environment (/bin/bash, /bin/sh)")
 }
 
 // lookPathIn finds a command the way a shell inside would, using the
@@ -419,6 +435,15 @@ func (d instanceDir) running() (int, bool) {
 	return 0, false
 }
 
+// waitGone waits up to timeout for the instance's init to exit.
+func (d instanceDir) waitGone(timeout time.Duration) {
+	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
+		if _, ok := d.running(); !ok {
+			return
+		}
+	}
+}
+
 // procStartTime is field 22 of /proc/PID/stat: when the process started,
 // in clock ticks since boot.
 func procStartTime(pid int) (uint64, error) {
@@ -435,6 +460,9 @@ func procStartTime(pid int) (uint64, error) {
 	f := strings.Fields(string(data[i+1:]))
 	if len(f) < 20 {
 		return 0, errors.New("bad stat")
+	}
+	if f[0] == "Z" || f[0] == "X" {
+		return 0, errors.New("process has exited")
 	}
 	return strconv.ParseUint(f[19], 10, 64)
 }
@@ -490,9 +518,9 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	if err := writeFileAtomic(d.marker(), data, 0o600); err != nil {
 		return err
 	}
-	// init outlives us when other sessions join it; nobody waits for it
-	// but the kernel, through its new parent.
-	p.cmd.Process.Release()
+	// init may outlive us (other sessions join it); while we live, we
+	// reap it, so a long-running caller leaves no zombie behind.
+	go p.cmd.Wait()
 	return nil
 }
 

@@ -80,6 +80,7 @@ func (c *cli) flag(name string) string { return c.opts[name] }
 func (c *cli) has(name string) bool    { _, ok := c.opts[name]; return ok }
 
 func main() {
+	runStageIfChild()
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
 }
 

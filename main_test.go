@@ -11,9 +11,11 @@ import (
 // A _test.go file registers its own in init.
 var testHelpers = map[string]func(){}
 
-// TestMain runs a registered helper instead of the tests when the test
-// binary is started with KARAPACE_TEST_HELPER=name.
+// TestMain runs a stage (see userns.go) when the runtime starts the test
+// binary as one, and a registered helper instead of the tests when it is
+// started with KARAPACE_TEST_HELPER=name.
 func TestMain(m *testing.M) {
+	runStageIfChild()
 	if name := os.Getenv("KARAPACE_TEST_HELPER"); name != "" {
 		h, ok := testHelpers[name]
 		if !ok {

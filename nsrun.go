@@ -33,6 +33,7 @@ type initConfig struct {
 	Socket      string      // control socket to listen on
 	FuseOverlay string      // fuse-overlayfs to fall back on, if found
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
+	User        string      // the host user's name, made known inside as root's alias
 }
 
 // bindMount binds a host path at a path inside the environment.
@@ -40,8 +41,9 @@ type bindMount struct {
 	Source   string `json:"source"`
 	Target   string `json:"target"` // absolute, inside the environment
 	ReadOnly bool   `json:"ro"`
-	Dir      bool   `json:"dir"` // the source is a directory (else a file or socket)
-	Why      string `json:"why"` // for error messages: "mount workspace", "gpu"...
+	Dir      bool   `json:"dir"`   // the source is a directory (else a file or socket)
+	Tmpfs    bool   `json:"tmpfs"` // no source: a fresh tmpfs at Target
+	Why      string `json:"why"`   // for error messages: "mount workspace", "gpu"...
 }
 
 func init() { stageFuncs["init"] = initStage }
@@ -71,6 +73,15 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 	// Nothing we mount may propagate back to the host.
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return -1, fmt.Errorf("making mounts private: %w", err)
+	}
+	if cfg.User != "" && cfg.User != "root" {
+		layer, err := writeUserLayer(filepath.Join(filepath.Dir(cfg.Socket), "user-layer"), cfg, cfg.User)
+		if err != nil {
+			return -1, err
+		}
+		if layer != "" {
+			cfg.Lower = append([]string{layer}, cfg.Lower...)
+		}
 	}
 	if err := mountRoot(cfg); err != nil {
 		return -1, err
@@ -112,6 +123,55 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 		return -1, err
 	}
 	return ln, nil
+}
+
+// writeUserLayer makes a small layer, above the environment's layers and
+// below its writable one, whose /etc/passwd and /etc/group also name the
+// host user, as an alias of root: inside, the user is root. The layers
+// themselves stay free of anything user-specific. It returns "" when the
+// names are there already.
+func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
+	if strings.ContainsAny(name, ":\n") {
+		return "", nil
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	search := cfg.Lower
+	if cfg.Upper != "" {
+		search = append([]string{cfg.Upper}, search...)
+	}
+	wrote := false
+	for _, f := range []struct{ file, line string }{
+		{"etc/passwd", name + ":x:0:0:" + name + " (host user):/root:/bin/sh\n"},
+		{"etc/group", name + ":x:0:\n"},
+	} {
+		var data []byte
+		for _, l := range search {
+			b, err := os.ReadFile(filepath.Join(l, f.file))
+			if err == nil {
+				data = b
+				break
+			}
+		}
+		if data == nil || strings.Contains("\n"+string(data), "\n"+name+":") {
+			continue
+		}
+		if len(data) > 0 && data[len(data)-1] != '\n' {
+			data = append(data, '\n')
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "etc"), 0o755); err != nil {
+			return "", fmt.Errorf("creating %s: %w", dir, err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, f.file), append(data, f.line...), 0o644); err != nil {
+			return "", fmt.Errorf("writing %s: %w", f.file, err)
+		}
+		wrote = true
+	}
+	if !wrote {
+		return "", nil
+	}
+	return dir, nil
 }
 
 // mountRoot mounts the overlay of the layers at cfg.Merged: kernel
@@ -222,6 +282,9 @@ func mountAt(root int, target, source, fstype string, flags uintptr, data string
 // source was resolved and checked by the parent; it is opened once here
 // and mounted by its fd.
 func bindInto(root int, b bindMount) error {
+	if b.Tmpfs {
+		return mountAt(root, b.Target, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700")
+	}
 	src, err := unix.Open(b.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)

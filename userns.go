@@ -85,41 +85,19 @@ func subordinateRange(file, name string, uid int) (idRange, bool) {
 	return idRange{}, false
 }
 
-// apply writes the mapping of the user namespace of process pid.
+// apply maps the user namespace of process pid with newuidmap and
+// newgidmap, the setuid helpers that may write subordinate ranges.
 func (m idMapping) apply(pid int) error {
-	if m.helper {
-		for _, h := range []struct {
-			prog string
-			rs   []idRange
-		}{{"newuidmap", m.uids}, {"newgidmap", m.gids}} {
-			args := []string{strconv.Itoa(pid)}
-			for _, r := range h.rs {
-				args = append(args, strconv.Itoa(r.inside), strconv.Itoa(r.outside), strconv.Itoa(r.count))
-			}
-			if out, err := exec.Command(h.prog, args...).CombinedOutput(); err != nil {
-				return fmt.Errorf("mapping IDs with %s %s: %v: %s", h.prog, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-			}
-		}
-		return nil
-	}
-	proc := fmt.Sprintf("/proc/%d/", pid)
-	if os.Getuid() != 0 {
-		// An unprivileged writer may map only its own IDs, and only
-		// once the namespace can no longer call setgroups.
-		if err := os.WriteFile(proc+"setgroups", []byte("deny"), 0); err != nil {
-			return fmt.Errorf("writing %ssetgroups: %w", proc, err)
-		}
-	}
-	for _, w := range []struct {
-		file string
+	for _, h := range []struct {
+		prog string
 		rs   []idRange
-	}{{"uid_map", m.uids}, {"gid_map", m.gids}} {
-		var b strings.Builder
-		for _, r := range w.rs {
-			fmt.Fprintf(&b, "%d %d %d\n", r.inside, r.outside, r.count)
+	}{{"newuidmap", m.uids}, {"newgidmap", m.gids}} {
+		args := []string{strconv.Itoa(pid)}
+		for _, r := range h.rs {
+			args = append(args, strconv.Itoa(r.inside), strconv.Itoa(r.outside), strconv.Itoa(r.count))
 		}
-		if err := os.WriteFile(proc+w.file, []byte(b.String()), 0); err != nil {
-			return fmt.Errorf("writing %s%s: %w", proc, w.file, err)
+		if out, err := exec.Command(h.prog, args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("mapping IDs with %s %s: %v: %s", h.prog, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
 		}
 	}
 	return nil
@@ -130,7 +108,10 @@ func (m idMapping) apply(pid int) error {
 // with the full ID mapping. The child reads its configuration from fd 3;
 // the parent writes it only after the ID mapping is in place, so the
 // child's first read doubles as the wait for the mapping.
-const stageEnv = "_KARAPACE_STAGE"
+const (
+	stageEnv       = "_KARAPACE_STAGE"
+	stageReexecEnv = "_KARAPACE_STAGE_REEXEC"
+)
 
 // stageFuncs are the stages by name, registered by the files that
 // implement them.
@@ -167,6 +148,21 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.stdin, o.stdout, o.stderr
 	cmd.ExtraFiles = append([]*os.File{pr}, o.extraFiles...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | o.cloneFlags}
+	if m.helper {
+		// The child execs before newuidmap has mapped it, and an exec by
+		// an unmapped user drops every capability: it execs itself once
+		// more when mapped.
+		cmd.Env = append(cmd.Env, stageReexecEnv+"=1")
+	} else {
+		// Go writes these maps before the child execs.
+		for _, r := range m.uids {
+			cmd.SysProcAttr.UidMappings = append(cmd.SysProcAttr.UidMappings, syscall.SysProcIDMap{ContainerID: r.inside, HostID: r.outside, Size: r.count})
+		}
+		for _, r := range m.gids {
+			cmd.SysProcAttr.GidMappings = append(cmd.SysProcAttr.GidMappings, syscall.SysProcIDMap{ContainerID: r.inside, HostID: r.outside, Size: r.count})
+		}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = os.Getuid() == 0
+	}
 	if o.detach {
 		cmd.SysProcAttr.Setsid = true
 	} else {
@@ -185,8 +181,10 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 		cmd.Wait()
 		return nil, fmt.Errorf("stage %s: %w", name, err)
 	}
-	if err := m.apply(cmd.Process.Pid); err != nil {
-		return fail(err)
+	if m.helper {
+		if err := m.apply(cmd.Process.Pid); err != nil {
+			return fail(err)
+		}
 	}
 	if o.beforeConfig != nil {
 		if err := o.beforeConfig(cmd.Process.Pid); err != nil {
@@ -217,6 +215,7 @@ func runStageIfChild() {
 		return
 	}
 	os.Unsetenv(stageEnv)
+	defer os.Unsetenv(stageReexecEnv)
 	setLogLevel(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
 	f, ok := stageFuncs[name]
 	if !ok {
@@ -230,5 +229,34 @@ func runStageIfChild() {
 		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
+	if os.Getenv(stageReexecEnv) != "" {
+		err := reexecMapped(name, cfg)
+		fmt.Fprintf(os.Stderr, "karapace-%s: %v\n", name, err)
+		os.Exit(exitFailure)
+	}
 	os.Exit(f(cfg))
+}
+
+// reexecMapped execs this stage again now that its user is mapped, so it
+// starts as root of its namespace with full capabilities. The
+// configuration travels in a memfd on fd 3; other fds stay as they are.
+func reexecMapped(name string, cfg []byte) error {
+	fd, err := unix.MemfdCreate("karapace-stage", 0)
+	if err != nil {
+		return fmt.Errorf("re-executing mapped: memfd: %w", err)
+	}
+	if _, err := unix.Write(fd, cfg); err != nil {
+		return fmt.Errorf("re-executing mapped: %w", err)
+	}
+	if _, err := unix.Seek(fd, 0, 0); err != nil {
+		return fmt.Errorf("re-executing mapped: %w", err)
+	}
+	// fd 3 was closed after reading, so the memfd is usually fd 3 itself.
+	if fd != 3 {
+		if err := unix.Dup2(fd, 3); err != nil {
+			return fmt.Errorf("re-executing mapped: %w", err)
+		}
+	}
+	env := []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
+	return unix.Exec("/proc/self/exe", []string{"karapace-" + name}, env)
 }

@@ -1,0 +1,281 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// runSpec is an environment as a backend sees it: assembled by the engine
+// from the store and the lock.
+type runSpec struct {
+	ID, ShortID string
+	Dir         string   // <root>/env/<env_id>: upper/, work/, merged/, run/
+	Lower       []string // layer trees, top first
+	ReadOnly    bool     // frozen: the root is mounted read-only
+	Mounts      []lockMount
+	ManifestDir string // relative mounts resolve here
+	GPU, Audio  bool
+	Isolated    bool
+	CPUShares   int64
+	MemoryMB    int64
+}
+
+// execSpec is one command to run in an environment.
+type execSpec struct {
+	Argv  []string // nil with Login: the login shell
+	Login bool
+	TTY   bool // on a new pseudo-terminal relayed to Stdio (enter)
+	Stdio [3]*os.File
+	Env   []string // host environment, filtered by the policy
+	Cwd   string   // host working directory, mapped through the mounts
+}
+
+// backend runs environments. The namespace backend is the real one; the
+// mock one stands in for it in tests of the engine and the command line.
+type backend interface {
+	name() string
+	prepare(r *runSpec) error
+	exec(r *runSpec, e *execSpec) (int, error)
+	stop(r *runSpec, timeout time.Duration) error
+	status(r *runSpec) (pid int, running bool)
+}
+
+func backendFor(name string) (backend, error) {
+	switch name {
+	case "namespace":
+		return nsBackend{getenv: os.Getenv}, nil
+	case "mock":
+		return mockBackend{}, nil
+	}
+	return nil, fmt.Errorf("runtime backend %q is not available", name)
+}
+
+type nsBackend struct {
+	getenv func(string) string
+}
+
+func (nsBackend) name() string { return "namespace" }
+
+func (r *runSpec) runDir() instanceDir { return instanceDir(filepath.Join(r.Dir, "run")) }
+
+func (nsBackend) prepare(r *runSpec) error {
+	for _, d := range []string{"upper", "work", "merged", "run"} {
+		if err := os.MkdirAll(filepath.Join(r.Dir, d), 0o700); err != nil {
+			return fmt.Errorf("preparing %s: %w", r.Dir, err)
+		}
+	}
+	return nil
+}
+
+func (nsBackend) status(r *runSpec) (int, bool) { return r.runDir().running() }
+
+// exec runs a command in the environment's instance, starting the
+// instance first when none is running.
+func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
+	if err := b.prepare(r); err != nil {
+		return 0, err
+	}
+	req := spawnRequest{Argv: e.Argv, Env: b.commandEnv(r, e), Dir: b.commandDir(r, e), TTY: e.TTY, Login: e.Login}
+	for attempt := 0; ; attempt++ {
+		if _, ok := r.runDir().running(); !ok {
+			cfg, mapping, flags, err := b.initConfig(r)
+			if err != nil {
+				return 0, err
+			}
+			limits := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}
+			if err := r.runDir().ensureInstance(cfg, mapping, flags, limits.applyTo(r.ShortID)); err != nil {
+				return 0, err
+			}
+		}
+		code, err := r.runDir().spawnIn(req, e.Stdio)
+		// An instance that was just ending sends us to start a new one,
+		// once it is gone.
+		if errors.Is(err, errInstanceGone) && attempt < 3 {
+			r.runDir().waitGone(2 * time.Second)
+			continue
+		}
+		return code, err
+	}
+}
+
+// initConfig resolves everything init needs, checking the policy before
+// anything is mounted.
+func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, error) {
+	pol, err := loadPolicy(b.getenv)
+	if err != nil {
+		return nil, idMapping{}, 0, err
+	}
+	if err := pol.checkLimits(r.CPUShares, r.MemoryMB); err != nil {
+		return nil, idMapping{}, 0, err
+	}
+	cfg := &initConfig{
+		Lower:    r.Lower,
+		Merged:   filepath.Join(r.Dir, "merged"),
+		Hostname: "karapace-" + r.ShortID,
+		Isolated: r.Isolated,
+	}
+	if r.ReadOnly {
+		// A frozen environment's writable layer becomes one more lower layer.
+		cfg.Lower = append([]string{filepath.Join(r.Dir, "upper")}, r.Lower...)
+	} else {
+		cfg.Upper, cfg.Work = filepath.Join(r.Dir, "upper"), filepath.Join(r.Dir, "work")
+	}
+	if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
+		cfg.FuseOverlay = p
+	}
+	home := b.getenv("HOME")
+	for _, m := range r.Mounts {
+		bm, err := pol.resolveMount(m.Label, m.Source, m.Container, m.ReadOnly, r.ManifestDir, home)
+		if err != nil {
+			return nil, idMapping{}, 0, manifestErrorf("%v", err)
+		}
+		cfg.Binds = append(cfg.Binds, bm)
+	}
+	cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
+	if !r.Isolated {
+		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
+			if _, err := os.Stat(f); err == nil {
+				cfg.Binds = append(cfg.Binds, bindMount{Source: f, Target: f, ReadOnly: true, Why: "host " + f})
+			}
+		}
+	}
+	sockets, _ := hostSockets(b.getenv)
+	if len(sockets) > 0 {
+		cfg.Binds = append(cfg.Binds, bindMount{Tmpfs: true, Target: hostSession, Dir: true, Why: "host session sockets"})
+		cfg.Binds = append(cfg.Binds, sockets...)
+	}
+	mapping := planIDMapping()
+	if mapping.reduced != "" {
+		warnf("%s", mapping.reduced)
+	}
+	cfg.FullIDMap = mapping.reduced == ""
+	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
+	if r.Isolated {
+		flags |= unix.CLONE_NEWNET
+	}
+	cfg.User = hostUserName()
+	return cfg, mapping, flags, nil
+}
+
+func hostUserName() string {
+	if u, err := user.Current(); err == nil {
+		return u.Username
+	}
+	return ""
+}
+
+// containerPath is the standard PATH inside; the host's PATH names host
+// directories that mean nothing there.
+const containerPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// commandEnv is the environment of a command inside: our own variables
+// first, then what the policy lets through from the host.
+func (b nsBackend) commandEnv(r *runSpec, e *execSpec) []string {
+	env := []string{
+		"PATH=" + containerPath, "HOME=/root", "USER=root", "LOGNAME=root",
+		"HOSTNAME=karapace-" + r.ShortID, "container=karapace",
+		"KARAPACE_ENV=1", "KARAPACE_ENV_ID=" + r.ID,
+	}
+	pol, err := loadPolicy(b.getenv)
+	if err != nil {
+		pol = defaultPolicy()
+	}
+	env = append(env, pol.filterEnv(e.Env)...)
+	_, sockEnv := hostSockets(b.getenv)
+	env = append(env, sockEnv...)
+	if e.TTY && !hasEnv(env, "TERM") {
+		env = append(env, "TERM=xterm-256color")
+	}
+	return env
+}
+
+func hasEnv(env []string, name string) bool {
+	for _, kv := range env {
+		if strings.HasPrefix(kv, name+"=") {
+			return true
+		}
+	}
+	return false
+}
+
+// commandDir maps the host working directory into the environment when a
+// mount covers it, so "karapace exec" in a project runs in the project.
+func (b nsBackend) commandDir(r *runSpec, e *execSpec) string {
+	if e.Cwd != "" {
+		cwd, err := filepath.EvalSymlinks(e.Cwd)
+		if err == nil {
+			for _, m := range r.Mounts {
+				bm, err := policy{}.resolveMountPath(m.Source, r.ManifestDir, b.getenv("HOME"))
+				if err == nil && pathWithin(cwd, bm) {
+					return filepath.Join(m.Container, strings.TrimPrefix(cwd, bm))
+				}
+			}
+		}
+	}
+	return "/root"
+}
+
+// stop asks init to end the environment (SIGTERM to every session), then
+// kills it after timeout.
+func (nsBackend) stop(r *runSpec, timeout time.Duration) error {
+	pid, ok := r.runDir().running()
+	if !ok {
+		return nil
+	}
+	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
+		return fmt.Errorf("stopping pid %d: %w", pid, err)
+	}
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if _, ok := r.runDir().running(); !ok {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	unix.Kill(pid, syscall.SIGKILL)
+	for i := 0; i < 250; i++ {
+		if _, ok := r.runDir().running(); !ok {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("the environment's init (pid %d) did not exit after SIGKILL", pid)
+}
+
+// mockBackend runs nothing. It answers deterministically so the engine
+// and the command line can be tested without namespaces: a command prints
+// its argv, and "exit N" ends with status N.
+type mockBackend struct{}
+
+func (mockBackend) name() string { return "mock" }
+
+func (mockBackend) prepare(r *runSpec) error {
+	return os.MkdirAll(filepath.Join(r.Dir, "upper"), 0o700)
+}
+
+func (mockBackend) exec(r *runSpec, e *execSpec) (int, error) {
+	argv := e.Argv
+	if e.Login {
+		argv = []string{"-sh"}
+	}
+	if len(argv) == 2 && argv[0] == "exit" {
+		var n int
+		if _, err := fmt.Sscan(argv[1], &n); err == nil {
+			return n, nil
+		}
+	}
+	fmt.Fprintf(e.Stdio[1], "mock[%s]: %s\n", r.ShortID, strings.Join(argv, " "))
+	return 0, nil
+}
+
+func (mockBackend) stop(*runSpec, time.Duration) error { return nil }
+func (mockBackend) status(*runSpec) (int, bool)       { return 0, false }
