@@ -10,6 +10,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -48,14 +49,14 @@ func (l *layer) check() error {
 	default:
 		return fmt.Errorf("layer: unknown kind %q", l.Kind)
 	}
-	if !validHash(l.TarHash) {
+	if !validStoreHash(l.TarHash) {
 		return fmt.Errorf("layer: invalid tar_hash %q", l.TarHash)
 	}
-	if l.Parent != "" && !validHash(l.Parent) {
+	if l.Parent != "" && !validStoreHash(l.Parent) {
 		return fmt.Errorf("layer: invalid parent %q", l.Parent)
 	}
 	for _, h := range l.ObjectRefs {
-		if !validHash(h) {
+		if !validStoreHash(h) {
 			return fmt.Errorf("layer: invalid object reference %q", h)
 		}
 	}
@@ -96,7 +97,7 @@ func (s *store) putLayer(l *layer) (string, error) {
 	if l.Parent != "" && !s.hasLayer(l.Parent) {
 		return "", fmt.Errorf("layer refers to parent layer %s, which is not in the store", l.Parent)
 	}
-	l.Hash = hashBytes(l.canonical())
+	l.Hash = storeBlake3Hex(l.canonical())
 	if s.hasLayer(l.Hash) {
 		return l.Hash, nil
 	}
@@ -109,7 +110,7 @@ func (s *store) putLayer(l *layer) (string, error) {
 // getLayer reads a layer manifest and checks that its file is canonical and
 // named by its hash.
 func (s *store) getLayer(hash string) (*layer, error) {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return nil, fmt.Errorf("invalid layer hash %q", hash)
 	}
 	file := s.path("layers", hash)
@@ -137,7 +138,7 @@ func (s *store) getLayer(hash string) (*layer, error) {
 	if err := l.check(); err != nil {
 		return nil, storeErrorf("layer file %s is corrupt: %v", file, err)
 	}
-	if got := hashBytes(l.canonical()); got != hash || l.Hash != hash {
+	if got := storeBlake3Hex(l.canonical()); got != hash || l.Hash != hash {
 		return nil, storeErrorf("layer file %s is corrupt: its content hashes to %s", file, got)
 	}
 	if !bytes.Equal(b, l.fileBytes()) {
@@ -147,7 +148,7 @@ func (s *store) getLayer(hash string) (*layer, error) {
 }
 
 func (s *store) hasLayer(hash string) bool {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return false
 	}
 	fi, err := os.Lstat(s.path("layers", hash))
@@ -157,7 +158,7 @@ func (s *store) hasLayer(hash string) bool {
 // deleteLayer removes a layer manifest (not its objects); a missing one is
 // not an error.
 func (s *store) deleteLayer(hash string) error {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return fmt.Errorf("invalid layer hash %q", hash)
 	}
 	if err := os.Remove(s.path("layers", hash)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -170,8 +171,8 @@ func (s *store) listLayers() ([]string, error) { return s.listDir("layers") }
 
 // Overlay's markers, in the tar stream (OCI image spec style) and on disk.
 const (
-	whiteoutPrefix = ".wh."
-	opaqueMarker   = ".wh..wh..opq"
+	layerWhiteoutPrefix = ".wh."
+	layerOpaqueMarker   = ".wh..wh..opq"
 )
 
 // packStats counts what packLayer wrote and what it left out.
@@ -198,7 +199,7 @@ type packer struct {
 	xbuf  []byte
 }
 
-var epoch = time.Unix(0, 0)
+var layerEpoch = time.Unix(0, 0)
 
 // packLayer writes the tree under dir to w as a deterministic tar stream:
 // depth first with each directory's names sorted bytewise, times 0,
@@ -237,14 +238,14 @@ func (p *packer) header(name string, st *unix.Stat_t, typ byte) *tar.Header {
 		Mode:     int64(st.Mode & 0o7777),
 		Uid:      int(st.Uid),
 		Gid:      int(st.Gid),
-		ModTime:  epoch,
+		ModTime:  layerEpoch,
 		Format:   tar.FormatPAX,
 	}
 }
 
 // marker is the empty file that stands for a whiteout or an opaque dir.
-func marker(name string) *tar.Header {
-	return &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, ModTime: epoch, Format: tar.FormatPAX}
+func layerMarker(name string) *tar.Header {
+	return &tar.Header{Typeflag: tar.TypeReg, Name: name, Mode: 0o644, ModTime: layerEpoch, Format: tar.FormatPAX}
 }
 
 func (p *packer) write(hdr *tar.Header, full string) error {
@@ -258,8 +259,8 @@ func (p *packer) write(hdr *tar.Header, full string) error {
 func (p *packer) walk(full, rel string, st *unix.Stat_t) error {
 	name := rel
 	base := filepath.Base(rel)
-	if rel != "" && strings.HasPrefix(base, whiteoutPrefix) {
-		return fmt.Errorf("packing %s: names starting with %q are reserved for whiteouts", full, whiteoutPrefix)
+	if rel != "" && strings.HasPrefix(base, layerWhiteoutPrefix) {
+		return fmt.Errorf("packing %s: names starting with %q are reserved for whiteouts", full, layerWhiteoutPrefix)
 	}
 	xattrs, opaque, whiteout, err := p.xattrs(full, st)
 	if err != nil {
@@ -279,7 +280,7 @@ func (p *packer) walk(full, rel string, st *unix.Stat_t) error {
 		}
 		p.st.Dirs++
 		if opaque {
-			if err := p.write(marker(rel+"/"+opaqueMarker), full); err != nil {
+			if err := p.write(layerMarker(path.Join(rel, layerOpaqueMarker)), full); err != nil {
 				return err
 			}
 			p.st.Opaques++
@@ -337,7 +338,7 @@ func (p *packer) walk(full, rel string, st *unix.Stat_t) error {
 func (p *packer) whiteout(full, rel string) error {
 	dir, base := filepath.Split(rel)
 	p.st.Whiteouts++
-	return p.write(marker(dir+whiteoutPrefix+base), full)
+	return p.write(layerMarker(dir+layerWhiteoutPrefix+base), full)
 }
 
 func (p *packer) walkDir(full, rel string) error {
@@ -394,13 +395,13 @@ func (p *packer) copyFile(full string, size int64) error {
 	return nil
 }
 
-// packXattr says whether an xattr belongs in a layer. Overlay's own xattrs
+// layerKeepXattr says whether an xattr belongs in a layer. Overlay's own xattrs
 // are turned into markers, never copied.
-func packXattr(name string) bool {
+func layerKeepXattr(name string) bool {
 	return name == "security.capability" || strings.HasPrefix(name, "user.") && !strings.HasPrefix(name, "user.overlay.")
 }
 
-func isOverlayXattr(name string) bool {
+func layerOverlayXattr(name string) bool {
 	return strings.HasPrefix(name, "user.overlay.") || strings.HasPrefix(name, "trusted.overlay.")
 }
 
@@ -415,7 +416,7 @@ func (p *packer) xattrs(full string, st *unix.Stat_t) (recs map[string]string, o
 	isReg := st.Mode&unix.S_IFMT == unix.S_IFREG
 	for _, n := range names {
 		switch {
-		case isOverlayXattr(n):
+		case layerOverlayXattr(n):
 			suffix := n[strings.Index(n, ".overlay.")+len(".overlay."):]
 			if isDir && suffix == "opaque" {
 				v, err := p.getXattr(full, n)
@@ -427,7 +428,7 @@ func (p *packer) xattrs(full string, st *unix.Stat_t) (recs map[string]string, o
 			if isReg && st.Size == 0 && suffix == "whiteout" {
 				whiteout = true
 			}
-		case packXattr(n):
+		case layerKeepXattr(n):
 			v, err := p.getXattr(full, n)
 			if err != nil {
 				return nil, false, false, err
@@ -521,11 +522,11 @@ const (
 	unpackMaxDeferredDirs = 1 << 16
 )
 
-// resolveInside keeps every lookup below the target directory and refuses
+// unpackResolve keeps every lookup below the target directory and refuses
 // symlinks on the way: a stream cannot write through a link it planted.
-const resolveInside = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
+const unpackResolve = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
-type deferredDir struct {
+type unpackDeferredDir struct {
 	rel  string
 	mode uint32
 }
@@ -546,7 +547,7 @@ type unpacker struct {
 	// far, the only valid hardlink targets: 8 bytes a file, not a path.
 	regular  map[uint64]struct{}
 	seed     maphash.Seed
-	deferred []deferredDir
+	deferred []unpackDeferredDir
 }
 
 // unpackLayer extracts a tar stream into dir, which must exist. It never
@@ -639,14 +640,14 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 		}
 		return u.setAttrs(u.root, "", hdr, true)
 	}
-	if strings.HasPrefix(base, whiteoutPrefix) {
+	if strings.HasPrefix(base, layerWhiteoutPrefix) {
 		if hdr.Typeflag != tar.TypeReg {
 			return fmt.Errorf("a whiteout marker must be a regular file, not type %q", hdr.Typeflag)
 		}
-		if base == opaqueMarker {
+		if base == layerOpaqueMarker {
 			return u.opaque(dir)
 		}
-		target := base[len(whiteoutPrefix):]
+		target := base[len(layerWhiteoutPrefix):]
 		if target == "" || target == "." || target == ".." {
 			return errors.New("whiteout of an invalid name")
 		}
@@ -714,7 +715,7 @@ func (u *unpacker) openDir(rel string) (int, error) {
 	for {
 		fd, err := unix.Openat2(u.root, rel, &unix.OpenHow{
 			Flags:   unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC,
-			Resolve: resolveInside,
+			Resolve: unpackResolve,
 		})
 		if err != unix.EINTR && err != unix.EAGAIN {
 			return fd, err
@@ -749,7 +750,7 @@ func (u *unpacker) mkdirAll(rel string) (int, error) {
 			unix.Close(fd)
 			return -1, err
 		}
-		next, err := unix.Openat2(fd, c, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: resolveInside})
+		next, err := unix.Openat2(fd, c, &unix.OpenHow{Flags: unix.O_RDONLY | unix.O_DIRECTORY | unix.O_CLOEXEC, Resolve: unpackResolve})
 		unix.Close(fd)
 		if err != nil {
 			return -1, err
@@ -975,7 +976,7 @@ func (u *unpacker) setAttrs(fd int, rel string, hdr *tar.Header, isDir bool) err
 		if len(u.deferred) >= unpackMaxDeferredDirs {
 			return fmt.Errorf("more than %d directories without owner rwx permission", unpackMaxDeferredDirs)
 		}
-		u.deferred = append(u.deferred, deferredDir{rel, mode})
+		u.deferred = append(u.deferred, unpackDeferredDir{rel, mode})
 		mode |= 0o700
 	}
 	if err := unix.Fchmod(fd, mode); err != nil {
@@ -1020,7 +1021,7 @@ func (u *unpacker) setXattrs(hdr *tar.Header, set func(string, []byte) error) {
 	sort.Strings(keys)
 	for _, k := range keys {
 		name := strings.TrimPrefix(k, "SCHILY.xattr.")
-		if !packXattr(name) || set(name, []byte(hdr.PAXRecords[k])) != nil {
+		if !layerKeepXattr(name) || set(name, []byte(hdr.PAXRecords[k])) != nil {
 			u.st.SkippedXattrs++
 		}
 	}
@@ -1109,15 +1110,15 @@ func (u *unpacker) opaque(dir string) error {
 	return unpackEmptyDir(d)
 }
 
-// partialSuffix names the directory unpackObjectTo fills before renaming
+// unpackPartialSuffix names the directory unpackObjectTo fills before renaming
 // it into place; lock recovery removes leftovers under env/.
-const partialSuffix = ".kp-partial"
+const unpackPartialSuffix = ".kp-partial"
 
 // unpackObjectTo unpacks the tar stream held by object hash into dest,
 // which must not exist (or be an empty directory). dest appears only
 // if the whole stream unpacked and hashed to its name.
 func (s *store) unpackObjectTo(hash, dest string, opts unpackOptions) error {
-	tmp := dest + partialSuffix
+	tmp := dest + unpackPartialSuffix
 	if err := os.RemoveAll(tmp); err != nil {
 		return fmt.Errorf("unpacking object %s: %w", hash, err)
 	}
@@ -1143,7 +1144,7 @@ func (s *store) unpackObjectTo(hash, dest string, opts unpackOptions) error {
 		err = os.Rename(tmp, dest)
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(dest))
+		err = storeSyncDir(filepath.Dir(dest))
 	}
 	if err != nil {
 		os.RemoveAll(tmp)

@@ -250,10 +250,10 @@ func (s *store) writeAtomic(dir, name string, r io.Reader) (n int64, err error) 
 	if err = os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
 		return n, err
 	}
-	return n, syncDir(dir)
+	return n, storeSyncDir(dir)
 }
 
-func syncDir(dir string) error {
+func storeSyncDir(dir string) error {
 	d, err := os.Open(dir)
 	if err != nil {
 		return err
@@ -265,8 +265,8 @@ func syncDir(dir string) error {
 	return nil
 }
 
-// validHash reports whether h is a lowercase hex blake3-256 digest.
-func validHash(h string) bool {
+// validStoreHash reports whether h is a lowercase hex blake3-256 digest.
+func validStoreHash(h string) bool {
 	if len(h) != 64 {
 		return false
 	}
@@ -278,7 +278,7 @@ func validHash(h string) bool {
 	return true
 }
 
-func hashBytes(b []byte) string {
+func storeBlake3Hex(b []byte) string {
 	sum := blake3.Sum256(b)
 	return hex.EncodeToString(sum[:])
 }
@@ -300,13 +300,13 @@ func (s *store) newObjectWriter() (*objectWriter, error) {
 		return nil, fmt.Errorf("writing object: %w", err)
 	}
 	w := &objectWriter{s: s, f: f, h: blake3.New(32, nil)}
-	w.bw = bufio.NewWriterSize(hashingFile{w}, storeBufSize)
+	w.bw = bufio.NewWriterSize(objectHashingFile{w}, storeBufSize)
 	return w, nil
 }
 
-type hashingFile struct{ w *objectWriter }
+type objectHashingFile struct{ w *objectWriter }
 
-func (hf hashingFile) Write(p []byte) (int, error) {
+func (hf objectHashingFile) Write(p []byte) (int, error) {
 	hf.w.h.Write(p)
 	n, err := hf.w.f.Write(p)
 	hf.w.n += int64(n)
@@ -366,7 +366,7 @@ func (w *objectWriter) commit() (hash string, size int64, err error) {
 		os.Remove(name)
 		return "", 0, fmt.Errorf("writing object %s: %w", hash, err)
 	}
-	if err := syncDir(w.s.path("objects")); err != nil {
+	if err := storeSyncDir(w.s.path("objects")); err != nil {
 		return "", 0, fmt.Errorf("writing object %s: %w", hash, err)
 	}
 	return hash, w.n, nil
@@ -386,7 +386,7 @@ func (s *store) putObject(r io.Reader) (hash string, size int64, err error) {
 }
 
 func (s *store) hasObject(hash string) bool {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return false
 	}
 	fi, err := os.Lstat(s.path("objects", hash))
@@ -394,7 +394,7 @@ func (s *store) hasObject(hash string) bool {
 }
 
 func (s *store) objectSize(hash string) (int64, error) {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return 0, fmt.Errorf("invalid object hash %q", hash)
 	}
 	fi, err := os.Lstat(s.path("objects", hash))
@@ -406,7 +406,7 @@ func (s *store) objectSize(hash string) (int64, error) {
 
 // deleteObject removes an object; a missing one is not an error.
 func (s *store) deleteObject(hash string) error {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return fmt.Errorf("invalid object hash %q", hash)
 	}
 	if err := os.Remove(s.path("objects", hash)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -418,7 +418,7 @@ func (s *store) deleteObject(hash string) error {
 // openObject returns a reader of the object that fails at the end, instead
 // of returning io.EOF, if the content does not hash to the object's name.
 func (s *store) openObject(hash string) (io.ReadCloser, error) {
-	if !validHash(hash) {
+	if !validStoreHash(hash) {
 		return nil, fmt.Errorf("invalid object hash %q", hash)
 	}
 	f, err := os.Open(s.path("objects", hash))
@@ -428,12 +428,12 @@ func (s *store) openObject(hash string) (io.ReadCloser, error) {
 		}
 		return nil, fmt.Errorf("opening object %s: %w", hash, err)
 	}
-	return &verifyingReader{f: f, want: hash, h: blake3.New(32, nil), buf: storeBufPool.Get().(*[]byte)}, nil
+	return &objectVerifyingReader{f: f, want: hash, h: blake3.New(32, nil), buf: storeBufPool.Get().(*[]byte)}, nil
 }
 
-// verifyingReader hashes the file in large blocks (fast for blake3) and
+// objectVerifyingReader hashes the file in large blocks (fast for blake3) and
 // hands them out in whatever sizes the caller reads.
-type verifyingReader struct {
+type objectVerifyingReader struct {
 	f      *os.File
 	want   string
 	h      *blake3.Hasher
@@ -444,7 +444,7 @@ type verifyingReader struct {
 	closed bool
 }
 
-func (v *verifyingReader) Read(p []byte) (int, error) {
+func (v *objectVerifyingReader) Read(p []byte) (int, error) {
 	if v.closed {
 		return 0, fmt.Errorf("object %s: read after close", v.want)
 	}
@@ -470,7 +470,7 @@ func (v *verifyingReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-func (v *verifyingReader) Close() error {
+func (v *objectVerifyingReader) Close() error {
 	if v.closed {
 		return nil
 	}
@@ -632,11 +632,61 @@ func (s *store) recoverLocked() (int, error) {
 			return n, storeErrorf("removing leftover %s: %v", s.path("staging", name), err)
 		}
 	}
-	partials, _ := filepath.Glob(filepath.Join(s.root, "env", "*", "*"+partialSuffix))
+	partials, _ := filepath.Glob(filepath.Join(s.root, "env", "*", "*"+unpackPartialSuffix))
 	for _, p := range partials {
 		if err := os.RemoveAll(p); err != nil {
 			return n, storeErrorf("removing leftover %s: %v", p, err)
 		}
 	}
 	return n, nil
+}
+
+func runMigrate(c *cli) error {
+	root, err := c.storeRoot()
+	if err != nil {
+		return err
+	}
+	s, v, err := openStoreAnyVersion(root)
+	if err != nil {
+		return err
+	}
+	s.lockWait = storeLockWait(c.getenv)
+	if v > storeFormatVersion {
+		return storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
+	}
+	for _, d := range storeDirs {
+		if err := os.MkdirAll(s.path(d), 0o700); err != nil {
+			return fmt.Errorf("migrating %s: %w", s.dir, err)
+		}
+	}
+	l, err := s.acquire("migrate", s.lockWait)
+	if err != nil {
+		return err
+	}
+	defer l.unlock()
+	rep := migrateReport{FromVersion: v, ToVersion: storeFormatVersion, Current: true}
+	legacy := false
+	if v == storeFormatVersion {
+		if legacy, err = s.hasLegacyMeta(); err != nil {
+			return err
+		}
+	}
+	if v < storeFormatVersion || legacy {
+		if rep, err = s.migrate(v); err != nil {
+			return err
+		}
+		if _, err := s.recoverLocked(); err != nil {
+			return err
+		}
+	}
+	if c.json {
+		return writeJSON(c.stdout, rep)
+	}
+	if rep.Current {
+		fmt.Fprintf(c.stdout, "store %s is already at format %d\n", s.dir, storeFormatVersion)
+		return nil
+	}
+	fmt.Fprintf(c.stdout, "migrated store %s from format %d to %d: %s, %s converted\n", s.dir, v, storeFormatVersion,
+		gcPlural(rep.Metadata, "environment", "environments"), gcPlural(rep.Layers, "layer", "layers"))
+	return nil
 }

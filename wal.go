@@ -46,6 +46,11 @@ type walOp struct {
 	EnvID   string    `json:"env_id,omitempty"`
 	Started string    `json:"started"`
 	Steps   []walStep `json:"steps"`
+	// Committed: the operation is complete; what is left is removing
+	// Cleanup (superseded trees), which recovery finishes instead of
+	// rolling anything back.
+	Committed bool     `json:"committed,omitempty"`
+	Cleanup   []string `json:"cleanup,omitempty"`
 
 	s *store
 }
@@ -117,7 +122,36 @@ func (o *walOp) done() error {
 	if err := os.Remove(o.s.path("wal", o.file())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("finishing %s: %w", o.Kind, err)
 	}
-	return syncDir(o.s.path("wal"))
+	return storeSyncDir(o.s.path("wal"))
+}
+
+// finish is done for an operation that leaves superseded trees behind
+// (the old upper directory of a restore): it records the commit point,
+// removes the trees and ends the operation. From the commit point on, a
+// crash is completed by recovery, not rolled back.
+func (o *walOp) finish(cleanup ...string) error {
+	for _, p := range cleanup {
+		if err := o.s.checkWALPath(p); err != nil {
+			return fmt.Errorf("%s: invalid cleanup path: %w", o.Kind, err)
+		}
+	}
+	o.Committed, o.Cleanup = true, cleanup
+	if err := o.write(); err != nil {
+		return err
+	}
+	if err := o.s.cleanup(o); err != nil {
+		return err
+	}
+	return o.done()
+}
+
+func (s *store) cleanup(o *walOp) error {
+	for _, p := range o.Cleanup {
+		if err := s.removeTree(p); err != nil {
+			return storeErrorf("finishing %s (WAL entry %s): removing %s: %v", o.Kind, s.path("wal", o.file()), p, err)
+		}
+	}
+	return nil
 }
 
 // rollback undoes the operation now (for a failure the caller noticed)
@@ -141,22 +175,22 @@ func (s *store) checkStep(st walStep) error {
 		}
 		return s.checkWALPath(st.From)
 	case walRemoveObject, walRemoveLayer:
-		if !validHash(st.Hash) {
+		if !validStoreHash(st.Hash) {
 			return fmt.Errorf("%s: invalid hash %q", st.Op, st.Hash)
 		}
 	case walRemoveMeta:
-		if !validHash(st.EnvID) {
+		if !validStoreHash(st.EnvID) {
 			return fmt.Errorf("%s: invalid env_id %q", st.Op, st.EnvID)
 		}
 	case walRestoreMeta:
-		if !validHash(st.EnvID) {
+		if !validStoreHash(st.EnvID) {
 			return fmt.Errorf("%s: invalid env_id %q", st.Op, st.EnvID)
 		}
 		if _, err := s.parseMeta(st.EnvID, []byte(st.Meta)); err != nil {
 			return fmt.Errorf("%s: saved metadata: %w", st.Op, err)
 		}
 	case walSetState:
-		if !validHash(st.EnvID) || !envState(st.State).valid() {
+		if !validStoreHash(st.EnvID) || !envState(st.State).valid() {
 			return fmt.Errorf("%s: invalid env_id %q or state %q", st.Op, st.EnvID, st.State)
 		}
 	default:
@@ -220,7 +254,7 @@ func (s *store) undo(st walStep) error {
 		if err := os.Rename(st.Path, st.From); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(st.From))
+		return storeSyncDir(filepath.Dir(st.From))
 	case walRemoveObject:
 		return s.deleteObject(st.Hash)
 	case walRemoveLayer:
@@ -273,17 +307,26 @@ func (s *store) recoverWAL() (int, error) {
 			n++
 			continue
 		}
-		if err := s.replay(o); err != nil {
+		if o.Committed {
+			err = s.cleanup(o)
+		} else {
+			err = s.replay(o)
+		}
+		if err != nil {
 			return n, err
 		}
 		if err := os.Remove(file); err != nil {
 			return n, storeErrorf("removing WAL entry %s: %v", file, err)
 		}
-		infof("rolled back an interrupted %s (WAL entry %s)", o.Kind, name)
+		if o.Committed {
+			infof("finished an interrupted %s (WAL entry %s)", o.Kind, name)
+		} else {
+			infof("rolled back an interrupted %s (WAL entry %s)", o.Kind, name)
+		}
 		n++
 	}
 	if n > 0 {
-		if err := syncDir(s.path("wal")); err != nil {
+		if err := storeSyncDir(s.path("wal")); err != nil {
 			return n, err
 		}
 	}
@@ -310,6 +353,11 @@ func (s *store) readWAL(file string) (*walOp, error) {
 	for i, st := range o.Steps {
 		if err := s.checkStep(st); err != nil {
 			return nil, fmt.Errorf("step %d: %w", i+1, err)
+		}
+	}
+	for _, p := range o.Cleanup {
+		if err := s.checkWALPath(p); err != nil {
+			return nil, fmt.Errorf("cleanup: %w", err)
 		}
 	}
 	o.s = s
