@@ -278,4 +278,4 @@ func (mockBackend) exec(r *runSpec, e *execSpec) (int, error) {
 }
 
 func (mockBackend) stop(*runSpec, time.Duration) error { return nil }
-func (mockBackend) status(*runSpec) (int, bool)       { return 0, false }
+func (mockBackend) status(*runSpec) (int, bool)        { return 0, false }

@@ -66,46 +66,55 @@ func (p policy) filterEnv(host []string) []string {
 	return out
 }
 
-// resolveMount turns a manifest mount into a checked bind mount. Symlinks
-// and ".." are resolved first, so the check sees the real host path. A
-// relative mount may reach anything under the manifest's directory; any
-// other must lie under an allowed prefix.
-func (p policy) resolveMount(label, source, container string, ro bool, manifestDir, home string) (bindMount, error) {
-	where := fmt.Sprintf("mounts.%s", label)
+// resolveMountPath finds the real host path of a mount source: "~/"
+// under home, relative paths under the manifest's directory, symlinks and
+// ".." resolved.
+func (p policy) resolveMountPath(source, manifestDir, home string) (string, error) {
 	var host string
-	relative := false
 	switch {
 	case source == "~" || strings.HasPrefix(source, "~/"):
 		if home == "" {
-			return bindMount{}, fmt.Errorf("%s: %s: HOME is not set", where, source)
+			return "", fmt.Errorf("%s: HOME is not set", source)
 		}
 		host = filepath.Join(home, strings.TrimPrefix(source, "~"))
 	case filepath.IsAbs(source):
 		host = source
 	default:
-		relative = true
 		host = filepath.Join(manifestDir, source)
 	}
 	real, err := filepath.EvalSymlinks(host)
 	if err != nil {
-		return bindMount{}, fmt.Errorf("%s: host path %s: %w", where, host, errors.Unwrap(err))
+		return "", fmt.Errorf("host path %s: %w", host, errors.Unwrap(err))
+	}
+	return real, nil
+}
+
+// resolveMount turns a manifest mount into a checked bind mount. Symlinks
+// and ".." are resolved first, so the check sees the real host path. A
+// relative mount may reach anything under the manifest's directory; any
+// other must lie under an allowed prefix.
+func (p policy) resolveMount(label, source, container string, ro bool, manifestDir, home string) (bindMount, error) {
+	where := "mounts." + label
+	real, err := p.resolveMountPath(source, manifestDir, home)
+	if err != nil {
+		return bindMount{}, fmt.Errorf("%s: %w", where, err)
 	}
 	st, err := os.Stat(real)
 	if err != nil {
 		return bindMount{}, fmt.Errorf("%s: host path %s: %w", where, real, err)
 	}
-	if relative {
+	ok := false
+	if !filepath.IsAbs(source) && !strings.HasPrefix(source, "~") {
 		base, err := filepath.EvalSymlinks(manifestDir)
-		if err == nil && pathWithin(real, base) {
-			return bindMount{Source: real, Target: container, ReadOnly: ro, Dir: st.IsDir(), Why: "mount " + label}, nil
-		}
+		ok = err == nil && pathWithin(real, base)
 	}
 	for _, prefix := range p.MountPrefixes {
-		if pathWithin(real, filepath.Clean(prefix)) {
-			return bindMount{Source: real, Target: container, ReadOnly: ro, Dir: st.IsDir(), Why: "mount " + label}, nil
-		}
+		ok = ok || pathWithin(real, filepath.Clean(prefix))
 	}
-	return bindMount{}, fmt.Errorf("%s: host path %s (resolved from %q) is outside the allowed places (the manifest's directory, %s); allow it under [policy] allowed_mount_prefixes in the karapace config", where, real, source, strings.Join(p.MountPrefixes, ", "))
+	if !ok {
+		return bindMount{}, fmt.Errorf("%s: host path %s (from %q) is outside the allowed places (the manifest's directory, %s); allow it under [policy] allowed_mount_prefixes in the karapace config", where, real, source, strings.Join(p.MountPrefixes, ", "))
+	}
+	return bindMount{Source: real, Target: container, ReadOnly: ro, Dir: st.IsDir(), Why: "mount " + label}, nil
 }
 
 // pathWithin reports whether path is dir or below it, by whole components.
@@ -161,7 +170,6 @@ func hostSockets(getenv func(string) string) ([]bindMount, []string) {
 	}
 	runtimeDir := getenv("XDG_RUNTIME_DIR")
 	if runtimeDir != "" {
-		env = append(env, "XDG_RUNTIME_DIR="+hostSession)
 		if wl := getenv("WAYLAND_DISPLAY"); wl != "" {
 			src := wl
 			if !filepath.IsAbs(src) {
@@ -189,6 +197,9 @@ func hostSockets(getenv func(string) string) ([]bindMount, []string) {
 				env = append(env, "DBUS_SESSION_BUS_ADDRESS=unix:path="+hostSession+"/bus")
 			}
 		}
+	}
+	if len(binds) > 0 {
+		env = append(env, "XDG_RUNTIME_DIR="+hostSession)
 	}
 	if d := getenv("DISPLAY"); strings.HasPrefix(d, ":") {
 		if st, err := os.Stat("/tmp/.X11-unix"); err == nil && st.IsDir() {

@@ -1,0 +1,234 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+)
+
+// gcReport says what gc removed (or, dry, would remove).
+type gcReport struct {
+	DryRun      bool  `json:"dry_run"`
+	Objects     int   `json:"objects"`
+	Layers      int   `json:"layers"`
+	EnvDirs     int   `json:"env_dirs"`
+	Staging     int   `json:"staging"`
+	Bytes       int64 `json:"bytes"`
+	Interrupted bool  `json:"interrupted"`
+}
+
+// gc takes the lock and collects garbage; see gcLocked.
+func (s *store) gc(ctx context.Context, dryRun bool) (gcReport, error) {
+	l, err := s.acquire("gc", s.lockWait)
+	if err != nil {
+		return gcReport{DryRun: dryRun}, err
+	}
+	defer l.unlock()
+	if _, err := s.recoverWAL(); err != nil {
+		return gcReport{DryRun: dryRun}, err
+	}
+	return s.gcLocked(ctx, dryRun)
+}
+
+// gcLocked marks from every metadata entry, whatever its state, the
+// layers (with their parents) and objects it needs, then removes the env
+// directories that have no metadata, the unmarked layers, the unmarked
+// objects and staging leftovers, in that order, so that at no instant does
+// anything refer to something missing. A cancelled ctx stops it between
+// two items, leaving a consistent store. The caller holds the lock.
+func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
+	rep := gcReport{DryRun: dryRun}
+	metas, errs := s.listMeta()
+	if len(errs) > 0 {
+		return rep, storeErrorf("gc: %v; not collecting while an environment's references are unknown (run 'karapace verify-store')", errs[0])
+	}
+	liveEnv := map[string]bool{}
+	liveLayer := map[string]bool{}
+	liveObject := map[string]bool{}
+	var pending []string
+	for _, m := range metas {
+		liveEnv[m.EnvID] = true
+		pending = append(pending, m.layerRefs()...)
+		for _, h := range m.objectRefs() {
+			liveObject[h] = true
+		}
+	}
+	for len(pending) > 0 {
+		h := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		if liveLayer[h] {
+			continue
+		}
+		liveLayer[h] = true
+		l, err := s.getLayer(h)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a dangling reference is verify-store's to report
+		}
+		if err != nil {
+			return rep, storeErrorf("gc: %v; not collecting while a live layer's references are unknown", err)
+		}
+		for _, o := range l.ObjectRefs {
+			liveObject[o] = true
+		}
+		liveObject[l.TarHash] = true
+		if l.Parent != "" {
+			pending = append(pending, l.Parent)
+		}
+	}
+
+	var op *walOp
+	if !dryRun {
+		var err error
+		if op, err = s.beginOp("gc", ""); err != nil {
+			return rep, err
+		}
+	}
+	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
+		names, err := gcListNames(dir)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if live[n] || (only != nil && !only(n)) {
+				continue
+			}
+			if ctx.Err() != nil {
+				rep.Interrupted = true
+				return nil
+			}
+			p := filepath.Join(dir, n)
+			size := gcTreeSize(p)
+			if !dryRun {
+				if err := s.removeTree(p); err != nil {
+					return storeErrorf("gc: removing %s: %v", p, err)
+				}
+			}
+			*count++
+			rep.Bytes += size
+		}
+		if !dryRun {
+			return storeSyncDir(dir)
+		}
+		return nil
+	}
+	steps := []func() error{
+		func() error {
+			return sweep(filepath.Join(s.root, "env"), liveEnv, validStoreHash, &rep.EnvDirs)
+		},
+		func() error { return sweep(s.path("layers"), liveLayer, nil, &rep.Layers) },
+		func() error { return sweep(s.path("objects"), liveObject, nil, &rep.Objects) },
+		func() error { return sweep(s.path("staging"), nil, nil, &rep.Staging) },
+		func() error {
+			// Half-unpacked trees beside an environment's directories.
+			partials, _ := filepath.Glob(filepath.Join(s.root, "env", "*", "*"+unpackPartialSuffix))
+			for _, p := range partials {
+				if err := sweep(filepath.Dir(p), nil, func(n string) bool { return n == filepath.Base(p) }, &rep.Staging); err != nil || rep.Interrupted {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return rep, err
+		}
+		if rep.Interrupted {
+			break
+		}
+	}
+	if op != nil {
+		if err := op.done(); err != nil {
+			return rep, err
+		}
+	}
+	return rep, nil
+}
+
+func gcListNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", dir, err)
+	}
+	defer f.Close()
+	names, err := f.Readdirnames(-1)
+	if err != nil {
+		return nil, fmt.Errorf("listing %s: %w", dir, err)
+	}
+	return names, nil
+}
+
+// treeSize is the apparent size of a file or tree, for the report.
+func gcTreeSize(p string) int64 {
+	var n int64
+	filepath.WalkDir(p, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil {
+			if fi, err := d.Info(); err == nil && !fi.IsDir() {
+				n += fi.Size()
+			}
+		}
+		return nil
+	})
+	return n
+}
+
+// storeFormatBytes writes a size the way people read it: 12.4 MiB.
+func storeFormatBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
+
+func gcPlural(n int, one, many string) string {
+	if n == 1 {
+		return fmt.Sprintf("%d %s", n, one)
+	}
+	return fmt.Sprintf("%d %s", n, many)
+}
+
+func runGC(c *cli) error {
+	s, err := c.openStore()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := s.gc(ctx, c.has("dry-run"))
+	if err != nil {
+		return err
+	}
+	if c.json {
+		writeJSON(c.stdout, rep)
+	} else {
+		verb, freed := "removed", "freed"
+		if rep.DryRun {
+			verb, freed = "would remove", "would free"
+		}
+		msg := fmt.Sprintf("%s %s, %s, %s", verb, gcPlural(rep.Objects, "object", "objects"), gcPlural(rep.Layers, "layer", "layers"),
+			gcPlural(rep.EnvDirs, "environment directory", "environment directories"))
+		if rep.Staging > 0 {
+			msg += ", " + gcPlural(rep.Staging, "leftover temp file", "leftover temp files")
+		}
+		fmt.Fprintf(c.stdout, "%s; %s %s\n", msg, freed, storeFormatBytes(rep.Bytes))
+	}
+	if rep.Interrupted {
+		fmt.Fprintf(c.stderr, "karapace: gc interrupted; the store is consistent (run 'karapace gc' again to finish)\n")
+		return exitStatus(130)
+	}
+	return nil
+}

@@ -1,0 +1,365 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// WAL step operations. Each undoes one forward action and is safe to run
+// again (recovery may itself be interrupted).
+const (
+	walRemovePath   = "remove_path"   // Path: a file or tree under the store root
+	walRemoveObject = "remove_object" // Hash
+	walRemoveLayer  = "remove_layer"  // Hash
+	walRemoveMeta   = "remove_meta"   // EnvID
+	walRestoreMeta  = "restore_meta"  // EnvID, Meta: the previous metadata file
+	walRename       = "rename"        // move Path back to From
+	walSetState     = "set_state"     // EnvID, State
+)
+
+// walStep is one rollback step, recorded before the action it undoes.
+type walStep struct {
+	Op    string `json:"op"`
+	Path  string `json:"path,omitempty"`
+	From  string `json:"from,omitempty"`
+	EnvID string `json:"env_id,omitempty"`
+	State string `json:"state,omitempty"`
+	Hash  string `json:"hash,omitempty"`
+	Meta  string `json:"meta,omitempty"`
+}
+
+// walOp is a multi-step operation in progress: store/wal/<id>.json exists
+// from beginOp until done, and lists how to undo what was done so far.
+type walOp struct {
+	ID      string    `json:"id"`
+	Kind    string    `json:"kind"`
+	EnvID   string    `json:"env_id,omitempty"`
+	Started string    `json:"started"`
+	Steps   []walStep `json:"steps"`
+	// Committed: the operation is complete; what is left is removing
+	// Cleanup (superseded trees), which recovery finishes instead of
+	// rolling anything back.
+	Committed bool     `json:"committed,omitempty"`
+	Cleanup   []string `json:"cleanup,omitempty"`
+
+	s *store
+}
+
+// beginOp records the start of an operation. The caller holds the lock:
+// recovery treats any entry it finds under the lock as a dead process's.
+func (s *store) beginOp(kind, envID string) (*walOp, error) {
+	if !s.locked() {
+		return nil, fmt.Errorf("starting %s: the store lock is not held", kind)
+	}
+	var rnd [4]byte
+	rand.Read(rnd[:])
+	now := time.Now().UTC()
+	o := &walOp{
+		ID:      now.Format("20060102T150405.000000000Z") + "-" + hex.EncodeToString(rnd[:]),
+		Kind:    kind,
+		EnvID:   envID,
+		Started: now.Format(time.RFC3339),
+		Steps:   []walStep{},
+		s:       s,
+	}
+	if err := o.write(); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+func (o *walOp) file() string { return o.ID + ".json" }
+
+func (o *walOp) write() error {
+	b, _ := json.MarshalIndent(o, "", "  ")
+	if _, err := o.s.writeAtomic(o.s.path("wal"), o.file(), bytes.NewReader(append(b, '\n'))); err != nil {
+		return fmt.Errorf("recording %s in the WAL: %w", o.Kind, err)
+	}
+	return nil
+}
+
+// add persists a rollback step; only then may the caller do the action.
+func (o *walOp) add(step walStep) error {
+	if err := o.s.checkStep(step); err != nil {
+		return fmt.Errorf("%s: invalid WAL step: %w", o.Kind, err)
+	}
+	o.Steps = append(o.Steps, step)
+	if err := o.write(); err != nil {
+		o.Steps = o.Steps[:len(o.Steps)-1]
+		return err
+	}
+	return nil
+}
+
+// saveMeta adds the step that puts envID's metadata back as it is now
+// (or removes it if there is none yet), before the caller changes it.
+func (o *walOp) saveMeta(envID string) error {
+	b, err := os.ReadFile(o.s.path("metadata", envID))
+	if errors.Is(err, fs.ErrNotExist) {
+		return o.add(walStep{Op: walRemoveMeta, EnvID: envID})
+	}
+	if err != nil {
+		return fmt.Errorf("saving metadata of %s: %w", envID, err)
+	}
+	if _, err := o.s.parseMeta(envID, b); err != nil {
+		return err
+	}
+	return o.add(walStep{Op: walRestoreMeta, EnvID: envID, Meta: string(b)})
+}
+
+// done ends the operation: its entry goes, nothing will be rolled back.
+func (o *walOp) done() error {
+	if err := os.Remove(o.s.path("wal", o.file())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("finishing %s: %w", o.Kind, err)
+	}
+	return storeSyncDir(o.s.path("wal"))
+}
+
+// finish is done for an operation that leaves superseded trees behind
+// (the old upper directory of a restore): it records the commit point,
+// removes the trees and ends the operation. From the commit point on, a
+// crash is completed by recovery, not rolled back.
+func (o *walOp) finish(cleanup ...string) error {
+	for _, p := range cleanup {
+		if err := o.s.checkWALPath(p); err != nil {
+			return fmt.Errorf("%s: invalid cleanup path: %w", o.Kind, err)
+		}
+	}
+	o.Committed, o.Cleanup = true, cleanup
+	if err := o.write(); err != nil {
+		return err
+	}
+	if err := o.s.cleanup(o); err != nil {
+		return err
+	}
+	return o.done()
+}
+
+func (s *store) cleanup(o *walOp) error {
+	for _, p := range o.Cleanup {
+		if err := s.removeTree(p); err != nil {
+			return storeErrorf("finishing %s (WAL entry %s): removing %s: %v", o.Kind, s.path("wal", o.file()), p, err)
+		}
+	}
+	return nil
+}
+
+// rollback undoes the operation now (for a failure the caller noticed)
+// and removes its entry.
+func (o *walOp) rollback() error {
+	if err := o.s.replay(o); err != nil {
+		return err
+	}
+	return o.done()
+}
+
+// checkStep validates a step before it is recorded or replayed; a path
+// must name something a rollback may remove, strictly under the root.
+func (s *store) checkStep(st walStep) error {
+	switch st.Op {
+	case walRemovePath:
+		return s.checkWALPath(st.Path)
+	case walRename:
+		if err := s.checkWALPath(st.Path); err != nil {
+			return err
+		}
+		return s.checkWALPath(st.From)
+	case walRemoveObject, walRemoveLayer:
+		if !validStoreHash(st.Hash) {
+			return fmt.Errorf("%s: invalid hash %q", st.Op, st.Hash)
+		}
+	case walRemoveMeta:
+		if !validStoreHash(st.EnvID) {
+			return fmt.Errorf("%s: invalid env_id %q", st.Op, st.EnvID)
+		}
+	case walRestoreMeta:
+		if !validStoreHash(st.EnvID) {
+			return fmt.Errorf("%s: invalid env_id %q", st.Op, st.EnvID)
+		}
+		if _, err := s.parseMeta(st.EnvID, []byte(st.Meta)); err != nil {
+			return fmt.Errorf("%s: saved metadata: %w", st.Op, err)
+		}
+	case walSetState:
+		if !validStoreHash(st.EnvID) || !envState(st.State).valid() {
+			return fmt.Errorf("%s: invalid env_id %q or state %q", st.Op, st.EnvID, st.State)
+		}
+	default:
+		return fmt.Errorf("unknown operation %q", st.Op)
+	}
+	return nil
+}
+
+// checkWALPath accepts paths under env/, images/ and store/staging/,
+// never one of the store's own directories, and none that a symlink on
+// the way leads out of the root.
+func (s *store) checkWALPath(p string) error {
+	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
+		return fmt.Errorf("path %q is not absolute and clean", p)
+	}
+	rel, err := filepath.Rel(s.root, p)
+	if err != nil || rel == "." || strings.HasPrefix(rel, "../") || rel == ".." {
+		return fmt.Errorf("path %q is outside the store root %s", p, s.root)
+	}
+	parts := strings.Split(rel, "/")
+	switch {
+	case len(parts) >= 2 && (parts[0] == "env" || parts[0] == "images"):
+	case len(parts) >= 3 && parts[0] == "store" && parts[1] == "staging":
+	default:
+		return fmt.Errorf("path %q is not one a rollback may touch", p)
+	}
+	realRoot, err := filepath.EvalSymlinks(s.root)
+	if err != nil {
+		return fmt.Errorf("resolving store root: %w", err)
+	}
+	if realDir, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
+		if r, err := filepath.Rel(realRoot, realDir); err != nil || r == ".." || strings.HasPrefix(r, "../") {
+			return fmt.Errorf("path %q leads outside the store root through a symlink", p)
+		}
+	}
+	return nil
+}
+
+// replay runs an operation's steps backwards.
+func (s *store) replay(o *walOp) error {
+	for i := len(o.Steps) - 1; i >= 0; i-- {
+		st := o.Steps[i]
+		if err := s.undo(st); err != nil {
+			return storeErrorf("rolling back %s (WAL entry %s), step %d (%s): %v", o.Kind, s.path("wal", o.file()), i+1, st.Op, err)
+		}
+	}
+	return nil
+}
+
+func (s *store) undo(st walStep) error {
+	switch st.Op {
+	case walRemovePath:
+		return s.removeTree(st.Path)
+	case walRename:
+		if _, err := os.Lstat(st.Path); errors.Is(err, fs.ErrNotExist) {
+			return nil // never done, or already undone
+		}
+		if _, err := os.Lstat(st.From); err == nil {
+			return fmt.Errorf("cannot move %s back: %s exists", st.Path, st.From)
+		}
+		if err := os.Rename(st.Path, st.From); err != nil {
+			return err
+		}
+		return storeSyncDir(filepath.Dir(st.From))
+	case walRemoveObject:
+		return s.deleteObject(st.Hash)
+	case walRemoveLayer:
+		return s.deleteLayer(st.Hash)
+	case walRemoveMeta:
+		return s.deleteMeta(st.EnvID)
+	case walRestoreMeta:
+		_, err := s.writeAtomic(s.path("metadata"), st.EnvID, strings.NewReader(st.Meta))
+		return err
+	case walSetState:
+		m, err := s.getMeta(st.EnvID)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		m.State = envState(st.State)
+		return s.writeMeta(m)
+	}
+	return fmt.Errorf("unknown operation %q", st.Op)
+}
+
+// removeTree removes a file or tree; the runtime may replace it to remove
+// trees whose files belong to subordinate ids.
+func (s *store) removeTree(p string) error {
+	if s.removeAll != nil {
+		return s.removeAll(p)
+	}
+	return os.RemoveAll(p)
+}
+
+// recoverWAL rolls back every leftover entry, newest first, and returns
+// how many it handled. A corrupt entry is reported and removed.
+func (s *store) recoverWAL() (int, error) {
+	names, err := s.listDir("wal")
+	if err != nil {
+		return 0, err
+	}
+	sort.Sort(sort.Reverse(sort.StringSlice(names)))
+	n := 0
+	for _, name := range names {
+		file := s.path("wal", name)
+		o, err := s.readWAL(file)
+		if err != nil {
+			warnf("removing corrupt WAL entry %s: %v", file, err)
+			if err := os.RemoveAll(file); err != nil {
+				return n, storeErrorf("removing corrupt WAL entry %s: %v", file, err)
+			}
+			n++
+			continue
+		}
+		if o.Committed {
+			err = s.cleanup(o)
+		} else {
+			err = s.replay(o)
+		}
+		if err != nil {
+			return n, err
+		}
+		if err := os.Remove(file); err != nil {
+			return n, storeErrorf("removing WAL entry %s: %v", file, err)
+		}
+		if o.Committed {
+			infof("finished an interrupted %s (WAL entry %s)", o.Kind, name)
+		} else {
+			infof("rolled back an interrupted %s (WAL entry %s)", o.Kind, name)
+		}
+		n++
+	}
+	if n > 0 {
+		if err := storeSyncDir(s.path("wal")); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (s *store) readWAL(file string) (*walOp, error) {
+	if !strings.HasSuffix(file, ".json") {
+		return nil, errors.New("not a WAL entry name")
+	}
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	var o walOp
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&o); err != nil {
+		return nil, err
+	}
+	if o.ID+".json" != filepath.Base(file) || o.Kind == "" {
+		return nil, errors.New("entry does not match its file name")
+	}
+	for i, st := range o.Steps {
+		if err := s.checkStep(st); err != nil {
+			return nil, fmt.Errorf("step %d: %w", i+1, err)
+		}
+	}
+	for _, p := range o.Cleanup {
+		if err := s.checkWALPath(p); err != nil {
+			return nil, fmt.Errorf("cleanup: %w", err)
+		}
+	}
+	o.s = s
+	return &o, nil
+}
