@@ -91,8 +91,12 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 			if err != nil {
 				return 0, err
 			}
-			limits := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}
-			if err := r.runDir().ensureInstance(cfg, mapping, flags, limits.applyTo(r.ShortID)); err != nil {
+			cgroups := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
+			err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups)
+			for _, f := range cgroups {
+				f.Close()
+			}
+			if err != nil {
 				return 0, err
 			}
 		}

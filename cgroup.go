@@ -19,29 +19,41 @@ type cgroupLimits struct {
 	MemoryMB  int64
 }
 
-// applyTo returns the hook that puts a new init into a limited cgroup,
-// or nil without limits. Where no cgroup can be used it warns once and
-// lets the environment run unlimited rather than not at all.
-func (l cgroupLimits) applyTo(name string) func(pid int) error {
+// open prepares the environment's cgroup(s) and opens their
+// cgroup.procs files: init stays outside, so the OOM killer can never
+// take it for a command's excess, and moves every command it starts in
+// through these files. Where no cgroup can be used it warns and returns
+// none: the environment runs unlimited rather than not at all.
+func (l cgroupLimits) open(name string) []*os.File {
 	if l.CPUShares == 0 && l.MemoryMB == 0 {
 		return nil
 	}
-	return func(pid int) error {
-		where, err := l.apply("karapace-"+name, pid)
-		if err != nil {
-			warnf("resource limits are not applied: %v", err)
-			return nil
-		}
-		debugf("resource limits applied in %s", where)
+	dirs, err := l.prepare("karapace-" + name)
+	if err != nil {
+		warnf("resource limits are not applied: %v", err)
 		return nil
 	}
+	var files []*os.File
+	for _, d := range dirs {
+		f, err := os.OpenFile(filepath.Join(d, "cgroup.procs"), os.O_WRONLY, 0)
+		if err != nil {
+			warnf("resource limits are not applied: opening %s/cgroup.procs: %v", d, err)
+			for _, f := range files {
+				f.Close()
+			}
+			return nil
+		}
+		files = append(files, f)
+	}
+	debugf("resource limits in %s", strings.Join(dirs, ", "))
+	return files
 }
 
 // cpuWeight converts cgroup v1 CPU shares (2..262144) to a cgroup v2
 // weight (1..10000), the conversion container runtimes agree on.
 func cpuWeight(shares int64) int64 { return 1 + ((shares-2)*9999)/262142 }
 
-func (l cgroupLimits) apply(name string, pid int) (string, error) {
+func (l cgroupLimits) prepare(name string) ([]string, error) {
 	v2, why2 := cgroup2Parent()
 	if v2 != "" {
 		dir := filepath.Join(v2, name)
@@ -53,10 +65,10 @@ func (l cgroupLimits) apply(name string, pid int) (string, error) {
 		if l.CPUShares > 0 {
 			files["cpu.weight"] = strconv.FormatInt(cpuWeight(l.CPUShares), 10)
 		}
-		if err := enterCgroup(dir, files, pid); err != nil {
-			return "", err
+		if err := makeCgroup(dir, files); err != nil {
+			return nil, err
 		}
-		return dir, nil
+		return []string{dir}, nil
 	}
 	// A hybrid hierarchy keeps memory and cpu on cgroup v1, which only
 	// root may use.
@@ -64,25 +76,25 @@ func (l cgroupLimits) apply(name string, pid int) (string, error) {
 		var dirs []string
 		if l.MemoryMB > 0 {
 			dir := "/sys/fs/cgroup/memory/karapace/" + name
-			if err := enterCgroup(dir, map[string]string{"memory.limit_in_bytes": strconv.FormatInt(l.MemoryMB<<20, 10)}, pid); err != nil {
-				return "", fmt.Errorf("%s; cgroup v1: %v", why2, err)
+			if err := makeCgroup(dir, map[string]string{"memory.limit_in_bytes": strconv.FormatInt(l.MemoryMB<<20, 10)}); err != nil {
+				return nil, fmt.Errorf("%s; cgroup v1: %v", why2, err)
 			}
 			dirs = append(dirs, dir)
 		}
 		if l.CPUShares > 0 {
 			dir := "/sys/fs/cgroup/cpu/karapace/" + name
-			if err := enterCgroup(dir, map[string]string{"cpu.shares": strconv.FormatInt(l.CPUShares, 10)}, pid); err != nil {
-				return "", fmt.Errorf("%s; cgroup v1: %v", why2, err)
+			if err := makeCgroup(dir, map[string]string{"cpu.shares": strconv.FormatInt(l.CPUShares, 10)}); err != nil {
+				return nil, fmt.Errorf("%s; cgroup v1: %v", why2, err)
 			}
 			dirs = append(dirs, dir)
 		}
-		return strings.Join(dirs, ", "), nil
+		return dirs, nil
 	}
-	return "", errors.New(why2)
+	return nil, errors.New(why2)
 }
 
-// enterCgroup creates dir, writes the limit files and moves pid in.
-func enterCgroup(dir string, files map[string]string, pid int) error {
+// makeCgroup creates dir and writes the limit files.
+func makeCgroup(dir string, files map[string]string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("creating cgroup %s: %w", dir, err)
 	}
@@ -94,9 +106,6 @@ func enterCgroup(dir string, files map[string]string, pid int) error {
 			}
 			return fmt.Errorf("writing %s/%s: %w", dir, f, err)
 		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0); err != nil {
-		return fmt.Errorf("moving pid %d into %s: %w", pid, dir, err)
 	}
 	return nil
 }

@@ -37,7 +37,12 @@ type instanceMsg struct {
 	Error  string `json:"error,omitempty"`  // could not start
 	Exit   *int   `json:"exit,omitempty"`   // finished: status, or 128+signal
 	Signal int    `json:"signal,omitempty"` // client → instance: forward this signal
+	Last   bool   `json:"last,omitempty"`   // with Exit: the instance ends now; wait for it
 }
+
+// exitingMsg tells a client that reached an instance as it was ending to
+// start a new one.
+const exitingMsg = "the environment's instance is exiting"
 
 const (
 	maxInstanceMsg = 256 << 10
@@ -129,7 +134,9 @@ type instanceServer struct {
 	active   int              // connections being served
 	served   bool             // a connection was ever accepted
 	stopping bool
+	closing  bool // the last session ended: no new ones, init exits
 	ln       int
+	cgroups  []int // cgroup.procs files each command is moved into
 }
 
 type session struct {
@@ -138,8 +145,8 @@ type session struct {
 }
 
 // serveInstance runs init's service loop until the last connection ends.
-func serveInstance(ln int) int {
-	s := &instanceServer{sessions: map[int]*session{}, ln: ln}
+func serveInstance(ln int, cgroups []int) int {
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups}
 	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
@@ -268,9 +275,17 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *se
 	if s.stopping {
 		return fail(errors.New("the environment is stopping"))
 	}
+	if s.closing {
+		return fail(errors.New(exitingMsg))
+	}
 	pid, err := syscall.ForkExec(path, argv, attr)
 	if err != nil {
 		return fail(fmt.Errorf("starting %s: %w", path, err))
+	}
+	for _, fd := range s.cgroups {
+		if _, err := unix.Write(fd, []byte(strconv.Itoa(pid))); err != nil {
+			warnf("placing pid %d in the environment's cgroup: %v", pid, err)
+		}
 	}
 	sess := &session{conn: conn, done: make(chan struct{})}
 	s.sessions[pid] = sess
@@ -288,6 +303,14 @@ func (s *instanceServer) reap() {
 		s.mu.Lock()
 		sess, ok := s.sessions[pid]
 		delete(s.sessions, pid)
+		// The last session of an instance nobody else is talking to:
+		// stop accepting now, and let the client wait for our exit, so
+		// that when it returns the environment is no longer running.
+		last := ok && len(s.sessions) == 0 && s.active == 1
+		if last {
+			s.closing = true
+			unix.Shutdown(s.ln, unix.SHUT_RDWR)
+		}
 		s.mu.Unlock()
 		if !ok {
 			continue // an orphan that init inherited
@@ -296,7 +319,7 @@ func (s *instanceServer) reap() {
 		if ws.Signaled() {
 			code = 128 + int(ws.Signal())
 		}
-		sendMsg(sess.conn, instanceMsg{Exit: &code})
+		sendMsg(sess.conn, instanceMsg{Exit: &code, Last: last})
 		close(sess.done)
 	}
 }
@@ -307,11 +330,10 @@ func (s *instanceServer) reap() {
 func (s *instanceServer) maybeExit(idle bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.active > 0 || !(s.served || idle || s.stopping) {
+	if s.active > 0 || !(s.served || idle || s.stopping || s.closing) {
 		return
 	}
 	unix.Shutdown(s.ln, unix.SHUT_RDWR)
-	unix.Close(s.ln)
 	os.Exit(0)
 }
 
@@ -469,7 +491,7 @@ func procStartTime(pid int) (uint64, error) {
 
 // ensureInstance starts the environment's init unless one is running.
 // Concurrent callers serialize on a lock in the run directory.
-func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, beforeConfig func(int) error) error {
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File) error {
 	if _, ok := d.running(); ok {
 		return nil
 	}
@@ -493,8 +515,9 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	}
 	defer rr.Close()
 	cfg.Socket = d.socket()
+	cfg.Cgroups = len(cgroups)
 	p, err := startStage("init", cfg, m, stageOptions{
-		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: []*os.File{rw}, detach: true, beforeConfig: beforeConfig,
+		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: append([]*os.File{rw}, cgroups...), detach: true,
 	})
 	rw.Close()
 	if err != nil {
@@ -545,6 +568,15 @@ var errInstanceGone = errors.New("the environment's instance exited")
 // status. Without a TTY the command gets our stdio itself; with one, it
 // runs on a new pseudo-terminal we relay to ours.
 func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
+	// Catch signals from the start: one that arrives while the command is
+	// starting is forwarded once it runs, never lost or fatal to us.
+	sigs := make(chan os.Signal, 8)
+	forwarded := []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
+	if req.TTY {
+		forwarded = append(forwarded, unix.SIGWINCH)
+	}
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return 0, err
@@ -579,6 +611,9 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 	}
 	if started.Error != "" {
 		closeAll(got)
+		if started.Error == exitingMsg {
+			return 0, errInstanceGone
+		}
 		return 0, errors.New(started.Error)
 	}
 	var relayDone chan struct{}
@@ -593,13 +628,6 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 		defer restore()
 		relayDone = relayTerminal(master, stdio[0], stdio[1])
 	}
-	sigs := make(chan os.Signal, 8)
-	forwarded := []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
-	if req.TTY {
-		forwarded = append(forwarded, unix.SIGWINCH)
-	}
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
 	result := make(chan instanceMsg, 1)
 	go func() {
 		for {
@@ -631,6 +659,9 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 			}
 			if relayDone != nil {
 				<-relayDone
+			}
+			if m.Last {
+				d.waitGone(5 * time.Second)
 			}
 			return *m.Exit, nil
 		}

@@ -500,20 +500,24 @@ type unpackOptions struct {
 	// chown: give entries the stream's numeric owners (the caller is root,
 	// or inside a user namespace with the full mapping).
 	chown bool
+	// skipDevices: leave out device nodes instead of refusing them. Base
+	// images carry a /dev the runtime replaces anyway.
+	skipDevices bool
 }
 
 // unpackStats counts what unpackLayer created and what it could not set.
 type unpackStats struct {
-	Entries       int   `json:"entries"`
-	Files         int   `json:"files"`
-	Dirs          int   `json:"dirs"`
-	Symlinks      int   `json:"symlinks"`
-	Hardlinks     int   `json:"hardlinks"`
-	Fifos         int   `json:"fifos"`
-	Whiteouts     int   `json:"whiteouts"`
-	Opaques       int   `json:"opaques"`
-	Bytes         int64 `json:"bytes"`
-	SkippedXattrs int   `json:"skipped_xattrs"`
+	Entries        int   `json:"entries"`
+	Files          int   `json:"files"`
+	Dirs           int   `json:"dirs"`
+	Symlinks       int   `json:"symlinks"`
+	Hardlinks      int   `json:"hardlinks"`
+	Fifos          int   `json:"fifos"`
+	Whiteouts      int   `json:"whiteouts"`
+	Opaques        int   `json:"opaques"`
+	Bytes          int64 `json:"bytes"`
+	SkippedXattrs  int   `json:"skipped_xattrs"`
+	SkippedDevices int   `json:"skipped_devices"`
 }
 
 // Limits on what a stream may ask for.
@@ -676,8 +680,16 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 		if hdr.Devmajor == 0 && hdr.Devminor == 0 {
 			return u.whiteout(dir, base)
 		}
+		if u.opts.skipDevices {
+			u.st.SkippedDevices++
+			return nil
+		}
 		return fmt.Errorf("device node %d:%d refused (the runtime provides /dev)", hdr.Devmajor, hdr.Devminor)
 	case tar.TypeBlock:
+		if u.opts.skipDevices {
+			u.st.SkippedDevices++
+			return nil
+		}
 		return fmt.Errorf("block device %d:%d refused", hdr.Devmajor, hdr.Devminor)
 	}
 	return fmt.Errorf("unsupported entry type %q", hdr.Typeflag)

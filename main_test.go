@@ -25,7 +25,9 @@ func TestMain(m *testing.M) {
 		h()
 		os.Exit(0)
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	removeTestTrees()
+	os.Exit(code)
 }
 
 func TestHelpFlagsAndExitCodes(t *testing.T) {

@@ -34,6 +34,7 @@ type initConfig struct {
 	FuseOverlay string      // fuse-overlayfs to fall back on, if found
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
 	User        string      // the host user's name, made known inside as root's alias
+	Cgroups     int         // cgroup.procs files at fds 5, 6...: every command goes in
 }
 
 // bindMount binds a host path at a path inside the environment.
@@ -64,7 +65,11 @@ func initStage(raw []byte) int {
 	}
 	ready.Write([]byte{0})
 	ready.Close()
-	return serveInstance(ln)
+	var cgroups []int
+	for i := 0; i < cfg.Cgroups; i++ {
+		cgroups = append(cgroups, 5+i)
+	}
+	return serveInstance(ln, cgroups)
 }
 
 // setupEnvironment assembles the root filesystem and enters it. It runs

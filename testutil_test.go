@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -105,4 +106,81 @@ func needRoot(t testing.TB, why string) {
 		t.Skipf("needs root (%s); the root pass of the suite runs it", why)
 	}
 	need(t, false, "root ("+why+")")
+}
+
+// The Debian root filesystem the real-thing tests share: made once per
+// machine, unpacked once per test run.
+var testRootfs struct {
+	once     sync.Once
+	tar, dir string
+	err      error
+}
+
+// testRootfsTar is a Debian bookworm minbase root filesystem tarball:
+// $KARAPACE_TEST_ROOTFS_TAR, else one made once with mmdebstrap in the
+// user's cache directory.
+func testRootfsTar(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("KARAPACE_TEST_ROOTFS_TAR"); p != "" {
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("KARAPACE_TEST_ROOTFS_TAR: %v", err)
+		}
+		return p
+	}
+	needTool(t, "mmdebstrap")
+	cache, err := os.UserCacheDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(cache, "karapace-test", "bookworm-minbase.tar")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	t.Logf("making %s with mmdebstrap (about 30 s, once)", p)
+	out, err := exec.Command("mmdebstrap", "--quiet", "--variant=minbase", "--format=tar", "bookworm", p+".tmp").CombinedOutput()
+	if err != nil {
+		t.Fatalf("mmdebstrap: %v\n%s", err, out)
+	}
+	if err := os.Rename(p+".tmp", p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// testLowerTree is the test root filesystem unpacked by our own unpacker
+// inside a user namespace with the full mapping, so its owners are those
+// of the image, rootless too. Tests must not change it.
+func testLowerTree(t testing.TB) string {
+	t.Helper()
+	tarPath := testRootfsTar(t)
+	testRootfs.once.Do(func() {
+		dir, err := os.MkdirTemp("/var/tmp", "karapace-test-rootfs-")
+		if err != nil {
+			testRootfs.err = err
+			return
+		}
+		os.Chmod(dir, 0o755)
+		f, err := os.Open(tarPath)
+		if err != nil {
+			testRootfs.err = err
+			return
+		}
+		defer f.Close()
+		testRootfs.dir = dir
+		testRootfs.err = treeInNS(treeJob{Op: "unpack", Dir: dir, Image: true}, f, nil)
+	})
+	if testRootfs.err != nil {
+		t.Fatalf("unpacking the test root filesystem: %v", testRootfs.err)
+	}
+	return testRootfs.dir
+}
+
+// removeTestTrees removes what testLowerTree made; TestMain calls it.
+func removeTestTrees() {
+	if testRootfs.dir != "" {
+		if err := treeInNS(treeJob{Op: "remove", Dir: testRootfs.dir}, nil, nil); err != nil {
+			fmt.Fprintf(os.Stderr, "removing %s: %v\n", testRootfs.dir, err)
+		}
+	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -129,7 +130,6 @@ type stageOptions struct {
 	stdout, stderr io.Writer
 	extraFiles     []*os.File // become fds 4, 5, ...
 	detach         bool       // new session, survives its starter (an environment's init)
-	beforeConfig   func(pid int) error
 }
 
 // startStage starts stage name in a new user namespace with mapping m.
@@ -183,11 +183,6 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 	}
 	if m.helper {
 		if err := m.apply(cmd.Process.Pid); err != nil {
-			return fail(err)
-		}
-	}
-	if o.beforeConfig != nil {
-		if err := o.beforeConfig(cmd.Process.Pid); err != nil {
 			return fail(err)
 		}
 	}
@@ -259,4 +254,57 @@ func reexecMapped(name string, cfg []byte) error {
 	}
 	env := []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
 	return unix.Exec("/proc/self/exe", []string{"karapace-" + name}, env)
+}
+
+// treeJob is work on a tree whose files belong to the environment's IDs:
+// only a process with the full mapping may create them with their owners,
+// read every one of them, or remove them.
+type treeJob struct {
+	Op      string `json:"op"` // "unpack" (stdin → Dir), "pack" (Dir → stdout), "remove"
+	Dir     string `json:"dir"`
+	Overlay bool   `json:"overlay,omitempty"` // unpack whiteouts as overlay whiteouts
+	Image   bool   `json:"image,omitempty"`   // a base image: leave out its device nodes
+}
+
+func init() { stageFuncs["tree"] = treeStage }
+
+func treeStage(raw []byte) int {
+	var job treeJob
+	err := json.Unmarshal(raw, &job)
+	if err == nil {
+		switch job.Op {
+		case "unpack":
+			_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image})
+		case "pack":
+			w := bufio.NewWriterSize(os.Stdout, 256<<10)
+			if _, err = packLayer(job.Dir, w); err == nil {
+				err = w.Flush()
+			}
+		case "remove":
+			err = os.RemoveAll(job.Dir)
+		default:
+			err = fmt.Errorf("unknown tree operation %q", job.Op)
+		}
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+// treeInNS runs a tree job in a new user namespace with the full mapping.
+func treeInNS(job treeJob, stdin io.Reader, stdout io.Writer) error {
+	var errb strings.Builder
+	p, err := startStage("tree", job, planIDMapping(), stageOptions{stdin: stdin, stdout: stdout, stderr: &errb})
+	if err != nil {
+		return err
+	}
+	if err := p.wait(); err != nil {
+		if msg := strings.TrimSpace(errb.String()); msg != "" {
+			return errors.New(msg)
+		}
+		return fmt.Errorf("%s %s: %w", job.Op, job.Dir, err)
+	}
+	return nil
 }
