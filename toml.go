@@ -355,6 +355,7 @@ func (p *tomlParser) key() error {
 		if p.i >= len(s) {
 			return p.errAt(p.i, "expected a key, found end of file")
 		}
+		start := p.i
 		var k string
 		var err error
 		switch c := s[p.i]; {
@@ -382,7 +383,7 @@ func (p *tomlParser) key() error {
 		}
 		p.keys = append(p.keys, k)
 		if len(p.keys) > tomlMaxDepth {
-			return p.depthErr(p.i)
+			return p.depthErr(start)
 		}
 		j := p.i
 		for j < len(s) && (s[j] == ' ' || s[j] == '\t') {
@@ -506,7 +507,11 @@ func (p *tomlParser) header() error {
 		closing = "]]"
 	}
 	if !strings.HasPrefix(s[p.i:], closing) {
-		return p.errAt(p.i, "expected %q to close the header, found %s", closing, p.describe(p.i))
+		at := p.i
+		if aot && at < len(s) && s[at] == ']' {
+			at++
+		}
+		return p.errAt(at, "expected %q to close the header, found %s", closing, p.describe(at))
 	}
 	p.i += len(closing)
 
@@ -1469,17 +1474,17 @@ func (e *tomlEncoder) value(v any, depth int) error {
 		e.buf = x.AppendFormat(b, "2006-01-02T15:04:05.999999999Z07:00")
 	case localDate:
 		if !x.valid() {
-			return e.errorf("invalid local date %+v", x)
+			return e.errorf("invalid local date %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case localTime:
 		if !x.valid() {
-			return e.errorf("invalid local time %+v", x)
+			return e.errorf("invalid local time %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case localDateTime:
 		if !x.Date.valid() || !x.Time.valid() {
-			return e.errorf("invalid local date-time %+v", x)
+			return e.errorf("invalid local date-time %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case map[string]any, []tomlKV:
