@@ -198,7 +198,7 @@ func TestTOMLDecodeValid(t *testing.T) {
 		{"empty", "", map[string]any{}},
 		{"comments and blank lines", "# c\n\n  # c2\t\na = 1 # end\n", map[string]any{"a": int64(1)}},
 		{"crlf", "a = 1\r\n[t]\r\nb = \"x\"\r\n", map[string]any{"a": int64(1), "t": map[string]any{"b": "x"}}},
-		{"bom", "\uFEFFa = 1", map[string]any{"a": int64(1)}},
+		{"bom", "\uFEFFa = \"\uFEFF\" # \uFEFF", map[string]any{"a": "\uFEFF"}},
 		{"keys", "bare-Key_1 = 1\n\"quoted key\" = 2\n'lit\\key' = 3\n\"\" = 4\n1234 = 5\n\"ʎǝʞ\" = 6\n",
 			map[string]any{"bare-Key_1": int64(1), "quoted key": int64(2), `lit\key`: int64(3), "": int64(4), "1234": int64(5), "ʎǝʞ": int64(6)}},
 		{"dotted keys with whitespace", "a . b\t.\"c.d\" = 1\na.x = 2\n",
@@ -721,6 +721,17 @@ func benchmarkDecodeTOML(b *testing.B, doc []byte) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := decodeTOML(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeTOMLPosManifest(b *testing.B) {
+	doc := []byte(tomlBenchManifest)
+	b.SetBytes(int64(len(doc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := decodeTOMLPos(doc); err != nil {
 			b.Fatal(err)
 		}
 	}
