@@ -162,7 +162,7 @@ type tomlParser struct {
 	slab []tomlTable // tomlTables are allocated in chunks
 
 	keys  []string // parts of the key just parsed (reused)
-	path  []string // path of the value being parsed (for positions and messages)
+	path  []string // path of the value being parsed (array indexes only with positions)
 	stack []any    // elements of the arrays being parsed (reused)
 	buf   []byte   // unescaped string being built (reused)
 	zones map[int]*time.Location
@@ -1289,10 +1289,11 @@ type tomlKV struct {
 // order). In each table scalars and inline arrays come first, then
 // sub-tables, then arrays of tables (non-empty arrays whose elements are all
 // tables). Values are the decoder's types, plus the other Go integer types,
-// float32, []string and slices of tables. NaN is written as nan or -nan by
-// its sign: TOML has no NaN payloads. Unsupported types, invalid UTF-8, dates
-// outside years 0-9999, offsets with seconds and nesting deeper than
-// tomlMaxDepth are errors.
+// float32, []string and slices of tables. What TOML cannot say exactly is
+// an error, so that decoding the output always gives the value back:
+// unsupported types, invalid UTF-8, dates outside years 0-9999, offsets with
+// seconds, NaNs other than the two the decoder makes (nan and -nan, which
+// have no payload to keep) and nesting deeper than tomlMaxDepth.
 func encodeTOML(doc any) ([]byte, error) {
 	e := tomlEncoder{}
 	kvs, ok, err := tomlEntries(doc)
@@ -1489,6 +1490,11 @@ func (e *tomlEncoder) value(v any, depth int) error {
 	case float32:
 		return e.value(float64(x), depth)
 	case float64:
+		if math.IsNaN(x) && math.Float64bits(math.Abs(x)) != math.Float64bits(math.NaN()) {
+			// TOML has only nan and -nan: writing this one would make two
+			// different values the same text.
+			return e.errorf("NaN with payload %#x has no TOML spelling", math.Float64bits(x))
+		}
 		e.buf = tomlAppendFloat(b, x)
 	case time.Time:
 		_, off := x.Zone()

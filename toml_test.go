@@ -565,6 +565,7 @@ func TestTOMLEncodeErrors(t *testing.T) {
 		{map[string]any{"d": localDate{2023, 2, 29}}, `encode TOML at "d": invalid local date 2023-02-29`},
 		{map[string]any{"t": localTime{24, 0, 0, 0}}, `encode TOML at "t": invalid local time 24:00:00`},
 		{[]tomlKV{{"a", 1}, {"a", 2}}, `encode TOML: duplicate key "a"`},
+		{map[string]any{"nan": math.Float64frombits(0xfff8000000000000)}, `encode TOML at "nan": NaN with payload 0xfff8000000000000 has no TOML spelling`},
 		{deep, "nesting deeper than 128 levels"},
 		{map[string]any{"a": deepArr}, "nesting deeper than 128 levels"},
 	}
@@ -594,6 +595,15 @@ func FuzzDecodeTOML(f *testing.F) {
 	f.Add([]byte(tomlBenchManifest))
 	f.Add([]byte("a.b = [1, 2.5, 'x', {c = 1979-05-27T07:32:00Z}]\n[[t]]\n[t.u]\nv = \"\"\"\\\n  w\"\"\"\n"))
 	f.Add([]byte("[a.b.c]\n[a]\nd = 00:00:00.1\n[[e]]\nf = -inf\ng = 0x7f\n"))
+	// With the official corpus at hand, every document of it is a seed.
+	if dir := os.Getenv("TOML_TEST_DIR"); dir != "" {
+		files, _ := filepath.Glob(filepath.Join(dir, "*", "*", "*.toml"))
+		for _, name := range files {
+			if data, err := os.ReadFile(name); err == nil {
+				f.Add(data)
+			}
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := decodeTOML(data)
 		if err != nil {
