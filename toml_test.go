@@ -551,11 +551,17 @@ func TestTOMLEncodeErrors(t *testing.T) {
 	for range 130 {
 		deepArr = []any{deepArr}
 	}
+	cyclic := map[string]any{}
+	cyclic["self"] = cyclic
+	cyclicArr := []any{nil}
+	cyclicArr[0] = cyclicArr
 	cases := []struct {
 		doc  any
 		want string
 	}{
 		{[]string{"x"}, "encode TOML: the document must be a table, not []string"},
+		{cyclic, "nesting deeper than 128 levels"},
+		{map[string]any{"a": cyclicArr}, "nesting deeper than 128 levels"},
 		{map[string]any{"c": make(chan int)}, `encode TOML at "c": unsupported value type chan int`},
 		{map[string]any{"n": nil}, `encode TOML at "n": unsupported value type <nil>`},
 		{map[string]any{"t": map[string]any{"s": []any{"ok", "\xff"}}}, `encode TOML at "t.s.1": string is not valid UTF-8`},
