@@ -139,17 +139,15 @@ const (
 // static arrays) have none, which is what makes them immutable.
 type tomlTable struct {
 	m     map[string]any
-	kids  map[string]*tomlTable // open sub-tables; for an array of tables its last element
 	kind  uint8
 	aot   bool // this is the last element of an array of tables
 	depth int  // path length from the root, array indexes included
 }
 
-func (t *tomlTable) setKid(k string, kid *tomlTable) {
-	if t.kids == nil {
-		t.kids = make(map[string]*tomlTable, 4)
-	}
-	t.kids[k] = kid
+// tomlKidKey names the sub-table k of a table, for tomlParser.kids.
+type tomlKidKey struct {
+	t *tomlTable
+	k string
 }
 
 type tomlParser struct {
@@ -157,9 +155,14 @@ type tomlParser struct {
 	i    int
 	root tomlTable
 	cur  *tomlTable // table that key/value lines go to
+	// kids holds the open sub-tables of every table (for an array of
+	// tables, its last element): one map for the document is cheaper than
+	// one per table.
+	kids map[tomlKidKey]*tomlTable
+	slab []tomlTable // tomlTables are allocated in chunks
 
 	keys  []string // parts of the key just parsed (reused)
-	path  []string // path of the value being parsed (for positions and messages)
+	path  []string // path of the value being parsed (array indexes only with positions)
 	stack []any    // elements of the arrays being parsed (reused)
 	buf   []byte   // unescaped string being built (reused)
 	zones map[int]*time.Location
@@ -178,6 +181,21 @@ func (p *tomlParser) posOf(off int) tomlPos {
 	p.lnOff = off
 	start := strings.LastIndexByte(p.s[:off], '\n') + 1
 	return tomlPos{p.lnNum + 1, utf8.RuneCountInString(p.s[start:off]) + 1}
+}
+
+// newTable makes a table of n expected entries and, unless parent is nil,
+// registers it as parent's sub-table k.
+func (p *tomlParser) newTable(parent *tomlTable, k string, kind uint8, depth, n int) *tomlTable {
+	if len(p.slab) == cap(p.slab) {
+		p.slab = make([]tomlTable, 0, min(2*cap(p.slab)+4, 64))
+	}
+	p.slab = p.slab[:len(p.slab)+1]
+	t := &p.slab[len(p.slab)-1]
+	*t = tomlTable{m: make(map[string]any, n), kind: kind, depth: depth}
+	if parent != nil {
+		p.kids[tomlKidKey{parent, k}] = t
+	}
+	return t
 }
 
 func (p *tomlParser) errAt(off int, format string, a ...any) error {
@@ -233,8 +251,11 @@ func (p *tomlParser) depthErr(off int) error {
 
 func (p *tomlParser) parse() error {
 	if strings.HasPrefix(p.s, "\uFEFF") {
-		// The spec's grammar has no byte order mark, but Unicode allows one
-		// as the encoding signature of a UTF-8 text: it is not content.
+		// "A TOML file must be a valid UTF-8 encoded Unicode document" was
+		// worded to allow one leading byte order mark (toml-lang/toml#437):
+		// an encoding signature, not content. Anywhere else U+FEFF is an
+		// ordinary character: fine in strings and comments, an error
+		// elsewhere.
 		p.s = p.s[3:]
 	}
 	if !utf8.ValidString(p.s) {
@@ -250,6 +271,7 @@ func (p *tomlParser) parse() error {
 	}
 	p.root.m = map[string]any{}
 	p.root.kind = tomlHeader
+	p.kids = map[tomlKidKey]*tomlTable{}
 	p.cur = &p.root
 	s := p.s
 	for {
@@ -355,6 +377,7 @@ func (p *tomlParser) key() error {
 		if p.i >= len(s) {
 			return p.errAt(p.i, "expected a key, found end of file")
 		}
+		start := p.i
 		var k string
 		var err error
 		switch c := s[p.i]; {
@@ -382,7 +405,7 @@ func (p *tomlParser) key() error {
 		}
 		p.keys = append(p.keys, k)
 		if len(p.keys) > tomlMaxDepth {
-			return p.depthErr(p.i)
+			return p.depthErr(start)
 		}
 		j := p.i
 		for j < len(s) && (s[j] == ' ' || s[j] == '\t') {
@@ -426,27 +449,25 @@ func (p *tomlParser) keyval(t *tomlTable) error {
 	n := len(p.keys)
 	for j, k := range p.keys[:n-1] {
 		p.path = append(p.path, k)
-		kid := t.kids[k]
+		kid := p.kids[tomlKidKey{t, k}]
 		if kid != nil && kid.kind == tomlDotted && !kid.aot {
 			t = kid
 			continue
 		}
-		name := tomlKeyText(p.keys)
 		switch {
 		case kid != nil && kid.aot:
-			return p.errAt(keyOff, "cannot define key %q: %q is an array of tables%s", name, tomlKeyText(p.keys[:j+1]), p.definedAt("defined at"))
+			return p.errAt(keyOff, "cannot define key %q: %q is an array of tables%s", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), p.definedAt("defined at"))
 		case kid != nil:
-			return p.errAt(keyOff, "cannot define key %q: table %q was created by a [header]%s and cannot be extended with dotted keys", name, tomlKeyText(p.keys[:j+1]), p.definedAt("at"))
+			return p.errAt(keyOff, "cannot define key %q: table %q was created by a [header]%s and cannot be extended with dotted keys", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), p.definedAt("at"))
 		}
 		if v, ok := t.m[k]; ok {
-			return p.errAt(keyOff, "cannot define key %q: %q is already %s%s", name, tomlKeyText(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
+			return p.errAt(keyOff, "cannot define key %q: %q is already %s%s", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
 		}
 		if t.depth+1 > tomlMaxDepth {
 			return p.depthErr(keyOff)
 		}
-		nt := &tomlTable{m: map[string]any{}, kind: tomlDotted, depth: t.depth + 1}
+		nt := p.newTable(t, k, tomlDotted, t.depth+1, 0)
 		t.m[k] = nt.m
-		t.setKid(k, nt)
 		p.record(keyOff)
 		t = nt
 	}
@@ -506,7 +527,11 @@ func (p *tomlParser) header() error {
 		closing = "]]"
 	}
 	if !strings.HasPrefix(s[p.i:], closing) {
-		return p.errAt(p.i, "expected %q to close the header, found %s", closing, p.describe(p.i))
+		at := p.i
+		if aot && at < len(s) && s[at] == ']' {
+			at++
+		}
+		return p.errAt(at, "expected %q to close the header, found %s", closing, p.describe(at))
 	}
 	p.i += len(closing)
 
@@ -515,8 +540,8 @@ func (p *tomlParser) header() error {
 	n := len(p.keys)
 	for j, k := range p.keys[:n-1] {
 		p.path = append(p.path, k)
-		if kid := t.kids[k]; kid != nil {
-			if kid.aot {
+		if kid := p.kids[tomlKidKey{t, k}]; kid != nil {
+			if kid.aot && p.pos != nil {
 				p.path = append(p.path, strconv.Itoa(len(t.m[k].([]any))-1))
 			}
 			t = kid
@@ -528,43 +553,47 @@ func (p *tomlParser) header() error {
 		if t.depth+1 > tomlMaxDepth {
 			return p.depthErr(off)
 		}
-		nt := &tomlTable{m: map[string]any{}, kind: tomlImplicit, depth: t.depth + 1}
+		nt := p.newTable(t, k, tomlImplicit, t.depth+1, 0)
 		t.m[k] = nt.m
-		t.setKid(k, nt)
 		p.record(off)
 		t = nt
 	}
 	k := p.keys[n-1]
 	p.path = append(p.path, k)
-	kid := t.kids[k]
+	kid := p.kids[tomlKidKey{t, k}]
 	v, exists := t.m[k]
-	name := tomlHeaderText(p.keys, aot)
 	if aot {
 		arr, isArr := v.([]any)
 		switch {
 		case kid != nil && kid.aot:
 		case kid != nil:
-			return p.errAt(off, "cannot define array of tables %s: [%s] is already a table%s", name, tomlKeyText(p.keys), p.definedAt("defined at"))
+			return p.errAt(off, "cannot define array of tables %s: [%s] is already a table%s", tomlHeaderText(p.keys, aot), tomlKeyText(p.keys), p.definedAt("defined at"))
 		case isArr:
-			return p.errAt(off, "cannot append to array %q with %s: it was defined as a value%s", tomlKeyText(p.keys), name, p.definedAt("at"))
+			return p.errAt(off, "cannot append to array %q with %s: it was defined as a value%s", tomlKeyText(p.keys), tomlHeaderText(p.keys, aot), p.definedAt("at"))
 		case exists:
-			return p.errAt(off, "cannot define array of tables %s: the key is already %s%s", name, tomlKind(v), p.definedAt("defined at"))
+			return p.errAt(off, "cannot define array of tables %s: the key is already %s%s", tomlHeaderText(p.keys, aot), tomlKind(v), p.definedAt("defined at"))
 		}
 		if t.depth+2 > tomlMaxDepth {
 			return p.depthErr(off)
 		}
-		nt := &tomlTable{m: map[string]any{}, kind: tomlHeader, aot: true, depth: t.depth + 2}
-		p.record(off)
-		p.path = append(p.path, strconv.Itoa(len(arr)))
-		p.record(off)
+		n := 0
+		if kid != nil {
+			n = len(kid.m) // elements tend to look alike
+		}
+		nt := p.newTable(t, k, tomlHeader, t.depth+2, n)
+		nt.aot = true
+		if p.pos != nil {
+			p.record(off)
+			p.path = append(p.path, strconv.Itoa(len(arr)))
+			p.record(off)
+		}
 		t.m[k] = append(arr, nt.m)
-		t.setKid(k, nt)
 		p.cur = nt
 		return nil
 	}
 	switch {
 	case kid != nil && kid.aot:
-		return p.errAt(off, "cannot define table %s: it is already an array of tables%s", name, p.definedAt("defined at"))
+		return p.errAt(off, "cannot define table %s: it is already an array of tables%s", tomlHeaderText(p.keys, aot), p.definedAt("defined at"))
 	case kid != nil && kid.kind == tomlImplicit:
 		kid.kind = tomlHeader
 		if p.pos != nil {
@@ -573,18 +602,17 @@ func (p *tomlParser) header() error {
 		p.cur = kid
 		return nil
 	case kid != nil && kid.kind == tomlHeader:
-		return p.errAt(off, "table %s defined twice%s", name, p.definedAt("first defined at"))
+		return p.errAt(off, "table %s defined twice%s", tomlHeaderText(p.keys, aot), p.definedAt("first defined at"))
 	case kid != nil:
-		return p.errAt(off, "cannot define table %s: it was already defined with dotted keys%s", name, p.definedAt("at"))
+		return p.errAt(off, "cannot define table %s: it was already defined with dotted keys%s", tomlHeaderText(p.keys, aot), p.definedAt("at"))
 	case exists:
-		return p.errAt(off, "cannot define table %s: the key is already %s%s", name, tomlKind(v), p.definedAt("defined at"))
+		return p.errAt(off, "cannot define table %s: the key is already %s%s", tomlHeaderText(p.keys, aot), tomlKind(v), p.definedAt("defined at"))
 	}
 	if t.depth+1 > tomlMaxDepth {
 		return p.depthErr(off)
 	}
-	nt := &tomlTable{m: map[string]any{}, kind: tomlHeader, depth: t.depth + 1}
+	nt := p.newTable(t, k, tomlHeader, t.depth+1, 0)
 	t.m[k] = nt.m
-	t.setKid(k, nt)
 	p.record(off)
 	p.cur = nt
 	return nil
@@ -658,13 +686,17 @@ func (p *tomlParser) array(depth int) (any, error) {
 		if s[p.i] == ']' {
 			break
 		}
-		p.path = append(p.path, strconv.Itoa(len(p.stack)-base))
-		p.record(p.i)
+		if p.pos != nil {
+			p.path = append(p.path, strconv.Itoa(len(p.stack)-base))
+			p.record(p.i)
+		}
 		v, err := p.value(depth + 1)
 		if err != nil {
 			return nil, err
 		}
-		p.path = p.path[:len(p.path)-1]
+		if p.pos != nil {
+			p.path = p.path[:len(p.path)-1]
+		}
 		p.stack = append(p.stack, v)
 		if err := p.skipBlank(); err != nil {
 			return nil, err
@@ -698,7 +730,7 @@ func (p *tomlParser) inlineTable(depth int) (any, error) {
 	p.i++
 	// The table gets bookkeeping only while it is parsed: dotted keys inside
 	// may extend each other; afterwards nothing can reach it.
-	t := &tomlTable{m: map[string]any{}, kind: tomlDotted, depth: depth}
+	t := p.newTable(nil, "", tomlDotted, depth, 0)
 	p.skipWS()
 	if p.i < len(s) && s[p.i] == '}' {
 		p.i++
@@ -1257,10 +1289,11 @@ type tomlKV struct {
 // order). In each table scalars and inline arrays come first, then
 // sub-tables, then arrays of tables (non-empty arrays whose elements are all
 // tables). Values are the decoder's types, plus the other Go integer types,
-// float32, []string and slices of tables. NaN is written as nan or -nan by
-// its sign: TOML has no NaN payloads. Unsupported types, invalid UTF-8, dates
-// outside years 0-9999, offsets with seconds and nesting deeper than
-// tomlMaxDepth are errors.
+// float32, []string and slices of tables. What TOML cannot say exactly is
+// an error, so that decoding the output always gives the value back:
+// unsupported types, invalid UTF-8, dates outside years 0-9999, offsets with
+// seconds, NaNs other than the two the decoder makes (nan and -nan, which
+// have no payload to keep) and nesting deeper than tomlMaxDepth.
 func encodeTOML(doc any) ([]byte, error) {
 	e := tomlEncoder{}
 	kvs, ok, err := tomlEntries(doc)
@@ -1457,6 +1490,11 @@ func (e *tomlEncoder) value(v any, depth int) error {
 	case float32:
 		return e.value(float64(x), depth)
 	case float64:
+		if math.IsNaN(x) && math.Float64bits(math.Abs(x)) != math.Float64bits(math.NaN()) {
+			// TOML has only nan and -nan: writing this one would make two
+			// different values the same text.
+			return e.errorf("NaN with payload %#x has no TOML spelling", math.Float64bits(x))
+		}
 		e.buf = tomlAppendFloat(b, x)
 	case time.Time:
 		_, off := x.Zone()
@@ -1469,17 +1507,17 @@ func (e *tomlEncoder) value(v any, depth int) error {
 		e.buf = x.AppendFormat(b, "2006-01-02T15:04:05.999999999Z07:00")
 	case localDate:
 		if !x.valid() {
-			return e.errorf("invalid local date %+v", x)
+			return e.errorf("invalid local date %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case localTime:
 		if !x.valid() {
-			return e.errorf("invalid local time %+v", x)
+			return e.errorf("invalid local time %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case localDateTime:
 		if !x.Date.valid() || !x.Time.valid() {
-			return e.errorf("invalid local date-time %+v", x)
+			return e.errorf("invalid local date-time %v", x)
 		}
 		e.buf = append(b, x.String()...)
 	case map[string]any, []tomlKV:

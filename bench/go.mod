@@ -3,8 +3,11 @@ module karapace-bench
 go 1.26.0
 
 require (
-	github.com/BurntSushi/toml v1.6.0 // indirect
-	github.com/pelletier/go-toml/v2 v2.4.3 // indirect
+	github.com/BurntSushi/toml v1.6.0
+	github.com/pelletier/go-toml/v2 v2.4.3
+)
+
+require (
 	github.com/rivo/uniseg v0.4.7 // indirect
 	github.com/toml-lang/toml-test/v2 v2.2.0 // indirect
 	zgo.at/jfmt v0.0.0-20250703165133-d1b6c356823b // indirect
