@@ -39,6 +39,9 @@ fi
 chmod 644 "$rootfs"
 export KARAPACE_TEST_ROOTFS_TAR=$rootfs
 export KARAPACE_TEST_STRICT=1
+# The official TOML test suite, from the Go module proxy (not copied into the repository).
+TOML_TEST_DIR="$(cd bench && go mod download github.com/toml-lang/toml-test/v2 && go list -m -f '{{.Dir}}' github.com/toml-lang/toml-test/v2)/tests"
+export TOML_TEST_DIR
 
 unformatted=$(gofmt -l $(git ls-files '*.go'))
 if [ -n "$unformatted" ]; then
@@ -53,10 +56,11 @@ work=$cache/rootless
 rm -rf "$work"
 mkdir -p "$work/src"
 git ls-files -z | xargs -0 cp --parents -t "$work/src"
+cp -r "$TOML_TEST_DIR" "$work/toml-tests"
 go test -race -c -o "$work/karapace.test" .
 chown -R "$test_user:" "$work"
 cd "$work/src"
 runuser -u "$test_user" -- env -i PATH="$PATH" HOME="/home/$test_user" \
-	KARAPACE_TEST_STRICT=1 KARAPACE_TEST_ROOTLESS=1 KARAPACE_TEST_ROOTFS_TAR="$rootfs" \
+	KARAPACE_TEST_STRICT=1 KARAPACE_TEST_ROOTLESS=1 KARAPACE_TEST_ROOTFS_TAR="$rootfs" TOML_TEST_DIR="$work/toml-tests" \
 	"$work/karapace.test" -test.count=1 -test.timeout 45m
 echo "test.sh: all tests passed (root and rootless)"
