@@ -24,6 +24,14 @@ kept. With --check, only reports whether base.image is pinned (exit 1 if not).`,
 			maxArgs: 1, complete: "file", run: cmdPin,
 		},
 		{
+			name: "doctor", summary: "check what building and running environments needs",
+			help: `Checks user namespaces, the subordinate ID range and newuidmap/newgidmap, kernel
+overlayfs inside a user namespace (mounted for real), fuse-overlayfs, cgroup delegation
+for resource limits, and the store. One line each, with the fix for each problem; exit
+status 1 if a build could not work.`,
+			run: cmdDoctor,
+		},
+		{
 			name:    "gc",
 			summary: "remove objects, layers and directories no environment needs",
 			help: `Marks everything the environments in the store refer to (archived ones
