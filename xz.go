@@ -130,11 +130,12 @@ func (x *xzReader) Read(p []byte) (int, error) {
 func (x *xzReader) streamHeader() error {
 	var h [12]byte
 	start := x.in.off
-	if err := x.in.full(h[:], "stream header"); err != nil {
-		return err
-	}
-	if !bytes.Equal(h[:6], xzMagic) {
+	err := x.in.full(h[:], "stream header")
+	if n := int(x.in.off - start); !bytes.Equal(h[:min(n, 6)], xzMagic[:min(n, 6)]) {
 		return xzErrorf(start, "not an xz stream (bad header magic)")
+	}
+	if err != nil {
+		return err
 	}
 	if crc32.ChecksumIEEE(h[6:8]) != binary.LittleEndian.Uint32(h[8:]) {
 		return xzErrorf(start, "stream header CRC32 mismatch")
@@ -776,6 +777,9 @@ func (z *xzLZMA2) chunk() error {
 		z.eof = true
 		return nil
 	}
+	if c > 2 && c < 0x80 {
+		return xzErrorf(off, "invalid LZMA2 control byte %#x", c)
+	}
 	if c >= 0xE0 || c == 1 {
 		z.needProps, z.needDict = true, false
 		z.resetDict()
@@ -784,9 +788,6 @@ func (z *xzLZMA2) chunk() error {
 	}
 	var h [5]byte
 	if c < 0x80 {
-		if c > 2 {
-			return xzErrorf(off, "invalid LZMA2 control byte %#x", c)
-		}
 		if err := z.in.full(h[:2], "LZMA2 chunk header"); err != nil {
 			return err
 		}
@@ -1083,6 +1084,14 @@ func (z *xzLZMA2) decode(csize, u int, off int64) error {
 					src = 0
 				}
 			}
+		case ln <= 16:
+			// Short matches are the common case: a forward byte loop
+			// beats a memmove call and handles overlap.
+			d, s := buf[pos:pos+ln], buf[src:src+ln]
+			for i := range d {
+				d[i] = s[i]
+			}
+			pos += ln
 		case ln <= pos-src:
 			copy(buf[pos:pos+ln], buf[src:src+ln])
 			pos += ln
