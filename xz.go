@@ -737,8 +737,12 @@ func (z *xzLZMA2) reserve(u int) {
 		return
 	}
 	if len(z.buf) < z.limit {
-		// The window has not wrapped since the dictionary reset: grow it.
-		n := min(max(2*len(z.buf), z.pos+u, 1<<16), z.limit)
+		// The window has not wrapped since the dictionary reset: grow
+		// it, in few steps since each copies and touches new memory.
+		n := max(4*len(z.buf), z.pos+u, 1<<16)
+		if n > z.limit/4 {
+			n = z.limit
+		}
 		nb := make([]byte, n)
 		copy(nb, z.buf[:z.pos])
 		z.buf = nb
@@ -857,15 +861,11 @@ func xzNorm(rc xzRC, in *[xzInSize]byte) xzRC {
 func xzBit(p *uint16, rc xzRC) (xzRC, uint32) {
 	v := uint32(*p)
 	bound := (rc.rng >> 11) * v
-	if rc.code < bound {
-		rc.rng = bound
-		*p = uint16(v + (2048-v)>>5)
-		return rc, 0
-	}
-	rc.rng -= bound
-	rc.code -= bound
-	*p = uint16(v - v>>5)
-	return rc, 1
+	m := uint32((uint64(rc.code) - uint64(bound)) >> 32) // all ones if code < bound
+	rc.code -= bound &^ m
+	rc.rng = bound&m | (rc.rng-bound)&^m
+	*p = uint16((v+(2048-v)>>5)&m | (v-v>>5)&^m)
+	return rc, m + 1
 }
 
 // xzTree decodes len(p)'s bits, most significant first.
@@ -903,20 +903,60 @@ func xzDirect(n uint32, rc xzRC, in *[xzInSize]byte) (xzRC, uint32) {
 	return rc, v
 }
 
+// xzLiteral decodes a byte with probabilities lit.
+func xzLiteral(lit *[0x300]uint16, rc xzRC, in *[xzInSize]byte) (xzRC, uint32) {
+	sym, bit := uint32(1), uint32(0)
+	for sym < 0x100 {
+		rc, bit = xzBit(&lit[sym], xzNorm(rc, in))
+		sym = sym<<1 | bit
+	}
+	return rc, sym
+}
+
+// xzMatchedLiteral decodes a byte after a match: the byte at the match
+// distance predicts it until the first bit that differs.
+func xzMatchedLiteral(lit *[0x300]uint16, match uint32, rc xzRC, in *[xzInSize]byte) (xzRC, uint32) {
+	sym, bit := uint32(1), uint32(0)
+	for sym < 0x100 {
+		mbit := match >> 7 & 1
+		match <<= 1
+		rc, bit = xzBit(&lit[0x100+mbit<<8+sym], xzNorm(rc, in))
+		sym = sym<<1 | bit
+		if bit != mbit {
+			break
+		}
+	}
+	for sym < 0x100 {
+		rc, bit = xzBit(&lit[sym], xzNorm(rc, in))
+		sym = sym<<1 | bit
+	}
+	return rc, sym
+}
+
 // decode returns a match length from 2 to 273.
 func (l *xzLenProbs) decode(ps uint32, rc xzRC, in *[xzInSize]byte) (xzRC, uint32) {
 	rc, b := xzBit(&l.choice, xzNorm(rc, in))
 	if b == 0 {
-		rc, b = xzTree(l.low[ps&15][:], rc, in)
+		rc, b = xzTree3(&l.low[ps&15], rc, in)
 		return rc, b + 2
 	}
 	rc, b = xzBit(&l.choice2, xzNorm(rc, in))
 	if b == 0 {
-		rc, b = xzTree(l.mid[ps&15][:], rc, in)
+		rc, b = xzTree3(&l.mid[ps&15], rc, in)
 		return rc, b + 2 + 8
 	}
 	rc, b = xzTree(l.high[:], rc, in)
 	return rc, b + 2 + 16
+}
+
+// xzTree3 is xzTree for three bits, unrolled.
+func xzTree3(p *[8]uint16, rc xzRC, in *[xzInSize]byte) (xzRC, uint32) {
+	rc, b := xzBit(&p[1], xzNorm(rc, in))
+	m := 2 | b
+	rc, b = xzBit(&p[m], xzNorm(rc, in))
+	m = m<<1 | b
+	rc, b = xzBit(&p[m&7], xzNorm(rc, in))
+	return rc, (m<<1 | b) - 8
 }
 
 // decode decodes an LZMA chunk of csize compressed bytes (in z.cin) into u
@@ -957,28 +997,15 @@ func (z *xzLZMA2) decode(csize, u int, off int64) error {
 		if bit == 0 {
 			ctx := ((uint32(pos)+posBase)&lpMask)<<lc | prev>>(8-lc)
 			lit := (*[0x300]uint16)(p.literal[ctx*0x300:])
-			sym := uint32(1)
-			if state >= 7 {
-				// After a match the byte at rep0 predicts this one until
-				// the first bit that differs.
+			var sym uint32
+			if state < 7 {
+				rc, sym = xzLiteral(lit, rc, in)
+			} else {
 				i := pos - int(rep0) - 1
 				if i < 0 {
 					i += wend
 				}
-				match := uint32(buf[i])
-				for sym < 0x100 {
-					mbit := match >> 7 & 1
-					match <<= 1
-					rc, bit = xzBit(&lit[0x100+mbit<<8+sym], xzNorm(rc, in))
-					sym = sym<<1 | bit
-					if bit != mbit {
-						break
-					}
-				}
-			}
-			for sym < 0x100 {
-				rc, bit = xzBit(&lit[sym], xzNorm(rc, in))
-				sym = sym<<1 | bit
+				rc, sym = xzMatchedLiteral(lit, uint32(buf[i]), rc, in)
 			}
 			prev = sym & 0xFF
 			buf[pos] = byte(sym)
