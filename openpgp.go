@@ -821,41 +821,36 @@ func pgpBuildEntity(pkts []pgpPacket) (*pgpEntity, error) {
 		if err != nil || !isSelf(s) || pk.unusable != "" || inAttr {
 			continue
 		}
-		switch {
-		case sub != nil:
-			switch s.sigType {
-			case pgpSigSubkeyBinding:
-				if pk.verifyKeySig(s, []*pgpPublicKey{pk, sub.key}, nil) == nil && newer(sub.binding, s) {
-					sub.binding = s
-				}
-			case pgpSigSubkeyRevoke:
-				if pk.verifyKeySig(s, []*pgpPublicKey{pk, sub.key}, nil) == nil {
-					sub.revocations = append(sub.revocations, s)
-				}
+		// Signatures about the primary key count wherever they stand;
+		// the others belong to the user ID or subkey they follow.
+		switch t := s.sigType; {
+		case t == pgpSigDirectKey:
+			if pk.verifyKeySig(s, []*pgpPublicKey{pk}, nil) == nil && newer(e.selfSig, s) {
+				e.selfSig = s
 			}
-		case uid != nil:
-			if s.sigType >= 0x10 && s.sigType <= 0x13 {
-				if pk.verifyKeySig(s, []*pgpPublicKey{pk}, uid) == nil {
-					if newer(e.selfSig, s) {
-						e.selfSig = s
-					}
-					if e.uid == "" || (s.primaryUID && newer(primaryUID, s)) {
-						e.uid = pgpPrintable(string(uid))
-						if s.primaryUID {
-							primaryUID = s
-						}
-					}
-				}
+		case t == pgpSigKeyRevocation:
+			if pk.verifyKeySig(s, []*pgpPublicKey{pk}, nil) == nil {
+				e.revocations = append(e.revocations, s)
 			}
-		default:
-			switch s.sigType {
-			case pgpSigDirectKey:
-				if pk.verifyKeySig(s, []*pgpPublicKey{pk}, nil) == nil && newer(e.selfSig, s) {
-					e.selfSig = s
-				}
-			case pgpSigKeyRevocation:
-				if pk.verifyKeySig(s, []*pgpPublicKey{pk}, nil) == nil {
-					e.revocations = append(e.revocations, s)
+		case t == pgpSigSubkeyBinding && sub != nil:
+			if pk.verifyKeySig(s, []*pgpPublicKey{pk, sub.key}, nil) == nil && newer(sub.binding, s) {
+				sub.binding = s
+			}
+		case t == pgpSigSubkeyRevoke && sub != nil:
+			if pk.verifyKeySig(s, []*pgpPublicKey{pk, sub.key}, nil) == nil {
+				sub.revocations = append(sub.revocations, s)
+			}
+		case t >= 0x10 && t <= 0x13 && uid != nil:
+			if pk.verifyKeySig(s, []*pgpPublicKey{pk}, uid) != nil {
+				continue
+			}
+			if newer(e.selfSig, s) {
+				e.selfSig = s
+			}
+			if e.uid == "" || (s.primaryUID && newer(primaryUID, s)) {
+				e.uid = pgpPrintable(string(uid))
+				if s.primaryUID {
+					primaryUID = s
 				}
 			}
 		}
