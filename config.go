@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"path/filepath"
 	"strconv"
+	"strings"
 )
 
 // configPath is the user's karapace configuration:
@@ -42,7 +43,7 @@ func loadConfig(getenv func(string) string) (map[string]any, *schemaChecker, err
 		return nil, nil, manifestErrorf("%s: %v", path, err)
 	}
 	sc := &schemaChecker{file: path, pos: pos}
-	if _, err := sc.table(nil, doc, "policy"); err != nil {
+	if _, err := sc.table(nil, doc, "policy", "images"); err != nil {
 		return nil, nil, err
 	}
 	return doc, sc, nil
@@ -97,4 +98,32 @@ func loadPolicy(getenv func(string) string) (policy, error) {
 		}
 	}
 	return p, nil
+}
+
+// loadImageConfig is [images] server: the LXC image server (or a mirror).
+func loadImageConfig(getenv func(string) string) (string, error) {
+	doc, sc, err := loadConfig(getenv)
+	if err != nil {
+		return "", err
+	}
+	v, ok := doc["images"]
+	if !ok {
+		return "", nil
+	}
+	t, err := sc.table([]string{"images"}, v, "server")
+	if err != nil {
+		return "", err
+	}
+	s, ok := t["server"]
+	if !ok {
+		return "", nil
+	}
+	server, err := sc.str([]string{"images", "server"}, s)
+	if err != nil {
+		return "", err
+	}
+	if !strings.HasPrefix(server, "http://") && !strings.HasPrefix(server, "https://") {
+		return "", sc.errorf([]string{"images", "server"}, "%q is not an http(s) URL", server)
+	}
+	return server, nil
 }

@@ -1,0 +1,429 @@
+package main
+
+import (
+	"bufio"
+	"compress/gzip"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"lukechampine.com/blake3"
+)
+
+// defaultImageServer is the LXC image server; air-gapped sites point
+// KARAPACE_IMAGE_SERVER or [images] server at a mirror of it.
+const defaultImageServer = "https://images.linuxcontainers.org"
+
+// lxcAliases maps our aliases to the image server's.
+var lxcAliases = map[string]string{
+	"rolling": "opensuse/tumbleweed", "opensuse": "opensuse/tumbleweed", "opensuse/tumbleweed": "opensuse/tumbleweed",
+	"opensuse/leap": "opensuse/15.6",
+	"ubuntu":        "ubuntu/noble", "ubuntu/24.04": "ubuntu/noble", "ubuntu/noble": "ubuntu/noble",
+	"ubuntu/24.10": "ubuntu/oracular", "ubuntu/oracular": "ubuntu/oracular",
+	"ubuntu/22.04": "ubuntu/jammy", "ubuntu/jammy": "ubuntu/jammy",
+	"ubuntu/20.04": "ubuntu/focal", "ubuntu/focal": "ubuntu/focal",
+	"debian": "debian/bookworm", "debian/bookworm": "debian/bookworm", "debian/12": "debian/bookworm",
+	"debian/trixie": "debian/trixie", "debian/13": "debian/trixie", "debian/sid": "debian/sid",
+	"fedora": "fedora/42", "fedora/40": "fedora/40", "fedora/41": "fedora/41", "fedora/42": "fedora/42",
+	"arch": "archlinux", "archlinux": "archlinux",
+}
+
+func knownAliases() string {
+	names := make([]string, 0, len(lxcAliases))
+	for a := range lxcAliases {
+		names = append(names, a)
+	}
+	sort.Strings(names)
+	return strings.Join(names, ", ")
+}
+
+// imageSource is a base image resolved to where its bytes are.
+type imageSource struct {
+	Location string // http(s) URL or absolute file path
+	SHA256   string // the digest the bytes must have ("" when nothing pins it)
+	BLAKE3   string // alternatively pinned by blake3
+}
+
+// imageEnv is what resolving and fetching images depends on.
+type imageEnv struct {
+	server  string
+	client  *http.Client
+	idle    time.Duration // a download that sends nothing this long fails
+	offline bool
+}
+
+func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
+	e := &imageEnv{server: defaultImageServer, idle: 60 * time.Second, offline: offline}
+	cfg, err := loadImageConfig(getenv)
+	if err != nil {
+		return nil, err
+	}
+	if cfg != "" {
+		e.server = cfg
+	}
+	if s := getenv("KARAPACE_IMAGE_SERVER"); s != "" {
+		e.server = s
+	}
+	e.server = strings.TrimRight(e.server, "/")
+	if v := getenv("KARAPACE_HTTP_TIMEOUT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, usageErrorf("KARAPACE_HTTP_TIMEOUT=%q: not a duration like 30s", v)
+		}
+		e.idle = d
+	}
+	e.client = &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: e.idle}).DialContext,
+		TLSHandshakeTimeout:   e.idle,
+		ResponseHeaderTimeout: e.idle,
+		ForceAttemptHTTP2:     true,
+	}}
+	return e, nil
+}
+
+// resolve turns base.image into a source. Aliases go to the image
+// server's simplestreams index: the newest build for this architecture
+// and the default variant, with the sha256 the index gives.
+func (e *imageEnv) resolve(ref imageRef, manifestDir string) (imageSource, error) {
+	src := imageSource{}
+	if ref.DigestAlgo == "sha256" {
+		src.SHA256 = ref.Digest
+	} else if ref.DigestAlgo == "blake3" {
+		src.BLAKE3 = ref.Digest
+	}
+	switch ref.Kind {
+	case imageFile:
+		src.Location = ref.Name
+		if !filepath.IsAbs(src.Location) {
+			src.Location = filepath.Join(manifestDir, src.Location)
+		}
+		return src, nil
+	case imageURL:
+		src.Location = ref.Name
+		return src, nil
+	}
+	alias := ref.Name
+	if ref.Kind == imageAlias {
+		var ok bool
+		if alias, ok = lxcAliases[ref.Name]; !ok {
+			return src, manifestErrorf("unknown image alias %q; known aliases: %s (or images:ALIAS for any alias of the image server, or a URL or path)", ref.Name, knownAliases())
+		}
+	}
+	if e.offline {
+		return src, fmt.Errorf("resolving image alias %q needs the image server, and --offline forbids the network; build with the lock (karapace.lock pins the exact image) or pin the image with 'karapace pin'", ref.Name)
+	}
+	return e.simplestreams(alias)
+}
+
+type ssIndex struct {
+	Index map[string]struct {
+		Path     string   `json:"path"`
+		Datatype string   `json:"datatype"`
+		Products []string `json:"products"`
+	} `json:"index"`
+}
+
+type ssProducts struct {
+	Products map[string]struct {
+		Aliases  string `json:"aliases"`
+		Arch     string `json:"arch"`
+		Variant  string `json:"variant"`
+		Versions map[string]struct {
+			Items map[string]struct {
+				Ftype  string `json:"ftype"`
+				Path   string `json:"path"`
+				SHA256 string `json:"sha256"`
+				Size   int64  `json:"size"`
+			} `json:"items"`
+		} `json:"versions"`
+	} `json:"products"`
+}
+
+// simplestreams finds the root tarball of alias on the image server.
+func (e *imageEnv) simplestreams(alias string) (imageSource, error) {
+	var idx ssIndex
+	if err := e.getJSON(e.server+"/streams/v1/index.json", &idx); err != nil {
+		return imageSource{}, err
+	}
+	var productsPath string
+	for _, ent := range idx.Index {
+		if ent.Datatype == "image-downloads" {
+			productsPath = ent.Path
+		}
+	}
+	if productsPath == "" || strings.Contains(productsPath, "..") || strings.HasPrefix(productsPath, "/") {
+		return imageSource{}, fmt.Errorf("image server %s: index.json names no usable image-downloads stream", e.server)
+	}
+	var prods ssProducts
+	if err := e.getJSON(e.server+"/"+productsPath, &prods); err != nil {
+		return imageSource{}, err
+	}
+	arch := map[string]string{"amd64": "amd64", "arm64": "arm64", "386": "i386", "riscv64": "riscv64", "ppc64le": "ppc64el", "s390x": "s390x"}[runtime.GOARCH]
+	bestVersion, best := "", imageSource{}
+	for _, p := range prods.Products {
+		if p.Arch != arch || (p.Variant != "" && p.Variant != "default") {
+			continue
+		}
+		matched := false
+		for _, a := range strings.Split(p.Aliases, ",") {
+			a = strings.TrimSpace(a)
+			matched = matched || a == alias || a == alias+"/default"
+		}
+		if !matched {
+			continue
+		}
+		for v, ver := range p.Versions {
+			for _, it := range ver.Items {
+				if it.Ftype != "root.tar.xz" || v <= bestVersion {
+					continue
+				}
+				if strings.Contains(it.Path, "..") || !isHexID(it.SHA256, 64) {
+					return imageSource{}, fmt.Errorf("image server %s: bad item for %s version %s", e.server, alias, v)
+				}
+				bestVersion = v
+				best = imageSource{Location: e.server + "/" + strings.TrimPrefix(it.Path, "/"), SHA256: it.SHA256}
+			}
+		}
+	}
+	if best.Location == "" {
+		return imageSource{}, fmt.Errorf("image server %s has no %s image of %q (variant default)", e.server, arch, alias)
+	}
+	debugf("alias %s resolved to %s (version %s)", alias, best.Location, bestVersion)
+	return best, nil
+}
+
+func (e *imageEnv) getJSON(url string, v any) error {
+	resp, err := e.get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(v); err != nil {
+		return fmt.Errorf("reading %s: %w", url, err)
+	}
+	return nil
+}
+
+// get starts a download. The body fails if the server stays silent for
+// the idle timeout, however long the whole transfer takes.
+func (e *imageEnv) get(url string) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	req.Header.Set("User-Agent", "karapace/"+version)
+	resp, err := e.client.Do(req)
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("downloading %s: %w", url, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		cancel()
+		return nil, fmt.Errorf("downloading %s: server answered %s", url, resp.Status)
+	}
+	resp.Body = newIdleReader(resp.Body, e.idle, cancel, url)
+	return resp, nil
+}
+
+// idleReader cancels a download that makes no progress for a while.
+type idleReader struct {
+	rc     io.ReadCloser
+	timer  *time.Timer
+	idle   time.Duration
+	url    string
+	fired  chan struct{}
+	cancel func()
+}
+
+func newIdleReader(rc io.ReadCloser, idle time.Duration, cancel func(), url string) *idleReader {
+	r := &idleReader{rc: rc, idle: idle, url: url, fired: make(chan struct{}), cancel: cancel}
+	r.timer = time.AfterFunc(idle, func() { close(r.fired); cancel() })
+	return r
+}
+
+func (r *idleReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	if n > 0 {
+		r.timer.Reset(r.idle)
+	}
+	if err != nil && err != io.EOF {
+		select {
+		case <-r.fired:
+			return n, fmt.Errorf("downloading %s: no data for %s", r.url, r.idle)
+		default:
+			return n, fmt.Errorf("downloading %s: %w", r.url, err)
+		}
+	}
+	return n, err
+}
+
+func (r *idleReader) Close() error {
+	r.timer.Stop()
+	r.cancel()
+	return r.rc.Close()
+}
+
+// imagesDir is the image cache: <root>/images/sha256-HEX/{image,info.json,base-layer}.
+func imagesDir(s *store) string { return filepath.Join(s.root, "images") }
+
+// openImage opens the bytes of a source: the cached copy of a URL when
+// there is one, downloading it into the cache otherwise, or the file. The
+// reader checks every byte against the pinned digest (if any) and fails
+// at the end when they differ; its digests are known after EOF.
+func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
+	if !strings.HasPrefix(src.Location, "http://") && !strings.HasPrefix(src.Location, "https://") {
+		f, err := os.Open(src.Location)
+		if err != nil {
+			return nil, fmt.Errorf("opening image %s: %w", src.Location, err)
+		}
+		st, _ := f.Stat()
+		return newImageReader(f, src, st.Size()), nil
+	}
+	if src.SHA256 != "" {
+		p := filepath.Join(imagesDir(s), "sha256-"+src.SHA256, "image")
+		if f, err := os.Open(p); err == nil {
+			st, _ := f.Stat()
+			debugf("image %s from the cache %s", src.Location, p)
+			return newImageReader(f, imageSource{Location: p, SHA256: src.SHA256}, st.Size()), nil
+		}
+	}
+	if e.offline {
+		return nil, fmt.Errorf("image %s is not in the cache, and --offline forbids downloading it", src.Location)
+	}
+	if err := e.download(s, src); err != nil {
+		return nil, err
+	}
+	return e.openImage(s, src)
+}
+
+// download fetches a URL into the cache, verified against the pinned
+// digest; only a complete, matching download becomes visible.
+func (e *imageEnv) download(s *store, src imageSource) error {
+	resp, err := e.get(src.Location)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	tmpDir := filepath.Join(imagesDir(s), ".partial")
+	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(tmpDir, "download-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	prog := newProgress("downloading "+path.Base(src.Location), resp.ContentLength, true)
+	r := newImageReader(io.NopCloser(prog.reader(resp.Body)), src, resp.ContentLength)
+	w := bufio.NewWriterSize(f, 1<<20)
+	_, err = io.Copy(w, r)
+	prog.finish()
+	if err == nil {
+		err = w.Flush()
+	}
+	if err == nil && resp.ContentLength >= 0 && r.n != resp.ContentLength {
+		err = fmt.Errorf("downloading %s: got %d of %d bytes", src.Location, r.n, resp.ContentLength)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(imagesDir(s), "sha256-"+r.sha256)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	info, _ := json.Marshal(map[string]any{"url": src.Location, "sha256": r.sha256, "blake3": r.blake3, "size": r.n})
+	if err := writeFileAtomic(filepath.Join(dir, "info.json"), info, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), filepath.Join(dir, "image")); err != nil {
+		return fmt.Errorf("caching %s: %w", src.Location, err)
+	}
+	return syncDir(dir)
+}
+
+// imageReader hashes every byte it passes with sha256 and blake3 and, at
+// the end, refuses bytes that do not match the pinned digest.
+type imageReader struct {
+	rc             io.ReadCloser
+	src            imageSource
+	size           int64
+	n              int64
+	sh             hash.Hash
+	b3             *blake3.Hasher
+	sha256, blake3 string // set at EOF
+}
+
+func newImageReader(rc io.ReadCloser, src imageSource, size int64) *imageReader {
+	return &imageReader{rc: rc, src: src, size: size, sh: sha256.New(), b3: blake3.New(32, nil)}
+}
+
+func (r *imageReader) Read(p []byte) (int, error) {
+	n, err := r.rc.Read(p)
+	r.n += int64(n)
+	r.sh.Write(p[:n])
+	r.b3.Write(p[:n])
+	if err == io.EOF {
+		r.sha256 = hex.EncodeToString(r.sh.Sum(nil))
+		r.blake3 = hex.EncodeToString(r.b3.Sum(nil))
+		if r.src.SHA256 != "" && r.sha256 != r.src.SHA256 {
+			return n, fmt.Errorf("image %s has sha256 %s, but %s was expected: refusing it", r.src.Location, r.sha256, r.src.SHA256)
+		}
+		if r.src.BLAKE3 != "" && r.blake3 != r.src.BLAKE3 {
+			return n, fmt.Errorf("image %s has blake3 %s, but %s was expected: refusing it", r.src.Location, r.blake3, r.src.BLAKE3)
+		}
+	}
+	return n, err
+}
+
+func (r *imageReader) Close() error { return r.rc.Close() }
+
+// drain reads what a consumer left (a tar's end-of-archive blocks, the
+// compression's trailer), so the digest covers every byte.
+func (r *imageReader) drain() error {
+	_, err := io.Copy(io.Discard, r)
+	return err
+}
+
+// decompress recognizes gzip, xz and zstd by their magic bytes; anything
+// else must be a plain tar.
+func decompress(r io.Reader, name string) (io.Reader, error) {
+	br := bufio.NewReaderSize(r, 256<<10)
+	magic, _ := br.Peek(6)
+	switch {
+	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
+		return gzip.NewReader(br)
+	case len(magic) >= 6 && string(magic) == "\xfd7zXZ\x00":
+		return newXZReader(br)
+	case len(magic) >= 4 && string(magic[:4]) == "\x28\xb5\x2f\xfd":
+		return newZstdReader(br)
+	case len(magic) >= 3 && string(magic[:3]) == "BZh":
+		return nil, fmt.Errorf("%s is bzip2-compressed; recompress it with xz, gzip or zstd", name)
+	}
+	head, _ := br.Peek(512)
+	if len(head) < 512 || string(head[257:262]) != "ustar" {
+		return nil, errors.New(name + " is not a tar archive (plain, gzip, xz or zstd)")
+	}
+	return br, nil
+}

@@ -1,0 +1,108 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+)
+
+// progress shows how a long operation advances: on a terminal one
+// updating line on stderr, elsewhere nothing at all.
+type progress struct {
+	mu      sync.Mutex
+	out     io.Writer // nil: quiet
+	label   string
+	total   int64 // 0: unknown
+	done    int64
+	start   time.Time
+	last    time.Time
+	drawn   bool
+	counted string // unit: "bytes" or "" for items
+}
+
+// newProgress starts a progress line when stderr is a terminal.
+func newProgress(label string, total int64, bytes bool) *progress {
+	p := &progress{label: label, total: total, start: time.Now()}
+	if bytes {
+		p.counted = "bytes"
+	}
+	if isTerminal(os.Stderr) && os.Getenv("KARAPACE_NO_PROGRESS") == "" {
+		p.out = os.Stderr
+	}
+	return p
+}
+
+// add counts n more units and redraws at most ten times a second.
+func (p *progress) add(n int64) {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done += n
+	if p.out == nil || time.Since(p.last) < 100*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	p.draw()
+}
+
+func (p *progress) draw() {
+	var s string
+	if p.counted == "bytes" {
+		rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
+		if p.total > 0 {
+			s = fmt.Sprintf("%s  %s / %s  %3.0f%%  %s/s", p.label, humanBytes(p.done), humanBytes(p.total), 100*float64(p.done)/float64(p.total), humanBytes(int64(rate)))
+		} else {
+			s = fmt.Sprintf("%s  %s  %s/s", p.label, humanBytes(p.done), humanBytes(int64(rate)))
+		}
+	} else if p.total > 0 {
+		s = fmt.Sprintf("%s  %d / %d", p.label, p.done, p.total)
+	} else {
+		s = fmt.Sprintf("%s  %d", p.label, p.done)
+	}
+	fmt.Fprintf(p.out, "\r\x1b[K%s", s)
+	p.drawn = true
+}
+
+// finish clears the line.
+func (p *progress) finish() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.out != nil && p.drawn {
+		fmt.Fprint(p.out, "\r\x1b[K")
+	}
+}
+
+// reader counts what is read through it.
+func (p *progress) reader(r io.Reader) io.Reader { return &progressReader{r, p} }
+
+type progressReader struct {
+	r io.Reader
+	p *progress
+}
+
+func (pr *progressReader) Read(b []byte) (int, error) {
+	n, err := pr.r.Read(b)
+	pr.p.add(int64(n))
+	return n, err
+}
+
+// humanBytes prints a size in binary units.
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}
