@@ -1043,6 +1043,17 @@ func (u *unpacker) chmodPath(rel string, mode uint32) error {
 func (u *unpacker) whiteout(dir, name string) error {
 	u.st.Whiteouts++
 	if !u.opts.overlay {
+		if dir != "" && u.parentRel != dir {
+			fd, err := u.openDir(dir)
+			if err == unix.ENOENT {
+				return nil // nothing there to delete
+			}
+			if err != nil {
+				return u.explain(dir, err)
+			}
+			u.dropParent()
+			u.parentRel, u.parentFd = dir, fd
+		}
 		pfd, err := u.parent(dir)
 		if err != nil {
 			return err
