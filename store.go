@@ -520,12 +520,18 @@ func (s *store) acquire(op string, wait time.Duration) (*storeLock, error) {
 	deadline := time.Now().Add(wait)
 	select {
 	case s.inProc <- struct{}{}:
-	case <-time.After(wait):
-		holder := "another operation"
-		if h := s.holder.Load(); h != nil {
-			holder = h.op
+	default:
+		t := time.NewTimer(wait)
+		select {
+		case s.inProc <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			holder := "another operation"
+			if h := s.holder.Load(); h != nil {
+				holder = h.op
+			}
+			return nil, storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)
 		}
-		return nil, storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)
 	}
 	f, err := os.OpenFile(s.path(".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
