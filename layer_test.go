@@ -37,7 +37,10 @@ func buildTree(t testing.TB, dir string, reverse bool) {
 			}
 			unix.Lsetxattr(filepath.Join(dir, "a/hello"), "user.overlay.redirect", []byte("/x"), 0)
 		},
-		func() { writeFile(t, dir, "a/suid", "#!/bin/sh\n"); os.Chmod(filepath.Join(dir, "a/suid"), 0o4755|os.ModeSetuid) },
+		func() {
+			writeFile(t, dir, "a/suid", "#!/bin/sh\n")
+			os.Chmod(filepath.Join(dir, "a/suid"), 0o4755|os.ModeSetuid)
+		},
 		func() { writeFile(t, dir, "sgid", "x"); chmodRaw(t, filepath.Join(dir, "sgid"), 0o2750) },
 		func() { os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); chmodRaw(t, filepath.Join(dir, "tmp"), 0o1777) },
 		func() { os.Symlink("hello", filepath.Join(dir, "a/link")) },

@@ -164,7 +164,7 @@ func TestCanTransition(t *testing.T) {
 		{stateDefined, stateBuilt}: true, {stateDefined, stateDestroyed}: true,
 		{stateBuilt, stateRunning}: true, {stateBuilt, stateFrozen}: true, {stateBuilt, stateArchived}: true, {stateBuilt, stateDestroyed}: true,
 		{stateRunning, stateBuilt}: true,
-		{stateFrozen, stateBuilt}: true, {stateFrozen, stateArchived}: true, {stateFrozen, stateDestroyed}: true,
+		{stateFrozen, stateBuilt}:  true, {stateFrozen, stateArchived}: true, {stateFrozen, stateDestroyed}: true,
 		{stateArchived, stateBuilt}: true, {stateArchived, stateDestroyed}: true,
 	}
 	states := []envState{stateDefined, stateBuilt, stateRunning, stateFrozen, stateArchived, stateDestroyed}
