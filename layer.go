@@ -83,10 +83,7 @@ func (l *layer) fileBytes() []byte {
 // putLayer stores l under the hash of its canonical form, which it sets in
 // l.Hash. Its objects and parent must already be in the store.
 func (s *store) putLayer(l *layer) (string, error) {
-	refs := append([]string{l.TarHash}, l.ObjectRefs...)
-	sort.Strings(refs)
-	l.ObjectRefs = slices.Compact(refs)
-	if err := l.check(); err != nil {
+	if _, err := l.prepare(); err != nil {
 		return "", err
 	}
 	for _, h := range l.ObjectRefs {
@@ -97,13 +94,25 @@ func (s *store) putLayer(l *layer) (string, error) {
 	if l.Parent != "" && !s.hasLayer(l.Parent) {
 		return "", fmt.Errorf("layer refers to parent layer %s, which is not in the store", l.Parent)
 	}
-	l.Hash = storeBlake3Hex(l.canonical())
 	if s.hasLayer(l.Hash) {
 		return l.Hash, nil
 	}
 	if _, err := s.writeAtomic(s.path("layers"), l.Hash, bytes.NewReader(l.fileBytes())); err != nil {
 		return "", err
 	}
+	return l.Hash, nil
+}
+
+// prepare normalizes l (object_refs sorted, deduplicated, with tar_hash),
+// checks it and sets its hash.
+func (l *layer) prepare() (string, error) {
+	refs := append([]string{l.TarHash}, l.ObjectRefs...)
+	sort.Strings(refs)
+	l.ObjectRefs = slices.Compact(refs)
+	if err := l.check(); err != nil {
+		return "", err
+	}
+	l.Hash = storeBlake3Hex(l.canonical())
 	return l.Hash, nil
 }
 

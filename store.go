@@ -289,9 +289,10 @@ type objectWriter struct {
 	s   *store
 	f   *os.File
 	h   *blake3.Hasher
-	bw  *bufio.Writer
-	n   int64
-	err error
+	bw   *bufio.Writer
+	n    int64
+	err  error
+	hash string
 }
 
 func (s *store) newObjectWriter() (*objectWriter, error) {
@@ -340,17 +341,32 @@ func (w *objectWriter) abort() {
 	}
 }
 
+// sum ends the writing and returns the object's hash; commit may follow.
+func (w *objectWriter) sum() (string, error) {
+	if w.hash != "" {
+		return w.hash, nil
+	}
+	if w.err != nil {
+		return "", fmt.Errorf("writing object: %w", w.err)
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+		return "", fmt.Errorf("writing object: %w", err)
+	}
+	w.hash = hex.EncodeToString(w.h.Sum(nil))
+	return w.hash, nil
+}
+
 // commit makes the object visible under its hash. An object that already
 // exists is left alone (same name, same bytes).
 func (w *objectWriter) commit() (hash string, size int64, err error) {
 	defer w.abort()
-	if w.err != nil {
-		return "", 0, fmt.Errorf("writing object: %w", w.err)
+	if hash, err = w.sum(); err != nil {
+		return "", 0, err
 	}
-	if err := w.bw.Flush(); err != nil {
-		return "", 0, fmt.Errorf("writing object: %w", err)
+	if w.f == nil {
+		return "", 0, fmt.Errorf("writing object %s: already committed or aborted", hash)
 	}
-	hash = hex.EncodeToString(w.h.Sum(nil))
 	if w.s.hasObject(hash) {
 		return hash, w.n, nil
 	}
