@@ -286,9 +286,9 @@ func storeBlake3Hex(b []byte) string {
 // objectWriter streams a new object into staging while hashing it; commit
 // moves it into objects/ under its hash.
 type objectWriter struct {
-	s   *store
-	f   *os.File
-	h   *blake3.Hasher
+	s    *store
+	f    *os.File
+	h    *blake3.Hasher
 	bw   *bufio.Writer
 	n    int64
 	err  error
