@@ -3,11 +3,13 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
+	mrand "math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"lukechampine.com/blake3"
 )
 
@@ -416,4 +419,223 @@ func TestStoreJSONAndBytes(t *testing.T) {
 	if !bytes.Equal([]byte(storeBlake3Hex(nil)), []byte("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")) {
 		t.Error("blake3 of empty input")
 	}
+}
+
+// TestDiskFull fills a 2 MiB tmpfs store during each kind of write.
+func TestDiskFull(t *testing.T) {
+	need(t, isRoot(), "root (mount tmpfs)")
+	root := t.TempDir()
+	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=2m"); err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Unmount(root, unix.MNT_DETACH)
+	s, err := openStore(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testEnv(t, s, "a", "a")
+	isENOSPC := func(what string, err error) {
+		t.Helper()
+		if err == nil || !strings.Contains(err.Error(), "no space left") || exitCodeOf(err) != exitFailure {
+			t.Fatalf("%s on a full disk: %v (exit %d)", what, err, exitCodeOf(err))
+		}
+		if n := dirNames(t, s.path("staging")); len(n) != 0 {
+			t.Fatalf("%s left %v in staging", what, n)
+		}
+	}
+	objectsBefore := dirNames(t, s.path("objects"))
+
+	// putObject of more than fits.
+	_, _, err = s.putObject(io.LimitReader(rand.Reader, 4<<20))
+	isENOSPC("putObject", err)
+
+	// packLayer into an object.
+	tree := t.TempDir()
+	for i := range 3 {
+		f, _ := os.Create(filepath.Join(tree, fmt.Sprint(i)))
+		io.Copy(f, io.LimitReader(rand.Reader, 1<<20))
+		f.Close()
+	}
+	w, err := s.newObjectWriter()
+	must(t, err)
+	_, err = packLayer(tree, w)
+	if err == nil {
+		_, _, err = w.commit()
+	}
+	w.abort()
+	isENOSPC("packLayer → object", err)
+	if got := dirNames(t, s.path("objects")); len(got) != len(objectsBefore) {
+		t.Fatalf("objects changed: %v", got)
+	}
+
+	// Fill the rest, then write metadata, a layer, a WAL entry.
+	filler, _ := os.Create(filepath.Join(root, "filler"))
+	_, err = io.Copy(filler, io.LimitReader(rand.Reader, 4<<20))
+	filler.Close()
+	if err == nil {
+		t.Fatal("filler fitted")
+	}
+	m2 := *m
+	m2.State = stateArchived
+	m2.Snapshots = []string{m.BaseLayer}
+	isENOSPC("putMeta", s.putMeta(&m2))
+	if got, err := s.getMeta(m.EnvID); err != nil || got.State != stateBuilt {
+		t.Fatalf("metadata after a failed write: %+v %v", got, err)
+	}
+	_, err = s.putLayer(&layer{Kind: layerPolicy, TarHash: m.ManifestHash})
+	isENOSPC("putLayer", err)
+	l := mustLock(t, s, "build")
+	_, err = s.beginOp("build", m.EnvID)
+	isENOSPC("beginOp", err)
+	l.unlock()
+
+	// gc still runs on a full disk and frees space; the CLI reports it.
+	garbage := dirNames(t, s.path("objects"))
+	os.Remove(filepath.Join(root, "filler"))
+	h, _, err := s.putObject(io.LimitReader(rand.Reader, 1<<20))
+	must(t, err)
+	filler, _ = os.Create(filepath.Join(root, "filler"))
+	io.Copy(filler, io.LimitReader(rand.Reader, 4<<20))
+	filler.Close()
+	code, out, errOut := runCLI(t, nil, "--store", root, "gc")
+	if code != 0 || !strings.Contains(out, "removed 1 object") {
+		t.Fatalf("gc on a full disk: %d %s %s", code, out, errOut)
+	}
+	if s.hasObject(h) || len(dirNames(t, s.path("objects"))) != len(garbage) {
+		t.Fatal("gc did not collect")
+	}
+	isENOSPC("putObject", func() error { _, _, err := s.putObject(io.LimitReader(rand.Reader, 2<<20)); return err }())
+	os.Remove(filepath.Join(root, "filler"))
+	if code, out, errOut := runCLI(t, nil, "--store", root, "verify-store"); code != 0 {
+		t.Fatalf("verify after disk full: %s %s", out, errOut)
+	}
+	must(t, s.putMeta(&m2))
+}
+
+func init() {
+	// One of several processes sharing a store: KP_N random puts (object,
+	// layer and referencing metadata under one lock hold), gets (read
+	// everything an environment refers to, without the lock) and gcs.
+	// Prints the ids of the environments it created.
+	testHelpers["store-concurrent"] = func() {
+		fail := func(err error) {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		s, err := openStore(os.Getenv("KP_STORE"))
+		if err != nil {
+			fail(err)
+		}
+		var seed int64
+		var n int
+		fmt.Sscan(os.Getenv("KP_SEED"), &seed)
+		fmt.Sscan(os.Getenv("KP_N"), &n)
+		rng := mrand.New(mrand.NewSource(seed))
+		for i := range n {
+			switch r := rng.Intn(10); {
+			case r < 5:
+				l, err := s.lock("put")
+				if err != nil {
+					fail(err)
+				}
+				data := make([]byte, 1+rng.Intn(200000))
+				rng.Read(data)
+				obj, _, err := s.putObject(bytes.NewReader(data))
+				if err != nil {
+					fail(err)
+				}
+				base, err := s.putLayer(&layer{Kind: layerBase, TarHash: obj})
+				if err != nil {
+					fail(err)
+				}
+				id := randHex(rng)
+				m := &envMeta{EnvID: id, ShortID: id[:12], Name: fmt.Sprintf("p%d-%d", seed, i), State: stateBuilt, ManifestHash: obj, BaseLayer: base}
+				if err := s.putMeta(m); err != nil {
+					fail(err)
+				}
+				// Garbage for gc to find.
+				if _, _, err := s.putObject(strings.NewReader(randHex(rng))); err != nil {
+					fail(err)
+				}
+				l.unlock()
+				fmt.Println("env", id)
+			case r < 8:
+				metas, errs := s.listMeta()
+				if len(errs) > 0 {
+					fail(errs[0])
+				}
+				for _, m := range metas {
+					lay, err := s.getLayer(m.BaseLayer)
+					if err != nil {
+						fail(err)
+					}
+					for _, h := range []string{m.ManifestHash, lay.TarHash} {
+						rc, err := s.openObject(h)
+						if err != nil {
+							fail(err)
+						}
+						if _, err := io.Copy(io.Discard, rc); err != nil {
+							fail(err)
+						}
+						rc.Close()
+					}
+				}
+			default:
+				if _, err := s.gc(context.Background(), false); err != nil {
+					fail(err)
+				}
+			}
+		}
+	}
+}
+
+func TestConcurrentProcesses(t *testing.T) {
+	root := t.TempDir()
+	if _, err := openStore(root); err != nil {
+		t.Fatal(err)
+	}
+	const procs, iters = 8, 30
+	var cmds []*exec.Cmd
+	var outs []*strings.Builder
+	for i := range procs {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "KARAPACE_TEST_HELPER=store-concurrent", "KP_STORE="+root,
+			"KP_SEED="+fmt.Sprint(i+1), "KP_N="+fmt.Sprint(iters), "KARAPACE_LOCK_WAIT=5m")
+		var out strings.Builder
+		cmd.Stdout, cmd.Stderr = &out, &out
+		must(t, cmd.Start())
+		cmds, outs = append(cmds, cmd), append(outs, &out)
+	}
+	var created []string
+	for i, cmd := range cmds {
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("process %d: %v\n%s", i, err, outs[i])
+		}
+		for _, line := range strings.Split(outs[i].String(), "\n") {
+			if id, ok := strings.CutPrefix(line, "env "); ok {
+				created = append(created, id)
+			}
+		}
+	}
+	s, err := openStore(root)
+	must(t, err)
+	for _, id := range created {
+		m, err := s.getMeta(id)
+		if err != nil {
+			t.Fatalf("environment %s lost: %v", id, err)
+		}
+		rc, err := s.openObject(m.ManifestHash)
+		if err != nil {
+			t.Fatalf("object of %s lost: %v", id, err)
+		}
+		if _, err := io.Copy(io.Discard, rc); err != nil {
+			t.Fatal(err)
+		}
+		rc.Close()
+	}
+	rep, err := s.verify(context.Background())
+	if err != nil || len(rep.Bad) != 0 || rep.Metadata != len(created) {
+		t.Fatalf("verify: %+v %v (%d created)", rep, err, len(created))
+	}
+	t.Logf("%d processes: %d environments created, all present and verifying", procs, len(created))
 }
