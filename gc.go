@@ -81,11 +81,14 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 		}
 	}
 
+	// The entry only records that a gc ran (removals are not undone); a
+	// full disk, which gc is there to relieve, must not stop it.
 	var op *walOp
 	if !dryRun {
 		var err error
 		if op, err = s.beginOp("gc", ""); err != nil {
-			return rep, err
+			warnf("gc: running without a WAL entry: %v", err)
+			op = nil
 		}
 	}
 	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {

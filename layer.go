@@ -83,10 +83,7 @@ func (l *layer) fileBytes() []byte {
 // putLayer stores l under the hash of its canonical form, which it sets in
 // l.Hash. Its objects and parent must already be in the store.
 func (s *store) putLayer(l *layer) (string, error) {
-	refs := append([]string{l.TarHash}, l.ObjectRefs...)
-	sort.Strings(refs)
-	l.ObjectRefs = slices.Compact(refs)
-	if err := l.check(); err != nil {
+	if _, err := l.prepare(); err != nil {
 		return "", err
 	}
 	for _, h := range l.ObjectRefs {
@@ -97,13 +94,25 @@ func (s *store) putLayer(l *layer) (string, error) {
 	if l.Parent != "" && !s.hasLayer(l.Parent) {
 		return "", fmt.Errorf("layer refers to parent layer %s, which is not in the store", l.Parent)
 	}
-	l.Hash = storeBlake3Hex(l.canonical())
 	if s.hasLayer(l.Hash) {
 		return l.Hash, nil
 	}
 	if _, err := s.writeAtomic(s.path("layers"), l.Hash, bytes.NewReader(l.fileBytes())); err != nil {
 		return "", err
 	}
+	return l.Hash, nil
+}
+
+// prepare normalizes l (object_refs sorted, deduplicated, with tar_hash),
+// checks it and sets its hash.
+func (l *layer) prepare() (string, error) {
+	refs := append([]string{l.TarHash}, l.ObjectRefs...)
+	sort.Strings(refs)
+	l.ObjectRefs = slices.Compact(refs)
+	if err := l.check(); err != nil {
+		return "", err
+	}
+	l.Hash = storeBlake3Hex(l.canonical())
 	return l.Hash, nil
 }
 
@@ -1055,6 +1064,17 @@ func (u *unpacker) chmodPath(rel string, mode uint32) error {
 func (u *unpacker) whiteout(dir, name string) error {
 	u.st.Whiteouts++
 	if !u.opts.overlay {
+		if dir != "" && u.parentRel != dir {
+			fd, err := u.openDir(dir)
+			if err == unix.ENOENT {
+				return nil // nothing there to delete
+			}
+			if err != nil {
+				return u.explain(dir, err)
+			}
+			u.dropParent()
+			u.parentRel, u.parentFd = dir, fd
+		}
 		pfd, err := u.parent(dir)
 		if err != nil {
 			return err

@@ -284,7 +284,11 @@ func (m *envMeta) canTransition(to envState) error {
 	if m.State == to {
 		return fmt.Errorf("environment %s is already %s", m.ShortID, to)
 	}
-	msg := fmt.Sprintf("cannot %s a %s environment", envTransitionVerb(m.State, to), m.State)
+	article := "a"
+	if m.State == stateArchived {
+		article = "an"
+	}
+	msg := fmt.Sprintf("cannot %s %s %s environment", envTransitionVerb(m.State, to), article, m.State)
 	switch {
 	case m.State == stateRunning:
 		msg += "; stop it first"

@@ -286,12 +286,13 @@ func storeBlake3Hex(b []byte) string {
 // objectWriter streams a new object into staging while hashing it; commit
 // moves it into objects/ under its hash.
 type objectWriter struct {
-	s   *store
-	f   *os.File
-	h   *blake3.Hasher
-	bw  *bufio.Writer
-	n   int64
-	err error
+	s    *store
+	f    *os.File
+	h    *blake3.Hasher
+	bw   *bufio.Writer
+	n    int64
+	err  error
+	hash string
 }
 
 func (s *store) newObjectWriter() (*objectWriter, error) {
@@ -340,17 +341,32 @@ func (w *objectWriter) abort() {
 	}
 }
 
+// sum ends the writing and returns the object's hash; commit may follow.
+func (w *objectWriter) sum() (string, error) {
+	if w.hash != "" {
+		return w.hash, nil
+	}
+	if w.err != nil {
+		return "", fmt.Errorf("writing object: %w", w.err)
+	}
+	if err := w.bw.Flush(); err != nil {
+		w.err = err
+		return "", fmt.Errorf("writing object: %w", err)
+	}
+	w.hash = hex.EncodeToString(w.h.Sum(nil))
+	return w.hash, nil
+}
+
 // commit makes the object visible under its hash. An object that already
 // exists is left alone (same name, same bytes).
 func (w *objectWriter) commit() (hash string, size int64, err error) {
 	defer w.abort()
-	if w.err != nil {
-		return "", 0, fmt.Errorf("writing object: %w", w.err)
+	if hash, err = w.sum(); err != nil {
+		return "", 0, err
 	}
-	if err := w.bw.Flush(); err != nil {
-		return "", 0, fmt.Errorf("writing object: %w", err)
+	if w.f == nil {
+		return "", 0, fmt.Errorf("writing object %s: already committed or aborted", hash)
 	}
-	hash = hex.EncodeToString(w.h.Sum(nil))
 	if w.s.hasObject(hash) {
 		return hash, w.n, nil
 	}
@@ -520,12 +536,18 @@ func (s *store) acquire(op string, wait time.Duration) (*storeLock, error) {
 	deadline := time.Now().Add(wait)
 	select {
 	case s.inProc <- struct{}{}:
-	case <-time.After(wait):
-		holder := "another operation"
-		if h := s.holder.Load(); h != nil {
-			holder = h.op
+	default:
+		t := time.NewTimer(wait)
+		select {
+		case s.inProc <- struct{}{}:
+			t.Stop()
+		case <-t.C:
+			holder := "another operation"
+			if h := s.holder.Load(); h != nil {
+				holder = h.op
+			}
+			return nil, storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)
 		}
-		return nil, storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)
 	}
 	f, err := os.OpenFile(s.path(".lock"), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -115,6 +116,94 @@ func (o *walOp) saveMeta(envID string) error {
 		return err
 	}
 	return o.add(walStep{Op: walRestoreMeta, EnvID: envID, Meta: string(b)})
+}
+
+// putObject stores r within the operation: an object that was not in the
+// store before is removed again if the operation is rolled back.
+func (o *walOp) putObject(r io.Reader) (string, int64, error) {
+	w, err := o.s.newObjectWriter()
+	if err != nil {
+		return "", 0, err
+	}
+	defer w.abort()
+	if _, err := w.ReadFrom(r); err != nil {
+		return "", 0, fmt.Errorf("writing object: %w", err)
+	}
+	return o.commitObject(w)
+}
+
+// commitObject commits w after recording its removal if it is new.
+func (o *walOp) commitObject(w *objectWriter) (string, int64, error) {
+	h, err := w.sum()
+	if err != nil {
+		return "", 0, err
+	}
+	if !o.s.hasObject(h) {
+		if err := o.add(walStep{Op: walRemoveObject, Hash: h}); err != nil {
+			return "", 0, err
+		}
+	}
+	return w.commit()
+}
+
+// packObject packs dir into a new object within the operation.
+func (o *walOp) packObject(dir string) (string, packStats, error) {
+	w, err := o.s.newObjectWriter()
+	if err != nil {
+		return "", packStats{}, err
+	}
+	defer w.abort()
+	st, err := packLayer(dir, w)
+	if err != nil {
+		return "", st, err
+	}
+	h, _, err := o.commitObject(w)
+	return h, st, err
+}
+
+// putLayer stores l within the operation (removed on rollback if new).
+func (o *walOp) putLayer(l *layer) (string, error) {
+	h, err := l.prepare()
+	if err != nil {
+		return "", err
+	}
+	if !o.s.hasLayer(h) {
+		if err := o.add(walStep{Op: walRemoveLayer, Hash: h}); err != nil {
+			return "", err
+		}
+	}
+	return o.s.putLayer(l)
+}
+
+// putMeta writes m within the operation: rollback puts back what was there.
+func (o *walOp) putMeta(m *envMeta) error {
+	if err := o.saveMeta(m.EnvID); err != nil {
+		return err
+	}
+	return o.s.putMeta(m)
+}
+
+// mkdir creates a directory within the operation (removed on rollback).
+func (o *walOp) mkdir(p string) error {
+	if err := o.add(walStep{Op: walRemovePath, Path: p}); err != nil {
+		return err
+	}
+	if err := os.Mkdir(p, 0o700); err != nil {
+		return fmt.Errorf("%s: %w", o.Kind, err)
+	}
+	return nil
+}
+
+// rename moves from to to within the operation (moved back on rollback);
+// to must not exist.
+func (o *walOp) rename(from, to string) error {
+	if err := o.add(walStep{Op: walRename, Path: to, From: from}); err != nil {
+		return err
+	}
+	if err := os.Rename(from, to); err != nil {
+		return fmt.Errorf("%s: %w", o.Kind, err)
+	}
+	return storeSyncDir(filepath.Dir(to))
 }
 
 // done ends the operation: its entry goes, nothing will be rolled back.
