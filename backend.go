@@ -36,6 +36,7 @@ type execSpec struct {
 	TTY   bool // on a new pseudo-terminal relayed to Stdio (enter)
 	Stdio [3]*os.File
 	Env   []string // host environment, filtered by the policy
+	Set   []string // variables karapace itself sets for this command
 	Cwd   string   // host working directory, mapped through the mounts
 }
 
@@ -196,6 +197,7 @@ func (b nsBackend) commandEnv(r *runSpec, e *execSpec) []string {
 	env = append(env, pol.filterEnv(e.Env)...)
 	_, sockEnv := hostSockets(b.getenv)
 	env = append(env, sockEnv...)
+	env = append(env, e.Set...)
 	if e.TTY && !hasEnv(env, "TERM") {
 		env = append(env, "TERM=xterm-256color")
 	}

@@ -1,5 +1,12 @@
 package main
 
+var buildFlags = []flagDef{
+	{"name", "n", "NAME", "give the environment this unique name"},
+	{"locked", "", "", "build exactly what karapace.lock pins; fail if it is missing or differs"},
+	{"offline", "", "", "use no network at all (image and packages must be in the store)"},
+	{"require-pinned-image", "", "", "refuse a base.image that is not pinned to a digest"},
+}
+
 func init() {
 	commands = []*command{
 		{
@@ -16,12 +23,96 @@ name to build it under.`,
 			minArgs: 1, maxArgs: 1, complete: "template", run: cmdNew,
 		},
 		{
+			name: "build", synopsis: "[MANIFEST]", summary: "resolve, lock and build an environment; prints its env_id",
+			help: `Parses MANIFEST (default ./karapace.toml), resolves the base image and the packages,
+writes karapace.lock beside it and builds the environment in the store. When the lock
+exists and matches the manifest, exactly what it pins is built, from the store when it
+was built before; --locked insists on that and fails on any difference. Prints the
+env_id on stdout.`,
+			flags:   buildFlags,
+			maxArgs: 1, complete: "file", run: cmdBuild,
+		},
+		{
+			name: "rebuild", synopsis: "[MANIFEST]", summary: "build again, then destroy the environment the lock named",
+			help: `Builds the manifest like build, then destroys the environment the old lock named and
+moves its name to the new one. A failed build leaves the old environment as it was.`,
+			flags:   buildFlags,
+			maxArgs: 1, complete: "file", run: cmdRebuild,
+		},
+		{
 			name: "pin", synopsis: "[MANIFEST]", summary: "pin base.image to the exact bytes of the image",
 			help: `Rewrites base.image in MANIFEST (default ./karapace.toml) to the image's URL or path with
 "#sha256=DIGEST" appended, computed over every byte of the image; comments and layout are
 kept. With --check, only reports whether base.image is pinned (exit 1 if not).`,
 			flags:   []flagDef{{"check", "", "", "only check that base.image is pinned"}},
 			maxArgs: 1, complete: "file", run: cmdPin,
+		},
+		{
+			name: "enter", synopsis: "ENV [-- CMD...]", summary: "open an interactive login shell (or CMD) in an environment",
+			help: `Starts a login shell in ENV (an env_id, a unique prefix, or a name) on a new
+pseudo-terminal relayed to yours: job control works, the window size follows yours, and
+Ctrl-C reaches the shell's job, not karapace. While you are inside, the environment is
+running; other sessions join the same instance.`,
+			minArgs: 1, maxArgs: 1, dash: optionalDash, complete: "env", run: cmdEnter,
+		},
+		{
+			name: "exec", synopsis: "ENV -- CMD...", summary: "run a command in an environment; its exit status is ours",
+			help: `Runs CMD in ENV with your stdin, stdout and stderr. SIGINT, SIGTERM, SIGHUP and SIGQUIT
+are passed on; the exit status is the command's, or 128+N when a signal N ended it.`,
+			minArgs: 1, maxArgs: 1, dash: requiredDash, complete: "env", run: cmdExec,
+		},
+		{
+			name: "stop", synopsis: "ENV", summary: "stop a running environment (SIGTERM, then SIGKILL)",
+			flags:   []flagDef{{"timeout", "", "DURATION", "how long to wait after SIGTERM before SIGKILL (default 10s)"}},
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdStop,
+		},
+		{
+			name: "destroy", synopsis: "ENV", summary: "remove an environment (refused while it runs)",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdDestroy,
+		},
+		{
+			name: "freeze", synopsis: "ENV", summary: "make an environment read-only",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateFrozen, "froze"),
+		},
+		{
+			name: "unfreeze", synopsis: "ENV", summary: "make a frozen environment writable again",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateBuilt, "unfroze"),
+		},
+		{
+			name: "archive", synopsis: "ENV", summary: "keep an environment but refuse entering it (gc keeps it)",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateArchived, "archived"),
+		},
+		{
+			name: "unarchive", synopsis: "ENV", summary: "allow entering an archived environment again",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateBuilt, "unarchived"),
+		},
+		{
+			name: "list", summary: "list the environments in the store",
+			run: cmdList,
+		},
+		{
+			name: "inspect", synopsis: "ENV", summary: "show an environment's metadata and lock",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdInspect,
+		},
+		{
+			name: "diff", synopsis: "ENV", summary: "list paths added, modified or removed in the writable layer",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdDiff,
+		},
+		{
+			name: "commit", synopsis: "ENV", summary: "store the writable layer as a snapshot; prints its hash",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdCommit,
+		},
+		{
+			name: "snapshots", synopsis: "ENV", summary: "list an environment's snapshots",
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdSnapshots,
+		},
+		{
+			name: "restore", synopsis: "ENV SNAPSHOT", summary: "make a snapshot the writable layer again",
+			minArgs: 2, maxArgs: 2, complete: "env", run: cmdRestore,
+		},
+		{
+			name: "rename", synopsis: "ENV NAME", summary: "give an environment a unique name",
+			minArgs: 2, maxArgs: 2, complete: "env", run: cmdRename,
 		},
 		{
 			name: "doctor", summary: "check what building and running environments needs",

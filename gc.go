@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 )
 
@@ -122,6 +123,18 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 	steps := []func() error{
 		func() error {
 			return sweep(filepath.Join(s.root, "env"), liveEnv, validStoreHash, &rep.EnvDirs)
+		},
+		func() error {
+			// Layer trees (the runtime's unpacked layers) go with their
+			// layers; their bytes count, the layers are counted once below.
+			var trees int
+			return sweep(filepath.Join(s.root, "env", ".layers"), liveLayer, validStoreHash, &trees)
+		},
+		func() error {
+			// Working directories of imports and builds that did not finish.
+			return sweep(filepath.Join(s.root, "env"), nil, func(n string) bool {
+				return strings.HasPrefix(n, ".") && n != ".layers"
+			}, &rep.Staging)
 		},
 		func() error { return sweep(s.path("layers"), liveLayer, nil, &rep.Layers) },
 		func() error { return sweep(s.path("objects"), liveObject, nil, &rep.Objects) },

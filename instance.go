@@ -140,8 +140,9 @@ type instanceServer struct {
 }
 
 type session struct {
-	conn int
-	done chan struct{} // closed by the reaper once the exit status is sent
+	done chan struct{} // closed by the reaper when the command has exited
+	code int           // its exit status, or 128+signal
+	last bool          // it was the last session: the instance ends
 }
 
 // serveInstance runs init's service loop until the last connection ends.
@@ -189,7 +190,7 @@ func (s *instanceServer) handle(conn int) {
 	if err != nil {
 		return
 	}
-	pid, sess, master, err := s.spawn(&req, fds, conn)
+	pid, sess, master, err := s.spawn(&req, fds)
 	closeAll(fds)
 	if err != nil {
 		sendMsg(conn, instanceMsg{Error: err.Error()})
@@ -225,6 +226,10 @@ func (s *instanceServer) handle(conn int) {
 		}
 	}()
 	<-sess.done
+	// Only this goroutine writes to conn, so the exit status always
+	// follows the start message.
+	code := sess.code
+	sendMsg(conn, instanceMsg{Exit: &code, Last: sess.last})
 	unix.Shutdown(conn, unix.SHUT_RDWR) // wakes the reader
 	<-readerDone
 }
@@ -241,7 +246,7 @@ func (s *instanceServer) finish(conn int) {
 // spawn starts the command of req in a new session, on the caller's stdio
 // or on a new pseudo-terminal, and registers it before the reaper can see
 // it exit.
-func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *session, int, error) {
+func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int, error) {
 	path, argv, err := commandFor(req)
 	if err != nil {
 		return 0, nil, -1, err
@@ -287,7 +292,7 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int, conn int) (int, *se
 			warnf("placing pid %d in the environment's cgroup: %v", pid, err)
 		}
 	}
-	sess := &session{conn: conn, done: make(chan struct{})}
+	sess := &session{done: make(chan struct{})}
 	s.sessions[pid] = sess
 	return pid, sess, master, nil
 }
@@ -315,11 +320,11 @@ func (s *instanceServer) reap() {
 		if !ok {
 			continue // an orphan that init inherited
 		}
-		code := ws.ExitStatus()
+		sess.code = ws.ExitStatus()
 		if ws.Signaled() {
-			code = 128 + int(ws.Signal())
+			sess.code = 128 + int(ws.Signal())
 		}
-		sendMsg(sess.conn, instanceMsg{Exit: &code, Last: last})
+		sess.last = last
 		close(sess.done)
 	}
 }
@@ -537,8 +542,14 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	if err != nil {
 		return fmt.Errorf("reading the start time of init (pid %d): %w", pid, err)
 	}
+	// The marker is checked against the live process on every read, so it
+	// needs no fsync: a rename keeps readers from seeing half of it.
 	data, _ := json.Marshal(instanceMarker{Pid: pid, StartTime: st})
-	if err := writeFileAtomic(d.marker(), data, 0o600); err != nil {
+	tmp := d.marker() + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, d.marker()); err != nil {
 		return err
 	}
 	// init may outlive us (other sessions join it); while we live, we

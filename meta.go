@@ -45,6 +45,7 @@ type envMeta struct {
 	PolicyLayer      string   `json:"policy_layer,omitempty"`
 	Snapshots        []string `json:"snapshots"`
 	UpperLayer       string   `json:"upper_layer,omitempty"`
+	ManifestPath     string   `json:"manifest_path,omitempty"` // last manifest built into it: relative mounts resolve beside it
 	CreatedAt        string   `json:"created_at"`
 	UpdatedAt        string   `json:"updated_at"`
 	RefCount         int      `json:"ref_count"`

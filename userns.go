@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -260,10 +261,11 @@ func reexecMapped(name string, cfg []byte) error {
 // only a process with the full mapping may create them with their owners,
 // read every one of them, or remove them.
 type treeJob struct {
-	Op      string `json:"op"` // "unpack" (stdin → Dir), "pack" (Dir → stdout), "remove"
-	Dir     string `json:"dir"`
-	Overlay bool   `json:"overlay,omitempty"` // unpack whiteouts as overlay whiteouts
-	Image   bool   `json:"image,omitempty"`   // a base image: leave out its device nodes
+	Op      string   `json:"op"` // "unpack" (stdin → Dir), "pack" (Dir → stdout), "remove", "clean"
+	Dir     string   `json:"dir"`
+	Paths   []string `json:"paths,omitempty"`   // clean: globs under Dir to remove
+	Overlay bool     `json:"overlay,omitempty"` // unpack whiteouts as overlay whiteouts
+	Image   bool     `json:"image,omitempty"`   // a base image: leave out its device nodes
 }
 
 func init() { stageFuncs["tree"] = treeStage }
@@ -282,6 +284,8 @@ func treeStage(raw []byte) int {
 			}
 		case "remove":
 			err = os.RemoveAll(job.Dir)
+		case "clean":
+			err = cleanTree(job.Dir, job.Paths)
 		default:
 			err = fmt.Errorf("unknown tree operation %q", job.Op)
 		}
@@ -291,6 +295,29 @@ func treeStage(raw []byte) int {
 		return exitFailure
 	}
 	return exitOK
+}
+
+// cleanTree removes what the globs match under dir. Matches are checked
+// to stay under dir.
+func cleanTree(dir string, globs []string) error {
+	for _, g := range globs {
+		if filepath.IsAbs(g) || strings.Contains(g, "..") {
+			return fmt.Errorf("cleaning %s: bad pattern %q", dir, g)
+		}
+		matches, err := filepath.Glob(filepath.Join(dir, g))
+		if err != nil {
+			return fmt.Errorf("cleaning %s: %w", dir, err)
+		}
+		for _, m := range matches {
+			if !pathWithin(m, dir) {
+				continue
+			}
+			if err := os.RemoveAll(m); err != nil {
+				return fmt.Errorf("cleaning %s: %w", dir, err)
+			}
+		}
+	}
+	return nil
 }
 
 // treeInNS runs a tree job in a new user namespace with the full mapping.

@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// engine builds and runs environments: the store, the image cache, the
+// package managers and a runtime backend, tied together.
+type engine struct {
+	s      *store
+	getenv func(string) string
+	log    io.Writer // human progress messages; stderr
+}
+
+// newEngine opens the store for the command line's engine.
+func (c *cli) engine() (*engine, error) {
+	s, err := c.openStore()
+	if err != nil {
+		return nil, err
+	}
+	return newEngine(s, c.getenv, c.stderr), nil
+}
+
+func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
+	// Trees hold files of the environment's IDs; rootless, only a process
+	// with the full mapping may remove them.
+	s.removeAll = func(p string) error {
+		if os.Geteuid() == 0 {
+			return os.RemoveAll(p)
+		}
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			return nil
+		}
+		return treeInNS(treeJob{Op: "remove", Dir: p}, nil, nil)
+	}
+	return &engine{s: s, getenv: getenv, log: log}
+}
+
+// Directories of the engine under the store root. Layer trees are the
+// layers unpacked, the lower directories of the overlays.
+func (e *engine) envDir(id string) string     { return filepath.Join(e.s.root, "env", id) }
+func (e *engine) treesDir() string            { return filepath.Join(e.s.root, "env", ".layers") }
+func (e *engine) treeDir(layer string) string { return filepath.Join(e.treesDir(), layer) }
+
+// stagingDir makes a fresh working directory under env/ within op; a
+// rollback removes it.
+func (e *engine) stagingDir(op *walOp, kind string) (string, error) {
+	var b [8]byte
+	rand.Read(b[:])
+	p := filepath.Join(e.s.root, "env", "."+kind+"-"+hex.EncodeToString(b[:]))
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return "", err
+	}
+	if err := op.mkdir(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+func (e *engine) infof(format string, a ...any) {
+	if e.log != nil && logState.level >= levelInfo || isTerminal(os.Stderr) {
+		fmt.Fprintf(e.log, format+"\n", a...)
+	}
+}
+
+// buildOptions are the flags of build and rebuild.
+type buildOptions struct {
+	name          string
+	locked        bool
+	offline       bool
+	requirePinned bool
+}
+
+// buildResult is what build reports (its --json, with stable names).
+type buildResult struct {
+	EnvID            string   `json:"env_id"`
+	ShortID          string   `json:"short_id"`
+	Name             string   `json:"name,omitempty"`
+	Manifest         string   `json:"manifest"`
+	Lock             string   `json:"lock"`
+	Created          bool     `json:"created"`
+	BaseLayer        string   `json:"base_layer"`
+	DependencyLayers []string `json:"dependency_layers"`
+	Packages         int      `json:"packages"`
+	ImageDigest      string   `json:"image_digest"`
+}
+
+// build is parse → normalize → resolve → lock → build. With a lock that
+// matches the manifest it builds exactly what the lock says; --locked
+// insists on that. The store is locked throughout.
+func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error) {
+	m, err := loadManifest(manifestPath)
+	if err != nil {
+		return nil, err
+	}
+	ref, _ := parseImageRef(m.BaseImage)
+	if o.requirePinned && !ref.pinned() {
+		return nil, manifestErrorf("%s: base.image %q is not pinned to a digest, and --require-pinned-image asks for one; run 'karapace pin %s'", manifestPath, m.BaseImage, manifestPath)
+	}
+	if o.name != "" {
+		if err := validEnvName(o.name); err != nil {
+			return nil, usageErrorf("--name: %v", err)
+		}
+	}
+	if m.Backend == "oci" {
+		return nil, manifestErrorf("%s: runtime.backend \"oci\" is not available in this version of karapace; use \"namespace\"", manifestPath)
+	}
+	lp := lockPath(m.Path)
+	var lock *lockFile
+	if _, err := os.Stat(lp); err == nil {
+		l, err := loadLock(lp)
+		if err != nil {
+			return nil, err
+		}
+		if err := l.verifyIntegrity(lp); err != nil {
+			return nil, err
+		}
+		if err := l.verifyIntent(lp, m); err != nil {
+			if o.locked {
+				return nil, err
+			}
+			e.infof("the manifest changed since %s was written: resolving again", lp)
+		} else {
+			lock = l
+		}
+	} else if o.locked {
+		return nil, manifestErrorf("--locked: %s does not exist; build once without --locked to create it", lp)
+	}
+
+	sl, err := e.s.lock("build")
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+
+	images, err := newImageEnv(e.getenv, o.offline)
+	if err != nil {
+		return nil, err
+	}
+	var src imageSource
+	if lock != nil && lock.BaseImageURL != "" {
+		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
+			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
+		}
+	} else if src, err = images.resolve(ref, m.Dir); err != nil {
+		return nil, err
+	}
+	op, err := e.s.beginOp("build", "")
+	if err != nil {
+		return nil, err
+	}
+	res, err := e.buildLocked(op, m, lock, src, images, o)
+	if err != nil {
+		if rerr := op.rollback(); rerr != nil {
+			return nil, fmt.Errorf("%v (and rolling back: %v)", err, rerr)
+		}
+		return nil, err
+	}
+	if err := op.done(); err != nil {
+		return nil, err
+	}
+	res.Manifest, res.Lock = m.Path, lp
+	return res, nil
+}
+
+func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, images *imageEnv, o buildOptions) (*buildResult, error) {
+	base, digest, err := e.baseLayer(op, src, images)
+	if err != nil {
+		return nil, err
+	}
+	var deps []string
+	var pkgs []lockedPackage
+	if len(m.Packages) > 0 {
+		var want []lockedPackage
+		if lock != nil {
+			want = lock.Packages
+		}
+		dep, closure, err := e.dependencyLayer(op, base, m.Packages, want, o.offline)
+		if err != nil {
+			return nil, err
+		}
+		deps, pkgs = []string{dep}, closure
+	}
+	l := newLock(m, "sha256:"+digest, src.Location, pkgs)
+	lp := lockPath(m.Path)
+	if lock != nil && l.EnvID != lock.EnvID {
+		if o.locked {
+			return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", m.Path, l.ShortID, lock.ShortID)
+		}
+	}
+	lockBytes, err := l.encode()
+	if err != nil {
+		return nil, err
+	}
+	if old, err := os.ReadFile(lp); err != nil || !bytes.Equal(old, lockBytes) {
+		if o.locked {
+			return nil, manifestErrorf("--locked: %s would change", lp)
+		}
+		if err := writeFileAtomic(lp, lockBytes, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs), ImageDigest: "sha256:" + digest}
+	if res.DependencyLayers == nil {
+		res.DependencyLayers = []string{}
+	}
+	now := time.Now().UTC().Format(time.RFC3339)
+	meta, err := e.s.getMeta(l.EnvID)
+	switch {
+	case err == nil:
+		meta.RefCount++
+		meta.UpdatedAt = now
+	case errors.Is(err, fs.ErrNotExist):
+		manifestObj, _, err := op.putObject(bytes.NewReader(m.canonicalJSON()))
+		if err != nil {
+			return nil, err
+		}
+		lockObj, _, err := op.putObject(bytes.NewReader(lockBytes))
+		if err != nil {
+			return nil, err
+		}
+		dir := e.envDir(l.EnvID)
+		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
+			return nil, err
+		}
+		if err := op.mkdir(dir); err != nil {
+			return nil, err
+		}
+		for _, sub := range []string{"upper", "work", "merged", "run"} {
+			if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
+				return nil, err
+			}
+		}
+		meta = &envMeta{
+			EnvID: l.EnvID, ShortID: l.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,
+			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1,
+		}
+		res.Created = true
+	default:
+		return nil, err
+	}
+	if o.name != "" && meta.Name != o.name {
+		if err := e.nameFree(o.name, meta.EnvID); err != nil {
+			return nil, err
+		}
+		meta.Name = o.name
+	}
+	res.Name = meta.Name
+	meta.ManifestPath = m.Path
+	if err := op.putMeta(meta); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+// nameFree fails when another environment has the name.
+func (e *engine) nameFree(name, envID string) error {
+	metas, _ := e.s.listMeta()
+	for _, m := range metas {
+		if m.Name == name && m.EnvID != envID {
+			return usageErrorf("the name %q is taken by environment %s; rename or destroy that one first", name, m.ShortID)
+		}
+	}
+	return nil
+}
+
+// baseLayer returns the Base layer of an image, importing the image when
+// no layer of its digest is in the store yet, and the image's sha256.
+func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string, string, error) {
+	if src.SHA256 != "" {
+		if l, ok := e.indexedBase(src.SHA256); ok {
+			debugf("base layer %s of image sha256:%s from the store", l, src.SHA256)
+			return l, src.SHA256, nil
+		}
+	}
+	img, err := images.openImage(e.s, src)
+	if err != nil {
+		return "", "", err
+	}
+	defer img.Close()
+	name := filepath.Base(src.Location)
+	prog := newProgress("importing "+name, img.size, true)
+	tree, err := e.stagingDir(op, "import")
+	if err != nil {
+		return "", "", err
+	}
+	err = func() error {
+		dec, err := decompress(prog.reader(img), name)
+		if err != nil {
+			return err
+		}
+		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, dec, nil); err != nil {
+			return fmt.Errorf("unpacking image %s: %w", name, err)
+		}
+		// The digest covers every byte, past the end of the tar too.
+		return img.drain()
+	}()
+	prog.finish()
+	if err != nil {
+		return "", "", err
+	}
+	if l, ok := e.indexedBase(img.sha256); ok {
+		return l, img.sha256, nil
+	}
+	layer, err := e.storeTree(op, tree, layerBase, "")
+	if err != nil {
+		return "", "", err
+	}
+	dir := filepath.Join(imagesDir(e.s), "sha256-"+img.sha256)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", err
+	}
+	if err := writeFileAtomic(filepath.Join(dir, "base-layer"), []byte(layer+"\n"), 0o600); err != nil {
+		return "", "", err
+	}
+	return layer, img.sha256, nil
+}
+
+// indexedBase finds the Base layer already made from an image digest.
+func (e *engine) indexedBase(sha string) (string, bool) {
+	data, err := os.ReadFile(filepath.Join(imagesDir(e.s), "sha256-"+sha, "base-layer"))
+	if err != nil {
+		return "", false
+	}
+	l := strings.TrimSpace(string(data))
+	if !validStoreHash(l) || !e.s.hasLayer(l) {
+		return "", false
+	}
+	if _, err := os.Stat(e.treeDir(l)); err != nil {
+		if err := e.unpackTree(l); err != nil {
+			warnf("re-creating the tree of layer %s: %v", l, err)
+			return "", false
+		}
+	}
+	return l, true
+}
+
+// storeTree packs a tree into a layer of the given kind and makes the
+// tree that layer's lower directory.
+func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string) (string, error) {
+	pr, pw := io.Pipe()
+	go func() { pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: tree}, nil, pw)) }()
+	obj, _, err := op.putObject(pr)
+	pr.CloseWithError(io.ErrClosedPipe)
+	if err != nil {
+		return "", fmt.Errorf("packing %s: %w", tree, err)
+	}
+	lh, err := op.putLayer(&layer{Kind: kind, Parent: parent, ObjectRefs: []string{obj}, ReadOnly: true, TarHash: obj})
+	if err != nil {
+		return "", err
+	}
+	final := e.treeDir(lh)
+	if _, err := os.Stat(final); err == nil {
+		return lh, e.s.removeTree(tree)
+	}
+	if err := os.MkdirAll(e.treesDir(), 0o700); err != nil {
+		return "", err
+	}
+	if err := op.rename(tree, final); err != nil {
+		return "", err
+	}
+	return lh, nil
+}
+
+// unpackTree re-creates a layer's tree from its object (after a pull, or
+// when the tree was removed), verified against the object's hash.
+func (e *engine) unpackTree(layerHash string) error {
+	l, err := e.s.getLayer(layerHash)
+	if err != nil {
+		return err
+	}
+	rc, err := e.s.openObject(l.TarHash)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	tmp := e.treeDir(layerHash) + unpackPartialSuffix
+	if err := e.s.removeTree(tmp); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(tmp, 0o700); err != nil {
+		return err
+	}
+	err = treeInNS(treeJob{Op: "unpack", Dir: tmp, Overlay: true}, rc, nil)
+	if err == nil {
+		_, err = io.Copy(io.Discard, rc) // the hash is checked at the end
+	}
+	if err == nil {
+		err = os.Rename(tmp, e.treeDir(layerHash))
+	}
+	if err != nil {
+		e.s.removeTree(tmp)
+		return fmt.Errorf("unpacking layer %s: %w", layerHash, err)
+	}
+	return nil
+}
+
+// layerTrees lists the lower directories of an environment, top first,
+// re-creating any tree that is missing.
+func (e *engine) layerTrees(m *envMeta) ([]string, error) {
+	layers := append([]string{}, m.DependencyLayers...)
+	for i, j := 0, len(layers)-1; i < j; i, j = i+1, j-1 {
+		layers[i], layers[j] = layers[j], layers[i]
+	}
+	layers = append(layers, m.BaseLayer)
+	var out []string
+	for _, l := range layers {
+		if _, err := os.Stat(e.treeDir(l)); err != nil {
+			if err := e.unpackTree(l); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, e.treeDir(l))
+	}
+	return out, nil
+}

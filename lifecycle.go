@@ -1,0 +1,546 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// findEnv names an environment by full env_id, name, short_id or any
+// unique prefix of its env_id. An ambiguous prefix lists the candidates.
+func (e *engine) findEnv(ref string) (*envMeta, error) {
+	if ref == "" {
+		return nil, usageErrorf("no environment given")
+	}
+	if validStoreHash(ref) {
+		m, err := e.s.getMeta(ref)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("no environment %s in the store (see 'karapace list')", ref)
+		}
+		return m, err
+	}
+	metas, errs := e.s.listMeta()
+	for _, m := range metas {
+		if m.Name == ref {
+			return m, nil
+		}
+	}
+	var found []*envMeta
+	if isHexPrefix(ref) {
+		for _, m := range metas {
+			if strings.HasPrefix(m.EnvID, ref) {
+				found = append(found, m)
+			}
+		}
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		if len(errs) > 0 {
+			return nil, storeErrorf("no environment %q found, and some metadata is damaged: %v (run 'karapace verify-store')", ref, errs[0])
+		}
+		return nil, fmt.Errorf("no environment %q: it is neither a name nor a prefix of an env_id in the store (see 'karapace list')", ref)
+	}
+	var lines []string
+	for _, m := range found {
+		lines = append(lines, fmt.Sprintf("  %s %s", m.EnvID, m.Name))
+	}
+	return nil, usageErrorf("%q is ambiguous; it could be any of:\n%s", ref, strings.Join(lines, "\n"))
+}
+
+func isHexPrefix(s string) bool {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+// state is an environment's state as the user sees it: running while its
+// instance runs, which the metadata does not need to record.
+func (e *engine) state(m *envMeta) envState {
+	if _, ok := instanceDir(e.envDir(m.EnvID) + "/run").running(); ok {
+		return stateRunning
+	}
+	return m.State
+}
+
+// lockOf reads the lock an environment was built from, kept in the store.
+func (e *engine) lockOf(m *envMeta) (*lockFile, error) {
+	rc, err := e.s.openObject(m.LockHash)
+	if err != nil {
+		return nil, err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+	if err != nil {
+		return nil, storeErrorf("reading the lock of %s (object %s): %v", m.ShortID, m.LockHash, err)
+	}
+	l, err := parseLock("lock of "+m.ShortID, data)
+	if err != nil {
+		return nil, storeErrorf("%v", err)
+	}
+	return l, nil
+}
+
+// runSpecFor assembles what a backend needs to run an environment.
+func (e *engine) runSpecFor(m *envMeta) (*runSpec, *lockFile, error) {
+	l, err := e.lockOf(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	lower, err := e.layerTrees(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	dir := ""
+	if m.ManifestPath != "" {
+		dir = filepath.Dir(m.ManifestPath)
+	}
+	return &runSpec{
+		ID: m.EnvID, ShortID: m.ShortID, Dir: e.envDir(m.EnvID), Lower: lower, ReadOnly: m.State == stateFrozen,
+		Mounts: l.Mounts, ManifestDir: dir, GPU: l.GPU, Audio: l.Audio, Isolated: l.NetworkIsolation,
+		CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB,
+	}, l, nil
+}
+
+// run starts a command (or the login shell) in an environment.
+func (e *engine) run(ref string, es *execSpec) (int, error) {
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return 0, err
+	}
+	switch m.State {
+	case stateArchived:
+		return 0, fmt.Errorf("environment %s is archived and cannot be entered; 'karapace unarchive %s' first", m.ShortID, ref)
+	case stateDefined:
+		return 0, fmt.Errorf("environment %s is not built yet", m.ShortID)
+	}
+	r, l, err := e.runSpecFor(m)
+	if err != nil {
+		return 0, err
+	}
+	b, err := backendFor(l.Backend)
+	if err != nil {
+		return 0, err
+	}
+	return b.exec(r, es)
+}
+
+// setState moves an environment to another stored state under the lock.
+func (e *engine) setState(ref string, to envState) (*envMeta, error) {
+	sl, err := e.s.lock(string(to))
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return nil, err
+	}
+	if e.state(m) == stateRunning {
+		return nil, fmt.Errorf("environment %s is running; 'karapace stop %s' first", m.ShortID, ref)
+	}
+	if err := m.canTransition(to); err != nil {
+		return nil, err
+	}
+	m.State = to
+	m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
+	return m, e.s.putMeta(m)
+}
+
+// destroy removes an environment: its metadata, directory and launchers.
+// What it shared with others stays; gc frees what nothing uses.
+func (e *engine) destroy(ref string) (*envMeta, error) {
+	sl, err := e.s.lock("destroy")
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return nil, err
+	}
+	if e.state(m) == stateRunning {
+		return nil, fmt.Errorf("environment %s is running; 'karapace stop %s' first", m.ShortID, ref)
+	}
+	if err := m.canTransition(stateDestroyed); err != nil {
+		return nil, err
+	}
+	op, err := e.s.beginOp("destroy", m.EnvID)
+	if err != nil {
+		return nil, err
+	}
+	if err := op.saveMeta(m.EnvID); err != nil {
+		op.rollback()
+		return nil, err
+	}
+	if err := e.s.deleteMeta(m.EnvID); err != nil {
+		op.rollback()
+		return nil, err
+	}
+	if err := op.finish(e.envDir(m.EnvID)); err != nil {
+		return nil, err
+	}
+	removeLaunchers(e.getenv, m.ShortID)
+	return m, nil
+}
+
+// rename gives an environment a unique name.
+func (e *engine) rename(ref, name string) (*envMeta, error) {
+	if err := validEnvName(name); err != nil {
+		return nil, usageErrorf("%v", err)
+	}
+	sl, err := e.s.lock("rename")
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.nameFree(name, m.EnvID); err != nil {
+		return nil, err
+	}
+	m.Name = name
+	m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
+	return m, e.s.putMeta(m)
+}
+
+// envInfo is an environment in list and inspect output (stable names).
+type envInfo struct {
+	EnvID            string   `json:"env_id"`
+	ShortID          string   `json:"short_id"`
+	Name             string   `json:"name"`
+	State            envState `json:"state"`
+	Pid              int      `json:"pid,omitempty"`
+	BaseLayer        string   `json:"base_layer"`
+	DependencyLayers []string `json:"dependency_layers"`
+	Snapshots        []string `json:"snapshots"`
+	UpperLayer       string   `json:"upper_layer,omitempty"`
+	ManifestPath     string   `json:"manifest_path,omitempty"`
+	CreatedAt        string   `json:"created_at"`
+	UpdatedAt        string   `json:"updated_at"`
+	RefCount         int      `json:"ref_count"`
+}
+
+func (e *engine) info(m *envMeta) envInfo {
+	pid, _ := instanceDir(e.envDir(m.EnvID) + "/run").running()
+	return envInfo{
+		EnvID: m.EnvID, ShortID: m.ShortID, Name: m.Name, State: e.state(m), Pid: pid,
+		BaseLayer: m.BaseLayer, DependencyLayers: m.DependencyLayers, Snapshots: m.Snapshots, UpperLayer: m.UpperLayer,
+		ManifestPath: m.ManifestPath, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, RefCount: m.RefCount,
+	}
+}
+
+func cmdBuild(c *cli) error {
+	path := "karapace.toml"
+	if len(c.args) > 0 {
+		path = c.args[0]
+	}
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image")}
+	res, err := e.build(path, o)
+	if err != nil {
+		return err
+	}
+	return c.reportBuild(e, res)
+}
+
+func (c *cli) reportBuild(e *engine, res *buildResult) error {
+	if m, err := loadManifest(res.Manifest); err == nil && len(m.Apps) > 0 {
+		if err := writeLaunchers(c.getenv, res, m.Apps); err != nil {
+			warnf("desktop launchers: %v", err)
+		}
+	}
+	if c.json {
+		return writeJSON(c.stdout, res)
+	}
+	what := "built"
+	if !res.Created {
+		what = "already built"
+	}
+	name := ""
+	if res.Name != "" {
+		name = " (" + res.Name + ")"
+	}
+	fmt.Fprintf(c.stderr, "%s %s%s: %d package(s), lock %s\n", what, res.ShortID, name, res.Packages, res.Lock)
+	fmt.Fprintln(c.stdout, res.EnvID)
+	return nil
+}
+
+// cmdRebuild builds the new environment first and destroys the old one
+// (the one the lock named) only after that succeeded; its name moves on.
+func cmdRebuild(c *cli) error {
+	path := "karapace.toml"
+	if len(c.args) > 0 {
+		path = c.args[0]
+	}
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	m, err := loadManifest(path)
+	if err != nil {
+		return err
+	}
+	var old *envMeta
+	if l, err := loadLock(lockPath(m.Path)); err == nil {
+		old, _ = e.s.getMeta(l.EnvID)
+	}
+	res, err := e.build(path, buildOptions{locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image")})
+	if err != nil {
+		return err
+	}
+	name := c.flag("name")
+	if name == "" && old != nil {
+		name = old.Name
+	}
+	if old != nil && old.EnvID != res.EnvID {
+		if _, err := e.destroy(old.EnvID); err != nil {
+			warnf("the new environment %s is built, but the old one %s stays: %v", res.ShortID, old.ShortID, err)
+		} else if old.Name == name {
+			old.Name = "" // destroyed: the name is free
+		}
+	}
+	if name != "" && (old == nil || old.Name != name) {
+		nm, err := e.rename(res.EnvID, name)
+		if err != nil {
+			return err
+		}
+		res.Name = nm.Name
+	}
+	return c.reportBuild(e, res)
+}
+
+func (c *cli) execSpec(argv []string, login, tty bool) *execSpec {
+	cwd, _ := os.Getwd()
+	var env []string
+	for _, k := range envNames(c.getenv) {
+		env = append(env, k+"="+c.getenv(k))
+	}
+	stdout, _ := c.stdout.(*os.File)
+	stderr, _ := c.stderr.(*os.File)
+	if stdout == nil {
+		stdout = os.Stdout
+	}
+	if stderr == nil {
+		stderr = os.Stderr
+	}
+	stdin := c.stdin
+	if stdin == nil {
+		stdin = os.Stdin
+	}
+	return &execSpec{Argv: argv, Login: login, TTY: tty, Stdio: [3]*os.File{stdin, stdout, stderr}, Env: env, Cwd: cwd}
+}
+
+// envNames lists the host variables there are; getenv alone cannot, so
+// the process environment supplies the names.
+func envNames(getenv func(string) string) []string {
+	var names []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		if getenv(k) != "" {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+func cmdExec(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	code, err := e.run(c.args[0], c.execSpec(c.rest, false, false))
+	if err != nil {
+		return err
+	}
+	return exitStatus(code)
+}
+
+func cmdEnter(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	tty := isTerminal(c.stdin) || (c.stdin == nil && isTerminal(os.Stdin))
+	code, err := e.run(c.args[0], c.execSpec(c.rest, len(c.rest) == 0, tty))
+	if err != nil {
+		return err
+	}
+	return exitStatus(code)
+}
+
+func cmdStop(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	m, err := e.findEnv(c.args[0])
+	if err != nil {
+		return err
+	}
+	timeout := 10 * time.Second
+	if v := c.flag("timeout"); v != "" {
+		if timeout, err = time.ParseDuration(v); err != nil || timeout < 0 {
+			return usageErrorf("--timeout %q: not a duration like 10s", v)
+		}
+	}
+	was := e.state(m) == stateRunning
+	r := &runSpec{ID: m.EnvID, ShortID: m.ShortID, Dir: e.envDir(m.EnvID)}
+	if err := (nsBackend{getenv: c.getenv}).stop(r, timeout); err != nil {
+		return err
+	}
+	return c.report(map[string]any{"env_id": m.EnvID, "stopped": was}, func() string {
+		if !was {
+			return m.ShortID + " was not running"
+		}
+		return "stopped " + m.ShortID
+	})
+}
+
+// report prints v as JSON, or the human line.
+func (c *cli) report(v any, human func() string) error {
+	if c.json {
+		return writeJSON(c.stdout, v)
+	}
+	fmt.Fprintln(c.stdout, human())
+	return nil
+}
+
+func cmdDestroy(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	m, err := e.destroy(c.args[0])
+	if err != nil {
+		return err
+	}
+	return c.report(map[string]any{"env_id": m.EnvID, "destroyed": true}, func() string {
+		return "destroyed " + m.ShortID + " (run 'karapace gc' to free the space it alone used)"
+	})
+}
+
+// cmdState is freeze, unfreeze, archive and unarchive.
+func cmdState(to envState, verb string) func(*cli) error {
+	return func(c *cli) error {
+		e, err := c.engine()
+		if err != nil {
+			return err
+		}
+		m, err := e.setState(c.args[0], to)
+		if err != nil {
+			return err
+		}
+		return c.report(map[string]any{"env_id": m.EnvID, "state": m.State}, func() string {
+			return verb + " " + m.ShortID
+		})
+	}
+}
+
+func cmdRename(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	m, err := e.rename(c.args[0], c.args[1])
+	if err != nil {
+		return err
+	}
+	return c.report(map[string]any{"env_id": m.EnvID, "name": m.Name}, func() string {
+		return "renamed " + m.ShortID + " to " + m.Name
+	})
+}
+
+func cmdList(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	metas, errs := e.s.listMeta()
+	infos := make([]envInfo, 0, len(metas))
+	for _, m := range metas {
+		infos = append(infos, e.info(m))
+	}
+	for _, err := range errs {
+		warnf("%v", err)
+	}
+	if c.json {
+		return writeJSON(c.stdout, infos)
+	}
+	rows := make([][]string, 0, len(infos))
+	for _, i := range infos {
+		name := i.Name
+		if name == "" {
+			name = "-"
+		}
+		rows = append(rows, []string{i.ShortID, name, string(i.State), i.EnvID})
+	}
+	writeTable(c.stdout, []string{"SHORT_ID", "NAME", "STATE", "ENV_ID"}, rows)
+	if len(errs) > 0 {
+		return storeErrorf("%d metadata file(s) are damaged; run 'karapace verify-store'", len(errs))
+	}
+	return nil
+}
+
+func cmdInspect(c *cli) error {
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	m, err := e.findEnv(c.args[0])
+	if err != nil {
+		return err
+	}
+	i := e.info(m)
+	l, lerr := e.lockOf(m)
+	if c.json {
+		v := map[string]any{"environment": i}
+		if lerr == nil {
+			v["lock"] = lockSummary(l)
+		}
+		return writeJSON(c.stdout, v)
+	}
+	rows := [][]string{
+		{"env_id", i.EnvID}, {"short_id", i.ShortID}, {"name", i.Name}, {"state", string(i.State)},
+		{"base_layer", i.BaseLayer}, {"dependency_layers", strings.Join(i.DependencyLayers, ", ")},
+		{"snapshots", fmt.Sprint(len(i.Snapshots))}, {"manifest", i.ManifestPath},
+		{"created", i.CreatedAt}, {"updated", i.UpdatedAt}, {"ref_count", fmt.Sprint(i.RefCount)},
+	}
+	if i.Pid != 0 {
+		rows = append(rows, []string{"pid", fmt.Sprint(i.Pid)})
+	}
+	if lerr == nil {
+		rows = append(rows, []string{"base_image", l.BaseImage}, []string{"image_digest", l.BaseImageDigest},
+			[]string{"backend", l.Backend}, []string{"packages", fmt.Sprint(len(l.Packages))})
+	}
+	writeTable(c.stdout, nil, rows)
+	return lerr
+}
+
+func lockSummary(l *lockFile) map[string]any {
+	pkgs := make([]map[string]string, 0, len(l.Packages))
+	for _, p := range l.Packages {
+		pkgs = append(pkgs, map[string]string{"name": p.Name, "version": p.Version})
+	}
+	return map[string]any{
+		"base_image": l.BaseImage, "base_image_digest": l.BaseImageDigest, "base_image_url": l.BaseImageURL,
+		"runtime_backend": l.Backend, "hardware_gpu": l.GPU, "hardware_audio": l.Audio,
+		"network_isolation": l.NetworkIsolation, "resolved_packages": pkgs,
+	}
+}

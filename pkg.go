@@ -1,0 +1,353 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+)
+
+// pkgManager is how one family of distributions installs and lists
+// packages. Everything runs inside the environment's sandbox.
+type pkgManager struct {
+	name    string
+	marker  string     // a file in the root filesystem that identifies it
+	env     []string   // set for every command
+	refresh [][]string // before installing: update the package lists
+	install []string   // followed by the packages
+	exact   []string   // extra options when installing locked versions
+	// pin spells "this package at exactly this version"; nil when the
+	// package manager cannot install a given version from its repositories.
+	pin   func(lockedPackage) string
+	query []string                       // lists installed packages
+	parse func(string) map[string]string // query output → name: version
+	junk  []string                       // caches and logs left out of the layer (globs)
+}
+
+var pkgManagers = []pkgManager{
+	{
+		name: "apt", marker: "usr/bin/apt-get",
+		env:     []string{"DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8"},
+		refresh: [][]string{{"apt-get", "-q", "update"}},
+		install: []string{"apt-get", "-q", "-y", "--no-install-recommends", "-o", "Dpkg::Options::=--force-confdef", "-o", "Dpkg::Options::=--force-confold", "install"},
+		exact:   []string{"--allow-downgrades"},
+		pin:     func(p lockedPackage) string { return p.Name + "=" + p.Version },
+		query:   []string{"dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\n"},
+		parse: func(out string) map[string]string {
+			m := map[string]string{}
+			for _, line := range strings.Split(out, "\n") {
+				f := strings.Split(line, "\t")
+				if len(f) == 3 && strings.HasPrefix(f[0], "ii") {
+					m[f[1]] = f[2]
+				}
+			}
+			return m
+		},
+		junk: []string{"var/lib/apt/lists/*_*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/apt/*",
+			"var/log/dpkg.log", "var/log/alternatives.log", "var/cache/debconf/*-old", "var/lib/dpkg/*-old"},
+	},
+	{
+		name: "dnf", marker: "usr/bin/dnf",
+		install: []string{"dnf", "-y", "--setopt=install_weak_deps=False", "install"},
+		pin:     func(p lockedPackage) string { return p.Name + "-" + p.Version },
+		query:   []string{"rpm", "-qa", "--qf", "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"},
+		parse:   parseTabPairs,
+		junk:    []string{"var/cache/dnf/*", "var/log/dnf*", "var/log/hawkey.log"},
+	},
+	{
+		name: "zypper", marker: "usr/bin/zypper",
+		refresh: [][]string{{"zypper", "--non-interactive", "refresh"}},
+		install: []string{"zypper", "--non-interactive", "install", "--no-recommends"},
+		exact:   []string{"--oldpackage"},
+		pin:     func(p lockedPackage) string { return p.Name + "=" + p.Version },
+		query:   []string{"rpm", "-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\n"},
+		parse:   parseTabPairs,
+		junk:    []string{"var/cache/zypp/*", "var/log/zypper.log", "var/log/zypp/*"},
+	},
+	{
+		name: "pacman", marker: "usr/bin/pacman",
+		install: []string{"pacman", "-Sy", "--noconfirm", "--needed"},
+		query:   []string{"pacman", "-Q"},
+		parse: func(out string) map[string]string {
+			m := map[string]string{}
+			for _, line := range strings.Split(out, "\n") {
+				if name, ver, ok := strings.Cut(line, " "); ok {
+					m[name] = ver
+				}
+			}
+			return m
+		},
+		junk: []string{"var/cache/pacman/pkg/*", "var/lib/pacman/sync/*", "var/log/pacman.log"},
+	},
+}
+
+func parseTabPairs(out string) map[string]string {
+	m := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if name, ver, ok := strings.Cut(line, "\t"); ok {
+			m[name] = strings.TrimPrefix(ver, "0:")
+		}
+	}
+	return m
+}
+
+// detectPackageManager finds the package manager of a root filesystem,
+// looking through its layer trees (top first).
+func detectPackageManager(trees []string) (*pkgManager, error) {
+	for i := range pkgManagers {
+		for _, t := range trees {
+			if st, err := os.Lstat(filepath.Join(t, pkgManagers[i].marker)); err == nil && !st.IsDir() {
+				return &pkgManagers[i], nil
+			}
+		}
+	}
+	return nil, errors.New("the base image has no package manager karapace knows (apt, dnf, zypper or pacman); system.packages cannot be installed")
+}
+
+// installCommands are the commands that install the request, or exactly
+// the locked closure.
+func (pm *pkgManager) installCommands(requested []string, locked []lockedPackage) ([][]string, error) {
+	cmds := append([][]string{}, pm.refresh...)
+	cmd := append([]string{}, pm.install...)
+	if locked == nil {
+		return append(cmds, append(cmd, requested...)), nil
+	}
+	if pm.pin == nil {
+		return nil, fmt.Errorf("%s cannot install exact versions from its repositories, so a build from the lock (--locked or an existing karapace.lock) cannot be reproduced; build without the lock to resolve again", pm.name)
+	}
+	cmd = append(cmd, pm.exact...)
+	for _, p := range locked {
+		cmd = append(cmd, pm.pin(p))
+	}
+	return append(cmds, cmd), nil
+}
+
+// depKey names the Dependency layer of a locked closure on a base layer,
+// so the same lock finds it again without running the package manager.
+func depKey(base, pm string, closure []lockedPackage) string {
+	var b strings.Builder
+	b.WriteString(base + "\n" + pm + "\n")
+	for _, p := range closure {
+		b.WriteString(p.Name + "=" + p.Version + "\n")
+	}
+	return hashHex([]byte("karapace dependency layer v1\n"), []byte(b.String()))
+}
+
+func (e *engine) depIndex(key string) string {
+	return filepath.Join(imagesDir(e.s), "deps", key)
+}
+
+func (e *engine) indexedDep(key string) (string, bool) {
+	data, err := os.ReadFile(e.depIndex(key))
+	if err != nil {
+		return "", false
+	}
+	l := strings.TrimSpace(string(data))
+	if !validStoreHash(l) || !e.s.hasLayer(l) {
+		return "", false
+	}
+	if _, err := os.Stat(e.treeDir(l)); err != nil {
+		if err := e.unpackTree(l); err != nil {
+			warnf("re-creating the tree of layer %s: %v", l, err)
+			return "", false
+		}
+	}
+	return l, true
+}
+
+// dependencyLayer returns the layer holding the requested packages on top
+// of base and the closure that was installed: from the store when the
+// locked closure was built before, else by running the package manager
+// in a build environment and keeping its writable layer.
+func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline bool) (string, []lockedPackage, error) {
+	baseTree := e.treeDir(base)
+	pm, err := detectPackageManager([]string{baseTree})
+	if err != nil {
+		return "", nil, err
+	}
+	if locked != nil {
+		if l, ok := e.indexedDep(depKey(base, pm.name, locked)); ok {
+			debugf("dependency layer %s from the store, no %s run", l, pm.name)
+			return l, locked, nil
+		}
+		if offline {
+			return "", nil, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
+		}
+	} else if offline {
+		return "", nil, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
+	}
+	cmds, err := pm.installCommands(requested, locked)
+	if err != nil {
+		return "", nil, err
+	}
+	dir, err := e.stagingDir(op, "build")
+	if err != nil {
+		return "", nil, err
+	}
+	logPath := filepath.Join(dir, "install.log")
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		return "", nil, err
+	}
+	defer logFile.Close()
+	id := hashHex([]byte(dir))
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{baseTree}}
+	b := nsBackend{getenv: e.getenv}
+	run := func(argv []string, stdout io.Writer) error {
+		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))
+		if stdout == nil {
+			stdout = logFile
+		}
+		code, err := runCaptured(b, r, argv, pm.env, stdout, logFile)
+		if err == nil && code != 0 {
+			err = fmt.Errorf("%s exited with status %d", argv[0], code)
+		}
+		if err != nil {
+			return fmt.Errorf("installing packages with %s: %w\nlast lines of %s:\n%s", pm.name, err, logPath, tailFile(logPath, 25))
+		}
+		return nil
+	}
+	query := func() (map[string]string, error) {
+		var out bytes.Buffer
+		if err := run(pm.query, &out); err != nil {
+			return nil, err
+		}
+		return pm.parse(out.String()), nil
+	}
+	before, err := query()
+	if err != nil {
+		return "", nil, err
+	}
+	e.infof("installing %s with %s", strings.Join(requested, " "), pm.name)
+	start := time.Now()
+	for _, cmd := range cmds {
+		if err := run(cmd, nil); err != nil {
+			return "", nil, err
+		}
+	}
+	debugf("%s took %s", pm.name, time.Since(start).Round(time.Millisecond))
+	after, err := query()
+	if err != nil {
+		return "", nil, err
+	}
+	closure := installedClosure(before, after, requested)
+	if locked != nil && !sameClosure(closure, locked) {
+		return "", nil, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
+	}
+	if err := treeInNS(treeJob{Op: "clean", Dir: filepath.Join(dir, "upper"), Paths: pm.junk}, nil, nil); err != nil {
+		return "", nil, fmt.Errorf("removing package caches: %w", err)
+	}
+	layer, err := e.storeTree(op, filepath.Join(dir, "upper"), layerDependency, base)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(e.depIndex("x")), 0o700); err != nil {
+		return "", nil, err
+	}
+	if err := writeFileAtomic(e.depIndex(depKey(base, pm.name, closure)), []byte(layer+"\n"), 0o600); err != nil {
+		return "", nil, err
+	}
+	logFile.Close()
+	if err := e.s.removeTree(dir); err != nil {
+		return "", nil, err
+	}
+	return layer, closure, nil
+}
+
+// installedClosure is what the install added or changed, plus every
+// requested package, so the lock accounts for all of them.
+func installedClosure(before, after map[string]string, requested []string) []lockedPackage {
+	var out []lockedPackage
+	for name, ver := range after {
+		if before[name] != ver || contains(requested, name) {
+			out = append(out, lockedPackage{name, ver})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+func sameClosure(a, b []lockedPackage) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func describeClosureDiff(got, want []lockedPackage) string {
+	g, w := map[string]string{}, map[string]string{}
+	for _, p := range got {
+		g[p.Name] = p.Version
+	}
+	for _, p := range want {
+		w[p.Name] = p.Version
+	}
+	var diffs []string
+	for n, v := range w {
+		if g[n] != v {
+			diffs = append(diffs, fmt.Sprintf("%s: locked %s, installed %q", n, v, g[n]))
+		}
+	}
+	for n, v := range g {
+		if _, ok := w[n]; !ok {
+			diffs = append(diffs, fmt.Sprintf("%s %s: not in the lock", n, v))
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 5 {
+		diffs = append(diffs[:5], fmt.Sprintf("and %d more", len(diffs)-5))
+	}
+	return strings.Join(diffs, "; ")
+}
+
+// runCaptured runs a command in an environment with its output going to
+// writers rather than our terminal.
+func runCaptured(b backend, r *runSpec, argv, set []string, stdout, stderr io.Writer) (int, error) {
+	devnull, err := os.Open(os.DevNull)
+	if err != nil {
+		return 0, err
+	}
+	defer devnull.Close()
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		return 0, err
+	}
+	errR, errW, err := os.Pipe()
+	if err != nil {
+		outR.Close()
+		outW.Close()
+		return 0, err
+	}
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(stdout, outR); outR.Close(); done <- struct{}{} }()
+	go func() { io.Copy(stderr, errR); errR.Close(); done <- struct{}{} }()
+	code, err := b.exec(r, &execSpec{Argv: argv, Set: set, Stdio: [3]*os.File{devnull, outW, errW}})
+	outW.Close()
+	errW.Close()
+	<-done
+	<-done
+	return code, err
+}
+
+// tailFile is the end of a log, for an error message.
+func tailFile(path string, lines int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return "  " + strings.Join(all, "\n  ")
+}
