@@ -90,7 +90,10 @@ func overlayOpaque(p string) bool {
 func init() { stageFuncs["diff"] = diffStage }
 
 func diffStage(raw []byte) int {
-	var job struct{ Upper string; Lower []string }
+	var job struct {
+		Upper string
+		Lower []string
+	}
 	if err := json.Unmarshal(raw, &job); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitFailure
