@@ -74,7 +74,8 @@ func (nsBackend) prepare(r *runSpec) error {
 			return fmt.Errorf("preparing %s: %w", r.Dir, err)
 		}
 	}
-	return nil
+	// The writable layer's own directory is the environment's "/".
+	return os.Chmod(filepath.Join(r.Dir, "upper"), 0o755)
 }
 
 func (nsBackend) status(r *runSpec) (int, bool) { return r.runDir().running() }

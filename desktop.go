@@ -54,7 +54,7 @@ func writeLaunchers(getenv func(string) string, res *buildResult, apps []string)
 	for _, app := range apps {
 		body := fmt.Sprintf(`[Desktop Entry]
 Type=Application
-Version=1.5
+Version=1.0
 Name=%s (karapace %s)
 Comment=%s in the karapace environment %s
 Exec=%s exec %s -- %s

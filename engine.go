@@ -186,7 +186,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if lock != nil {
 			want = lock.Packages
 		}
-		dep, closure, err := e.dependencyLayer(op, base, m.Packages, want, o.offline)
+		dep, closure, err := e.dependencyLayer(op, base, m.Packages, want, o.offline, m.Backend == "mock")
 		if err != nil {
 			return nil, err
 		}
@@ -241,6 +241,10 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 			if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
 				return nil, err
 			}
+		}
+		// The writable layer's own directory is the environment's "/".
+		if err := os.Chmod(filepath.Join(dir, "upper"), 0o755); err != nil {
+			return nil, err
 		}
 		meta = &envMeta{
 			EnvID: l.EnvID, ShortID: l.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,13 +53,30 @@ const (
 	instanceStopGrace = 5 * time.Second
 )
 
+// socketAddr names a socket by way of its directory's fd: a unix socket
+// path may have only 107 bytes, and a store in a home directory plus an
+// env_id is longer.
+func socketAddr(path string) (*unix.SockaddrUnix, func(), error) {
+	dir, err := unix.Open(filepath.Dir(path), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("opening %s: %w", filepath.Dir(path), err)
+	}
+	addr := &unix.SockaddrUnix{Name: fmt.Sprintf("/proc/self/fd/%d/%s", dir, filepath.Base(path))}
+	return addr, func() { unix.Close(dir) }, nil
+}
+
 func listenControl(path string) (int, error) {
 	os.Remove(path) // a stale socket from an instance that died
+	addr, done, err := socketAddr(path)
+	if err != nil {
+		return -1, err
+	}
+	defer done()
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return -1, fmt.Errorf("creating control socket: %w", err)
 	}
-	if err := unix.Bind(fd, &unix.SockaddrUnix{Name: path}); err != nil {
+	if err := unix.Bind(fd, addr); err != nil {
 		unix.Close(fd)
 		return -1, fmt.Errorf("binding control socket %s: %w", path, err)
 	}
@@ -593,7 +611,16 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 		return 0, err
 	}
 	defer unix.Close(fd)
-	if err := unix.Connect(fd, &unix.SockaddrUnix{Name: d.socket()}); err != nil {
+	addr, done, err := socketAddr(d.socket())
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, errInstanceGone
+		}
+		return 0, err
+	}
+	err = unix.Connect(fd, addr)
+	done()
+	if err != nil {
 		if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT) {
 			return 0, errInstanceGone
 		}

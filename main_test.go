@@ -16,6 +16,11 @@ var testHelpers = map[string]func(){}
 // started with KARAPACE_TEST_HELPER=name.
 func TestMain(m *testing.M) {
 	runStageIfChild()
+	// The integration tests run this binary as karapace itself.
+	if os.Getenv("KARAPACE_TEST_CLI") != "" {
+		os.Unsetenv("KARAPACE_TEST_CLI")
+		os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr, os.Getenv))
+	}
 	if name := os.Getenv("KARAPACE_TEST_HELPER"); name != "" {
 		h, ok := testHelpers[name]
 		if !ok {

@@ -88,6 +88,11 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 			cfg.Lower = append([]string{layer}, cfg.Lower...)
 		}
 	}
+	if layer, err := writeMountpointLayer(filepath.Join(filepath.Dir(cfg.Socket), "mountpoints"), cfg); err != nil {
+		return -1, err
+	} else if layer != "" {
+		cfg.Lower = append(cfg.Lower, layer)
+	}
 	if err := mountRoot(cfg); err != nil {
 		return -1, err
 	}
@@ -174,6 +179,55 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 		wrote = true
 	}
 	if !wrote {
+		return "", nil
+	}
+	return dir, nil
+}
+
+// writeMountpointLayer makes the mount points the environment lacks in a
+// layer of their own, below all others: the binds find their targets, yet
+// the writable layer (and so diff and commit) never sees them, and a
+// frozen environment needs no writes. Being lowest, it never changes the
+// attributes of a directory a real layer has. It returns "" when nothing
+// is missing.
+func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	layers := cfg.Lower
+	if cfg.Upper != "" {
+		layers = append([]string{cfg.Upper}, layers...)
+	}
+	exists := func(target string) bool {
+		for _, l := range layers {
+			if _, err := os.Lstat(filepath.Join(l, target)); err == nil {
+				return true
+			}
+		}
+		return false
+	}
+	targets := []bindMount{{Target: "/dev", Dir: true}, {Target: "/proc", Dir: true}, {Target: "/sys", Dir: true}}
+	made := false
+	for _, b := range append(targets, cfg.Binds...) {
+		if exists(b.Target) {
+			continue
+		}
+		p := filepath.Join(dir, b.Target)
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return "", fmt.Errorf("creating mount point %s: %w", b.Target, err)
+		}
+		var err error
+		if b.Dir {
+			err = os.Mkdir(p, 0o755)
+		} else {
+			err = os.WriteFile(p, nil, 0o644)
+		}
+		if err != nil && !os.IsExist(err) {
+			return "", fmt.Errorf("creating mount point %s: %w", b.Target, err)
+		}
+		made = true
+	}
+	if !made {
 		return "", nil
 	}
 	return dir, nil

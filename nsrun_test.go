@@ -119,8 +119,8 @@ func TestNSExecBasics(t *testing.T) {
 func TestNSOwnership(t *testing.T) {
 	need(t, planIDMapping().reduced == "", "a subordinate ID range and newuidmap/newgidmap for this user")
 	r := testEnvSpec(t)
-	code, out, errOut := nsRun(t, r, baseEnv(), "", "stat", "-c", "%n %U:%G %a", "/etc/shadow", "/var/cache/apt/archives/partial", "/tmp")
-	want := "/etc/shadow root:shadow 640\n/var/cache/apt/archives/partial _apt:root 700\n/tmp root:root 1777\n"
+	code, out, errOut := nsRun(t, r, baseEnv(), "", "stat", "-c", "%n %U:%G %a", "/", "/etc/shadow", "/var/cache/apt/archives/partial", "/tmp")
+	want := "/ root:root 755\n/etc/shadow root:shadow 640\n/var/cache/apt/archives/partial _apt:root 700\n/tmp root:root 1777\n"
 	if code != 0 || out != want {
 		t.Fatalf("status %d\n%s%s\nwant:\n%s", code, out, errOut, want)
 	}

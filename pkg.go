@@ -164,7 +164,10 @@ func (e *engine) indexedDep(key string) (string, bool) {
 // of base and the closure that was installed: from the store when the
 // locked closure was built before, else by running the package manager
 // in a build environment and keeping its writable layer.
-func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline bool) (string, []lockedPackage, error) {
+func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline, mock bool) (string, []lockedPackage, error) {
+	if mock {
+		return e.mockDependencyLayer(op, base, requested)
+	}
 	baseTree := e.treeDir(base)
 	pm, err := detectPackageManager([]string{baseTree})
 	if err != nil {
@@ -350,4 +353,30 @@ func tailFile(path string, lines int) string {
 		all = all[len(all)-lines:]
 	}
 	return "  " + strings.Join(all, "\n  ")
+}
+
+// mockDependencyLayer stands in for a package manager under the mock
+// backend: every requested package "installs" as one file, at version
+// 0-mock, deterministically and without namespaces or network.
+func (e *engine) mockDependencyLayer(op *walOp, base string, requested []string) (string, []lockedPackage, error) {
+	dir, err := e.stagingDir(op, "mock")
+	if err != nil {
+		return "", nil, err
+	}
+	if err := os.Chmod(dir, 0o755); err != nil { // the layer's root is "/"
+		return "", nil, err
+	}
+	pkgDir := filepath.Join(dir, "usr", "share", "karapace-mock")
+	if err := os.MkdirAll(pkgDir, 0o755); err != nil {
+		return "", nil, err
+	}
+	var closure []lockedPackage
+	for _, p := range requested {
+		if err := os.WriteFile(filepath.Join(pkgDir, p), []byte(p+" 0-mock\n"), 0o644); err != nil {
+			return "", nil, err
+		}
+		closure = append(closure, lockedPackage{p, "0-mock"})
+	}
+	layer, err := e.storeTree(op, dir, layerDependency, base)
+	return layer, closure, err
 }

@@ -1,0 +1,425 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The integration tests run this test binary as the karapace command
+// (see TestMain), in a fresh store and home, the way a user would.
+
+type kpRun struct {
+	t     *testing.T
+	base  string
+	store string
+	home  string
+	dir   string // working directory: the project
+	env   []string
+}
+
+func newKP(t *testing.T) *kpRun {
+	t.Helper()
+	base, err := os.MkdirTemp("/var/tmp", "karapace-cli-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Chmod(base, 0o755)
+	k := &kpRun{t: t, base: base, store: base + "/store", home: base + "/home", dir: base + "/project"}
+	for _, d := range []string{k.home, k.dir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k.env = []string{"KARAPACE_TEST_CLI=1", "PATH=" + os.Getenv("PATH"), "HOME=" + k.home, "KARAPACE_STORE=" + k.store,
+		"XDG_DATA_HOME=" + k.home + "/.local/share", "XDG_CONFIG_HOME=" + k.home + "/.config", "KARAPACE_LOCK_WAIT=60s", "LANG=C.UTF-8"}
+	t.Cleanup(func() {
+		code, out, _ := k.run("--json", "list")
+		var envs []envInfo
+		if code == 0 && json.Unmarshal([]byte(out), &envs) == nil {
+			for _, e := range envs {
+				if e.State == stateRunning {
+					k.run("stop", e.EnvID)
+				}
+			}
+		}
+		if err := treeInNS(treeJob{Op: "remove", Dir: base}, nil, nil); err != nil {
+			t.Errorf("removing %s: %v", base, err)
+		}
+	})
+	return k
+}
+
+func (k *kpRun) cmd(stdin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(os.Args[0], args...)
+	cmd.Env = k.env
+	cmd.Dir = k.dir
+	cmd.Stdin = strings.NewReader(stdin)
+	return cmd
+}
+
+func (k *kpRun) runStdin(stdin string, args ...string) (int, string, string) {
+	k.t.Helper()
+	cmd := k.cmd(stdin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		if _, ok := err.(*exec.ExitError); !ok {
+			k.t.Fatalf("karapace %v: %v", args, err)
+		}
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errb.String()
+}
+
+func (k *kpRun) run(args ...string) (int, string, string) {
+	k.t.Helper()
+	return k.runStdin("", args...)
+}
+
+// ok runs a command that must succeed and returns its stdout.
+func (k *kpRun) ok(args ...string) string {
+	k.t.Helper()
+	code, out, errOut := k.run(args...)
+	if code != 0 {
+		k.t.Fatalf("karapace %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+// fails runs a command that must fail with code and say want on stderr.
+func (k *kpRun) fails(code int, want string, args ...string) string {
+	k.t.Helper()
+	got, out, errOut := k.run(args...)
+	if got != code || !strings.Contains(errOut, want) {
+		k.t.Fatalf("karapace %s: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant stderr to contain %q", strings.Join(args, " "), got, code, out, errOut, want)
+	}
+	return errOut
+}
+
+func (k *kpRun) jsonOut(v any, args ...string) {
+	k.t.Helper()
+	out := k.ok(append([]string{"--json"}, args...)...)
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		k.t.Fatalf("karapace --json %v: %v\n%s", args, err, out)
+	}
+}
+
+func (k *kpRun) writeManifest(body string) string {
+	k.t.Helper()
+	return writeFile(k.t, k.dir, "karapace.toml", body)
+}
+
+// tinyImage writes a small gzip root filesystem tarball for mock builds.
+func tinyImage(t *testing.T, path string) {
+	t.Helper()
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for _, e := range []struct {
+		name, body string
+		dir        bool
+	}{{"./", "", true}, {"etc/", "", true}, {"etc/os-release", "ID=tiny\n", false}, {"etc/issue", "tiny\n", false}, {"root/", "", true}} {
+		h := &tar.Header{Name: e.name, Mode: 0o644, Size: int64(len(e.body)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if e.dir {
+			h.Mode, h.Typeflag, h.Size = 0o755, tar.TypeDir, 0
+		}
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(e.body))
+	}
+	tw.Close()
+	gz.Close()
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+var envIDLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
+
+func mockManifest(pkgs string) string {
+	return fmt.Sprintf(`manifest_version = 1
+[base]
+image = "./image.tar.gz"
+[system]
+packages = [%s]
+[gui]
+apps = ["editor"]
+[runtime]
+backend = "mock"
+`, pkgs)
+}
+
+func TestCLIMockLifecycle(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.ok("new", "proj", "--template", "minimal")
+	k.writeManifest(mockManifest(`"beta", "alpha"`))
+
+	out := k.ok("build", "--name", "one")
+	if !envIDLine.MatchString(out) {
+		t.Fatalf("build printed %q, want the env_id", out)
+	}
+	id := strings.TrimSpace(out)
+	lock, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil || lock.EnvID != id || len(lock.Packages) != 2 || lock.Packages[0] != (lockedPackage{"alpha", "0-mock"}) {
+		t.Fatalf("lock: %v %+v", err, lock)
+	}
+	var res buildResult
+	k.jsonOut(&res, "build")
+	if res.Created || res.EnvID != id || res.Name != "one" || res.Packages != 2 {
+		t.Fatalf("second build: %+v", res)
+	}
+
+	// A launcher for the app, valid by the desktop entry specification.
+	launcher := filepath.Join(k.home, ".local/share/applications", "karapace-"+id[:12]+"-editor.desktop")
+	body, err := os.ReadFile(launcher)
+	if err != nil || !strings.Contains(string(body), "exec "+id+" -- editor") {
+		t.Fatalf("launcher: %v\n%s", err, body)
+	}
+	if out, err := exec.Command(needTool(t, "desktop-file-validate"), launcher).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("desktop-file-validate: %v\n%s", err, out)
+	}
+
+	list := k.ok("list")
+	if !regexp.MustCompile(`(?m)^SHORT_ID\s+NAME\s+STATE\s+ENV_ID\n` + id[:12] + `\s+one\s+built\s+` + id + `$`).MatchString(list) {
+		t.Fatalf("list:\n%s", list)
+	}
+	var envs []envInfo
+	k.jsonOut(&envs, "list")
+	if len(envs) != 1 || envs[0].EnvID != id || envs[0].State != stateBuilt {
+		t.Fatalf("list --json: %+v", envs)
+	}
+	var insp struct {
+		Environment envInfo        `json:"environment"`
+		Lock        map[string]any `json:"lock"`
+	}
+	k.jsonOut(&insp, "inspect", "one")
+	if insp.Environment.EnvID != id || insp.Lock["runtime_backend"] != "mock" {
+		t.Fatalf("inspect --json: %+v", insp)
+	}
+	mustContain(t, "inspect", k.ok("inspect", id[:5]), "env_id", id, "packages")
+
+	if out := k.ok("exec", "one", "--", "echo", "hi"); out != "mock["+id[:12]+"]: echo hi\n" {
+		t.Fatalf("exec: %q", out)
+	}
+	if out := k.ok("exec", id[:8], "echo", "--flag"); out != "mock["+id[:12]+"]: echo --flag\n" {
+		t.Fatalf("exec without --: %q", out)
+	}
+	if code, _, _ := k.run("exec", "one", "--", "exit", "3"); code != 3 {
+		t.Fatalf("exit status: %d", code)
+	}
+	k.fails(1, `no environment "nope"`, "exec", "nope", "--", "true")
+	k.fails(1, "exec: no command given after '--'", "exec", "one")
+	k.fails(1, "exec: unknown flag --bogus", "exec", "--bogus", "one", "--", "true")
+	k.fails(1, "inspect: expected 1 argument(s): ENV", "inspect")
+	k.fails(2, "missing.toml", "build", filepath.Join(k.dir, "missing.toml"))
+	jsonErr := k.fails(1, `"kind": "failure"`, "--json", "exec", "nope", "--", "true")
+	mustContain(t, "json error", jsonErr, `"exit_code": 1`, `"message": "no environment \"nope\"`)
+
+	// Names are unique; rename checks the syntax.
+	k.ok("rename", "one", "two")
+	k.fails(1, "invalid environment name", "rename", "two", "bad name")
+	k.writeManifest(mockManifest(`"gamma"`))
+	k.fails(1, `the name "two" is taken by environment `+id[:12], "build", "--name", "two")
+	id3 := strings.TrimSpace(k.ok("build", "--name", "three"))
+
+	// Enough environments that two share a first hex digit: ambiguous.
+	ids := []string{id, id3}
+	for i := 0; len(ids) < 17; i++ {
+		k.writeManifest(mockManifest(fmt.Sprintf(`"p%d"`, i)))
+		ids = append(ids, strings.TrimSpace(k.ok("build")))
+	}
+	byFirst := map[byte][]string{}
+	for _, x := range ids {
+		byFirst[x[0]] = append(byFirst[x[0]], x)
+	}
+	for c, same := range byFirst {
+		if len(same) > 1 {
+			msg := k.fails(1, "is ambiguous", "exec", string(c), "--", "true")
+			mustContain(t, "ambiguous", msg, same[0], same[1])
+			break
+		}
+	}
+
+	// States: frozen runs, archived does not; gc keeps archived ones.
+	k.ok("freeze", "two")
+	k.fails(1, "is already frozen", "freeze", "two")
+	k.ok("exec", "two", "--", "true")
+	k.ok("unfreeze", "two")
+	k.ok("archive", "two")
+	k.fails(1, "archived and cannot be entered", "exec", "two", "--", "true")
+	k.fails(1, "cannot freeze an archived environment; unarchive it first", "freeze", "two")
+	var gcRep gcReport
+	k.jsonOut(&gcRep, "gc")
+	if gcRep.EnvDirs != 0 {
+		t.Fatalf("gc removed environment directories: %+v", gcRep)
+	}
+	k.ok("unarchive", "two")
+	k.ok("exec", "two", "--", "true")
+
+	k.ok("destroy", "three")
+	if _, err := os.Stat(filepath.Join(k.store, "env", id3)); !os.IsNotExist(err) {
+		t.Fatalf("destroy left the directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+id3[:12]+"-editor.desktop")); !os.IsNotExist(err) {
+		t.Fatal("destroy left the launcher")
+	}
+	k.fails(1, "no environment", "inspect", "three")
+	k.jsonOut(&gcRep, "gc")
+	if gcRep.Objects == 0 || gcRep.Layers == 0 || gcRep.Bytes == 0 {
+		t.Fatalf("gc after destroy freed nothing: %+v", gcRep)
+	}
+	k.ok("verify-store")
+
+	// A second writer waits a little, then names the holder.
+	s, err := openStore(k.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.lock("test-holder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.env = append(k.env, "KARAPACE_LOCK_WAIT=200ms")
+	k.fails(3, fmt.Sprintf("store is locked by pid %d (test-holder)", os.Getpid()), "destroy", "two")
+	l.unlock()
+	k.env = k.env[:len(k.env)-1]
+	k.ok("destroy", "two")
+}
+
+func TestCLISnapshotsMock(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(``))
+	id := strings.TrimSpace(k.ok("build"))
+	upper := filepath.Join(k.store, "env", id, "upper")
+	if out := k.ok("diff", id); out != "" {
+		t.Fatalf("diff of a fresh environment: %q", out)
+	}
+	os.WriteFile(filepath.Join(upper, "etc", "new.conf"), nil, 0o644) // no such dir yet
+	os.MkdirAll(filepath.Join(upper, "etc"), 0o755)
+	os.WriteFile(filepath.Join(upper, "etc", "new.conf"), []byte("x\n"), 0o644)
+	os.WriteFile(filepath.Join(upper, "etc", "os-release"), []byte("ID=changed\n"), 0o644)
+	if out := k.ok("diff", id); out != "A /etc/new.conf\nM /etc/os-release\n" {
+		t.Fatalf("diff:\n%s", out)
+	}
+	snap := strings.TrimSpace(k.ok("commit", id))
+	if !validStoreHash(snap) {
+		t.Fatalf("commit printed %q", snap)
+	}
+	os.Remove(filepath.Join(upper, "etc", "new.conf"))
+	os.WriteFile(filepath.Join(upper, "later.txt"), []byte("later\n"), 0o644)
+	k.ok("restore", id, snap[:10])
+	if out := k.ok("diff", id); out != "A /etc/new.conf\nM /etc/os-release\n" {
+		t.Fatalf("diff after restore:\n%s", out)
+	}
+	var snaps struct {
+		Snapshots []struct {
+			Hash    string `json:"hash"`
+			Current bool   `json:"current"`
+		} `json:"snapshots"`
+	}
+	k.jsonOut(&snaps, "snapshots", id)
+	if len(snaps.Snapshots) != 1 || snaps.Snapshots[0].Hash != snap || !snaps.Snapshots[0].Current {
+		t.Fatalf("snapshots: %+v", snaps)
+	}
+	k.fails(1, "has no snapshot", "restore", id, "ffff")
+	k.ok("verify-store")
+}
+
+// The whole life of a real environment, on a Debian root filesystem,
+// as root and rootless.
+func TestCLIEndToEndReal(t *testing.T) {
+	rootfs := testRootfsTar(t)
+	k := newKP(t)
+	k.ok("new", "demo", "--template", "minimal")
+	os.MkdirAll(filepath.Join(k.dir, "src"), 0o755)
+	os.WriteFile(filepath.Join(k.dir, "src", "main.c"), []byte("int main(void){return 0;}\n"), 0o644)
+	k.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n[mounts]\nsrc = \"./src:/src\"\n", rootfs))
+	id := strings.TrimSpace(k.ok("build", "--name", "demo"))
+
+	if out := k.ok("exec", "demo", "--", "cat", "/etc/debian_version", "/src/main.c"); !strings.HasPrefix(out, "12.") || !strings.Contains(out, "int main") {
+		t.Fatalf("exec: %q", out)
+	}
+	k.ok("exec", "demo", "--", "sh", "-c", "echo one > /root/a.txt && rm /etc/issue && echo made > /src/out.txt")
+	if got, _ := os.ReadFile(filepath.Join(k.dir, "src", "out.txt")); string(got) != "made\n" {
+		t.Fatalf("write through the mount: %q", got)
+	}
+	diff1 := k.ok("diff", "demo")
+	mustContain(t, "diff", diff1, "A /root/a.txt\n", "D /etc/issue\n")
+	if strings.Contains(diff1, "/src") {
+		t.Fatalf("the diff shows the mount:\n%s", diff1)
+	}
+	snap := strings.TrimSpace(k.ok("commit", "demo"))
+	k.ok("exec", "demo", "--", "sh", "-c", "echo two > /root/b.txt && echo changed > /root/a.txt")
+	mustContain(t, "diff", k.ok("diff", "demo"), "A /root/b.txt\n")
+	k.ok("restore", "demo", snap)
+	if out := k.ok("diff", "demo"); out != diff1 {
+		t.Fatalf("after restore the diff is\n%s\nnot the snapshot's\n%s", out, diff1)
+	}
+	if out := k.ok("exec", "demo", "--", "cat", "/root/a.txt"); out != "one\n" {
+		t.Fatalf("restored file: %q", out)
+	}
+
+	// Running: visible in list, protected from destroy, stoppable.
+	bg := k.cmd("", "exec", "demo", "--", "sleep", "60")
+	if err := bg.Start(); err != nil {
+		t.Fatal(err)
+	}
+	running := false
+	for i := 0; i < 100 && !running; i++ {
+		var envs []envInfo
+		k.jsonOut(&envs, "list")
+		running = len(envs) == 1 && envs[0].State == stateRunning && envs[0].Pid > 0
+		time.Sleep(50 * time.Millisecond)
+	}
+	if !running {
+		t.Fatal("list never showed the environment running")
+	}
+	k.fails(1, "is running; 'karapace stop demo' first", "destroy", "demo")
+	k.fails(1, "is running", "freeze", "demo")
+	k.ok("stop", "demo")
+	bg.Wait()
+	if code := bg.ProcessState.ExitCode(); code != 128+15 {
+		t.Fatalf("the stopped session ended with %d", code)
+	}
+
+	k.ok("freeze", "demo")
+	code, _, errOut := k.run("exec", "demo", "--", "touch", "/root/c.txt")
+	if code == 0 || !strings.Contains(errOut, "Read-only file system") {
+		t.Fatalf("write in a frozen environment: %d %q", code, errOut)
+	}
+	k.ok("unfreeze", "demo")
+	k.ok("archive", "demo")
+	k.fails(1, "archived and cannot be entered", "enter", "demo")
+	k.ok("rename", "demo", "kept")
+	var rep gcReport
+	k.jsonOut(&rep, "gc")
+	if rep.EnvDirs != 0 || rep.Layers != 0 {
+		t.Fatalf("gc collected from an archived environment: %+v", rep)
+	}
+	k.ok("unarchive", "kept")
+	if out := k.ok("exec", "kept", "--", "cat", "/root/a.txt"); out != "one\n" {
+		t.Fatalf("after gc: %q", out)
+	}
+	k.ok("destroy", "kept")
+	k.jsonOut(&rep, "gc")
+	if rep.Layers == 0 || rep.Objects == 0 || rep.Bytes < 50<<20 {
+		t.Fatalf("gc after destroy: %+v", rep)
+	}
+	if _, err := os.Stat(filepath.Join(k.store, "env", id)); !os.IsNotExist(err) {
+		t.Fatal("the environment's directory survived")
+	}
+	k.ok("verify-store")
+}
