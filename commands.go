@@ -41,10 +41,15 @@ moves its name to the new one. A failed build leaves the old environment as it w
 		},
 		{
 			name: "pin", synopsis: "[MANIFEST]", summary: "pin base.image to the exact bytes of the image",
-			help: `Rewrites base.image in MANIFEST (default ./karapace.toml) to the image's URL or path with
-"#sha256=DIGEST" appended, computed over every byte of the image; comments and layout are
-kept. With --check, only reports whether base.image is pinned (exit 1 if not).`,
-			flags:   []flagDef{{"check", "", "", "only check that base.image is pinned"}},
+			help: `Rewrites base.image in MANIFEST (default ./karapace.toml) to the exact image: an alias
+becomes the image server's URL with the sha256 its index gives; a URL or path gets
+"#sha256=DIGEST" appended, computed over every byte (a URL is downloaded into the image
+cache). Comments and layout are kept. With --check, only reports whether base.image is
+pinned (exit 1 if not).`,
+			flags: []flagDef{
+				{"check", "", "", "only check that base.image is pinned"},
+				{"write-lock", "", "", "then build, writing karapace.lock"},
+			},
 			maxArgs: 1, complete: "file", run: cmdPin,
 		},
 		{

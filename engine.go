@@ -203,10 +203,9 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	if err != nil {
 		return nil, err
 	}
-	if old, err := os.ReadFile(lp); err != nil || !bytes.Equal(old, lockBytes) {
-		if o.locked {
-			return nil, manifestErrorf("--locked: %s would change", lp)
-		}
+	// --locked never rewrites the lock: what it pins, the identity, was
+	// checked above to be exactly what got built.
+	if old, err := os.ReadFile(lp); !o.locked && (err != nil || !bytes.Equal(old, lockBytes)) {
 		if err := writeFileAtomic(lp, lockBytes, 0o644); err != nil {
 			return nil, err
 		}

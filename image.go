@@ -2,15 +2,10 @@ package main
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
-	"net/http"
 	"net/url"
-	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"unicode/utf8"
 )
@@ -128,7 +123,11 @@ func cmdPin(c *cli) error {
 		fmt.Fprintf(c.stdout, "%s: base.image is pinned (%s:%s)\n", path, ref.DigestAlgo, ref.Digest)
 		return nil
 	}
-	pinned, err := pinImage(ref, m.Dir)
+	e, err := c.engine()
+	if err != nil {
+		return err
+	}
+	pinned, err := e.pinImage(ref, m.Dir)
 	if err != nil {
 		return err
 	}
@@ -137,50 +136,48 @@ func cmdPin(c *cli) error {
 			return err
 		}
 	}
+	result := map[string]any{"manifest": m.Path, "pinned": true, "base_image": pinned}
+	if c.has("write-lock") {
+		res, err := e.build(m.Path, buildOptions{})
+		if err != nil {
+			return err
+		}
+		result["env_id"], result["lock"] = res.EnvID, res.Lock
+	}
 	if c.json {
-		return writeJSON(c.stdout, map[string]any{"manifest": m.Path, "pinned": true, "base_image": pinned})
+		return writeJSON(c.stdout, result)
 	}
 	fmt.Fprintf(c.stdout, "%s: base.image = %q\n", path, pinned)
 	return nil
 }
 
-// pinImage returns the reference with the sha256 of the image's bytes.
-func pinImage(ref imageRef, dir string) (string, error) {
-	var r io.ReadCloser
-	switch ref.Kind {
-	case imageFile:
-		p := ref.Name
-		if !filepath.IsAbs(p) {
-			p = filepath.Join(dir, p)
-		}
-		f, err := os.Open(p)
-		if err != nil {
-			return "", fmt.Errorf("pin: %w", err)
-		}
-		r = f
-	case imageURL:
-		resp, err := http.Get(ref.Name)
-		if err != nil {
-			return "", fmt.Errorf("pin: downloading %s: %w", ref.Name, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			resp.Body.Close()
-			return "", fmt.Errorf("pin: downloading %s: %s", ref.Name, resp.Status)
-		}
-		r = resp.Body
-	default:
-		return "", fmt.Errorf("pin: resolving the alias %q needs the image server, which this version of karapace does not support yet; use a URL or a file path", ref.Name)
+// pinImage returns the reference with the sha256 of the image's bytes:
+// an alias resolves on the image server, whose index gives the digest; a
+// URL is downloaded into the image cache; a file is read.
+func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
+	images, err := newImageEnv(e.getenv, false)
+	if err != nil {
+		return "", err
 	}
-	defer r.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, r); err != nil {
-		return "", fmt.Errorf("pin: reading %s: %w", ref.Name, err)
+	src, err := images.resolve(ref, dir)
+	if err != nil {
+		return "", err
 	}
-	digest := hex.EncodeToString(h.Sum(nil))
-	if ref.pinned() && ref.DigestAlgo == "sha256" && ref.Digest != digest {
-		return "", fmt.Errorf("pin: %s has sha256 %s, but the manifest pins %s", ref.Name, digest, ref.Digest)
+	if ref.Kind == imageAlias || ref.Kind == imageLXC {
+		return src.Location + "#sha256=" + src.SHA256, nil
 	}
-	return ref.Name + "#sha256=" + digest, nil
+	img, err := images.openImage(e.s, src)
+	if err != nil {
+		return "", fmt.Errorf("pin: %w", err)
+	}
+	defer img.Close()
+	if err := img.drain(); err != nil {
+		if ref.pinned() {
+			return "", fmt.Errorf("pin: %w (the manifest pins %s:%s)", err, ref.DigestAlgo, ref.Digest)
+		}
+		return "", fmt.Errorf("pin: %w", err)
+	}
+	return ref.Name + "#sha256=" + img.sha256, nil
 }
 
 // rewriteBaseImage replaces the value of base.image in the manifest's text,

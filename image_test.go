@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -58,14 +59,15 @@ func TestPinFileAndURL(t *testing.T) {
 	sum := sha256.Sum256([]byte("pretend this is a tarball"))
 	digest := hex.EncodeToString(sum[:])
 
+	env := map[string]string{"KARAPACE_STORE": filepath.Join(dir, "store")}
 	mp := writeFile(t, dir, "karapace.toml", strings.Replace(pinManifest, "%s", "./rootfs.tar", 1))
-	code, _, errOut := runCLI(t, nil, "pin", "--check", mp)
+	code, _, errOut := runCLI(t, env, "pin", "--check", mp)
 	if code != exitFailure {
 		t.Fatalf("--check on unpinned: exit %d", code)
 	}
 	mustContain(t, "stderr", errOut, `base.image "./rootfs.tar" is not pinned`)
 
-	code, out, errOut := runCLI(t, nil, "pin", mp)
+	code, out, errOut := runCLI(t, env, "pin", mp)
 	if code != exitOK {
 		t.Fatalf("pin: exit %d: %s", code, errOut)
 	}
@@ -75,7 +77,7 @@ func TestPinFileAndURL(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("rewritten manifest:\n%s\nwant:\n%s", got, want)
 	}
-	code, out, _ = runCLI(t, nil, "--json", "pin", mp, "--check")
+	code, out, _ = runCLI(t, env, "--json", "pin", mp, "--check")
 	if code != exitOK {
 		t.Fatalf("--check on pinned: exit %d", code)
 	}
@@ -84,11 +86,11 @@ func TestPinFileAndURL(t *testing.T) {
 	// A pinned digest that no longer matches the file is refused, and the
 	// manifest stays as it was.
 	os.WriteFile(tarball, []byte("changed"), 0o644)
-	code, _, errOut = runCLI(t, nil, "pin", mp)
+	code, _, errOut = runCLI(t, env, "pin", mp)
 	if code != exitFailure {
 		t.Fatalf("changed file: exit %d", code)
 	}
-	mustContain(t, "stderr", errOut, "but the manifest pins "+digest)
+	mustContain(t, "stderr", errOut, "but "+digest+" was expected")
 	if again, _ := os.ReadFile(mp); string(again) != want {
 		t.Fatal("manifest changed on failure")
 	}
@@ -102,7 +104,7 @@ func TestPinFileAndURL(t *testing.T) {
 	}))
 	defer srv.Close()
 	mp2 := writeFile(t, dir, "url/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/img.tar", 1))
-	if code, _, errOut := runCLI(t, nil, "pin", mp2); code != exitOK {
+	if code, _, errOut := runCLI(t, env, "pin", mp2); code != exitOK {
 		t.Fatalf("pin URL: %d %s", code, errOut)
 	}
 	m, err := loadManifest(mp2)
@@ -110,9 +112,13 @@ func TestPinFileAndURL(t *testing.T) {
 		t.Fatalf("pinned URL manifest: %v %+v", err, m)
 	}
 	mp3 := writeFile(t, dir, "404/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/missing.tar", 1))
-	code, _, errOut = runCLI(t, nil, "pin", mp3)
+	code, _, errOut = runCLI(t, env, "pin", mp3)
 	if code != exitFailure {
 		t.Fatalf("404: exit %d", code)
 	}
-	mustContain(t, "stderr", errOut, "404 Not Found")
+	mustContain(t, "stderr", errOut, "server answered 404 Not Found")
+	// The URL's bytes went into the image cache, by digest.
+	if _, err := os.Stat(filepath.Join(dir, "store", "images", "sha256-"+digest, "image")); err != nil {
+		t.Fatalf("pinned URL not cached: %v", err)
+	}
 }

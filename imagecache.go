@@ -308,27 +308,35 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	if e.offline {
 		return nil, fmt.Errorf("image %s is not in the cache, and --offline forbids downloading it", src.Location)
 	}
-	if err := e.download(s, src); err != nil {
+	sha, err := e.download(s, src)
+	if err != nil {
 		return nil, err
 	}
-	return e.openImage(s, src)
+	p := filepath.Join(imagesDir(s), "sha256-"+sha, "image")
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	st, _ := f.Stat()
+	return newImageReader(f, imageSource{Location: p, SHA256: sha, BLAKE3: src.BLAKE3}, st.Size()), nil
 }
 
 // download fetches a URL into the cache, verified against the pinned
-// digest; only a complete, matching download becomes visible.
-func (e *imageEnv) download(s *store, src imageSource) error {
+// digest; only a complete, matching download becomes visible. It returns
+// the sha256 the download is cached under.
+func (e *imageEnv) download(s *store, src imageSource) (string, error) {
 	resp, err := e.get(src.Location)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer resp.Body.Close()
 	tmpDir := filepath.Join(imagesDir(s), ".partial")
 	if err := os.MkdirAll(tmpDir, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	f, err := os.CreateTemp(tmpDir, "download-")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
@@ -347,20 +355,20 @@ func (e *imageEnv) download(s *store, src imageSource) error {
 		err = f.Sync()
 	}
 	if err != nil {
-		return err
+		return "", err
 	}
 	dir := filepath.Join(imagesDir(s), "sha256-"+r.sha256)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
+		return "", err
 	}
 	info, _ := json.Marshal(map[string]any{"url": src.Location, "sha256": r.sha256, "blake3": r.blake3, "size": r.n})
 	if err := writeFileAtomic(filepath.Join(dir, "info.json"), info, 0o600); err != nil {
-		return err
+		return "", err
 	}
 	if err := os.Rename(f.Name(), filepath.Join(dir, "image")); err != nil {
-		return fmt.Errorf("caching %s: %w", src.Location, err)
+		return "", fmt.Errorf("caching %s: %w", src.Location, err)
 	}
-	return syncDir(dir)
+	return r.sha256, syncDir(dir)
 }
 
 // imageReader hashes every byte it passes with sha256 and blake3 and, at

@@ -386,7 +386,11 @@ func (l *lockFile) verifyIntent(name string, m *manifest) error {
 			drift = append(drift, fmt.Sprintf("%s: locked %q, manifest %q", what, locked, now))
 		}
 	}
-	diff("base.image", l.BaseImage, m.BaseImage)
+	// A manifest that pins the very bytes the lock pins has not drifted,
+	// whatever name it gives them (after 'karapace pin', say).
+	if ref, err := parseImageRef(m.BaseImage); err != nil || ref.DigestAlgo != "sha256" || "sha256:"+ref.Digest != l.BaseImageDigest {
+		diff("base.image", l.BaseImage, m.BaseImage)
+	}
 	diff("runtime.backend", l.Backend, m.Backend)
 	diff("hardware.gpu", strconv.FormatBool(l.GPU), strconv.FormatBool(m.GPU))
 	diff("hardware.audio", strconv.FormatBool(l.Audio), strconv.FormatBool(m.Audio))

@@ -1,0 +1,304 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// testRootfsTarXZ is the test root filesystem compressed by the real xz:
+// $KARAPACE_TEST_ROOTFS_TAR.xz when the test script made it, else made
+// once in the user's cache.
+func testRootfsTarXZ(t *testing.T) string {
+	t.Helper()
+	tarPath := testRootfsTar(t)
+	if _, err := os.Stat(tarPath + ".xz"); err == nil {
+		return tarPath + ".xz"
+	}
+	xz := needTool(t, "xz")
+	cache, _ := os.UserCacheDir()
+	p := filepath.Join(cache, "karapace-test", "bookworm-minbase.tar.xz")
+	if _, err := os.Stat(p); err == nil {
+		return p
+	}
+	os.MkdirAll(filepath.Dir(p), 0o755)
+	out, err := os.Create(p + ".tmp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(xz, "-T0", "-1", "-c", tarPath)
+	cmd.Stdout = out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("xz: %v", err)
+	}
+	out.Close()
+	if err := os.Rename(p+".tmp", p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// imageServer is a simplestreams image server on loopback, serving one
+// image for debian/bookworm, and able to misbehave on request.
+type imageServer struct {
+	*httptest.Server
+	mu       sync.Mutex
+	image    string // path of the root tarball
+	sha      string // what the index claims
+	mode     string // "", "500", "truncate", "hang-body", "hang-headers"
+	requests []string
+	release  chan struct{}
+}
+
+func newImageServer(t *testing.T, image, claimedSHA string) *imageServer {
+	s := &imageServer{image: image, sha: claimedSHA, release: make(chan struct{})}
+	if s.sha == "" {
+		s.sha = fileSHA256(t, image)
+	}
+	const rootPath = "images/debian/bookworm/amd64/default/20261120_05:24/rootfs.tar.xz"
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		s.requests = append(s.requests, r.URL.Path)
+		mode, sha := s.mode, s.sha
+		s.mu.Unlock()
+		switch r.URL.Path {
+		case "/streams/v1/index.json":
+			fmt.Fprint(w, `{"format":"index:1.0","index":{"images":{"datatype":"image-downloads","path":"streams/v1/images.json","products":["debian:bookworm:amd64:default"]}}}`)
+		case "/streams/v1/images.json":
+			fmt.Fprintf(w, `{"format":"products:1.0","products":{
+"debian:bookworm:amd64:default":{"aliases":"debian/bookworm/default,debian/bookworm","arch":"amd64","os":"Debian","release":"bookworm","variant":"default","versions":{
+  "20261101_05:24":{"items":{"root.tar.xz":{"ftype":"root.tar.xz","path":"images/old/rootfs.tar.xz","sha256":"%s","size":1}}},
+  "20261120_05:24":{"items":{"root.tar.xz":{"ftype":"root.tar.xz","path":"%s","sha256":"%s","size":1},"lxd.tar.xz":{"ftype":"lxd.tar.xz","path":"x","sha256":"%s","size":1}}}}},
+"debian:bookworm:arm64:default":{"aliases":"debian/bookworm","arch":"arm64","variant":"default","versions":{"20261130_05:24":{"items":{"root.tar.xz":{"ftype":"root.tar.xz","path":"images/arm/rootfs.tar.xz","sha256":"%s","size":1}}}}},
+"debian:bookworm:amd64:cloud":{"aliases":"debian/bookworm/cloud","arch":"amd64","variant":"cloud","versions":{"20261130_05:24":{"items":{"root.tar.xz":{"ftype":"root.tar.xz","path":"images/cloud/rootfs.tar.xz","sha256":"%s","size":1}}}}}}}`,
+				strings.Repeat("1", 64), rootPath, sha, strings.Repeat("2", 64), strings.Repeat("3", 64), strings.Repeat("4", 64))
+		case "/" + rootPath:
+			switch mode {
+			case "500":
+				http.Error(w, "broken", http.StatusInternalServerError)
+			case "hang-headers":
+				<-s.release
+			case "hang-body", "truncate":
+				st, _ := os.Stat(s.image)
+				w.Header().Set("Content-Length", fmt.Sprint(st.Size()))
+				data, _ := os.ReadFile(s.image)
+				w.Write(data[:len(data)/2])
+				w.(http.Flusher).Flush()
+				if mode == "hang-body" {
+					<-s.release
+				}
+				// truncate: the handler returns, the connection closes short
+			default:
+				http.ServeFile(w, r, s.image)
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(func() { close(s.release); s.Close() })
+	return s
+}
+
+func (s *imageServer) set(mode string) {
+	s.mu.Lock()
+	s.mode = mode
+	s.mu.Unlock()
+}
+
+func fileSHA256(t *testing.T, path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
+// assertNothingHalfMade checks a store after a failed build: no objects,
+// layers, metadata or WAL entries, no working directories, no partial
+// downloads, and a clean verify-store.
+func assertNothingHalfMade(t *testing.T, k *kpRun) {
+	t.Helper()
+	for _, sub := range []string{"store/objects", "store/layers", "store/metadata", "store/wal", "store/staging", "images/.partial"} {
+		entries, _ := os.ReadDir(filepath.Join(k.store, sub))
+		if len(entries) > 0 {
+			t.Errorf("%s is not empty after a failed build: %v", sub, entries[0].Name())
+		}
+	}
+	entries, _ := os.ReadDir(filepath.Join(k.store, "env"))
+	for _, e := range entries {
+		if e.Name() != ".layers" {
+			t.Errorf("env/%s left behind", e.Name())
+		}
+	}
+	layers, _ := os.ReadDir(filepath.Join(k.store, "env", ".layers"))
+	if len(layers) > 0 {
+		t.Errorf("layer tree %s left behind", layers[0].Name())
+	}
+	images, _ := os.ReadDir(filepath.Join(k.store, "images"))
+	for _, e := range images {
+		if e.Name() == ".partial" {
+			continue
+		}
+		// Only a complete, verified download may stay, and without a layer.
+		if _, err := os.Stat(filepath.Join(k.store, "images", e.Name(), "base-layer")); err == nil {
+			t.Errorf("images/%s has a base layer after a failed build", e.Name())
+		}
+	}
+	k.ok("verify-store")
+}
+
+// smallImage writes a tar (from entries) compressed by the real xz.
+func smallImage(t *testing.T, path string, entries []*tar.Header) {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, h := range entries {
+		if err := tw.WriteHeader(h); err != nil {
+			t.Fatal(err)
+		}
+		if h.Typeflag == tar.TypeReg {
+			tw.Write(bytes.Repeat([]byte("x"), int(h.Size)))
+		}
+	}
+	tw.Close()
+	cmd := exec.Command(needTool(t, "xz"), "-c")
+	cmd.Stdin = &buf
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, out, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestImageServerHostile(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.tar.xz")
+	smallImage(t, good, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 10},
+	})
+	corrupt := filepath.Join(dir, "corrupt.tar.xz")
+	data, _ := os.ReadFile(good)
+	data[len(data)/2] ^= 0x55
+	os.WriteFile(corrupt, data, 0o644)
+	evil := filepath.Join(dir, "evil.tar.xz")
+	smallImage(t, evil, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "../escaped", Typeflag: tar.TypeReg, Mode: 0o644, Size: 4},
+	})
+
+	for _, tc := range []struct {
+		name, image, claim, mode, want string
+	}{
+		{"wrong sha256 in the index", good, strings.Repeat("a", 64), "", "but " + strings.Repeat("a", 64) + " was expected: refusing it"},
+		{"truncated download", good, "", "truncate", "downloading"},
+		{"server error", good, "", "500", "server answered 500 Internal Server Error"},
+		{"hanging body", good, "", "hang-body", "no data for 1s"},
+		{"hanging headers", good, "", "hang-headers", "timeout awaiting response headers"},
+		{"corrupt xz", corrupt, "", "", "xz: "},
+		{"tar with ..", evil, "", "", `"../escaped"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := newImageServer(t, tc.image, tc.claim)
+			srv.set(tc.mode)
+			k := newKP(t)
+			k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL, "KARAPACE_HTTP_TIMEOUT=1s")
+			k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+			start := time.Now()
+			k.fails(1, tc.want, "build")
+			if time.Since(start) > 20*time.Second {
+				t.Errorf("the failure took %s", time.Since(start))
+			}
+			if _, err := os.Stat(filepath.Join(k.base, "escaped")); err == nil {
+				t.Fatal("the hostile tar wrote outside its target")
+			}
+			if _, err := os.Stat(filepath.Join(k.dir, "karapace.lock")); err == nil {
+				t.Error("a failed build wrote the lock")
+			}
+			assertNothingHalfMade(t, k)
+		})
+	}
+}
+
+// The alias resolves on the image server (newest amd64 default build),
+// the rootfs.tar.xz is checked against the index's sha256 as it streams,
+// packages are installed and locked, and the lock rebuilds from the
+// store with no network and no package manager run.
+func TestImageAliasBuildWithPackages(t *testing.T) {
+	image := testRootfsTarXZ(t)
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
+	code, out, errOut := k.run("-v", "build", "--name", "dev")
+	if code != 0 {
+		t.Fatalf("build: %d\n%s", code, errOut)
+	}
+	id := strings.TrimSpace(out)
+	if v := k.ok("exec", "dev", "--", "git", "--version"); !strings.HasPrefix(v, "git version 2.39") {
+		t.Fatalf("git --version: %q", v)
+	}
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := map[string]string{}
+	for _, p := range l.Packages {
+		versions[p.Name] = p.Version
+	}
+	if !regexp.MustCompile(`^1:2\.39\.\d+-\S*deb12`).MatchString(versions["git"]) || !regexp.MustCompile(`^7\.88\.1-10\S*deb12`).MatchString(versions["curl"]) {
+		t.Fatalf("lock versions: git %q curl %q", versions["git"], versions["curl"])
+	}
+	if len(l.Packages) < 5 || versions["libcurl4"] == "" {
+		t.Fatalf("the lock does not hold the closure: %+v", l.Packages)
+	}
+	if l.BaseImageDigest != "sha256:"+srv.sha || !strings.HasPrefix(l.BaseImageURL, srv.URL+"/images/debian/bookworm/amd64/default/20261120_05:24/") {
+		t.Fatalf("lock image: %s %s", l.BaseImageDigest, l.BaseImageURL)
+	}
+
+	// Pinning the alias gives the URL and the digest of the index.
+	k.ok("pin")
+	m, err := loadManifest(filepath.Join(k.dir, "karapace.toml"))
+	if err != nil || m.BaseImage != l.BaseImageURL+"#sha256="+srv.sha {
+		t.Fatalf("pinned: %v %q", err, m.BaseImage)
+	}
+	k.ok("pin", "--check")
+
+	// No server, no network allowed: the lock rebuilds from the store.
+	srv.Close()
+	k.ok("destroy", "dev")
+	code, out, errOut = k.run("-v", "build", "--locked", "--offline")
+	if code != 0 || strings.TrimSpace(out) != id {
+		t.Fatalf("offline locked build: %d %q\n%s", code, out, errOut)
+	}
+	mustContain(t, "offline build", errOut, "from the store, no apt run")
+	if strings.Contains(errOut, "installing") {
+		t.Fatalf("the package manager ran:\n%s", errOut)
+	}
+	if v := k.ok("exec", id[:12], "--", "curl", "--version"); !strings.HasPrefix(v, "curl 7.88.1") {
+		t.Fatalf("curl --version: %q", v)
+	}
+	// A missing lock, or an unpinned alias, fails clearly offline.
+	os.Remove(filepath.Join(k.dir, "karapace.lock"))
+	k.fails(2, "--locked: "+filepath.Join(k.dir, "karapace.lock")+" does not exist", "build", "--locked")
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n")
+	k.fails(1, "--offline forbids the network", "build", "--offline")
+	k.fails(2, "--require-pinned-image asks for one", "build", "--require-pinned-image")
+	k.ok("verify-store")
+}
