@@ -641,6 +641,15 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 	if err != nil {
 		return err
 	}
+	// A sparse map lets a few bytes of stream stand for terabytes of holes.
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return errors.New("sparse files are not supported")
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return errors.New("sparse files are not supported")
+		}
+	}
 	u.st.Entries++
 	dir, base := "", rel
 	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
@@ -668,7 +677,7 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		return u.mkdir(dir, base, rel, hdr)
-	case tar.TypeReg, tar.TypeGNUSparse:
+	case tar.TypeReg:
 		return u.file(dir, base, rel, hdr, tr)
 	case tar.TypeLink:
 		return u.hardlink(dir, base, hdr)
@@ -837,7 +846,9 @@ func unpackRemoveAt(dirfd int, name string, isDir bool) error {
 
 // unpackEmptyDir removes everything inside the directory fd.
 func unpackEmptyDir(fd int) error {
-	d, err := unix.Dup(fd)
+	// A fresh open, not a dup: a dup would share (and leave at the end)
+	// the directory offset of fd.
+	d, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}

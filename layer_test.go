@@ -626,6 +626,9 @@ func TestUnpackRefusesHostileStreams(t *testing.T) {
 		{"truncated", truncated, "short", "unexpected EOF"},
 		{"huge-pax-header", hugePAX, `after "ok"`, "too long"},
 		{"bad-size-field", badSize, "(start of stream)", "invalid"},
+		// GNU tar -S of a 100 GB file holding 3 bytes: 10 KiB of stream.
+		{"sparse-bomb-gnu", readTestdata(t, "tar/sparse-100g-gnu.tar"), "big", "sparse files are not supported"},
+		{"sparse-bomb-pax", readTestdata(t, "tar/sparse-100g-pax.tar"), "big", "sparse files are not supported"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -670,6 +673,15 @@ func rawHeader(name string, typ byte, size int64) []byte {
 	copy(h[257:265], "ustar\x0000")
 	fixChecksum(h)
 	return h
+}
+
+func readTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func fixChecksum(h []byte) {
@@ -1077,4 +1089,56 @@ func BenchmarkUnpackVsGNUTar(b *testing.B) {
 	b.ReportMetric(tarT.s(), "tar-x-s")
 	b.ReportMetric(oursT.s(), "unpack-s")
 	b.ReportMetric(oursT.s()/tarT.s(), "unpack/tar")
+}
+
+// FuzzUnpackLayer feeds arbitrary streams to unpackLayer: it may refuse
+// them, but must not panic or touch anything outside its target.
+func FuzzUnpackLayer(f *testing.F) {
+	src := f.TempDir()
+	writeFile(f, src, "a/b", "content")
+	os.Symlink("b", filepath.Join(src, "a/l"))
+	os.Link(filepath.Join(src, "a/b"), filepath.Join(src, "h"))
+	unix.Lsetxattr(filepath.Join(src, "a/b"), "user.x", []byte("y"), 0)
+	var buf bytes.Buffer
+	packLayer(src, &buf)
+	f.Add(buf.Bytes())
+	var tw bytes.Buffer
+	w := tar.NewWriter(&tw)
+	for _, e := range []struct {
+		name string
+		typ  byte
+		link string
+	}{{"d/", tar.TypeDir, ""}, {"l", tar.TypeSymlink, "../.."}, {"l/x", tar.TypeReg, ""}, {"h", tar.TypeLink, "d"}, {".wh.d", tar.TypeReg, ""}, {"d/.wh..wh..opq", tar.TypeReg, ""}} {
+		w.WriteHeader(&tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: 0o755})
+	}
+	w.Close()
+	f.Add(tw.Bytes())
+	base := f.TempDir()
+	writeFile(f, base, "sentinel/file", "precious")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		target, err := os.MkdirTemp(base, "target-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			filepath.Walk(target, func(p string, fi os.FileInfo, err error) error {
+				if err == nil && fi.IsDir() {
+					os.Chmod(p, 0o755)
+				}
+				return nil
+			})
+			os.RemoveAll(target)
+		}()
+		for _, overlay := range []bool{false, true} {
+			unpackLayer(bytes.NewReader(data), target, unpackOptions{overlay: overlay})
+		}
+		if b, err := os.ReadFile(filepath.Join(base, "sentinel/file")); err != nil || string(b) != "precious" {
+			t.Fatal("sentinel changed")
+		}
+		for _, n := range dirNames(t, base) {
+			if n != "sentinel" && !strings.HasPrefix(n, "target-") {
+				t.Fatalf("%s appeared outside the target", n)
+			}
+		}
+	})
 }

@@ -213,6 +213,16 @@ func (s *store) create() error {
 			return fmt.Errorf("creating store: %w", err)
 		}
 	}
+	// Under the lock: another process's recovery clears staging, where
+	// the version file is written first.
+	l, err := s.acquire("create", s.lockWait)
+	if err != nil {
+		return err
+	}
+	defer l.unlock()
+	if _, err := s.readVersion(); err == nil {
+		return nil // another process was quicker
+	}
 	return s.writeVersion(storeFormatVersion)
 }
 
