@@ -16,6 +16,7 @@ command -v "$GO" >/dev/null || GO=/usr/local/go/bin/go
 
 dir=${1:-}
 remove=
+trap 'echo "load after: $(cut -d" " -f1-3 /proc/loadavg)" >&2; [ -z "$remove" ] || rm -rf "$remove"' EXIT
 if [ -z "$dir" ]; then
 	src=${KARAPACE_BENCH_TAR:-/var/tmp/kp/bookworm.tar}
 	[ "$(id -u)" = 0 ] || { echo "extracting $src needs root (owners); pass ROOTFS_DIR instead" >&2; exit 1; }
@@ -26,7 +27,6 @@ fi
 echo "tree: $dir ($(du -sh "$dir" | cut -f1), $(find "$dir" | wc -l) entries)"
 # Other work on the machine skews parallel speedups: say how busy it was.
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus"
-trap 'echo "load after: $(cut -d" " -f1-3 /proc/loadavg)" >&2; [ -z "$remove" ] || rm -rf "$remove"' EXIT
 
 # Temp files on the same filesystem as the tree.
 export TMPDIR=${TMPDIR:-$(dirname "$dir")}
