@@ -597,7 +597,8 @@ func unpackLayer(r io.Reader, dir string, opts unpackOptions) (unpackStats, erro
 	}
 	for i := len(u.deferred) - 1; i >= 0; i-- {
 		d := u.deferred[i]
-		if err := u.chmodPath(d.rel, d.mode); err != nil {
+		// A later entry may have removed or replaced the directory.
+		if err := u.chmodPath(d.rel, d.mode); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
 			return u.st, fmt.Errorf("unpacking into %s: setting the mode of %q: %w", dir, d.rel, err)
 		}
 	}
@@ -1055,7 +1056,7 @@ func (u *unpacker) chmodPath(rel string, mode uint32) error {
 	if rel != "" {
 		var err error
 		if fd, err = u.openDir(rel); err != nil {
-			return u.explain(rel, err)
+			return err
 		}
 		defer unix.Close(fd)
 	}

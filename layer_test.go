@@ -751,6 +751,10 @@ func TestUnpackReplacesAndDefersModes(t *testing.T) {
 		hostileEntry{tar.Header{Typeflag: tar.TypeReg, Name: "implicit/parent/file", Mode: 0o644, Size: 1}, "x"},
 		reg("dup", "first"),
 		reg("dup", "second"),
+		hostileEntry{tar.Header{Typeflag: tar.TypeDir, Name: "gone-ro/", Mode: 0o500}, ""},
+		reg(".wh.gone-ro", ""),
+		hostileEntry{tar.Header{Typeflag: tar.TypeDir, Name: "link-ro/", Mode: 0o500}, ""},
+		sym("link-ro", "ro"),
 	)
 	if _, err := unpackLayer(bytes.NewReader(s), dst, unpackOptions{}); err != nil {
 		t.Fatal(err)
