@@ -544,11 +544,10 @@ type unpackDeferredDir struct {
 }
 
 type unpacker struct {
-	root     int
-	rootPath string
-	opts     unpackOptions
-	st       unpackStats
-	buf      []byte
+	root int
+	opts unpackOptions
+	st   unpackStats
+	buf  []byte
 
 	// The parent directory of the previous entry, kept open because
 	// streams come sorted. Dropped whenever anything is removed.
@@ -571,7 +570,7 @@ func unpackLayer(r io.Reader, dir string, opts unpackOptions) (unpackStats, erro
 		return unpackStats{}, fmt.Errorf("unpacking into %s: %w", dir, err)
 	}
 	bp := storeBufPool.Get().(*[]byte)
-	u := &unpacker{root: root, rootPath: dir, opts: opts, buf: *bp, parentFd: -1, regular: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
+	u := &unpacker{root: root, opts: opts, buf: *bp, parentFd: -1, regular: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
 	defer func() {
 		u.dropParent()
 		unix.Close(root)

@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -235,7 +234,7 @@ func TestPackSkipsDevicesAndSockets(t *testing.T) {
 	d := t.TempDir()
 	unix.Mknod(filepath.Join(d, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
 	unix.Mknod(filepath.Join(d, "sda"), unix.S_IFBLK|0o660, int(unix.Mkdev(8, 0)))
-	l, err := (&net_unixListener{}).listen(filepath.Join(d, "sock"))
+	l, err := (&unixSocketFile{}).listen(filepath.Join(d, "sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,10 +246,10 @@ func TestPackSkipsDevicesAndSockets(t *testing.T) {
 	}
 }
 
-// net_unixListener makes a socket file without importing net for one test.
-type net_unixListener struct{ fd int }
+// unixSocketFile makes a socket file without importing net for one test.
+type unixSocketFile struct{ fd int }
 
-func (l *net_unixListener) listen(p string) (*net_unixListener, error) {
+func (l *unixSocketFile) listen(p string) (*unixSocketFile, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
 		return nil, err
@@ -259,7 +258,7 @@ func (l *net_unixListener) listen(p string) (*net_unixListener, error) {
 	return l, unix.Bind(fd, &unix.SockaddrUnix{Name: p})
 }
 
-func (l *net_unixListener) Close() { unix.Close(l.fd) }
+func (l *unixSocketFile) Close() { unix.Close(l.fd) }
 
 func TestPackUnpackRoundTrip(t *testing.T) {
 	src := t.TempDir()
@@ -922,12 +921,6 @@ func TestUnpackObjectTo(t *testing.T) {
 	if _, err := os.Stat(dest2 + unpackPartialSuffix); err == nil {
 		t.Fatal("partial dir survived recovery")
 	}
-}
-
-func sortedCopy(s []string) []string {
-	c := append([]string(nil), s...)
-	sort.Strings(c)
-	return c
 }
 
 // benchDir is the tree the pack/unpack benchmarks work on (bench/pack.sh
