@@ -378,28 +378,31 @@ func (p *packer) walkDir(full, rel string) error {
 	return nil
 }
 
+// copyFile appends the file's content to the stream. Raw syscalls: an
+// os.File per file costs a poller registration and a finalizer.
 func (p *packer) copyFile(full string, size int64) error {
-	f, err := os.OpenFile(full, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	fd, err := unix.Open(full, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("packing %s: %w", full, err)
 	}
-	defer f.Close()
+	defer unix.Close(fd)
 	left := size
 	for left > 0 {
-		n, err := f.Read(p.buf[:min(int64(len(p.buf)), left)])
-		if n > 0 {
-			if _, werr := p.tw.Write(p.buf[:n]); werr != nil {
-				return fmt.Errorf("packing %s: %w", full, werr)
-			}
-			left -= int64(n)
-			p.st.Bytes += int64(n)
-		}
-		if err == io.EOF {
-			return fmt.Errorf("packing %s: file shrank while being packed", full)
+		n, err := unix.Read(fd, p.buf[:min(int64(len(p.buf)), left)])
+		if err == unix.EINTR {
+			continue
 		}
 		if err != nil {
 			return fmt.Errorf("packing %s: %w", full, err)
 		}
+		if n == 0 {
+			return fmt.Errorf("packing %s: file shrank while being packed", full)
+		}
+		if _, err := p.tw.Write(p.buf[:n]); err != nil {
+			return fmt.Errorf("packing %s: %w", full, err)
+		}
+		left -= int64(n)
+		p.st.Bytes += int64(n)
 	}
 	return nil
 }
@@ -545,11 +548,10 @@ type unpackDeferredDir struct {
 }
 
 type unpacker struct {
-	root     int
-	rootPath string
-	opts     unpackOptions
-	st       unpackStats
-	buf      []byte
+	root int
+	opts unpackOptions
+	st   unpackStats
+	buf  []byte
 
 	// The parent directory of the previous entry, kept open because
 	// streams come sorted. Dropped whenever anything is removed.
@@ -572,7 +574,7 @@ func unpackLayer(r io.Reader, dir string, opts unpackOptions) (unpackStats, erro
 		return unpackStats{}, fmt.Errorf("unpacking into %s: %w", dir, err)
 	}
 	bp := storeBufPool.Get().(*[]byte)
-	u := &unpacker{root: root, rootPath: dir, opts: opts, buf: *bp, parentFd: -1, regular: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
+	u := &unpacker{root: root, opts: opts, buf: *bp, parentFd: -1, regular: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
 	defer func() {
 		u.dropParent()
 		unix.Close(root)
@@ -598,7 +600,8 @@ func unpackLayer(r io.Reader, dir string, opts unpackOptions) (unpackStats, erro
 	}
 	for i := len(u.deferred) - 1; i >= 0; i-- {
 		d := u.deferred[i]
-		if err := u.chmodPath(d.rel, d.mode); err != nil {
+		// A later entry may have removed or replaced the directory.
+		if err := u.chmodPath(d.rel, d.mode); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
 			return u.st, fmt.Errorf("unpacking into %s: setting the mode of %q: %w", dir, d.rel, err)
 		}
 	}
@@ -642,6 +645,15 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 	if err != nil {
 		return err
 	}
+	// A sparse map lets a few bytes of stream stand for terabytes of holes.
+	if hdr.Typeflag == tar.TypeGNUSparse {
+		return errors.New("sparse files are not supported")
+	}
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return errors.New("sparse files are not supported")
+		}
+	}
 	u.st.Entries++
 	dir, base := "", rel
 	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
@@ -669,7 +681,7 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 	switch hdr.Typeflag {
 	case tar.TypeDir:
 		return u.mkdir(dir, base, rel, hdr)
-	case tar.TypeReg, tar.TypeGNUSparse:
+	case tar.TypeReg:
 		return u.file(dir, base, rel, hdr, tr)
 	case tar.TypeLink:
 		return u.hardlink(dir, base, hdr)
@@ -846,7 +858,9 @@ func unpackRemoveAt(dirfd int, name string, isDir bool) error {
 
 // unpackEmptyDir removes everything inside the directory fd.
 func unpackEmptyDir(fd int) error {
-	d, err := unix.Dup(fd)
+	// A fresh open, not a dup: a dup would share (and leave at the end)
+	// the directory offset of fd.
+	d, err := unix.Openat(fd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return err
 	}
@@ -1053,7 +1067,7 @@ func (u *unpacker) chmodPath(rel string, mode uint32) error {
 	if rel != "" {
 		var err error
 		if fd, err = u.openDir(rel); err != nil {
-			return u.explain(rel, err)
+			return err
 		}
 		defer unix.Close(fd)
 	}

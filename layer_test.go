@@ -12,7 +12,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -235,7 +234,7 @@ func TestPackSkipsDevicesAndSockets(t *testing.T) {
 	d := t.TempDir()
 	unix.Mknod(filepath.Join(d, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
 	unix.Mknod(filepath.Join(d, "sda"), unix.S_IFBLK|0o660, int(unix.Mkdev(8, 0)))
-	l, err := (&net_unixListener{}).listen(filepath.Join(d, "sock"))
+	l, err := (&unixSocketFile{}).listen(filepath.Join(d, "sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,10 +246,10 @@ func TestPackSkipsDevicesAndSockets(t *testing.T) {
 	}
 }
 
-// net_unixListener makes a socket file without importing net for one test.
-type net_unixListener struct{ fd int }
+// unixSocketFile makes a socket file without importing net for one test.
+type unixSocketFile struct{ fd int }
 
-func (l *net_unixListener) listen(p string) (*net_unixListener, error) {
+func (l *unixSocketFile) listen(p string) (*unixSocketFile, error) {
 	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_STREAM, 0)
 	if err != nil {
 		return nil, err
@@ -259,7 +258,7 @@ func (l *net_unixListener) listen(p string) (*net_unixListener, error) {
 	return l, unix.Bind(fd, &unix.SockaddrUnix{Name: p})
 }
 
-func (l *net_unixListener) Close() { unix.Close(l.fd) }
+func (l *unixSocketFile) Close() { unix.Close(l.fd) }
 
 func TestPackUnpackRoundTrip(t *testing.T) {
 	src := t.TempDir()
@@ -626,6 +625,9 @@ func TestUnpackRefusesHostileStreams(t *testing.T) {
 		{"truncated", truncated, "short", "unexpected EOF"},
 		{"huge-pax-header", hugePAX, `after "ok"`, "too long"},
 		{"bad-size-field", badSize, "(start of stream)", "invalid"},
+		// GNU tar -S of a 100 GB file holding 3 bytes: 10 KiB of stream.
+		{"sparse-bomb-gnu", readTestdata(t, "tar/sparse-100g-gnu.tar"), "big", "sparse files are not supported"},
+		{"sparse-bomb-pax", readTestdata(t, "tar/sparse-100g-pax.tar"), "big", "sparse files are not supported"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -670,6 +672,15 @@ func rawHeader(name string, typ byte, size int64) []byte {
 	copy(h[257:265], "ustar\x0000")
 	fixChecksum(h)
 	return h
+}
+
+func readTestdata(t testing.TB, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func fixChecksum(h []byte) {
@@ -739,6 +750,10 @@ func TestUnpackReplacesAndDefersModes(t *testing.T) {
 		hostileEntry{tar.Header{Typeflag: tar.TypeReg, Name: "implicit/parent/file", Mode: 0o644, Size: 1}, "x"},
 		reg("dup", "first"),
 		reg("dup", "second"),
+		hostileEntry{tar.Header{Typeflag: tar.TypeDir, Name: "gone-ro/", Mode: 0o500}, ""},
+		reg(".wh.gone-ro", ""),
+		hostileEntry{tar.Header{Typeflag: tar.TypeDir, Name: "link-ro/", Mode: 0o500}, ""},
+		sym("link-ro", "ro"),
 	)
 	if _, err := unpackLayer(bytes.NewReader(s), dst, unpackOptions{}); err != nil {
 		t.Fatal(err)
@@ -908,8 +923,219 @@ func TestUnpackObjectTo(t *testing.T) {
 	}
 }
 
-func sortedCopy(s []string) []string {
-	c := append([]string(nil), s...)
-	sort.Strings(c)
-	return c
+// benchDir is the tree the pack/unpack benchmarks work on (bench/pack.sh
+// extracts a Debian root filesystem for it).
+func benchDir(b *testing.B) string {
+	dir := os.Getenv("KARAPACE_BENCH_DIR")
+	if dir == "" {
+		b.Skip("set KARAPACE_BENCH_DIR to a root filesystem (see bench/pack.sh)")
+	}
+	return dir
+}
+
+// fastest keeps the shortest of the times it is given: other processes
+// on a shared machine only ever add time, so the minimum is the figure
+// that compares.
+type fastest time.Duration
+
+func (f *fastest) add(d time.Duration) {
+	if *f == 0 || d < time.Duration(*f) {
+		*f = fastest(d)
+	}
+}
+
+func (f fastest) s() float64 { return time.Duration(f).Seconds() }
+
+func timeCmd(b *testing.B, name string, args ...string) time.Duration {
+	start := time.Now()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		b.Fatalf("%s %v: %v\n%s", name, args, err, out)
+	}
+	return time.Since(start)
+}
+
+func init() {
+	// Packs KP_DIR into a new object of the store KP_STORE and prints the
+	// process's peak RSS, for the memory figure of the benchmark.
+	testHelpers["store-bench-pack"] = func() {
+		s, err := openStore(os.Getenv("KP_STORE"))
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		w, _ := s.newObjectWriter()
+		if _, err := packLayer(os.Getenv("KP_DIR"), w); err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		h, _, err := w.commit()
+		if err != nil {
+			fmt.Println("error", err)
+			os.Exit(1)
+		}
+		var ru unix.Rusage
+		unix.Getrusage(unix.RUSAGE_SELF, &ru)
+		fmt.Println(h, ru.Maxrss)
+	}
+}
+
+// BenchmarkPackVsGNUTar times, in the same run, GNU tar -cf of the tree to
+// a file and our pack of it into a store object (hashing as it writes):
+// both without fsync, and both with (tar followed by sync of its file;
+// our commit syncs). It reports the ratios and our peak RSS.
+func BenchmarkPackVsGNUTar(b *testing.B) {
+	dir := benchDir(b)
+	tarBin := needTool(b, "tar")
+	work := b.TempDir()
+	s, err := openStore(filepath.Join(work, "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	out := filepath.Join(work, "gnu.tar")
+	timeCmd(b, tarBin, "-cf", out, "-C", dir, ".") // warm the page cache
+	var tarT, tarSyncT, oursT, oursSyncT fastest
+	var size int64
+	b.ResetTimer()
+	for range b.N {
+		os.Remove(out)
+		tarT.add(timeCmd(b, tarBin, "-cf", out, "-C", dir, "."))
+		os.Remove(out)
+		tarSyncT.add(timeCmd(b, "sh", "-c", `tar -cf "$0" -C "$1" . && sync "$0"`, out, dir))
+
+		start := time.Now()
+		w, _ := s.newObjectWriter()
+		if _, err := packLayer(dir, w); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := w.sum(); err != nil {
+			b.Fatal(err)
+		}
+		oursT.add(time.Since(start))
+		size = w.n
+		w.abort()
+
+		start = time.Now()
+		w, _ = s.newObjectWriter()
+		if _, err := packLayer(dir, w); err != nil {
+			b.Fatal(err)
+		}
+		h, _, err := w.commit()
+		if err != nil {
+			b.Fatal(err)
+		}
+		oursSyncT.add(time.Since(start))
+		s.deleteObject(h)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(size)/1e6, "MB")
+	b.ReportMetric(tarT.s(), "tar-s")
+	b.ReportMetric(oursT.s(), "pack-s")
+	b.ReportMetric(oursT.s()/tarT.s(), "pack/tar")
+	b.ReportMetric(oursSyncT.s()/tarSyncT.s(), "pack+fsync/tar+sync")
+
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "KARAPACE_TEST_HELPER=store-bench-pack", "KP_STORE="+s.root, "KP_DIR="+dir)
+	o, err := cmd.Output()
+	var h string
+	var rss int64
+	if _, serr := fmt.Sscan(string(o), &h, &rss); err != nil || serr != nil {
+		b.Fatalf("pack helper: %v %s", err, o)
+	}
+	b.ReportMetric(float64(rss)/1024, "peak-RSS-MiB")
+}
+
+// BenchmarkUnpackVsGNUTar times GNU tar -xf of the tree's tar against our
+// unpack of the same tree's object (verifying its hash), both keeping
+// owners (run as root).
+func BenchmarkUnpackVsGNUTar(b *testing.B) {
+	dir := benchDir(b)
+	tarBin := needTool(b, "tar")
+	work := b.TempDir()
+	s, err := openStore(filepath.Join(work, "store"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	gnu := filepath.Join(work, "gnu.tar")
+	timeCmd(b, tarBin, "--xattrs", "--format=posix", "-cf", gnu, "-C", dir, ".")
+	w, _ := s.newObjectWriter()
+	if _, err := packLayer(dir, w); err != nil {
+		b.Fatal(err)
+	}
+	h, _, err := w.commit()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var tarT, oursT fastest
+	b.ResetTimer()
+	for i := range b.N {
+		d1 := filepath.Join(work, fmt.Sprint("gnu", i))
+		os.Mkdir(d1, 0o755)
+		tarT.add(timeCmd(b, tarBin, "--xattrs", "--numeric-owner", "-xpf", gnu, "-C", d1))
+		d2 := filepath.Join(work, fmt.Sprint("ours", i))
+		start := time.Now()
+		if err := s.unpackObjectTo(h, d2, unpackOptions{chown: isRoot()}); err != nil {
+			b.Fatal(err)
+		}
+		oursT.add(time.Since(start))
+		b.StopTimer()
+		os.RemoveAll(d1)
+		os.RemoveAll(d2)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	b.ReportMetric(tarT.s(), "tar-x-s")
+	b.ReportMetric(oursT.s(), "unpack-s")
+	b.ReportMetric(oursT.s()/tarT.s(), "unpack/tar")
+}
+
+// FuzzUnpackLayer feeds arbitrary streams to unpackLayer: it may refuse
+// them, but must not panic or touch anything outside its target.
+func FuzzUnpackLayer(f *testing.F) {
+	src := f.TempDir()
+	writeFile(f, src, "a/b", "content")
+	os.Symlink("b", filepath.Join(src, "a/l"))
+	os.Link(filepath.Join(src, "a/b"), filepath.Join(src, "h"))
+	unix.Lsetxattr(filepath.Join(src, "a/b"), "user.x", []byte("y"), 0)
+	var buf bytes.Buffer
+	packLayer(src, &buf)
+	f.Add(buf.Bytes())
+	var tw bytes.Buffer
+	w := tar.NewWriter(&tw)
+	for _, e := range []struct {
+		name string
+		typ  byte
+		link string
+	}{{"d/", tar.TypeDir, ""}, {"l", tar.TypeSymlink, "../.."}, {"l/x", tar.TypeReg, ""}, {"h", tar.TypeLink, "d"}, {".wh.d", tar.TypeReg, ""}, {"d/.wh..wh..opq", tar.TypeReg, ""}} {
+		w.WriteHeader(&tar.Header{Name: e.name, Typeflag: e.typ, Linkname: e.link, Mode: 0o755})
+	}
+	w.Close()
+	f.Add(tw.Bytes())
+	base := f.TempDir()
+	writeFile(f, base, "sentinel/file", "precious")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		target, err := os.MkdirTemp(base, "target-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer func() {
+			filepath.Walk(target, func(p string, fi os.FileInfo, err error) error {
+				if err == nil && fi.IsDir() {
+					os.Chmod(p, 0o755)
+				}
+				return nil
+			})
+			os.RemoveAll(target)
+		}()
+		for _, overlay := range []bool{false, true} {
+			unpackLayer(bytes.NewReader(data), target, unpackOptions{overlay: overlay})
+		}
+		if b, err := os.ReadFile(filepath.Join(base, "sentinel/file")); err != nil || string(b) != "precious" {
+			t.Fatal("sentinel changed")
+		}
+		for _, n := range dirNames(t, base) {
+			if n != "sentinel" && !strings.HasPrefix(n, "target-") {
+				t.Fatalf("%s appeared outside the target", n)
+			}
+		}
+	})
 }

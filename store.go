@@ -179,23 +179,23 @@ func (s *store) readVersion() (int, error) {
 }
 
 // hasData reports whether the store directory holds anything beyond the
-// empty skeleton a crashed create may have left.
+// skeleton a crashed create may have left: empty directories, the lock
+// file, temp files in staging.
 func (s *store) hasData() bool {
 	ents, err := os.ReadDir(s.dir)
 	if err != nil {
 		return false
 	}
 	for _, e := range ents {
-		if e.Name() == ".lock" {
-			continue
+		switch name := e.Name(); {
+		case name == ".lock", name == "staging" && e.IsDir():
+		case e.IsDir():
+			if sub, err := os.ReadDir(filepath.Join(s.dir, name)); err != nil || len(sub) > 0 {
+				return true
+			}
+		default:
+			return true
 		}
-		if sub, err := os.ReadDir(filepath.Join(s.dir, e.Name())); err == nil && len(sub) == 0 {
-			continue
-		}
-		if e.IsDir() && (e.Name() == "staging" || e.Name() == "wal") {
-			continue
-		}
-		return true
 	}
 	return false
 }
@@ -212,6 +212,16 @@ func (s *store) create() error {
 		if err := os.MkdirAll(filepath.Join(s.root, d), 0o700); err != nil {
 			return fmt.Errorf("creating store: %w", err)
 		}
+	}
+	// Under the lock: another process's recovery clears staging, where
+	// the version file is written first.
+	l, err := s.acquire("create", s.lockWait)
+	if err != nil {
+		return err
+	}
+	defer l.unlock()
+	if _, err := s.readVersion(); err == nil {
+		return nil // another process was quicker
 	}
 	return s.writeVersion(storeFormatVersion)
 }

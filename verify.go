@@ -4,13 +4,14 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"io"
+	"math/bits"
 	"os"
 	"runtime"
 	"sort"
 	"sync"
+	"sync/atomic"
 
-	"lukechampine.com/blake3"
+	"lukechampine.com/blake3/guts"
 )
 
 // verifyProblem is one bad item found by verify.
@@ -127,24 +128,45 @@ type objectCheck struct {
 	problem string
 }
 
-// hashObjects re-hashes the named objects with one worker per CPU and
-// returns the results in the order of names.
+// hashObjects re-hashes the named objects on every core and returns the
+// results in the order of names. Objects larger than one segment are
+// hashed one at a time, their segments spread over the workers; smaller
+// ones go one per worker. No object is read whole into memory.
 func (s *store) hashObjects(ctx context.Context, names []string) []objectCheck {
+	workers := max(1, runtime.NumCPU())
 	res := make([]objectCheck, len(names))
+	var small, big []int
+	for i, n := range names {
+		res[i].name = n
+		if !validStoreHash(n) {
+			res[i].problem = "not a valid object name (expected 64 lowercase hex digits)"
+			continue
+		}
+		fi, err := os.Lstat(s.path("objects", n))
+		switch {
+		case err != nil:
+			res[i].problem = err.Error()
+		case !fi.Mode().IsRegular():
+			res[i].problem = "not a regular file"
+		case fi.Size() > b3Segment:
+			big = append(big, i)
+		default:
+			small = append(small, i)
+		}
+	}
 	jobs := make(chan int)
 	var wg sync.WaitGroup
-	for w := 0; w < max(1, runtime.NumCPU()); w++ {
+	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			h := blake3.New(32, nil)
-			buf := make([]byte, 1<<20)
+			buf := make([]byte, b3Segment+guts.ChunkSize)
 			for i := range jobs {
-				res[i] = s.checkObject(names[i], h, buf)
+				res[i] = s.checkObject(names[i], 1, buf)
 			}
 		}()
 	}
-	for i := range names {
+	for _, i := range small {
 		if ctx.Err() != nil {
 			break
 		}
@@ -152,42 +174,143 @@ func (s *store) hashObjects(ctx context.Context, names []string) []objectCheck {
 	}
 	close(jobs)
 	wg.Wait()
+	for _, i := range big {
+		if ctx.Err() != nil {
+			break
+		}
+		res[i] = s.checkObject(names[i], workers, nil)
+	}
 	return res
 }
 
-func (s *store) checkObject(name string, h *blake3.Hasher, buf []byte) objectCheck {
+func (s *store) checkObject(name string, workers int, buf []byte) objectCheck {
 	c := objectCheck{name: name}
-	if !validStoreHash(name) {
-		c.problem = "not a valid object name (expected 64 lowercase hex digits)"
-		return c
-	}
 	f, err := os.Open(s.path("objects", name))
 	if err != nil {
 		c.problem = err.Error()
 		return c
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
-		c.problem = "not a regular file"
+	fi, err := f.Stat()
+	if err != nil {
+		c.problem = err.Error()
 		return c
 	}
-	h.Reset()
-	for {
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		c.size += int64(n)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			c.problem = fmt.Sprintf("reading: %v", err)
-			return c
-		}
-	}
-	if got := hex.EncodeToString(h.Sum(nil)); got != name {
+	c.size = fi.Size()
+	got, err := blake3File(f, c.size, workers, buf)
+	if err != nil {
+		c.problem = fmt.Sprintf("reading: %v", err)
+	} else if got != name {
 		c.problem = fmt.Sprintf("corrupt: content hashes to %s", got)
 	}
 	return c
+}
+
+// BLAKE3 is a tree hash: with its chunk and tree layout (from the guts
+// package) a file splits into segments whose subtrees hash independently.
+const (
+	b3Block   = guts.MaxSIMD * guts.ChunkSize // one SIMD pass: 16 chunks
+	b3Segment = 256 * b3Block                 // 4 MiB: 4096 chunks, a subtree of height 12
+)
+
+// b3Stack merges subtree chaining values in order, as BLAKE3's
+// incremental hasher does: one slot per height, counter counts chunks.
+type b3Stack struct {
+	cvs     [64][8]uint32
+	counter uint64
+}
+
+func (st *b3Stack) push(cv [8]uint32, height int) {
+	i := height
+	for st.counter&(1<<i) != 0 {
+		cv = guts.ChainingValue(guts.ParentNode(st.cvs[i], cv, &guts.IV, 0))
+		i++
+	}
+	st.cvs[i] = cv
+	st.counter += 1 << height
+}
+
+// b3Subtree returns the chaining value of buf, 2^h whole chunks starting
+// at chunk counter, without the goroutines the blake3 package starts.
+func b3Subtree(buf []byte, counter uint64) [8]uint32 {
+	if len(buf) <= b3Block {
+		var block [b3Block]byte
+		copy(block[:], buf)
+		return guts.ChainingValue(guts.CompressBuffer(&block, len(buf), &guts.IV, counter, 0))
+	}
+	var st b3Stack
+	for off := 0; off < len(buf); off += b3Block {
+		n := guts.CompressBuffer((*[b3Block]byte)(buf[off:off+b3Block]), b3Block, &guts.IV, counter+uint64(off/guts.ChunkSize), 0)
+		st.push(guts.ChainingValue(n), 4)
+	}
+	return st.cvs[bits.TrailingZeros64(st.counter)]
+}
+
+// blake3File hashes size bytes of f with the given number of goroutines,
+// each reading and hashing whole segments (buf, if given, holds a segment
+// and a chunk). It gives the same digest as blake3.Sum256.
+func blake3File(f *os.File, size int64, workers int, buf []byte) (string, error) {
+	chunks := max(1, (size+guts.ChunkSize-1)/guts.ChunkSize)
+	// The last chunk is hashed last, as the root may be that chunk.
+	segments := (chunks - 1) * guts.ChunkSize / b3Segment
+	cvs := make([][8]uint32, segments)
+	var next atomic.Int64
+	var firstErr atomic.Pointer[error]
+	var wg sync.WaitGroup
+	for range min(int64(workers), segments) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			seg := make([]byte, b3Segment)
+			for {
+				i := next.Add(1) - 1
+				if i >= segments || firstErr.Load() != nil {
+					return
+				}
+				if _, err := f.ReadAt(seg, i*b3Segment); err != nil {
+					firstErr.CompareAndSwap(nil, &err)
+					return
+				}
+				cvs[i] = b3Subtree(seg, uint64(i*b3Segment/guts.ChunkSize))
+			}
+		}()
+	}
+	wg.Wait()
+	if err := firstErr.Load(); err != nil {
+		return "", *err
+	}
+	var st b3Stack
+	for _, cv := range cvs {
+		st.push(cv, 12)
+	}
+	// The rest (less than a segment and a chunk) in one read.
+	off := segments * b3Segment
+	if len(buf) < b3Segment+guts.ChunkSize {
+		buf = make([]byte, b3Segment+guts.ChunkSize)
+	}
+	tail := buf[:size-off]
+	if n, err := f.ReadAt(tail, off); n != len(tail) {
+		return "", fmt.Errorf("read %d of %d bytes at offset %d: %v", n, len(tail), off, err)
+	}
+	counter := st.counter
+	lastChunk := (len(tail) - 1) / guts.ChunkSize * guts.ChunkSize
+	if len(tail) == 0 {
+		lastChunk = 0
+	}
+	for _, h := range guts.Eigentrees(counter, uint64(lastChunk/guts.ChunkSize)) {
+		n := (1 << h) * guts.ChunkSize
+		st.push(b3Subtree(tail[:n], counter), h)
+		tail, counter = tail[n:], counter+uint64(1<<h)
+	}
+	node := guts.CompressChunk(tail, &guts.IV, counter, 0)
+	for i := bits.TrailingZeros64(st.counter); i < bits.Len64(st.counter); i++ {
+		if st.counter&(1<<i) != 0 {
+			node = guts.ParentNode(st.cvs[i], guts.ChainingValue(node), &guts.IV, 0)
+		}
+	}
+	node.Flags |= guts.FlagRoot
+	out := guts.WordsToBytes(guts.CompressNode(node))
+	return hex.EncodeToString(out[:32]), nil
 }
 
 func runVerifyStore(c *cli) error {

@@ -2,10 +2,17 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
+
+	"lukechampine.com/blake3"
 )
 
 func TestVerifyFindsEveryProblem(t *testing.T) {
@@ -77,5 +84,150 @@ func TestVerifyEmptyJSON(t *testing.T) {
 	rep, err := s.verify(context.Background())
 	if err != nil || rep.Objects != 0 || rep.Bad == nil {
 		t.Fatal(rep, err)
+	}
+}
+
+// BenchmarkVerifyVsSingleThread fills a store with the benchmark tree
+// packed whole and per top-level directory, then times verify against
+// hashing the same object files in one thread (GOMAXPROCS=1: the blake3
+// package would otherwise spread one big write over all cores).
+func BenchmarkVerifyVsSingleThread(b *testing.B) {
+	dir := benchDir(b)
+	s, err := openStore(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	put := func(d string) {
+		w, _ := s.newObjectWriter()
+		if _, err := packLayer(d, w); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := w.commit(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	put(dir)
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.IsDir() {
+			put(filepath.Join(dir, e.Name()))
+		}
+	}
+	names, _ := s.listObjects()
+	single := func() int64 {
+		old := runtime.GOMAXPROCS(1)
+		defer runtime.GOMAXPROCS(old)
+		h := blake3.New(32, nil)
+		buf := make([]byte, 1<<20)
+		var total int64
+		for _, n := range names {
+			f, _ := os.Open(s.path("objects", n))
+			h.Reset()
+			for {
+				k, err := f.Read(buf)
+				h.Write(buf[:k])
+				total += int64(k)
+				if err != nil {
+					break
+				}
+			}
+			f.Close()
+			if hex.EncodeToString(h.Sum(nil)) != n {
+				b.Fatal("baseline hash mismatch")
+			}
+		}
+		return total
+	}
+	single() // warm the page cache
+	var singleT, verifyT fastest
+	var bytes int64
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		bytes = single()
+		singleT.add(time.Since(start))
+		start = time.Now()
+		rep, err := s.verify(context.Background())
+		verifyT.add(time.Since(start))
+		if err != nil || len(rep.Bad) != 0 || rep.Bytes != bytes {
+			b.Fatal(rep, err)
+		}
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(bytes)/1e6, "MB")
+	b.ReportMetric(float64(bytes)/1e6/singleT.s(), "single-MB/s")
+	b.ReportMetric(float64(bytes)/1e6/verifyT.s(), "verify-MB/s")
+	b.ReportMetric(singleT.s()/verifyT.s(), "speedup")
+	b.ReportMetric(float64(runtime.NumCPU()), "cpus")
+}
+
+// TestBlake3File checks the segment-parallel hash against the blake3
+// package at every boundary of the tree layout.
+func TestBlake3File(t *testing.T) {
+	data := make([]byte, 3*b3Segment+5*b3Block+3000)
+	for i := range data {
+		data[i] = byte(i*7 + i>>11)
+	}
+	f, err := os.CreateTemp(t.TempDir(), "b3")
+	must(t, err)
+	f.Write(data)
+	sizes := []int{0, 1, 1023, 1024, 1025, 2048, 3000, b3Block - 1, b3Block, b3Block + 1, b3Block + 1024, 5 * b3Block,
+		b3Segment - 1, b3Segment, b3Segment + 1, b3Segment + 1024, b3Segment + 1025, 2*b3Segment + 17,
+		3 * b3Segment, 3*b3Segment + 1024, len(data)}
+	for k := 0; k < 20; k++ {
+		sizes = append(sizes, (k*7919*131)%len(data))
+	}
+	for _, n := range sizes {
+		want := blake3.Sum256(data[:n])
+		for _, w := range []int{1, 2, 3} {
+			got, err := blake3File(f, int64(n), w, nil)
+			if err != nil || got != hex.EncodeToString(want[:]) {
+				t.Fatalf("size %d, %d workers: %s %v, want %x", n, w, got, err, want)
+			}
+		}
+	}
+	// A file shorter than it is said to be is an error, not a hash.
+	for _, n := range []int{len(data) + b3Segment, len(data) + 1} {
+		if _, err := blake3File(f, int64(n), 2, nil); err == nil {
+			t.Fatalf("short read (%d of %d bytes) not reported", len(data), n)
+		}
+	}
+}
+
+// BenchmarkBlake3File compares, on one 256 MiB file, the blake3 package
+// in one thread with blake3File on 1 and on all cores.
+func BenchmarkBlake3File(b *testing.B) {
+	f, err := os.CreateTemp(b.TempDir(), "b3")
+	if err != nil {
+		b.Fatal(err)
+	}
+	data := make([]byte, 256<<20)
+	for i := range data {
+		data[i] = byte(i ^ i>>9)
+	}
+	f.Write(data)
+	b.Run("package-1-thread", func(b *testing.B) {
+		old := runtime.GOMAXPROCS(1)
+		defer runtime.GOMAXPROCS(old)
+		b.SetBytes(int64(len(data)))
+		buf := make([]byte, 1<<20)
+		for range b.N {
+			h := blake3.New(32, nil)
+			for off := int64(0); off < int64(len(data)); off += int64(len(buf)) {
+				n, _ := f.ReadAt(buf, off)
+				h.Write(buf[:n])
+			}
+			h.Sum(nil)
+		}
+	})
+	for _, w := range []int{1, runtime.NumCPU()} {
+		b.Run(fmt.Sprintf("segments-%d-workers", w), func(b *testing.B) {
+			b.SetBytes(int64(len(data)))
+			for range b.N {
+				if _, err := blake3File(f, int64(len(data)), w, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
