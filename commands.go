@@ -93,7 +93,8 @@ are passed on; the exit status is the command's, or 128+N when a signal N ended 
 		},
 		{
 			name: "list", summary: "list the environments in the store",
-			run: cmdList,
+			flags: []flagDef{{"quiet", "q", "", "only names and short ids, one per line"}},
+			run:   cmdList,
 		},
 		{
 			name: "inspect", synopsis: "ENV", summary: "show an environment's metadata and lock",
@@ -126,6 +127,18 @@ overlayfs inside a user namespace (mounted for real), fuse-overlayfs, cgroup del
 for resource limits, and the store. One line each, with the fix for each problem; exit
 status 1 if a build could not work.`,
 			run: cmdDoctor,
+		},
+		{
+			name: "completions", synopsis: "SHELL", summary: "print shell completion for bash, zsh, fish, elvish or powershell",
+			help: `Prints a completion script for SHELL, generated from the same command table as --help:
+commands, flags and, from 'karapace list --quiet', environment names. For bash, for example:
+karapace completions bash > ~/.local/share/bash-completion/completions/karapace`,
+			minArgs: 1, maxArgs: 1, complete: "shell", run: cmdCompletions,
+		},
+		{
+			name: "man-pages", synopsis: "[DIR]", summary: "write the manual pages (default: ./man)",
+			help:    `Writes karapace(1) and one page per command, in mdoc, into DIR.`,
+			maxArgs: 1, complete: "dir", run: cmdManPages,
 		},
 		{
 			name:    "gc",

@@ -480,6 +480,16 @@ func cmdList(c *cli) error {
 	for _, err := range errs {
 		warnf("%v", err)
 	}
+	if c.has("quiet") {
+		// For scripts and shell completion: every way to name each one.
+		for _, i := range infos {
+			if i.Name != "" {
+				fmt.Fprintln(c.stdout, i.Name)
+			}
+			fmt.Fprintln(c.stdout, i.ShortID)
+		}
+		return nil
+	}
 	if c.json {
 		return writeJSON(c.stdout, infos)
 	}

@@ -12,7 +12,7 @@ fi
 packages=(
 	ca-certificates git tar xz-utils zstd gnupg debian-archive-keyring
 	mmdebstrap uidmap fuse-overlayfs bubblewrap crun runc
-	tmux dbus mandoc desktop-file-utils docker-registry hyperfine
+	tmux dbus mandoc desktop-file-utils docker-registry hyperfine zsh fish elvish
 )
 export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
