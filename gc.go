@@ -94,7 +94,7 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 	}
 	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
 		names, err := gcListNames(dir)
-		if err != nil {
+		if err != nil || names == nil {
 			return err
 		}
 		for _, n := range names {

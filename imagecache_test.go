@@ -38,7 +38,7 @@ func testRootfsTarXZ(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(xz, "-T0", "-1", "-c", tarPath)
+	cmd := exec.Command(xz, "-T0", "-3", "-c", tarPath)
 	cmd.Stdout = out
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("xz: %v", err)

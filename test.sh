@@ -36,7 +36,11 @@ if [ ! -s "$rootfs" ]; then
 	mmdebstrap --quiet --variant=minbase --format=tar bookworm "$rootfs.tmp"
 	mv "$rootfs.tmp" "$rootfs"
 fi
-chmod 644 "$rootfs"
+if [ ! -s "$rootfs.xz" ]; then
+	xz -T0 -3 -c "$rootfs" > "$rootfs.xz.tmp"
+	mv "$rootfs.xz.tmp" "$rootfs.xz"
+fi
+chmod 644 "$rootfs" "$rootfs.xz"
 export KARAPACE_TEST_ROOTFS_TAR=$rootfs
 export KARAPACE_TEST_STRICT=1
 # The official TOML test suite, from the Go module proxy (not copied into the repository).

@@ -485,14 +485,8 @@ func TestXZMemory(t *testing.T) {
 
 // TestXZRootfs decodes a real root filesystem tarball compressed by xz.
 func TestXZRootfs(t *testing.T) {
-	path := os.Getenv("KARAPACE_TEST_ROOTFS_TAR")
-	need(t, path != "", "KARAPACE_TEST_ROOTFS_TAR (a root filesystem .tar)")
-	needTool(t, "xz")
-	xzPath := filepath.Join(t.TempDir(), "rootfs.tar.xz")
-	cmd := exec.Command("sh", "-c", `xz -T2 -6 -c "$1" > "$2"`, "sh", path, xzPath)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("xz: %v: %s", err, out)
-	}
+	path := testRootfsTar(t)
+	xzPath := testRootfsTarXZ(t)
 	want := sha256.New()
 	f, err := os.Open(path)
 	if err != nil {
