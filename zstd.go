@@ -57,6 +57,7 @@ type zstdReader struct {
 	rep                 [3]int
 
 	lit  []byte // decoded literals of the current block
+	in   []byte // the current compressed block
 	fse  [1 << zstdMaxLLLog]zstdFSEEntry
 	norm [zstdMaxMLCode + 1]int16
 }
@@ -66,8 +67,8 @@ type zstdReader struct {
 // fails at once when r does not start with a frame.
 func newZstdReader(r io.Reader) (io.Reader, error) {
 	br, ok := r.(*bufio.Reader)
-	if !ok || br.Size() < zstdBlockMax+8 {
-		br = bufio.NewReaderSize(r, 1<<18)
+	if !ok {
+		br = bufio.NewReaderSize(r, 32<<10)
 	}
 	head, err := br.Peek(4)
 	if err != nil {
@@ -82,7 +83,7 @@ func newZstdReader(r io.Reader) (io.Reader, error) {
 	if m := binary.LittleEndian.Uint32(head); m != zstdMagic && m&zstdSkippableMask != zstdSkippableBase {
 		return nil, fmt.Errorf("zstd: input is not Zstandard data (magic %#08x)", m)
 	}
-	return &zstdReader{r: br, lit: make([]byte, 0, zstdBlockMax+zstdCopySlack)}, nil
+	return &zstdReader{r: br}, nil
 }
 
 func (z *zstdReader) Read(p []byte) (int, error) {
@@ -107,7 +108,21 @@ func (z *zstdReader) errorf(format string, a ...any) error {
 	return fmt.Errorf("zstd: at input offset %d: "+format, append([]any{z.inOff}, a...)...)
 }
 
-// read returns the next n input bytes, valid until the next read.
+// readFull fills dst from the input.
+func (z *zstdReader) readFull(dst []byte, what string) error {
+	n, err := io.ReadFull(z.r, dst)
+	z.inOff += int64(n)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return z.errorf("input ends inside %s (%w)", what, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return z.errorf("reading %s: %w", what, err)
+	}
+	return nil
+}
+
+// read returns the next n (at most a few dozen) input bytes, valid until
+// the next read.
 func (z *zstdReader) read(n int, what string) ([]byte, error) {
 	b, err := z.r.Peek(n)
 	if err != nil {
@@ -132,22 +147,24 @@ func (z *zstdReader) step() error {
 	}
 	hdr := uint32(h[0]) | uint32(h[1])<<8 | uint32(h[2])<<16
 	last, typ, size := hdr&1 != 0, (hdr>>1)&3, int(hdr>>3)
-	z.makeRoom()
+	// A block decodes to at most 128 KiB, and never past the content size
+	// the header declares.
+	outMax := zstdBlockMax
+	if z.contentSize >= 0 {
+		outMax = int(min(int64(outMax), z.contentSize-z.frameOut))
+	}
+	if typ < 2 && size > min(z.blockMax, outMax) {
+		return z.errorf("block of %d bytes exceeds the maximum block size %d or the declared content size", size, min(z.blockMax, outMax))
+	}
+	z.makeRoom(outMax)
 	start := z.wpos
 	switch typ {
 	case 0: // raw
-		if size > z.blockMax {
-			return z.errorf("raw block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
-		}
-		b, err := z.read(size, "a raw block")
-		if err != nil {
+		if err := z.readFull(z.buf[z.wpos:z.wpos+size], "a raw block"); err != nil {
 			return err
 		}
-		z.wpos += copy(z.buf[z.wpos:], b)
+		z.wpos += size
 	case 1: // RLE
-		if size > z.blockMax {
-			return z.errorf("RLE block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
-		}
 		b, err := z.read(1, "an RLE block")
 		if err != nil {
 			return err
@@ -161,11 +178,14 @@ func (z *zstdReader) step() error {
 		if size > z.blockMax {
 			return z.errorf("compressed block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
 		}
-		b, err := z.read(size, "a compressed block")
-		if err != nil {
+		if cap(z.in) < size {
+			z.in = make([]byte, size, max(size, 2*cap(z.in)))
+		}
+		z.in = z.in[:size]
+		if err := z.readFull(z.in, "a compressed block"); err != nil {
 			return err
 		}
-		if err := z.decodeBlock(b); err != nil {
+		if err := z.decodeBlock(z.in, outMax); err != nil {
 			return z.errorf("compressed block ending here: %v", err)
 		}
 	default:
@@ -173,9 +193,6 @@ func (z *zstdReader) step() error {
 	}
 	out := z.buf[start:z.wpos]
 	z.frameOut += int64(len(out))
-	if z.contentSize >= 0 && z.frameOut > z.contentSize {
-		return z.errorf("frame output exceeds the content size %d its header declares", z.contentSize)
-	}
 	if z.checksum {
 		z.xxh.write(out)
 	}
@@ -288,7 +305,7 @@ func (z *zstdReader) startFrame() error {
 	slack := min(max(z.window, 1<<20), zstdMaxSlide)
 	z.bufTarget = z.window + slack + zstdBlockMax + zstdCopySlack
 	if z.contentSize >= 0 && z.contentSize < int64(z.window) {
-		z.bufTarget = int(z.contentSize) + zstdBlockMax + zstdCopySlack
+		z.bufTarget = int(z.contentSize) + zstdCopySlack
 	}
 	return nil
 }
@@ -310,16 +327,16 @@ func (z *zstdReader) endFrame() error {
 	return nil
 }
 
-// makeRoom ensures a whole block (and copy slack) fits after wpos, growing
-// the buffer up to its target size, then sliding the window down. It is
-// called only once every decoded byte has been read.
-func (z *zstdReader) makeRoom() {
-	need := z.wpos + zstdBlockMax + zstdCopySlack
+// makeRoom ensures n bytes (and copy slack) fit after wpos, growing the
+// buffer up to its target size, then sliding the window down. It is called
+// only once every decoded byte has been read.
+func (z *zstdReader) makeRoom(n int) {
+	need := z.wpos + n + zstdCopySlack
 	if need <= len(z.buf) {
 		return
 	}
 	if len(z.buf) < z.bufTarget {
-		size := min(max(2*len(z.buf), need, 256<<10), max(z.bufTarget, need))
+		size := min(max(2*len(z.buf), need, 4<<10), max(z.bufTarget, need))
 		nb := make([]byte, size)
 		copy(nb, z.buf[:z.wpos])
 		z.buf = nb
@@ -689,7 +706,7 @@ func zstdHuffWeightsFSE(in []byte, w *[256]uint8) (int, error) {
 
 // decodeLiterals decodes the literals section at the start of a block and
 // returns the literals and the bytes used.
-func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
+func (z *zstdReader) decodeLiterals(in []byte, outMax int) ([]byte, int, error) {
 	if len(in) < 1 {
 		return nil, 0, errors.New("empty block")
 	}
@@ -711,7 +728,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 			}
 			size, hl = int(b0>>4)|int(in[1])<<4|int(in[2])<<12, 3
 		}
-		if size > zstdBlockMax {
+		if size > outMax {
 			return nil, 0, fmt.Errorf("%d literals exceed the block size", size)
 		}
 		if typ == 0 {
@@ -723,7 +740,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 		if hl+1 > len(in) {
 			return nil, 0, errors.New("truncated RLE literals")
 		}
-		lit := z.lit[:size]
+		lit := z.litBuf(size)
 		for i := range lit {
 			lit[i] = in[hl]
 		}
@@ -754,7 +771,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 		h := uint64(binary.LittleEndian.Uint32(in)) | uint64(in[4])<<32
 		regen, comp, hl = int(h>>4&0x3ffff), int(h>>22&0x3ffff), 5
 	}
-	if regen > zstdBlockMax {
+	if regen > outMax {
 		return nil, 0, fmt.Errorf("%d literals exceed the block size", regen)
 	}
 	if hl+comp > len(in) {
@@ -770,7 +787,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 	} else if z.huf.maxBits == 0 {
 		return nil, 0, errors.New("treeless literals with no earlier Huffman tree in the frame")
 	}
-	lit := z.lit[:regen]
+	lit := z.litBuf(regen)
 	if streams == 1 {
 		return lit, hl + comp, zstdHuffStream(lit, data, &z.huf)
 	}
@@ -792,6 +809,14 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 		}
 	}
 	return lit, hl + comp, nil
+}
+
+// litBuf returns the literals buffer, n bytes long.
+func (z *zstdReader) litBuf(n int) []byte {
+	if cap(z.lit) < n {
+		z.lit = make([]byte, n, max(n, 2*cap(z.lit)))
+	}
+	return z.lit[:n]
 }
 
 // zstdHuffStream decodes one Huffman-coded stream that must fill dst
@@ -951,8 +976,8 @@ func (z *zstdReader) table(k *zstdSeqKind, mode byte, in []byte, prev zstdSeqSta
 }
 
 // decodeBlock decodes a compressed block into buf at wpos.
-func (z *zstdReader) decodeBlock(in []byte) error {
-	lits, n, err := z.decodeLiterals(in)
+func (z *zstdReader) decodeBlock(in []byte, outMax int) error {
+	lits, n, err := z.decodeLiterals(in, outMax)
 	if err != nil {
 		return err
 	}
@@ -965,9 +990,6 @@ func (z *zstdReader) decodeBlock(in []byte) error {
 	case nSeq == 0:
 		if len(in) != 1 {
 			return errors.New("data after an empty sequences section")
-		}
-		if len(lits) > zstdBlockMax {
-			return errors.New("block output exceeds 128 KiB")
 		}
 		z.wpos += copy(z.buf[z.wpos:], lits)
 		return nil
@@ -1011,12 +1033,12 @@ func (z *zstdReader) decodeBlock(in []byte) error {
 	}
 	in = in[n:]
 	z.ll, z.of, z.ml = ll, of, ml
-	return z.execSequences(in, nSeq, lits)
+	return z.execSequences(in, nSeq, lits, outMax)
 }
 
 // execSequences decodes the sequences bit stream and executes each
 // sequence as it comes: copy literals, then copy a match from history.
-func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
+func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int) error {
 	var br zstdBits
 	if err := br.init(in); err != nil {
 		return fmt.Errorf("sequences: %w", err)
@@ -1028,7 +1050,7 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
 	mlS := br.get(z.ml.log)
 	buf := z.buf
 	wpos := z.wpos
-	end := wpos + zstdBlockMax // a block decodes to at most 128 KiB; makeRoom made room
+	end := wpos + outMax // makeRoom made room for this much
 	if end > len(buf)-zstdCopySlack {
 		return errors.New("internal error: no room for the block")
 	}
@@ -1077,7 +1099,7 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
 			return fmt.Errorf("sequence needs %d literals, %d are left", ll, len(lits)-litPos)
 		}
 		if ll+ml > end-wpos {
-			return errors.New("block output exceeds 128 KiB")
+			return errors.New("block output exceeds 128 KiB or the declared content size")
 		}
 		copy(buf[wpos:wpos+ll], lits[litPos:litPos+ll])
 		wpos += ll
@@ -1102,7 +1124,7 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
 	}
 	rest := len(lits) - litPos
 	if rest > end-wpos {
-		return errors.New("block output exceeds 128 KiB")
+		return errors.New("block output exceeds 128 KiB or the declared content size")
 	}
 	z.wpos = wpos + copy(buf[wpos:], lits[litPos:])
 	z.rep = [3]int{rep0, rep1, rep2}
