@@ -22,7 +22,7 @@ const (
 	zstdSkippableBase = 0x184d2a50
 	zstdMaxWindow     = 128 << 20 // largest window accepted (the format allows up to 3.75 TiB)
 	zstdBlockMax      = 128 << 10 // largest block, compressed or not
-	zstdMaxSlide      = 16 << 20  // history is slid down after at most this much new output
+	zstdMaxSlide      = 32 << 20  // history is slid down after at most this much new output
 	zstdCopySlack     = 32        // room past a block's end for copies that overshoot
 )
 
@@ -58,8 +58,12 @@ type zstdReader struct {
 
 	lit  []byte // decoded literals of the current block
 	in   []byte // the current compressed block
-	fse  [1 << zstdMaxLLLog]zstdFSEEntry
-	norm [zstdMaxMLCode + 1]int16
+	seqs []zstdSeq
+	// touched keeps the bytes read ahead of use live, so the compiler
+	// keeps the reads.
+	touched byte
+	fse     [1 << zstdMaxLLLog]zstdFSEEntry
+	norm    [zstdMaxMLCode + 1]int16
 }
 
 // newZstdReader returns a reader of the data compressed in r, which holds
@@ -178,8 +182,9 @@ func (z *zstdReader) step() error {
 		if size > z.blockMax {
 			return z.errorf("compressed block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
 		}
-		if cap(z.in) < size {
-			z.in = make([]byte, size, max(size, 2*cap(z.in)))
+		// The slack lets literal copies read 16 bytes at a time.
+		if cap(z.in) < size+zstdCopySlack {
+			z.in = make([]byte, size, max(size+zstdCopySlack, 2*cap(z.in)))
 		}
 		z.in = z.in[:size]
 		if err := z.readFull(z.in, "a compressed block"); err != nil {
@@ -302,7 +307,8 @@ func (z *zstdReader) startFrame() error {
 
 	// The history starts empty: a frame cannot refer to an earlier one.
 	z.rpos, z.wpos = 0, 0
-	slack := min(max(z.window, 1<<20), zstdMaxSlide)
+	// Sliding the window down copies it: the more slack, the rarer.
+	slack := min(max(2*z.window, 1<<20), zstdMaxSlide)
 	z.bufTarget = z.window + slack + zstdBlockMax + zstdCopySlack
 	if z.contentSize >= 0 && z.contentSize < int64(z.window) {
 		z.bufTarget = int(z.contentSize) + zstdCopySlack
@@ -336,7 +342,7 @@ func (z *zstdReader) makeRoom(n int) {
 		return
 	}
 	if len(z.buf) < z.bufTarget {
-		size := min(max(2*len(z.buf), need, 4<<10), max(z.bufTarget, need))
+		size := min(max(4*len(z.buf), need, 4<<10), max(z.bufTarget, need))
 		nb := make([]byte, size)
 		copy(nb, z.buf[:z.wpos])
 		z.buf = nb
@@ -403,9 +409,11 @@ func (b *zstdBits) fillSlow() {
 	b.value = binary.LittleEndian.Uint64(b.in)
 }
 
-// get reads n bits (n <= 57 after a fill).
+// get reads n bits (n <= 57 after a fill). Shift counts are masked so the
+// compiler emits plain shifts; once a stream is overrun (used >= 64) the
+// bits read are garbage, and left() reports the overrun.
 func (b *zstdBits) get(n uint8) uint32 {
-	v := b.value << b.used >> 1 >> (63 - n)
+	v := b.value << (b.used & 63) >> 1 >> ((63 - n) & 63)
 	b.used += uint(n)
 	return uint32(v)
 }
@@ -802,19 +810,16 @@ func (z *zstdReader) decodeLiterals(in []byte, outMax int) ([]byte, int, error) 
 	if s1+s2+s3 > len(data) || 3*seg > regen {
 		return nil, 0, errors.New("corrupt literals jump table")
 	}
-	for i, s := range [4][]byte{data[:s1], data[s1 : s1+s2], data[s1+s2 : s1+s2+s3], data[s1+s2+s3:]} {
-		end := min((i+1)*seg, regen)
-		if err := zstdHuffStream(lit[i*seg:end], s, &z.huf); err != nil {
-			return nil, 0, fmt.Errorf("literals stream %d: %w", i+1, err)
-		}
+	if err := zstdHuffStreams(lit, [4][]byte{data[:s1], data[s1 : s1+s2], data[s1+s2 : s1+s2+s3], data[s1+s2+s3:]}, &z.huf); err != nil {
+		return nil, 0, err
 	}
 	return lit, hl + comp, nil
 }
 
 // litBuf returns the literals buffer, n bytes long.
 func (z *zstdReader) litBuf(n int) []byte {
-	if cap(z.lit) < n {
-		z.lit = make([]byte, n, max(n, 2*cap(z.lit)))
+	if cap(z.lit) < n+zstdCopySlack {
+		z.lit = make([]byte, n, max(n+zstdCopySlack, 2*cap(z.lit)))
 	}
 	return z.lit[:n]
 }
@@ -826,32 +831,67 @@ func zstdHuffStream(dst, src []byte, h *zstdHuffTable) error {
 	if err := br.init(src); err != nil {
 		return err
 	}
-	dt := &h.dt
-	shift := 64 - uint(h.maxBits)
+	shift := (64 - uint(h.maxBits)) & 63
 	i := 0
 	for ; i+4 <= len(dst); i += 4 {
 		br.fill()
-		v, u := br.value, br.used
-		e := dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+1] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+2] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+3] = uint8(e)
-		br.used = u + uint(e>>8)
+		br.huff4(dst[i:i+4], &h.dt, shift)
 	}
-	for ; i < len(dst); i++ {
-		br.fill()
-		e := dt[br.value<<br.used>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i] = uint8(e)
-		br.used += uint(e >> 8)
+	return br.huffTail(dst[i:], &h.dt, shift)
+}
+
+// zstdHuffStreams decodes four streams into the four quarters of dst,
+// taking turns so that the CPU works on the four at once.
+func zstdHuffStreams(dst []byte, src [4][]byte, h *zstdHuffTable) error {
+	var br [4]zstdBits
+	for i := range br {
+		if err := br[i].init(src[i]); err != nil {
+			return fmt.Errorf("literals stream %d: %w", i+1, err)
+		}
 	}
-	if br.left() != 0 {
+	seg := (len(dst) + 3) / 4
+	d := [4][]byte{dst[:seg], dst[seg : 2*seg], dst[2*seg : 3*seg], dst[3*seg:]}
+	shift := (64 - uint(h.maxBits)) & 63
+	i := 0
+	for ; i+4 <= len(d[3]); i += 4 { // the last stream is the shortest
+		for s := range br {
+			br[s].fill()
+			br[s].huff4(d[s][i:i+4], &h.dt, shift)
+		}
+	}
+	for s := range br {
+		if err := br[s].huffTail(d[s][i:], &h.dt, shift); err != nil {
+			return fmt.Errorf("literals stream %d: %w", s+1, err)
+		}
+	}
+	return nil
+}
+
+// huff4 decodes 4 symbols; after a fill there are bits enough for them.
+func (b *zstdBits) huff4(dst []byte, dt *[1 << zstdHufMaxBits]uint16, shift uint) {
+	v, u := b.value, b.used
+	e := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e >> 8)
+	e1 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e1 >> 8)
+	e2 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e2 >> 8)
+	e3 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	b.used = u + uint(e3>>8)
+	_ = dst[3]
+	dst[0], dst[1], dst[2], dst[3] = uint8(e), uint8(e1), uint8(e2), uint8(e3)
+}
+
+// huffTail decodes the last symbols of a stream one at a time and checks
+// that the stream ends exactly there.
+func (b *zstdBits) huffTail(dst []byte, dt *[1 << zstdHufMaxBits]uint16, shift uint) error {
+	for i := range dst {
+		b.fill()
+		e := dt[b.value<<(b.used&63)>>shift&(1<<zstdHufMaxBits-1)]
+		dst[i] = uint8(e)
+		b.used += uint(e >> 8)
+	}
+	if b.left() != 0 {
 		return errors.New("Huffman stream size does not match its content")
 	}
 	return nil
@@ -1036,8 +1076,16 @@ func (z *zstdReader) decodeBlock(in []byte, outMax int) error {
 	return z.execSequences(in, nSeq, lits, outMax)
 }
 
-// execSequences decodes the sequences bit stream and executes each
-// sequence as it comes: copy literals, then copy a match from history.
+// zstdSeq is one decoded sequence: ll literals, then ml bytes copied from
+// buf[src:], src being an absolute position in the history buffer.
+type zstdSeq struct {
+	ll, ml, src uint32
+}
+
+// execSequences decodes the sequences bit stream, then executes the
+// sequences: copy literals, then copy a match from history. Decoding them
+// all first lets the sources of far matches be brought into the cache
+// together rather than one miss at a time.
 func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int) error {
 	var br zstdBits
 	if err := br.init(in); err != nil {
@@ -1048,21 +1096,26 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int)
 	llS := br.get(z.ll.log)
 	ofS := br.get(z.of.log)
 	mlS := br.get(z.ml.log)
-	buf := z.buf
-	wpos := z.wpos
-	end := wpos + outMax // makeRoom made room for this much
-	if end > len(buf)-zstdCopySlack {
+	start := z.wpos
+	end := start + outMax // makeRoom made room for this much
+	if end > len(z.buf)-zstdCopySlack {
 		return errors.New("internal error: no room for the block")
 	}
 	rep0, rep1, rep2 := z.rep[0], z.rep[1], z.rep[2]
 	window := z.window
-	litPos := 0
+	pos, litLeft := start, len(lits)
+	seqs := z.seqs[:0]
 	for i := nSeq; i > 0; i-- {
 		llE, ofE, mlE := llT[llS&(1<<zstdMaxLLLog-1)], ofT[ofS&(1<<zstdMaxLLLog-1)], mlT[mlS&(1<<zstdMaxLLLog-1)]
+		// A fill leaves at least 57 bits: enough for the extra bits and
+		// the state updates (at most 26 bits) unless the extra bits are
+		// unusually many.
 		br.fill()
 		ofv := int(ofE.base) + int(br.get(ofE.extra))
 		ml := int(mlE.base) + int(br.get(mlE.extra))
-		br.fill()
+		if ofE.extra+mlE.extra+llE.extra > 31 {
+			br.fill()
+		}
 		ll := int(llE.base) + int(br.get(llE.extra))
 		if i > 1 { // no state update after the last sequence
 			llS = uint32(llE.state) + br.get(llE.nbBits)
@@ -1094,41 +1147,77 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int)
 				rep0, rep1, rep2 = off, rep0, rep1
 			}
 		}
-
-		if ll > len(lits)-litPos {
-			return fmt.Errorf("sequence needs %d literals, %d are left", ll, len(lits)-litPos)
+		if ll > litLeft {
+			return fmt.Errorf("sequence needs %d literals, %d are left", ll, litLeft)
 		}
-		if ll+ml > end-wpos {
+		litLeft -= ll
+		if ll+ml > end-pos {
 			return errors.New("block output exceeds 128 KiB or the declared content size")
 		}
-		copy(buf[wpos:wpos+ll], lits[litPos:litPos+ll])
-		wpos += ll
-		litPos += ll
-		if off > wpos || off > window || off <= 0 {
+		pos += ll
+		if off > pos || off > window || off <= 0 {
 			return fmt.Errorf("match offset %d reaches before the start of the frame or its window", off)
 		}
-		src := wpos - off
-		if off >= ml {
-			copy(buf[wpos:wpos+ml], buf[src:src+ml])
+		seqs = append(seqs, zstdSeq{uint32(ll), uint32(ml), uint32(pos - off)})
+		pos += ml
+	}
+	if br.left() != 0 {
+		return errors.New("sequences bit stream size does not match its content")
+	}
+	if litLeft > end-pos {
+		return errors.New("block output exceeds 128 KiB or the declared content size")
+	}
+	z.seqs = seqs
+	z.rep = [3]int{rep0, rep1, rep2}
+
+	buf := z.buf[:end+zstdCopySlack]
+	litsAll := lits[:cap(lits)] // readable past the end, for overshooting copies
+	// Read the first byte of every match source: a loop this small keeps
+	// many cache misses in flight, and the copies below then hit the cache.
+	var touched byte
+	for _, sq := range seqs {
+		touched += buf[sq.src]
+	}
+	z.touched = touched
+	wpos, litPos := start, 0
+	for _, sq := range seqs {
+		ll, ml, src := int(sq.ll), int(sq.ml), int(sq.src)
+		// Short copies move 16 bytes at a time and may overshoot: the
+		// literals and buf have slack past their ends for that.
+		if ll <= 16 && litPos+16 <= len(litsAll) {
+			zstdCopy16(buf[wpos:], litsAll[litPos:])
 		} else {
-			// Overlapping match: the pattern repeats; each copy doubles
-			// the length available as a source.
+			copy(buf[wpos:wpos+ll], litsAll[litPos:litPos+ll])
+		}
+		wpos += ll
+		litPos += ll
+		off := wpos - src
+		switch {
+		case ml <= 32 && off >= 16:
+			zstdCopy16(buf[wpos:], buf[src:])
+			zstdCopy16(buf[wpos+16:], buf[src+16:])
+		case ml <= 32 && off >= 8:
+			for n := 0; n < ml; n += 8 {
+				binary.LittleEndian.PutUint64(buf[wpos+n:], binary.LittleEndian.Uint64(buf[src+n:]))
+			}
+		case off >= ml:
+			copy(buf[wpos:wpos+ml], buf[src:src+ml])
+		default:
+			// The pattern repeats every off bytes; each copy doubles the
+			// length available as a source.
 			for n := 0; n < ml; {
 				n += copy(buf[wpos+n:wpos+ml], buf[src:wpos+n])
 			}
 		}
 		wpos += ml
 	}
-	if br.left() != 0 {
-		return errors.New("sequences bit stream size does not match its content")
-	}
-	rest := len(lits) - litPos
-	if rest > end-wpos {
-		return errors.New("block output exceeds 128 KiB or the declared content size")
-	}
 	z.wpos = wpos + copy(buf[wpos:], lits[litPos:])
-	z.rep = [3]int{rep0, rep1, rep2}
 	return nil
+}
+
+func zstdCopy16(dst, src []byte) {
+	binary.LittleEndian.PutUint64(dst, binary.LittleEndian.Uint64(src))
+	binary.LittleEndian.PutUint64(dst[8:], binary.LittleEndian.Uint64(src[8:]))
 }
 
 // ---- XXH64, the content checksum ----
