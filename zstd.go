@@ -173,10 +173,7 @@ func (z *zstdReader) step() error {
 		if err != nil {
 			return err
 		}
-		out := z.buf[z.wpos : z.wpos+size]
-		for i := range out {
-			out[i] = b[0]
-		}
+		zstdFill(z.buf[z.wpos:z.wpos+size], b[0])
 		z.wpos += size
 	case 2:
 		if size > z.blockMax {
@@ -749,9 +746,7 @@ func (z *zstdReader) decodeLiterals(in []byte, outMax int) ([]byte, int, error) 
 			return nil, 0, errors.New("truncated RLE literals")
 		}
 		lit := z.litBuf(size)
-		for i := range lit {
-			lit[i] = in[hl]
-		}
+		zstdFill(lit, in[hl])
 		return lit, hl + 1, nil
 	}
 	var regen, comp, hl int
@@ -1213,6 +1208,17 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int)
 	}
 	z.wpos = wpos + copy(buf[wpos:], lits[litPos:])
 	return nil
+}
+
+// zstdFill sets every byte of b to c, doubling the filled part each copy.
+func zstdFill(b []byte, c byte) {
+	if len(b) == 0 {
+		return
+	}
+	b[0] = c
+	for n := 1; n < len(b); n *= 2 {
+		copy(b[n:], b[:n])
+	}
 }
 
 func zstdCopy16(dst, src []byte) {
