@@ -1222,8 +1222,10 @@ func zstdFill(b []byte, c byte) {
 }
 
 func zstdCopy16(dst, src []byte) {
-	binary.LittleEndian.PutUint64(dst, binary.LittleEndian.Uint64(src))
-	binary.LittleEndian.PutUint64(dst[8:], binary.LittleEndian.Uint64(src[8:]))
+	d, s := dst[:16], src[:16]
+	a, b := binary.LittleEndian.Uint64(s), binary.LittleEndian.Uint64(s[8:])
+	binary.LittleEndian.PutUint64(d, a)
+	binary.LittleEndian.PutUint64(d[8:], b)
 }
 
 // ---- XXH64, the content checksum ----
