@@ -86,7 +86,12 @@ func TestZstdAgainstReferenceEncoder(t *testing.T) {
 	random := make([]byte, 1<<20)
 	rand.New(rand.NewSource(2)).Read(random)
 	small := []byte("hello, zstd\n")
-	inputs := map[string][]byte{"mixed": mixed, "random": random, "small": small, "empty": {}, "one byte": {'x'}}
+	// A short text: its few literals are Huffman-coded as one stream.
+	short := []byte("The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. " +
+		"How vexingly quick daft zebras jump! Sphinx of black quartz, judge my vow. The five boxing wizards jump quickly.\n")
+	// Whole blocks of one byte become RLE blocks.
+	zeros := append(make([]byte, 600<<10), mixed[:50000]...)
+	inputs := map[string][]byte{"mixed": mixed, "random": random, "small": small, "short": short, "zeros": zeros, "empty": {}, "one byte": {'x'}}
 	levels := [][]string{{"-1"}, {"-3"}, {"-9"}, {"-19"}, {"--ultra", "-22"}, {"-3", "--long=27"}, {"-19", "--no-check"}, {"-1", "--no-check"}}
 	for name, data := range inputs {
 		for _, lv := range levels {
@@ -210,6 +215,41 @@ func zstdCompressedFrame(content ...byte) []byte {
 	h := uint32(len(content))<<3 | 2<<1 | 1
 	f = append(f, 0x00, 0x00, byte(h), byte(h>>8), byte(h>>16))
 	return append(f, content...)
+}
+
+// TestZstdTableModes decodes a hand-made frame whose first block codes
+// its sequence tables in RLE mode and whose second block repeats them and
+// has RLE literals; the reference decoder must agree.
+func TestZstdTableModes(t *testing.T) {
+	f := binary.LittleEndian.AppendUint32(nil, zstdMagic)
+	f = append(f, 0x00, 0x00) // no content size, 1 KiB window
+	block := func(last bool, content ...byte) {
+		h := uint32(len(content))<<3 | 2<<1
+		if last {
+			h |= 1
+		}
+		f = append(f, byte(h), byte(h>>8), byte(h>>16))
+		f = append(f, content...)
+	}
+	// Raw literals "abc"; one sequence; all three tables RLE (literal
+	// length code 3, offset code 2, match length code 3 = 6 bytes); the
+	// bit stream holds the 2 extra offset bits "10": offset value 6,
+	// offset 3.
+	block(false, 0x18, 'a', 'b', 'c', 0x01, 0x54, 3, 2, 3, 0x06)
+	// RLE literals "zzz"; one sequence repeating all three tables; extra
+	// offset bits "00": offset value 4, offset 1.
+	block(true, 0x19, 'z', 0x01, 0xfc, 0x04)
+	const want = "abcabcabczzzzzzzzz"
+	got, err := zstdDecodeAll(f)
+	if err != nil || string(got) != want {
+		t.Fatalf("got %q, %v; want %q", got, err, want)
+	}
+	cmd := exec.Command(needTool(t, "zstd"), "-dc")
+	cmd.Stdin = bytes.NewReader(f)
+	ref, err := cmd.Output()
+	if err != nil || string(ref) != want {
+		t.Fatalf("zstd -dc says %q, %v", ref, err)
+	}
 }
 
 func TestZstdHeaderChecks(t *testing.T) {
