@@ -77,7 +77,6 @@ const (
 	pgpSigDirectKey       = 0x1f
 	pgpSigKeyRevocation   = 0x20
 	pgpSigSubkeyRevoke    = 0x28
-	pgpSigCertRevocation  = 0x30
 	pgpKeyFlagSign        = 0x02
 	pgpMaxKeyringSize     = 64 << 20
 	pgpMaxSignatureSize   = 1 << 20

@@ -59,8 +59,8 @@ type zstdReader struct {
 	lit  []byte // decoded literals of the current block
 	in   []byte // the current compressed block
 	seqs []zstdSeq
-	// touched keeps the bytes read ahead of use live, so the compiler
-	// keeps the reads.
+	// touched sums the match-source bytes read to warm the cache, so the
+	// compiler keeps those reads.
 	touched byte
 	fse     [1 << zstdMaxLLLog]zstdFSEEntry
 	norm    [zstdMaxMLCode + 1]int16
