@@ -77,7 +77,6 @@ const (
 	pgpSigDirectKey       = 0x1f
 	pgpSigKeyRevocation   = 0x20
 	pgpSigSubkeyRevoke    = 0x28
-	pgpSigCertRevocation  = 0x30
 	pgpKeyFlagSign        = 0x02
 	pgpMaxKeyringSize     = 64 << 20
 	pgpMaxSignatureSize   = 1 << 20
@@ -680,6 +679,14 @@ func (k *pgpPublicKey) verifyKeySig(s *pgpSignature, keys []*pgpPublicKey, uid [
 
 // ---- keyring ----
 
+// pgpKeyring is a set of trusted public keys.
+//
+// Its verify methods take the time now: key and signature expiry are
+// judged at now, not at the clock, so the bootstrap can pass the Date of an
+// archive snapshot and get the same answer when it re-verifies an old
+// snapshot years later. A signature may be dated up to a day after now,
+// because an archive signs its Release file a little after the Date
+// written in it. Revocations for compromise apply whatever the date.
 type pgpKeyring struct {
 	entities []*pgpEntity
 	// notes lists the keys skipped while reading (unsupported versions,
@@ -1112,13 +1119,6 @@ func (d *pgpDataSig) check(now time.Time) error {
 	}
 	return d.entry.allowed(d.sub, s, now)
 }
-
-// The time now: key and signature expiry are judged at now, not at the
-// clock, so the bootstrap can pass the Date of an archive snapshot and get
-// the same answer when it re-verifies an old snapshot years later. A
-// signature may be dated up to a day after now, because an archive signs
-// its Release file a little after the Date written in it. Revocations for
-// compromise apply whatever the date.
 
 // verifyDetached checks a detached signature (armored or binary, as in
 // Release.gpg) over data, which is streamed once through the hashes.

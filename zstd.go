@@ -22,7 +22,7 @@ const (
 	zstdSkippableBase = 0x184d2a50
 	zstdMaxWindow     = 128 << 20 // largest window accepted (the format allows up to 3.75 TiB)
 	zstdBlockMax      = 128 << 10 // largest block, compressed or not
-	zstdMaxSlide      = 16 << 20  // history is slid down after at most this much new output
+	zstdMaxSlide      = 32 << 20  // history is slid down after at most this much new output
 	zstdCopySlack     = 32        // room past a block's end for copies that overshoot
 )
 
@@ -57,8 +57,13 @@ type zstdReader struct {
 	rep                 [3]int
 
 	lit  []byte // decoded literals of the current block
-	fse  [1 << zstdMaxLLLog]zstdFSEEntry
-	norm [zstdMaxMLCode + 1]int16
+	in   []byte // the current compressed block
+	seqs []zstdSeq
+	// touched sums the match-source bytes read to warm the cache, so the
+	// compiler keeps those reads.
+	touched byte
+	fse     [1 << zstdMaxLLLog]zstdFSEEntry
+	norm    [zstdMaxMLCode + 1]int16
 }
 
 // newZstdReader returns a reader of the data compressed in r, which holds
@@ -66,8 +71,8 @@ type zstdReader struct {
 // fails at once when r does not start with a frame.
 func newZstdReader(r io.Reader) (io.Reader, error) {
 	br, ok := r.(*bufio.Reader)
-	if !ok || br.Size() < zstdBlockMax+8 {
-		br = bufio.NewReaderSize(r, 1<<18)
+	if !ok {
+		br = bufio.NewReaderSize(r, 32<<10)
 	}
 	head, err := br.Peek(4)
 	if err != nil {
@@ -82,7 +87,7 @@ func newZstdReader(r io.Reader) (io.Reader, error) {
 	if m := binary.LittleEndian.Uint32(head); m != zstdMagic && m&zstdSkippableMask != zstdSkippableBase {
 		return nil, fmt.Errorf("zstd: input is not Zstandard data (magic %#08x)", m)
 	}
-	return &zstdReader{r: br, lit: make([]byte, 0, zstdBlockMax+zstdCopySlack)}, nil
+	return &zstdReader{r: br}, nil
 }
 
 func (z *zstdReader) Read(p []byte) (int, error) {
@@ -107,7 +112,21 @@ func (z *zstdReader) errorf(format string, a ...any) error {
 	return fmt.Errorf("zstd: at input offset %d: "+format, append([]any{z.inOff}, a...)...)
 }
 
-// read returns the next n input bytes, valid until the next read.
+// readFull fills dst from the input.
+func (z *zstdReader) readFull(dst []byte, what string) error {
+	n, err := io.ReadFull(z.r, dst)
+	z.inOff += int64(n)
+	if err == io.EOF || err == io.ErrUnexpectedEOF {
+		return z.errorf("input ends inside %s (%w)", what, io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return z.errorf("reading %s: %w", what, err)
+	}
+	return nil
+}
+
+// read returns the next n (at most a few dozen) input bytes, valid until
+// the next read.
 func (z *zstdReader) read(n int, what string) ([]byte, error) {
 	b, err := z.r.Peek(n)
 	if err != nil {
@@ -132,40 +151,43 @@ func (z *zstdReader) step() error {
 	}
 	hdr := uint32(h[0]) | uint32(h[1])<<8 | uint32(h[2])<<16
 	last, typ, size := hdr&1 != 0, (hdr>>1)&3, int(hdr>>3)
-	z.makeRoom()
+	// A block decodes to at most 128 KiB, and never past the content size
+	// the header declares.
+	outMax := zstdBlockMax
+	if z.contentSize >= 0 {
+		outMax = int(min(int64(outMax), z.contentSize-z.frameOut))
+	}
+	if typ < 2 && size > min(z.blockMax, outMax) {
+		return z.errorf("block of %d bytes exceeds the maximum block size %d or the declared content size", size, min(z.blockMax, outMax))
+	}
+	z.makeRoom(outMax)
 	start := z.wpos
 	switch typ {
 	case 0: // raw
-		if size > z.blockMax {
-			return z.errorf("raw block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
-		}
-		b, err := z.read(size, "a raw block")
-		if err != nil {
+		if err := z.readFull(z.buf[z.wpos:z.wpos+size], "a raw block"); err != nil {
 			return err
 		}
-		z.wpos += copy(z.buf[z.wpos:], b)
+		z.wpos += size
 	case 1: // RLE
-		if size > z.blockMax {
-			return z.errorf("RLE block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
-		}
 		b, err := z.read(1, "an RLE block")
 		if err != nil {
 			return err
 		}
-		out := z.buf[z.wpos : z.wpos+size]
-		for i := range out {
-			out[i] = b[0]
-		}
+		zstdFill(z.buf[z.wpos:z.wpos+size], b[0])
 		z.wpos += size
 	case 2:
 		if size > z.blockMax {
 			return z.errorf("compressed block of %d bytes exceeds the maximum block size %d", size, z.blockMax)
 		}
-		b, err := z.read(size, "a compressed block")
-		if err != nil {
+		// The slack lets literal copies read 16 bytes at a time.
+		if cap(z.in) < size+zstdCopySlack {
+			z.in = make([]byte, size, max(size+zstdCopySlack, 2*cap(z.in)))
+		}
+		z.in = z.in[:size]
+		if err := z.readFull(z.in, "a compressed block"); err != nil {
 			return err
 		}
-		if err := z.decodeBlock(b); err != nil {
+		if err := z.decodeBlock(z.in, outMax); err != nil {
 			return z.errorf("compressed block ending here: %v", err)
 		}
 	default:
@@ -173,9 +195,6 @@ func (z *zstdReader) step() error {
 	}
 	out := z.buf[start:z.wpos]
 	z.frameOut += int64(len(out))
-	if z.contentSize >= 0 && z.frameOut > z.contentSize {
-		return z.errorf("frame output exceeds the content size %d its header declares", z.contentSize)
-	}
 	if z.checksum {
 		z.xxh.write(out)
 	}
@@ -285,10 +304,11 @@ func (z *zstdReader) startFrame() error {
 
 	// The history starts empty: a frame cannot refer to an earlier one.
 	z.rpos, z.wpos = 0, 0
-	slack := min(max(z.window, 1<<20), zstdMaxSlide)
+	// Sliding the window down copies it: the more slack, the rarer.
+	slack := min(max(2*z.window, 1<<20), zstdMaxSlide)
 	z.bufTarget = z.window + slack + zstdBlockMax + zstdCopySlack
 	if z.contentSize >= 0 && z.contentSize < int64(z.window) {
-		z.bufTarget = int(z.contentSize) + zstdBlockMax + zstdCopySlack
+		z.bufTarget = int(z.contentSize) + zstdCopySlack
 	}
 	return nil
 }
@@ -310,16 +330,16 @@ func (z *zstdReader) endFrame() error {
 	return nil
 }
 
-// makeRoom ensures a whole block (and copy slack) fits after wpos, growing
-// the buffer up to its target size, then sliding the window down. It is
-// called only once every decoded byte has been read.
-func (z *zstdReader) makeRoom() {
-	need := z.wpos + zstdBlockMax + zstdCopySlack
+// makeRoom ensures n bytes (and copy slack) fit after wpos, growing the
+// buffer up to its target size, then sliding the window down. It is called
+// only once every decoded byte has been read.
+func (z *zstdReader) makeRoom(n int) {
+	need := z.wpos + n + zstdCopySlack
 	if need <= len(z.buf) {
 		return
 	}
 	if len(z.buf) < z.bufTarget {
-		size := min(max(2*len(z.buf), need, 256<<10), max(z.bufTarget, need))
+		size := min(max(4*len(z.buf), need, 4<<10), max(z.bufTarget, need))
 		nb := make([]byte, size)
 		copy(nb, z.buf[:z.wpos])
 		z.buf = nb
@@ -386,9 +406,11 @@ func (b *zstdBits) fillSlow() {
 	b.value = binary.LittleEndian.Uint64(b.in)
 }
 
-// get reads n bits (n <= 57 after a fill).
+// get reads n bits (n <= 57 after a fill). Shift counts are masked so the
+// compiler emits plain shifts; once a stream is overrun (used >= 64) the
+// bits read are garbage, and left() reports the overrun.
 func (b *zstdBits) get(n uint8) uint32 {
-	v := b.value << b.used >> 1 >> (63 - n)
+	v := b.value << (b.used & 63) >> 1 >> ((63 - n) & 63)
 	b.used += uint(n)
 	return uint32(v)
 }
@@ -689,7 +711,7 @@ func zstdHuffWeightsFSE(in []byte, w *[256]uint8) (int, error) {
 
 // decodeLiterals decodes the literals section at the start of a block and
 // returns the literals and the bytes used.
-func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
+func (z *zstdReader) decodeLiterals(in []byte, outMax int) ([]byte, int, error) {
 	if len(in) < 1 {
 		return nil, 0, errors.New("empty block")
 	}
@@ -711,7 +733,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 			}
 			size, hl = int(b0>>4)|int(in[1])<<4|int(in[2])<<12, 3
 		}
-		if size > zstdBlockMax {
+		if size > outMax {
 			return nil, 0, fmt.Errorf("%d literals exceed the block size", size)
 		}
 		if typ == 0 {
@@ -723,10 +745,8 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 		if hl+1 > len(in) {
 			return nil, 0, errors.New("truncated RLE literals")
 		}
-		lit := z.lit[:size]
-		for i := range lit {
-			lit[i] = in[hl]
-		}
+		lit := z.litBuf(size)
+		zstdFill(lit, in[hl])
 		return lit, hl + 1, nil
 	}
 	var regen, comp, hl int
@@ -754,7 +774,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 		h := uint64(binary.LittleEndian.Uint32(in)) | uint64(in[4])<<32
 		regen, comp, hl = int(h>>4&0x3ffff), int(h>>22&0x3ffff), 5
 	}
-	if regen > zstdBlockMax {
+	if regen > outMax {
 		return nil, 0, fmt.Errorf("%d literals exceed the block size", regen)
 	}
 	if hl+comp > len(in) {
@@ -770,7 +790,7 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 	} else if z.huf.maxBits == 0 {
 		return nil, 0, errors.New("treeless literals with no earlier Huffman tree in the frame")
 	}
-	lit := z.lit[:regen]
+	lit := z.litBuf(regen)
 	if streams == 1 {
 		return lit, hl + comp, zstdHuffStream(lit, data, &z.huf)
 	}
@@ -785,13 +805,18 @@ func (z *zstdReader) decodeLiterals(in []byte) ([]byte, int, error) {
 	if s1+s2+s3 > len(data) || 3*seg > regen {
 		return nil, 0, errors.New("corrupt literals jump table")
 	}
-	for i, s := range [4][]byte{data[:s1], data[s1 : s1+s2], data[s1+s2 : s1+s2+s3], data[s1+s2+s3:]} {
-		end := min((i+1)*seg, regen)
-		if err := zstdHuffStream(lit[i*seg:end], s, &z.huf); err != nil {
-			return nil, 0, fmt.Errorf("literals stream %d: %w", i+1, err)
-		}
+	if err := zstdHuffStreams(lit, [4][]byte{data[:s1], data[s1 : s1+s2], data[s1+s2 : s1+s2+s3], data[s1+s2+s3:]}, &z.huf); err != nil {
+		return nil, 0, err
 	}
 	return lit, hl + comp, nil
+}
+
+// litBuf returns the literals buffer, n bytes long.
+func (z *zstdReader) litBuf(n int) []byte {
+	if cap(z.lit) < n+zstdCopySlack {
+		z.lit = make([]byte, n, max(n+zstdCopySlack, 2*cap(z.lit)))
+	}
+	return z.lit[:n]
 }
 
 // zstdHuffStream decodes one Huffman-coded stream that must fill dst
@@ -801,32 +826,67 @@ func zstdHuffStream(dst, src []byte, h *zstdHuffTable) error {
 	if err := br.init(src); err != nil {
 		return err
 	}
-	dt := &h.dt
-	shift := 64 - uint(h.maxBits)
+	shift := (64 - uint(h.maxBits)) & 63
 	i := 0
 	for ; i+4 <= len(dst); i += 4 {
 		br.fill()
-		v, u := br.value, br.used
-		e := dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+1] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+2] = uint8(e)
-		u += uint(e >> 8)
-		e = dt[v<<u>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i+3] = uint8(e)
-		br.used = u + uint(e>>8)
+		br.huff4(dst[i:i+4], &h.dt, shift)
 	}
-	for ; i < len(dst); i++ {
-		br.fill()
-		e := dt[br.value<<br.used>>shift&(1<<zstdHufMaxBits-1)]
-		dst[i] = uint8(e)
-		br.used += uint(e >> 8)
+	return br.huffTail(dst[i:], &h.dt, shift)
+}
+
+// zstdHuffStreams decodes four streams into the four quarters of dst,
+// taking turns so that the CPU works on the four at once.
+func zstdHuffStreams(dst []byte, src [4][]byte, h *zstdHuffTable) error {
+	var br [4]zstdBits
+	for i := range br {
+		if err := br[i].init(src[i]); err != nil {
+			return fmt.Errorf("literals stream %d: %w", i+1, err)
+		}
 	}
-	if br.left() != 0 {
+	seg := (len(dst) + 3) / 4
+	d := [4][]byte{dst[:seg], dst[seg : 2*seg], dst[2*seg : 3*seg], dst[3*seg:]}
+	shift := (64 - uint(h.maxBits)) & 63
+	i := 0
+	for ; i+4 <= len(d[3]); i += 4 { // the last stream is the shortest
+		for s := range br {
+			br[s].fill()
+			br[s].huff4(d[s][i:i+4], &h.dt, shift)
+		}
+	}
+	for s := range br {
+		if err := br[s].huffTail(d[s][i:], &h.dt, shift); err != nil {
+			return fmt.Errorf("literals stream %d: %w", s+1, err)
+		}
+	}
+	return nil
+}
+
+// huff4 decodes 4 symbols; after a fill there are bits enough for them.
+func (b *zstdBits) huff4(dst []byte, dt *[1 << zstdHufMaxBits]uint16, shift uint) {
+	v, u := b.value, b.used
+	e := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e >> 8)
+	e1 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e1 >> 8)
+	e2 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	u += uint(e2 >> 8)
+	e3 := dt[v<<(u&63)>>shift&(1<<zstdHufMaxBits-1)]
+	b.used = u + uint(e3>>8)
+	_ = dst[3]
+	dst[0], dst[1], dst[2], dst[3] = uint8(e), uint8(e1), uint8(e2), uint8(e3)
+}
+
+// huffTail decodes the last symbols of a stream one at a time and checks
+// that the stream ends exactly there.
+func (b *zstdBits) huffTail(dst []byte, dt *[1 << zstdHufMaxBits]uint16, shift uint) error {
+	for i := range dst {
+		b.fill()
+		e := dt[b.value<<(b.used&63)>>shift&(1<<zstdHufMaxBits-1)]
+		dst[i] = uint8(e)
+		b.used += uint(e >> 8)
+	}
+	if b.left() != 0 {
 		return errors.New("Huffman stream size does not match its content")
 	}
 	return nil
@@ -951,8 +1011,8 @@ func (z *zstdReader) table(k *zstdSeqKind, mode byte, in []byte, prev zstdSeqSta
 }
 
 // decodeBlock decodes a compressed block into buf at wpos.
-func (z *zstdReader) decodeBlock(in []byte) error {
-	lits, n, err := z.decodeLiterals(in)
+func (z *zstdReader) decodeBlock(in []byte, outMax int) error {
+	lits, n, err := z.decodeLiterals(in, outMax)
 	if err != nil {
 		return err
 	}
@@ -965,9 +1025,6 @@ func (z *zstdReader) decodeBlock(in []byte) error {
 	case nSeq == 0:
 		if len(in) != 1 {
 			return errors.New("data after an empty sequences section")
-		}
-		if len(lits) > zstdBlockMax {
-			return errors.New("block output exceeds 128 KiB")
 		}
 		z.wpos += copy(z.buf[z.wpos:], lits)
 		return nil
@@ -1011,12 +1068,20 @@ func (z *zstdReader) decodeBlock(in []byte) error {
 	}
 	in = in[n:]
 	z.ll, z.of, z.ml = ll, of, ml
-	return z.execSequences(in, nSeq, lits)
+	return z.execSequences(in, nSeq, lits, outMax)
 }
 
-// execSequences decodes the sequences bit stream and executes each
-// sequence as it comes: copy literals, then copy a match from history.
-func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
+// zstdSeq is one decoded sequence: ll literals, then ml bytes copied from
+// buf[src:], src being an absolute position in the history buffer.
+type zstdSeq struct {
+	ll, ml, src uint32
+}
+
+// execSequences decodes the sequences bit stream, then executes the
+// sequences: copy literals, then copy a match from history. Decoding them
+// all first lets the sources of far matches be brought into the cache
+// together rather than one miss at a time.
+func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte, outMax int) error {
 	var br zstdBits
 	if err := br.init(in); err != nil {
 		return fmt.Errorf("sequences: %w", err)
@@ -1026,21 +1091,26 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
 	llS := br.get(z.ll.log)
 	ofS := br.get(z.of.log)
 	mlS := br.get(z.ml.log)
-	buf := z.buf
-	wpos := z.wpos
-	end := wpos + zstdBlockMax // a block decodes to at most 128 KiB; makeRoom made room
-	if end > len(buf)-zstdCopySlack {
+	start := z.wpos
+	end := start + outMax // makeRoom made room for this much
+	if end > len(z.buf)-zstdCopySlack {
 		return errors.New("internal error: no room for the block")
 	}
 	rep0, rep1, rep2 := z.rep[0], z.rep[1], z.rep[2]
 	window := z.window
-	litPos := 0
+	pos, litLeft := start, len(lits)
+	seqs := z.seqs[:0]
 	for i := nSeq; i > 0; i-- {
 		llE, ofE, mlE := llT[llS&(1<<zstdMaxLLLog-1)], ofT[ofS&(1<<zstdMaxLLLog-1)], mlT[mlS&(1<<zstdMaxLLLog-1)]
+		// A fill leaves at least 57 bits: enough for the extra bits and
+		// the state updates (at most 26 bits) unless the extra bits are
+		// unusually many.
 		br.fill()
 		ofv := int(ofE.base) + int(br.get(ofE.extra))
 		ml := int(mlE.base) + int(br.get(mlE.extra))
-		br.fill()
+		if ofE.extra+mlE.extra+llE.extra > 31 {
+			br.fill()
+		}
 		ll := int(llE.base) + int(br.get(llE.extra))
 		if i > 1 { // no state update after the last sequence
 			llS = uint32(llE.state) + br.get(llE.nbBits)
@@ -1072,41 +1142,90 @@ func (z *zstdReader) execSequences(in []byte, nSeq int, lits []byte) error {
 				rep0, rep1, rep2 = off, rep0, rep1
 			}
 		}
-
-		if ll > len(lits)-litPos {
-			return fmt.Errorf("sequence needs %d literals, %d are left", ll, len(lits)-litPos)
+		if ll > litLeft {
+			return fmt.Errorf("sequence needs %d literals, %d are left", ll, litLeft)
 		}
-		if ll+ml > end-wpos {
-			return errors.New("block output exceeds 128 KiB")
+		litLeft -= ll
+		if ll+ml > end-pos {
+			return errors.New("block output exceeds 128 KiB or the declared content size")
 		}
-		copy(buf[wpos:wpos+ll], lits[litPos:litPos+ll])
-		wpos += ll
-		litPos += ll
-		if off > wpos || off > window || off <= 0 {
+		pos += ll
+		if off > pos || off > window || off <= 0 {
 			return fmt.Errorf("match offset %d reaches before the start of the frame or its window", off)
 		}
-		src := wpos - off
-		if off >= ml {
-			copy(buf[wpos:wpos+ml], buf[src:src+ml])
+		seqs = append(seqs, zstdSeq{uint32(ll), uint32(ml), uint32(pos - off)})
+		pos += ml
+	}
+	if br.left() != 0 {
+		return errors.New("sequences bit stream size does not match its content")
+	}
+	if litLeft > end-pos {
+		return errors.New("block output exceeds 128 KiB or the declared content size")
+	}
+	z.seqs = seqs
+	z.rep = [3]int{rep0, rep1, rep2}
+
+	buf := z.buf[:end+zstdCopySlack]
+	litsAll := lits[:cap(lits)] // readable past the end, for overshooting copies
+	// Read the first byte of every match source: a loop this small keeps
+	// many cache misses in flight, and the copies below then hit the cache.
+	var touched byte
+	for _, sq := range seqs {
+		touched += buf[sq.src]
+	}
+	z.touched = touched
+	wpos, litPos := start, 0
+	for _, sq := range seqs {
+		ll, ml, src := int(sq.ll), int(sq.ml), int(sq.src)
+		// Short copies move 16 bytes at a time and may overshoot: the
+		// literals and buf have slack past their ends for that.
+		if ll <= 16 && litPos+16 <= len(litsAll) {
+			zstdCopy16(buf[wpos:], litsAll[litPos:])
 		} else {
-			// Overlapping match: the pattern repeats; each copy doubles
-			// the length available as a source.
+			copy(buf[wpos:wpos+ll], litsAll[litPos:litPos+ll])
+		}
+		wpos += ll
+		litPos += ll
+		off := wpos - src
+		switch {
+		case ml <= 32 && off >= 16:
+			zstdCopy16(buf[wpos:], buf[src:])
+			zstdCopy16(buf[wpos+16:], buf[src+16:])
+		case ml <= 32 && off >= 8:
+			for n := 0; n < ml; n += 8 {
+				binary.LittleEndian.PutUint64(buf[wpos+n:], binary.LittleEndian.Uint64(buf[src+n:]))
+			}
+		case off >= ml:
+			copy(buf[wpos:wpos+ml], buf[src:src+ml])
+		default:
+			// The pattern repeats every off bytes; each copy doubles the
+			// length available as a source.
 			for n := 0; n < ml; {
 				n += copy(buf[wpos+n:wpos+ml], buf[src:wpos+n])
 			}
 		}
 		wpos += ml
 	}
-	if br.left() != 0 {
-		return errors.New("sequences bit stream size does not match its content")
-	}
-	rest := len(lits) - litPos
-	if rest > end-wpos {
-		return errors.New("block output exceeds 128 KiB")
-	}
 	z.wpos = wpos + copy(buf[wpos:], lits[litPos:])
-	z.rep = [3]int{rep0, rep1, rep2}
 	return nil
+}
+
+// zstdFill sets every byte of b to c, doubling the filled part each copy.
+func zstdFill(b []byte, c byte) {
+	if len(b) == 0 {
+		return
+	}
+	b[0] = c
+	for n := 1; n < len(b); n *= 2 {
+		copy(b[n:], b[:n])
+	}
+}
+
+func zstdCopy16(dst, src []byte) {
+	d, s := dst[:16], src[:16]
+	a, b := binary.LittleEndian.Uint64(s), binary.LittleEndian.Uint64(s[8:])
+	binary.LittleEndian.PutUint64(d, a)
+	binary.LittleEndian.PutUint64(d[8:], b)
 }
 
 // ---- XXH64, the content checksum ----
