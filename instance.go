@@ -482,6 +482,21 @@ func (d instanceDir) running() (int, bool) {
 
 // waitGone waits up to timeout for the instance's init to exit.
 func (d instanceDir) waitGone(timeout time.Duration) {
+	pid, ok := d.running()
+	if !ok {
+		return
+	}
+	// A pidfd becomes readable when the process exits: no polling loop.
+	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
+		defer unix.Close(fd)
+		// The pidfd may name a newer process if the pid was reused
+		// before we opened it; the marker check below settles that.
+		if _, ok := d.running(); !ok {
+			return
+		}
+		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(timeout.Milliseconds()))
+		return
+	}
 	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 		if _, ok := d.running(); !ok {
 			return

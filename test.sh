@@ -53,6 +53,11 @@ if [ -n "$unformatted" ]; then
 	exit 1
 fi
 go vet .
+# Reproducible: two builds give the same bytes.
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$cache/karapace.a" .
+CGO_ENABLED=0 go build -trimpath -ldflags='-s -w' -o "$cache/karapace.b" .
+cmp "$cache/karapace.a" "$cache/karapace.b"
+rm -f "$cache/karapace.a" "$cache/karapace.b"
 go test -race -count=1 -timeout 45m ./...
 
 # Rootless: the same tests, as the ordinary user, from a copy it can read.
