@@ -93,12 +93,17 @@ type buildResult struct {
 	DependencyLayers []string `json:"dependency_layers"`
 	Packages         int      `json:"packages"`
 	ImageDigest      string   `json:"image_digest"`
+	// Where the time went, for anyone measuring karapace's own overhead.
+	Seconds               float64 `json:"seconds"`
+	ImportSeconds         float64 `json:"import_seconds"`
+	PackageManagerSeconds float64 `json:"package_manager_seconds"`
 }
 
 // build is parse → normalize → resolve → lock → build. With a lock that
 // matches the manifest it builds exactly what the lock says; --locked
 // insists on that. The store is locked throughout.
 func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error) {
+	start := time.Now()
 	m, err := loadManifest(manifestPath)
 	if err != nil {
 		return nil, err
@@ -171,14 +176,18 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		return nil, err
 	}
 	res.Manifest, res.Lock = m.Path, lp
+	res.Seconds = time.Since(start).Seconds()
 	return res, nil
 }
 
 func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, images *imageEnv, o buildOptions) (*buildResult, error) {
+	importStart := time.Now()
 	base, digest, err := e.baseLayer(op, src, images)
 	if err != nil {
 		return nil, err
 	}
+	importSeconds := time.Since(importStart).Seconds()
+	var pmSeconds float64
 	var deps []string
 	var pkgs []lockedPackage
 	if len(m.Packages) > 0 {
@@ -186,7 +195,8 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if lock != nil {
 			want = lock.Packages
 		}
-		dep, closure, err := e.dependencyLayer(op, base, m.Packages, want, o.offline, m.Backend == "mock")
+		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o.offline, m.Backend == "mock")
+		pmSeconds = pmTime.Seconds()
 		if err != nil {
 			return nil, err
 		}
@@ -210,7 +220,8 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 			return nil, err
 		}
 	}
-	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs), ImageDigest: "sha256:" + digest}
+	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs),
+		ImageDigest: "sha256:" + digest, ImportSeconds: importSeconds, PackageManagerSeconds: pmSeconds}
 	if res.DependencyLayers == nil {
 		res.DependencyLayers = []string{}
 	}
@@ -281,6 +292,17 @@ func (e *engine) nameFree(name, envID string) error {
 // baseLayer returns the Base layer of an image, importing the image when
 // no layer of its digest is in the store yet, and the image's sha256.
 func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string, string, error) {
+	if src.SHA256 == "" && !strings.Contains(src.Location, "://") {
+		// Hashing a local image is cheap next to unpacking it again.
+		sha, b3, err := fileDigests(src.Location)
+		if err != nil {
+			return "", "", fmt.Errorf("reading image %s: %w", src.Location, err)
+		}
+		if src.BLAKE3 != "" && b3 != src.BLAKE3 {
+			return "", "", fmt.Errorf("image %s has blake3 %s, but %s was expected: refusing it", src.Location, b3, src.BLAKE3)
+		}
+		src.SHA256 = sha
+	}
 	if src.SHA256 != "" {
 		if l, ok := e.indexedBase(src.SHA256); ok {
 			debugf("base layer %s of image sha256:%s from the store", l, src.SHA256)
@@ -427,4 +449,18 @@ func (e *engine) layerTrees(m *envMeta) ([]string, error) {
 		out = append(out, e.treeDir(l))
 	}
 	return out, nil
+}
+
+// fileDigests hashes a file with sha256 and blake3 in one streaming pass.
+func fileDigests(path string) (string, string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", "", err
+	}
+	defer f.Close()
+	r := newImageReader(f, imageSource{Location: path}, 0)
+	if err := r.drain(); err != nil {
+		return "", "", err
+	}
+	return r.sha256, r.blake3, nil
 }

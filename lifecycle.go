@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,32 +27,48 @@ func (e *engine) findEnv(ref string) (*envMeta, error) {
 		}
 		return m, err
 	}
-	metas, errs := e.s.listMeta()
-	for _, m := range metas {
-		if m.Name == ref {
-			return m, nil
+	ids, err := e.s.listDir("metadata")
+	if err != nil {
+		return nil, err
+	}
+	// A name: only files that spell it are read in full and checked.
+	if validEnvName(ref) == nil {
+		needle, _ := json.Marshal(ref)
+		for _, id := range ids {
+			data, err := os.ReadFile(e.s.path("metadata", id))
+			if err != nil || !bytes.Contains(data, needle) {
+				continue
+			}
+			if m, err := e.s.parseMeta(id, data); err == nil && m.Name == ref {
+				return m, nil
+			} else if err != nil {
+				return nil, err
+			}
 		}
 	}
-	var found []*envMeta
+	// A prefix of env_ids: the file names are the env_ids.
+	var found []string
 	if isHexPrefix(ref) {
-		for _, m := range metas {
-			if strings.HasPrefix(m.EnvID, ref) {
-				found = append(found, m)
+		for _, id := range ids {
+			if strings.HasPrefix(id, ref) && validStoreHash(id) {
+				found = append(found, id)
 			}
 		}
 	}
 	switch len(found) {
 	case 1:
-		return found[0], nil
+		return e.s.getMeta(found[0])
 	case 0:
-		if len(errs) > 0 {
-			return nil, storeErrorf("no environment %q found, and some metadata is damaged: %v (run 'karapace verify-store')", ref, errs[0])
-		}
 		return nil, fmt.Errorf("no environment %q: it is neither a name nor a prefix of an env_id in the store (see 'karapace list')", ref)
 	}
+	sort.Strings(found)
 	var lines []string
-	for _, m := range found {
-		lines = append(lines, fmt.Sprintf("  %s %s", m.EnvID, m.Name))
+	for _, id := range found {
+		name := ""
+		if m, err := e.s.getMeta(id); err == nil {
+			name = m.Name
+		}
+		lines = append(lines, strings.TrimSpace("  "+id+" "+name))
 	}
 	return nil, usageErrorf("%q is ambiguous; it could be any of:\n%s", ref, strings.Join(lines, "\n"))
 }
@@ -234,9 +252,13 @@ type envInfo struct {
 }
 
 func (e *engine) info(m *envMeta) envInfo {
-	pid, _ := instanceDir(e.envDir(m.EnvID) + "/run").running()
+	state := m.State
+	pid, running := instanceDir(e.envDir(m.EnvID) + "/run").running()
+	if running {
+		state = stateRunning
+	}
 	return envInfo{
-		EnvID: m.EnvID, ShortID: m.ShortID, Name: m.Name, State: e.state(m), Pid: pid,
+		EnvID: m.EnvID, ShortID: m.ShortID, Name: m.Name, State: state, Pid: pid,
 		BaseLayer: m.BaseLayer, DependencyLayers: m.DependencyLayers, Snapshots: m.Snapshots, UpperLayer: m.UpperLayer,
 		ManifestPath: m.ManifestPath, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, RefCount: m.RefCount,
 	}

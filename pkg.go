@@ -164,38 +164,40 @@ func (e *engine) indexedDep(key string) (string, bool) {
 // of base and the closure that was installed: from the store when the
 // locked closure was built before, else by running the package manager
 // in a build environment and keeping its writable layer.
-func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline, mock bool) (string, []lockedPackage, error) {
+// The duration returned is the package manager's own time.
+func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline, mock bool) (string, []lockedPackage, time.Duration, error) {
 	if mock {
-		return e.mockDependencyLayer(op, base, requested)
+		l, c, err := e.mockDependencyLayer(op, base, requested)
+		return l, c, 0, err
 	}
 	baseTree := e.treeDir(base)
 	pm, err := detectPackageManager([]string{baseTree})
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	if locked != nil {
 		if l, ok := e.indexedDep(depKey(base, pm.name, locked)); ok {
 			debugf("dependency layer %s from the store, no %s run", l, pm.name)
-			return l, locked, nil
+			return l, locked, 0, nil
 		}
 		if offline {
-			return "", nil, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
+			return "", nil, 0, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
 		}
 	} else if offline {
-		return "", nil, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
+		return "", nil, 0, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
 	}
 	cmds, err := pm.installCommands(requested, locked)
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	dir, err := e.stagingDir(op, "build")
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	logPath := filepath.Join(dir, "install.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	defer logFile.Close()
 	id := hashHex([]byte(dir))
@@ -224,42 +226,43 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	}
 	before, err := query()
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	e.infof("installing %s with %s", strings.Join(requested, " "), pm.name)
 	start := time.Now()
 	for _, cmd := range cmds {
 		if err := run(cmd, nil); err != nil {
-			return "", nil, err
+			return "", nil, 0, err
 		}
 	}
-	debugf("%s took %s", pm.name, time.Since(start).Round(time.Millisecond))
+	pmTime := time.Since(start)
+	debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
 	after, err := query()
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	closure := installedClosure(before, after, requested)
 	if locked != nil && !sameClosure(closure, locked) {
-		return "", nil, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
+		return "", nil, 0, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
 	}
 	if err := treeInNS(treeJob{Op: "clean", Dir: filepath.Join(dir, "upper"), Paths: pm.junk}, nil, nil); err != nil {
-		return "", nil, fmt.Errorf("removing package caches: %w", err)
+		return "", nil, 0, fmt.Errorf("removing package caches: %w", err)
 	}
 	layer, err := e.storeTree(op, filepath.Join(dir, "upper"), layerDependency, base)
 	if err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	if err := os.MkdirAll(filepath.Dir(e.depIndex("x")), 0o700); err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	if err := writeFileAtomic(e.depIndex(depKey(base, pm.name, closure)), []byte(layer+"\n"), 0o600); err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
 	logFile.Close()
 	if err := e.s.removeTree(dir); err != nil {
-		return "", nil, err
+		return "", nil, 0, err
 	}
-	return layer, closure, nil
+	return layer, closure, pmTime, nil
 }
 
 // installedClosure is what the install added or changed, plus every
