@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -299,10 +298,18 @@ type objectWriter struct {
 	s    *store
 	f    *os.File
 	h    *blake3.Hasher
-	bw   *bufio.Writer
 	n    int64
 	err  error
 	hash string
+
+	// Writing is a pipeline of two buffers: while the producer (a packer,
+	// a download) fills one, a goroutine hashes and writes the other, so
+	// hashing costs no time of its own on a second core.
+	cur  []byte
+	work chan []byte // full buffers to hash and write
+	free chan []byte // buffers handed back
+	done chan error  // the writer goroutine's result, once work is closed
+	werr atomic.Pointer[error] // the writer's first error, seen early by Write
 }
 
 func (s *store) newObjectWriter() (*objectWriter, error) {
@@ -310,40 +317,100 @@ func (s *store) newObjectWriter() (*objectWriter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("writing object: %w", err)
 	}
-	w := &objectWriter{s: s, f: f, h: blake3.New(32, nil)}
-	w.bw = bufio.NewWriterSize(objectHashingFile{w}, storeBufSize)
+	w := &objectWriter{s: s, f: f, h: blake3.New(32, nil),
+		cur: make([]byte, 0, storeBufSize), work: make(chan []byte, 1), free: make(chan []byte, 1), done: make(chan error, 1)}
+	w.free <- make([]byte, 0, storeBufSize)
+	go w.writer()
 	return w, nil
 }
 
-type objectHashingFile struct{ w *objectWriter }
+// writer hashes and writes the buffers it is given, until work closes.
+func (w *objectWriter) writer() {
+	var err error
+	for b := range w.work {
+		if err == nil {
+			w.h.Write(b)
+			if _, err = w.f.Write(b); err != nil {
+				w.werr.Store(&err)
+			}
+		}
+		w.free <- b[:0]
+	}
+	w.done <- err
+}
 
-func (hf objectHashingFile) Write(p []byte) (int, error) {
-	hf.w.h.Write(p)
-	n, err := hf.w.f.Write(p)
-	hf.w.n += int64(n)
-	return n, err
+// ship hands the current buffer to the writer and takes a free one.
+func (w *objectWriter) ship() {
+	w.n += int64(len(w.cur))
+	w.work <- w.cur
+	w.cur = <-w.free
+	if e := w.werr.Load(); e != nil && w.err == nil {
+		w.err = *e // stop the producer: the disk is full, say
+	}
 }
 
 func (w *objectWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	n, err := w.bw.Write(p)
-	w.err = err
-	return n, err
+	total := len(p)
+	for len(p) > 0 {
+		k := copy(w.cur[len(w.cur):cap(w.cur)], p)
+		w.cur = w.cur[:len(w.cur)+k]
+		p = p[k:]
+		if len(w.cur) == cap(w.cur) {
+			if w.ship(); w.err != nil {
+				return total - len(p), w.err
+			}
+		}
+	}
+	return total, nil
 }
 
 func (w *objectWriter) ReadFrom(r io.Reader) (int64, error) {
 	if w.err != nil {
 		return 0, w.err
 	}
-	n, err := w.bw.ReadFrom(r)
-	w.err = err
-	return n, err
+	var total int64
+	for {
+		n, err := r.Read(w.cur[len(w.cur):cap(w.cur)])
+		w.cur = w.cur[:len(w.cur)+n]
+		total += int64(n)
+		if len(w.cur) == cap(w.cur) {
+			if w.ship(); w.err != nil {
+				return total, w.err
+			}
+		}
+		if err == io.EOF {
+			return total, nil
+		}
+		if err != nil {
+			w.err = err
+			return total, err
+		}
+	}
+}
+
+// finish flushes the last buffer and waits for the writer.
+func (w *objectWriter) finish() error {
+	if w.work == nil {
+		return w.err
+	}
+	if len(w.cur) > 0 {
+		w.ship()
+	}
+	close(w.work)
+	err := <-w.done
+	w.work = nil
+	if w.err == nil {
+		w.err = err
+	}
+	return w.err
 }
 
 // abort drops the temp file; harmless after commit.
 func (w *objectWriter) abort() {
+	w.finish()
 	if w.f != nil {
 		w.f.Close()
 		os.Remove(w.f.Name())
@@ -356,11 +423,7 @@ func (w *objectWriter) sum() (string, error) {
 	if w.hash != "" {
 		return w.hash, nil
 	}
-	if w.err != nil {
-		return "", fmt.Errorf("writing object: %w", w.err)
-	}
-	if err := w.bw.Flush(); err != nil {
-		w.err = err
+	if err := w.finish(); err != nil {
 		return "", fmt.Errorf("writing object: %w", err)
 	}
 	w.hash = hex.EncodeToString(w.h.Sum(nil))
