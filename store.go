@@ -306,9 +306,9 @@ type objectWriter struct {
 	// a download) fills one, a goroutine hashes and writes the other, so
 	// hashing costs no time of its own on a second core.
 	cur  []byte
-	work chan []byte // full buffers to hash and write
-	free chan []byte // buffers handed back
-	done chan error  // the writer goroutine's result, once work is closed
+	work chan []byte           // full buffers to hash and write
+	free chan []byte           // buffers handed back
+	done chan error            // the writer goroutine's result, once work is closed
 	werr atomic.Pointer[error] // the writer's first error, seen early by Write
 }
 
