@@ -66,9 +66,9 @@ rm -rf "$work"
 mkdir -p "$work/src"
 git ls-files -z | xargs -0 cp --parents -t "$work/src"
 cp -r "$TOML_TEST_DIR" "$work/toml-tests"
+cd "$work/src"
 go test -race -c -o "$work/karapace.test" .
 chown -R "$test_user:" "$work"
-cd "$work/src"
 runuser -u "$test_user" -- env -i PATH="$PATH" HOME="/home/$test_user" \
 	KARAPACE_TEST_STRICT=1 KARAPACE_TEST_ROOTLESS=1 KARAPACE_TEST_ROOTFS_TAR="$rootfs" TOML_TEST_DIR="$work/toml-tests" \
 	"$work/karapace.test" -test.count=1 -test.timeout 45m
