@@ -27,6 +27,8 @@ type runSpec struct {
 	Isolated    bool
 	CPUShares   int64
 	MemoryMB    int64
+	Direct      bool        // Lower[0] is the root itself, written in place (archive bootstrap)
+	Binds       []bindMount // more binds, already checked (the bootstrap's package cache)
 }
 
 // execSpec is one command to run in an environment.
@@ -129,10 +131,13 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 		Hostname: "karapace-" + r.ShortID,
 		Isolated: r.Isolated,
 	}
-	if r.ReadOnly {
+	switch {
+	case r.Direct:
+		cfg.Direct = true
+	case r.ReadOnly:
 		// A frozen environment's writable layer becomes one more lower layer.
 		cfg.Lower = append([]string{filepath.Join(r.Dir, "upper")}, r.Lower...)
-	} else {
+	default:
 		cfg.Upper, cfg.Work = filepath.Join(r.Dir, "upper"), filepath.Join(r.Dir, "work")
 	}
 	if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
@@ -146,6 +151,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 		}
 		cfg.Binds = append(cfg.Binds, bm)
 	}
+	cfg.Binds = append(cfg.Binds, r.Binds...)
 	cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
 	if !r.Isolated {
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
@@ -168,7 +174,9 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 	if r.Isolated {
 		flags |= unix.CLONE_NEWNET
 	}
-	cfg.User = hostUserName()
+	if !r.Direct {
+		cfg.User = hostUserName()
+	}
 	return cfg, mapping, flags, nil
 }
 

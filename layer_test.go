@@ -230,7 +230,7 @@ func TestPackDeterministic(t *testing.T) {
 }
 
 func TestPackSkipsDevicesAndSockets(t *testing.T) {
-	need(t, isRoot(), "root (mknod)")
+	needRoot(t, "mknod")
 	d := t.TempDir()
 	unix.Mknod(filepath.Join(d, "null"), unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3)))
 	unix.Mknod(filepath.Join(d, "sda"), unix.S_IFBLK|0o660, int(unix.Mkdev(8, 0)))
@@ -309,7 +309,7 @@ func diffStreams(t *testing.T, a, b []byte) {
 }
 
 func TestPackOverlayMarkers(t *testing.T) {
-	need(t, isRoot(), "root (whiteout char devices, trusted xattrs)")
+	needRoot(t, "whiteout char devices, trusted xattrs")
 	upper := t.TempDir()
 	writeFile(t, upper, "keep", "k")
 	unix.Mknod(filepath.Join(upper, "gone"), unix.S_IFCHR, 0)
@@ -377,7 +377,7 @@ func TestPackOverlayMarkers(t *testing.T) {
 // through a real overlay mount is packed as a whiteout, and an upper dir
 // unpacked in overlay mode hides the lower file again.
 func TestOverlayRealWhiteouts(t *testing.T) {
-	need(t, isRoot(), "root (mount overlay)")
+	needRoot(t, "mount overlay")
 	base := t.TempDir()
 	lower, upper, work, merged := filepath.Join(base, "lower"), filepath.Join(base, "upper"), filepath.Join(base, "work"), filepath.Join(base, "merged")
 	for _, d := range []string{lower, upper, work, merged} {

@@ -33,6 +33,7 @@ type initConfig struct {
 	Socket      string      // control socket to listen on
 	FuseOverlay string      // fuse-overlayfs to fall back on, if found
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
+	Direct      bool        // the root is Lower[0] itself, writable, no overlay (bootstrap)
 	User        string      // the host user's name, made known inside as root's alias
 	Cgroups     int         // cgroup.procs files at fds 5, 6...: every command goes in
 }
@@ -88,7 +89,9 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 			cfg.Lower = append([]string{layer}, cfg.Lower...)
 		}
 	}
-	if layer, err := writeMountpointLayer(filepath.Join(filepath.Dir(cfg.Socket), "mountpoints"), cfg); err != nil {
+	if cfg.Direct {
+		// The root is written directly: no layer to add anything to.
+	} else if layer, err := writeMountpointLayer(filepath.Join(filepath.Dir(cfg.Socket), "mountpoints"), cfg); err != nil {
 		return -1, err
 	} else if layer != "" {
 		cfg.Lower = append(cfg.Lower, layer)
@@ -238,6 +241,12 @@ func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
 // xattrs, which a user namespace may write; without it dpkg fails with
 // EXDEV when it renames directories), else fuse-overlayfs.
 func mountRoot(cfg *initConfig) error {
+	if cfg.Direct {
+		if err := unix.Mount(cfg.Lower[0], cfg.Merged, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("binding the root %s at %s: %w", cfg.Lower[0], cfg.Merged, err)
+		}
+		return nil
+	}
 	lower := strings.Join(escapeOverlayPaths(cfg.Lower), ":")
 	var opts string
 	var flags uintptr

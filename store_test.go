@@ -423,7 +423,7 @@ func TestStoreJSONAndBytes(t *testing.T) {
 
 // TestDiskFull fills a 2 MiB tmpfs store during each kind of write.
 func TestDiskFull(t *testing.T) {
-	need(t, isRoot(), "root (mount tmpfs)")
+	needRoot(t, "mount tmpfs")
 	root := t.TempDir()
 	if err := unix.Mount("tmpfs", root, "tmpfs", 0, "size=2m"); err != nil {
 		t.Fatal(err)
