@@ -32,7 +32,7 @@ type debMemberReader struct {
 	r         io.Reader
 	name      string
 	size, off int64
-	base      int64 // the member's offset in the archive
+	base      int64 // the offset of the member's header in the archive
 }
 
 func (m *debMemberReader) Read(p []byte) (int, error) {
@@ -90,7 +90,6 @@ func debWalk(r io.Reader, fn func(name string, size int64, r io.Reader) error) e
 		if err != nil {
 			return fmt.Errorf("ar member header at offset %d: %w", off, err)
 		}
-		off += debArHeaderLen
 		m := &debMemberReader{r: br, name: name, size: size, base: off}
 		switch {
 		case state == 0:
@@ -129,10 +128,10 @@ func debWalk(r io.Reader, fn func(name string, size int64, r io.Reader) error) e
 		if _, err := io.Copy(io.Discard, m); err != nil {
 			return err
 		}
-		off += size
+		off += debArHeaderLen + size
 		if size%2 == 1 { // members are aligned on two bytes
 			if _, err := br.ReadByte(); err != nil {
-				return fmt.Errorf("the padding byte after member %s at offset %d is missing", name, off)
+				return fmt.Errorf("the padding byte after member %s at offset %d is missing", name, m.base)
 			}
 			off++
 		}
