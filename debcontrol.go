@@ -48,7 +48,7 @@ func readDebStanzas(r io.Reader, fn func(debStanza) error) error {
 	br := bufio.NewReaderSize(r, 64<<10)
 	var (
 		st        debStanza
-		first     map[string]int // lower-case name → line, for duplicates
+		fields    []debFieldLine // this paragraph's, to find repeated names
 		last      string         // field continuation lines go to
 		lastBuf   []byte
 		start     int
@@ -64,7 +64,7 @@ func readDebStanzas(r io.Reader, fn func(debStanza) error) error {
 			st[last] = string(lastBuf)
 		}
 		s := st
-		st, first, last, size = nil, nil, "", 0
+		st, fields, last, size = nil, fields[:0], "", 0
 		if err := fn(s); err != nil {
 			return fmt.Errorf("paragraph at line %d: %w", start, err)
 		}
@@ -121,13 +121,15 @@ func readDebStanzas(r io.Reader, fn func(debStanza) error) error {
 				return fmt.Errorf("line %d: %v", line, err)
 			}
 			if st == nil {
-				st, first, start = debStanza{}, map[string]int{}, line
+				st, start = make(debStanza, 24), line
 			}
-			key := strings.ToLower(name)
-			if at, dup := first[key]; dup {
-				return fmt.Errorf("line %d: field %q repeats the one at line %d", line, name, at)
+			// A linear scan: paragraphs have a few dozen fields at most.
+			for _, f := range fields {
+				if strings.EqualFold(f.name, name) {
+					return fmt.Errorf("line %d: field %q repeats the one at line %d", line, name, f.line)
+				}
 			}
-			first[key] = line
+			fields = append(fields, debFieldLine{name, line})
 			if last != "" {
 				st[last] = string(lastBuf)
 			}
@@ -143,6 +145,11 @@ func readDebStanzas(r io.Reader, fn func(debStanza) error) error {
 		}
 	}
 	return flush()
+}
+
+type debFieldLine struct {
+	name string
+	line int
 }
 
 func debFieldName(name string) error {

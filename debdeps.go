@@ -218,12 +218,61 @@ func newDebIndex(arch string) *debIndex {
 	return &debIndex{arch: arch, pkgs: map[string]*debPackage{}}
 }
 
+// The fields of a Packages paragraph the index keeps.
+const (
+	debFPackage = iota
+	debFVersion
+	debFArchitecture
+	debFFilename
+	debFSHA256
+	debFSize
+	debFPriority
+	debFMultiArch
+	debFSource
+	debFEssential
+	debFDepends
+	debFPreDepends
+	debFProvides
+	debFCount
+)
+
+var debPackageFields = map[string]int{
+	"package": debFPackage, "version": debFVersion, "architecture": debFArchitecture,
+	"filename": debFFilename, "sha256": debFSHA256, "size": debFSize, "priority": debFPriority,
+	"multi-arch": debFMultiArch, "source": debFSource, "essential": debFEssential,
+	"depends": debFDepends, "pre-depends": debFPreDepends, "provides": debFProvides,
+}
+
+// debPick gets the index's fields from a paragraph in one pass over it
+// (get would scan the whole paragraph for each field a package lacks).
+func debPick(st debStanza) (f [debFCount]string) {
+	var buf [16]byte
+	for k, v := range st {
+		if len(k) > len(buf) {
+			continue
+		}
+		b := buf[:len(k)]
+		for i := 0; i < len(k); i++ {
+			c := k[i]
+			if c >= 'A' && c <= 'Z' {
+				c += 'a' - 'A'
+			}
+			b[i] = c
+		}
+		if i, ok := debPackageFields[string(b)]; ok {
+			f[i] = v
+		}
+	}
+	return f
+}
+
 // readPackages adds a (decompressed) Packages file to the index.
 func (ix *debIndex) readPackages(r io.Reader) error {
 	ix.providers = nil
 	in := newDebInterner()
 	return readDebStanzas(r, func(st debStanza) error {
-		name, arch := st.get("Package"), st.get("Architecture")
+		f := debPick(st)
+		name, arch := f[debFPackage], f[debFArchitecture]
 		if err := debValidName(name); err != nil {
 			return fmt.Errorf("Package: %w", err)
 		}
@@ -233,14 +282,14 @@ func (ix *debIndex) readPackages(r io.Reader) error {
 		if arch != ix.arch && arch != "all" {
 			return nil
 		}
-		version := st.get("Version")
+		version := f[debFVersion]
 		if err := debVersionValid(version); err != nil {
 			return fmt.Errorf("package %s: Version: %w", name, err)
 		}
 		if old := ix.pkgs[name]; old != nil && debVersionCompare(version, old.Version) <= 0 {
 			return nil
 		}
-		p, err := ix.parsePackage(st, name, version, arch, in)
+		p, err := parseDebPackage(&f, in)
 		if err != nil {
 			return fmt.Errorf("package %s %s: %w", name, version, err)
 		}
@@ -249,19 +298,19 @@ func (ix *debIndex) readPackages(r io.Reader) error {
 	})
 }
 
-func (ix *debIndex) parsePackage(st debStanza, name, version, arch string, in *debInterner) (*debPackage, error) {
+func parseDebPackage(f *[debFCount]string, in *debInterner) (*debPackage, error) {
 	p := &debPackage{
-		Name:      in.str(name),
-		Version:   in.str(version),
-		Arch:      in.str(arch),
-		Filename:  strings.Clone(st.get("Filename")),
-		SHA256:    strings.Clone(strings.ToLower(st.get("SHA256"))),
-		Priority:  in.str(st.get("Priority")),
-		MultiArch: in.str(st.get("Multi-Arch")),
-		Essential: strings.EqualFold(st.get("Essential"), "yes"),
+		Name:      in.str(f[debFPackage]),
+		Version:   in.str(f[debFVersion]),
+		Arch:      in.str(f[debFArchitecture]),
+		Filename:  strings.Clone(f[debFFilename]),
+		SHA256:    strings.Clone(strings.ToLower(f[debFSHA256])),
+		Priority:  in.str(f[debFPriority]),
+		MultiArch: in.str(f[debFMultiArch]),
+		Essential: strings.EqualFold(f[debFEssential], "yes"),
 	}
 	p.Source = p.Name
-	if src := st.get("Source"); src != "" {
+	if src := f[debFSource]; src != "" {
 		src, _, _ = strings.Cut(src, " ")
 		p.Source = in.str(src)
 	}
@@ -272,16 +321,16 @@ func (ix *debIndex) parsePackage(st debStanza, name, version, arch string, in *d
 		return nil, fmt.Errorf("SHA256 %q is not a SHA-256 in hex", p.SHA256)
 	}
 	var err error
-	if p.Size, err = strconv.ParseInt(st.get("Size"), 10, 64); err != nil || p.Size < 0 {
-		return nil, fmt.Errorf("Size %q is not a number of bytes", st.get("Size"))
+	if p.Size, err = strconv.ParseInt(f[debFSize], 10, 64); err != nil || p.Size < 0 {
+		return nil, fmt.Errorf("Size %q is not a number of bytes", f[debFSize])
 	}
-	if p.Depends, err = debParseDeps(st.get("Depends"), in); err != nil {
+	if p.Depends, err = debParseDeps(f[debFDepends], in); err != nil {
 		return nil, fmt.Errorf("Depends: %w", err)
 	}
-	if p.PreDepends, err = debParseDeps(st.get("Pre-Depends"), in); err != nil {
+	if p.PreDepends, err = debParseDeps(f[debFPreDepends], in); err != nil {
 		return nil, fmt.Errorf("Pre-Depends: %w", err)
 	}
-	prov, err := debParseDeps(st.get("Provides"), in)
+	prov, err := debParseDeps(f[debFProvides], in)
 	if err != nil {
 		return nil, fmt.Errorf("Provides: %w", err)
 	}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/tar"
+	"bytes"
 	"io"
 	"os"
 	"reflect"
@@ -401,13 +402,13 @@ func BenchmarkDebIndex(b *testing.B) {
 		b.SetBytes(int64(len(text)))
 		for b.Loop() {
 			ix := newDebIndex("amd64")
-			if err := ix.readPackages(strings.NewReader(string(text))); err != nil {
+			if err := ix.readPackages(bytes.NewReader(text)); err != nil {
 				b.Fatal(err)
 			}
 		}
 	})
 	ix := newDebIndex("amd64")
-	if err := ix.readPackages(strings.NewReader(string(text))); err != nil {
+	if err := ix.readPackages(bytes.NewReader(text)); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("minbase", func(b *testing.B) {
