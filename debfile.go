@@ -331,10 +331,6 @@ func debMergedUsr(in io.Reader, out io.Writer, dirs []string) error {
 		}
 		h.AccessTime, h.ChangeTime = time.Time{}, time.Time{}
 		h.Format = tar.FormatUnknown
-		delete(h.PAXRecords, "path")
-		delete(h.PAXRecords, "linkpath")
-		delete(h.PAXRecords, "atime")
-		delete(h.PAXRecords, "ctime")
 		if err := tw.WriteHeader(h); err != nil {
 			return fmt.Errorf("writing %s: %w", h.Name, err)
 		}

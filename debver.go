@@ -7,6 +7,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -48,7 +49,7 @@ func debVersionValid(v string) error {
 		if e == "" || !debAllDigits(e) {
 			return fmt.Errorf("version %q: epoch %q is not a number", v, e)
 		}
-		if len(strings.TrimLeft(e, "0")) > 9 {
+		if _, err := strconv.ParseInt(e, 10, 32); err != nil { // dpkg keeps epochs in an int
 			return fmt.Errorf("version %q: epoch %s is too big", v, e)
 		}
 	}

@@ -91,25 +91,25 @@ func TestDebVersionCompareTable(t *testing.T) {
 }
 
 func TestDebVersionValid(t *testing.T) {
-	for _, v := range []string{"1", "1.0", "1:1.0-1", "1.0-1+b1", "1.0~rc1-2~bpo12+1", "2:1.2:3-4", "1.0+dfsg-1.1", "0", "3.0-a.b~c+d", "1a"} {
+	for _, v := range []string{"1", "1.0", "1:1.0-1", "1.0-1+b1", "1.0~rc1-2~bpo12+1", "2:1.2:3-4", "2147483647:1", "1.0+dfsg-1.1", "0", "3.0-a.b~c+d", "1a"} {
 		if err := debVersionValid(v); err != nil {
 			t.Errorf("%q: %v", v, err)
 		}
 	}
 	for v, want := range map[string]string{
-		"":              "empty version",
-		"1.0 1":         "white space",
-		"a:1.0":         "epoch",
-		":1.0":          "epoch",
-		"1:":            "empty upstream",
-		"1.0-":          "empty revision",
-		"-1":            "empty upstream",
-		"a1.0":          "does not start with a digit",
-		"1.0_1":         "not allowed in the upstream",
-		"1:1.0-1:2":     "not allowed in the revision",
-		"1.0-1_2":       "not allowed in the revision",
-		"99999999999:1": "too big",
-		"1.0é":          "not allowed",
+		"":             "empty version",
+		"1.0 1":        "white space",
+		"a:1.0":        "epoch",
+		":1.0":         "epoch",
+		"1:":           "empty upstream",
+		"1.0-":         "empty revision",
+		"-1":           "empty upstream",
+		"a1.0":         "does not start with a digit",
+		"1.0_1":        "not allowed in the upstream",
+		"1:1.0-1:2":    "not allowed in the revision",
+		"1.0-1_2":      "not allowed in the revision",
+		"2147483648:1": "too big",
+		"1.0é":         "not allowed",
 	} {
 		err := debVersionValid(v)
 		if err == nil || !strings.Contains(err.Error(), want) {
