@@ -211,7 +211,7 @@ type debPackage struct {
 type debIndex struct {
 	arch      string
 	pkgs      map[string]*debPackage
-	providers map[string][]*debPackage // built on first use, sorted
+	providers map[string][]*debPackage // by provided name, in the order tried
 }
 
 func newDebIndex(arch string) *debIndex {
@@ -268,9 +268,8 @@ func debPick(st debStanza) (f [debFCount]string) {
 
 // readPackages adds a (decompressed) Packages file to the index.
 func (ix *debIndex) readPackages(r io.Reader) error {
-	ix.providers = nil
 	in := newDebInterner()
-	return readDebStanzas(r, func(st debStanza) error {
+	err := readDebStanzas(r, func(st debStanza) error {
 		f := debPick(st)
 		name, arch := f[debFPackage], f[debFArchitecture]
 		if err := debValidName(name); err != nil {
@@ -296,6 +295,8 @@ func (ix *debIndex) readPackages(r io.Reader) error {
 		ix.pkgs[p.Name] = p
 		return nil
 	})
+	ix.indexProviders()
+	return err
 }
 
 func parseDebPackage(f *[debFCount]string, in *debInterner) (*debPackage, error) {
@@ -349,10 +350,10 @@ func parseDebPackage(f *[debFCount]string, in *debInterner) (*debPackage, error)
 // lookup returns the package of that name, nil when the archive has none.
 func (ix *debIndex) lookup(name string) *debPackage { return ix.pkgs[name] }
 
-func (ix *debIndex) providerIndex() map[string][]*debPackage {
-	if ix.providers != nil {
-		return ix.providers
-	}
+// indexProviders maps each provided name to its providers, in the order
+// they are tried. After it, the index is only read: lookups and
+// resolutions may run concurrently.
+func (ix *debIndex) indexProviders() {
 	ix.providers = map[string][]*debPackage{}
 	for _, p := range ix.pkgs {
 		for _, pr := range p.Provides {
@@ -362,7 +363,6 @@ func (ix *debIndex) providerIndex() map[string][]*debPackage {
 	for _, ps := range ix.providers {
 		slices.SortFunc(ps, debProviderOrder)
 	}
-	return ix.providers
 }
 
 var debPriorityRank = map[string]int{"required": 0, "important": 1, "standard": 2, "optional": 3, "extra": 4}
@@ -443,7 +443,7 @@ func (ix *debIndex) candidate(g []debDep, within map[string]*debPackage) *debPac
 			return p
 		}
 	}
-	provs := ix.providerIndex()
+	provs := ix.providers
 	for _, d := range g {
 		for _, p := range provs[d.Name] {
 			if ok(p) && ix.satisfies(p, d) {
@@ -493,7 +493,7 @@ func (ix *debIndex) resolveWithin(seed []string, within map[string]*debPackage) 
 			if p := chosen[d.Name]; p != nil && ix.satisfies(p, d) {
 				return true
 			}
-			for _, p := range ix.providerIndex()[d.Name] {
+			for _, p := range ix.providers[d.Name] {
 				if chosen[p.Name] == p && ix.satisfies(p, d) {
 					return true
 				}
