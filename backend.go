@@ -152,7 +152,9 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 		cfg.Binds = append(cfg.Binds, bm)
 	}
 	cfg.Binds = append(cfg.Binds, r.Binds...)
-	cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
+	if !r.Direct {
+		cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
+	}
 	if !r.Isolated {
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
 			if _, err := os.Stat(f); err == nil {
@@ -160,8 +162,9 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 			}
 		}
 	}
+	// A bootstrap writes the root itself: nothing of the host goes in.
 	sockets, _ := hostSockets(b.getenv)
-	if len(sockets) > 0 {
+	if len(sockets) > 0 && !r.Direct {
 		cfg.Binds = append(cfg.Binds, bindMount{Tmpfs: true, Target: hostSession, Dir: true, Why: "host session sockets"})
 		cfg.Binds = append(cfg.Binds, sockets...)
 	}

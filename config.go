@@ -100,30 +100,67 @@ func loadPolicy(getenv func(string) string) (policy, error) {
 	return p, nil
 }
 
-// loadImageConfig is [images] server: the LXC image server (or a mirror).
-func loadImageConfig(getenv func(string) string) (string, error) {
+// imagesConfig is [images]: where base images come from.
+type imagesConfig struct {
+	Server  string            // the LXC image server or its mirror
+	Source  string            // "archive" (default for Debian and Ubuntu aliases) or "lxc"
+	Mirrors map[string]string // distribution archive mirrors, by distribution
+	Keyring string            // an archive keyring to trust instead of the built-in one
+}
+
+// loadImagesConfig reads [images], then lets the environment override it:
+// KARAPACE_IMAGE_SERVER, KARAPACE_IMAGE_SOURCE, KARAPACE_DEBIAN_MIRROR,
+// KARAPACE_UBUNTU_MIRROR, KARAPACE_ARCHIVE_KEYRING.
+func loadImagesConfig(getenv func(string) string) (imagesConfig, error) {
+	cfg := imagesConfig{Mirrors: map[string]string{}}
 	doc, sc, err := loadConfig(getenv)
 	if err != nil {
-		return "", err
+		return cfg, err
 	}
-	v, ok := doc["images"]
-	if !ok {
-		return "", nil
+	if v, ok := doc["images"]; ok {
+		t, err := sc.table([]string{"images"}, v, "server", "source", "debian_mirror", "ubuntu_mirror", "keyring")
+		if err != nil {
+			return cfg, err
+		}
+		for _, f := range []struct {
+			key string
+			dst *string
+			url bool
+		}{{"server", &cfg.Server, true}, {"source", &cfg.Source, false}, {"keyring", &cfg.Keyring, false}} {
+			if v, ok := t[f.key]; ok {
+				if *f.dst, err = sc.str([]string{"images", f.key}, v); err != nil {
+					return cfg, err
+				}
+				if f.url && !strings.HasPrefix(*f.dst, "http://") && !strings.HasPrefix(*f.dst, "https://") {
+					return cfg, sc.errorf([]string{"images", f.key}, "%q is not an http(s) URL", *f.dst)
+				}
+			}
+		}
+		for _, d := range []string{"debian", "ubuntu"} {
+			if v, ok := t[d+"_mirror"]; ok {
+				m, err := sc.str([]string{"images", d + "_mirror"}, v)
+				if err != nil {
+					return cfg, err
+				}
+				cfg.Mirrors[d] = m
+			}
+		}
+		if cfg.Source != "" && cfg.Source != "archive" && cfg.Source != "lxc" {
+			return cfg, sc.errorf([]string{"images", "source"}, "%q: expected \"archive\" or \"lxc\"", cfg.Source)
+		}
 	}
-	t, err := sc.table([]string{"images"}, v, "server")
-	if err != nil {
-		return "", err
+	for env, dst := range map[string]*string{"KARAPACE_IMAGE_SERVER": &cfg.Server, "KARAPACE_IMAGE_SOURCE": &cfg.Source, "KARAPACE_ARCHIVE_KEYRING": &cfg.Keyring} {
+		if v := getenv(env); v != "" {
+			*dst = v
+		}
 	}
-	s, ok := t["server"]
-	if !ok {
-		return "", nil
+	for _, d := range []string{"debian", "ubuntu"} {
+		if v := getenv("KARAPACE_" + strings.ToUpper(d) + "_MIRROR"); v != "" {
+			cfg.Mirrors[d] = v
+		}
 	}
-	server, err := sc.str([]string{"images", "server"}, s)
-	if err != nil {
-		return "", err
+	if cfg.Source != "" && cfg.Source != "archive" && cfg.Source != "lxc" {
+		return cfg, usageErrorf("KARAPACE_IMAGE_SOURCE=%q: expected archive or lxc", cfg.Source)
 	}
-	if !strings.HasPrefix(server, "http://") && !strings.HasPrefix(server, "https://") {
-		return "", sc.errorf([]string{"images", "server"}, "%q is not an http(s) URL", server)
-	}
-	return server, nil
+	return cfg, nil
 }

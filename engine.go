@@ -153,7 +153,17 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		return nil, err
 	}
 	var src imageSource
-	if lock != nil && lock.BaseImageURL != "" {
+	spec, err := archiveFor(ref, images.cfg)
+	if err != nil {
+		return nil, err
+	}
+	if spec != nil {
+		if lock != nil && lock.BaseImageURL != "" {
+			// The lock names the mirror it was resolved from: a snapshot
+			// mirror keeps resolving to the same base.
+			spec.Mirror = strings.TrimSuffix(lock.BaseImageURL, "/dists/"+spec.Suite)
+		}
+	} else if lock != nil && lock.BaseImageURL != "" {
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
 			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
@@ -165,7 +175,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err != nil {
 		return nil, err
 	}
-	res, err := e.buildLocked(op, m, lock, src, images, o)
+	res, err := e.buildLocked(op, m, lock, src, spec, images, o)
 	if err != nil {
 		if rerr := op.rollback(); rerr != nil {
 			return nil, fmt.Errorf("%v (and rolling back: %v)", err, rerr)
@@ -180,9 +190,16 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	return res, nil
 }
 
-func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, images *imageEnv, o buildOptions) (*buildResult, error) {
+func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, o buildOptions) (*buildResult, error) {
 	importStart := time.Now()
-	base, digest, err := e.baseLayer(op, src, images)
+	var base, digest string
+	var err error
+	if spec != nil {
+		base, digest, err = e.archiveBase(op, spec, images, lock, o.locked)
+		src.Location = spec.Mirror + "/dists/" + spec.Suite
+	} else {
+		base, digest, err = e.baseLayer(op, src, images)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -463,4 +480,21 @@ func fileDigests(path string) (string, string, error) {
 		return "", "", err
 	}
 	return r.sha256, r.blake3, nil
+}
+
+// archiveBase is the Base layer of a Debian or Ubuntu alias: the one the
+// lock names when it is still in the store, else a bootstrap, which must
+// give exactly the locked base under --locked.
+func (e *engine) archiveBase(op *walOp, spec *archiveSpec, images *imageEnv, lock *lockFile, locked bool) (string, string, error) {
+	required := ""
+	if lock != nil {
+		digest := strings.TrimPrefix(lock.BaseImageDigest, "sha256:")
+		if l, ok := e.indexedBase(digest); ok {
+			return l, digest, nil
+		}
+		if locked {
+			required = digest
+		}
+	}
+	return e.bootstrapBase(op, spec, images, required)
 }

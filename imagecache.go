@@ -64,19 +64,18 @@ type imageEnv struct {
 	client  *http.Client
 	idle    time.Duration // a download that sends nothing this long fails
 	offline bool
+	cfg     imagesConfig
 }
 
 func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
 	e := &imageEnv{server: defaultImageServer, idle: 60 * time.Second, offline: offline}
-	cfg, err := loadImageConfig(getenv)
+	cfg, err := loadImagesConfig(getenv)
 	if err != nil {
 		return nil, err
 	}
-	if cfg != "" {
-		e.server = cfg
-	}
-	if s := getenv("KARAPACE_IMAGE_SERVER"); s != "" {
-		e.server = s
+	e.cfg = cfg
+	if cfg.Server != "" {
+		e.server = cfg.Server
 	}
 	e.server = strings.TrimRight(e.server, "/")
 	if v := getenv("KARAPACE_HTTP_TIMEOUT"); v != "" {
@@ -418,6 +417,19 @@ func (r *imageReader) drain() error {
 // else must be a plain tar.
 func decompress(r io.Reader, name string) (io.Reader, error) {
 	br := bufio.NewReaderSize(r, 256<<10)
+	if compressed, err := uncompress(br, name); compressed != nil || err != nil {
+		return compressed, err
+	}
+	head, _ := br.Peek(512)
+	if len(head) < 512 || string(head[257:262]) != "ustar" {
+		return nil, errors.New(name + " is not a tar archive (plain, gzip, xz or zstd)")
+	}
+	return br, nil
+}
+
+// uncompress returns a decompressing reader when br starts like gzip, xz
+// or zstd data, and nil for anything else (plain data).
+func uncompress(br *bufio.Reader, name string) (io.Reader, error) {
 	magic, _ := br.Peek(6)
 	switch {
 	case len(magic) >= 2 && magic[0] == 0x1f && magic[1] == 0x8b:
@@ -429,9 +441,5 @@ func decompress(r io.Reader, name string) (io.Reader, error) {
 	case len(magic) >= 3 && string(magic[:3]) == "BZh":
 		return nil, fmt.Errorf("%s is bzip2-compressed; recompress it with xz, gzip or zstd", name)
 	}
-	head, _ := br.Peek(512)
-	if len(head) < 512 || string(head[257:262]) != "ustar" {
-		return nil, errors.New(name + " is not a tar archive (plain, gzip, xz or zstd)")
-	}
-	return br, nil
+	return nil, nil
 }

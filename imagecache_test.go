@@ -219,7 +219,7 @@ func TestImageServerHostile(t *testing.T) {
 			srv.set(tc.mode)
 			k := newKP(t)
 			k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL, "KARAPACE_HTTP_TIMEOUT=1s")
-			k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+			k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
 			start := time.Now()
 			k.fails(1, tc.want, "build")
 			if time.Since(start) > 20*time.Second {
@@ -245,7 +245,7 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	srv := newImageServer(t, image, "")
 	k := newKP(t)
 	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
-	k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
 	code, out, errOut := k.run("-v", "build", "--name", "dev")
 	if code != 0 {
 		t.Fatalf("build: %d\n%s", code, errOut)
@@ -297,7 +297,7 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	// A missing lock, or an unpinned alias, fails clearly offline.
 	os.Remove(filepath.Join(k.dir, "karapace.lock"))
 	k.fails(2, "--locked: "+filepath.Join(k.dir, "karapace.lock")+" does not exist", "build", "--locked")
-	k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n")
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n")
 	k.fails(1, "--offline forbids the network", "build", "--offline")
 	k.fails(2, "--require-pinned-image asks for one", "build", "--require-pinned-image")
 	k.ok("verify-store")
