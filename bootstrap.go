@@ -3,6 +3,7 @@ package main
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -98,20 +99,40 @@ type archiveRelease struct {
 
 // fetchRelease downloads InRelease and checks its signature and dates.
 func (e *imageEnv) fetchRelease(spec *archiveSpec) (*archiveRelease, error) {
-	url := spec.Mirror + "/dists/" + spec.Suite + "/InRelease"
-	data, err := e.getSmall(url, 16<<20)
-	if err != nil {
-		return nil, err
-	}
+	dists := spec.Mirror + "/dists/" + spec.Suite + "/"
+	url := dists + "InRelease"
 	snapshot := snapshotURL.MatchString(spec.Mirror)
-	now := time.Now()
-	text, signer, err := spec.Keyring.verifyClearsigned(data, now)
-	if err != nil && snapshot {
-		// An old snapshot may be signed by keys expired since: judge
-		// them at the archive's own date.
-		if date := releaseDate(data); !date.IsZero() {
-			text, signer, err = spec.Keyring.verifyClearsigned(data, date)
+	// verify checks the signature at a time: now, or for an old snapshot
+	// (signed by keys that may have expired since) the archive's own date.
+	var verify func(time.Time) ([]byte, string, error)
+	var date time.Time
+	data, err := e.getSmall(url, 16<<20)
+	if isNotFound(err) {
+		// Mirrors without InRelease have Release and a detached Release.gpg.
+		url = dists + "Release"
+		text, err := e.getSmall(url, 16<<20)
+		if err != nil {
+			return nil, err
 		}
+		sig, err := e.getSmall(url+".gpg", 1<<20)
+		if err != nil {
+			return nil, err
+		}
+		verify = func(at time.Time) ([]byte, string, error) {
+			signer, err := spec.Keyring.verifyDetached(bytes.NewReader(text), sig, at)
+			return text, signer, err
+		}
+		date = releaseDate(text)
+	} else if err != nil {
+		return nil, err
+	} else {
+		verify = func(at time.Time) ([]byte, string, error) { return spec.Keyring.verifyClearsigned(data, at) }
+		date = releaseDate(data)
+	}
+	now := time.Now()
+	text, signer, err := verify(now)
+	if err != nil && snapshot && !date.IsZero() {
+		text, signer, err = verify(date)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%s: the signature does not verify with the %s archive keyring: %w", url, spec.Distro, err)

@@ -234,6 +234,10 @@ func TestBootstrapUnresolvable(t *testing.T) {
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"debian/bookworm\"\n")
 	k.fails(1, `libmissing (>= 2)`, "build")
 	assertNothingHalfMade(t, k)
+	// A mirror with only Release and a detached Release.gpg works alike.
+	os.Remove(filepath.Join(root, "dists/bookworm/InRelease"))
+	run("--detach-sign", "--output", relPath+".gpg", relPath)
+	k.fails(1, `libmissing (>= 2)`, "build")
 	// With Debian's own keyring the test archive is not trusted.
 	k.env = k.env[:len(k.env)-1]
 	k.fails(1, "signature does not verify", "build")

@@ -236,10 +236,27 @@ func (e *imageEnv) get(url string) (*http.Response, error) {
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		cancel()
-		return nil, fmt.Errorf("downloading %s: server answered %s", url, resp.Status)
+		return nil, &httpStatusError{url, resp.StatusCode, resp.Status}
 	}
 	resp.Body = newIdleReader(resp.Body, e.idle, cancel, url)
 	return resp, nil
+}
+
+// httpStatusError is a download the server answered with an error.
+type httpStatusError struct {
+	url    string
+	code   int
+	status string
+}
+
+func (e *httpStatusError) Error() string {
+	return fmt.Sprintf("downloading %s: server answered %s", e.url, e.status)
+}
+
+// isNotFound tells a 404, for files that have an alternative to try.
+func isNotFound(err error) bool {
+	var se *httpStatusError
+	return errors.As(err, &se) && se.code == http.StatusNotFound
 }
 
 // idleReader cancels a download that makes no progress for a while.
