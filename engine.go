@@ -371,7 +371,13 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 
 // indexedBase finds the Base layer already made from an image digest.
 func (e *engine) indexedBase(sha string) (string, bool) {
-	data, err := os.ReadFile(filepath.Join(imagesDir(e.s), "sha256-"+sha, "base-layer"))
+	return e.indexedLayer(filepath.Join(imagesDir(e.s), "sha256-"+sha, "base-layer"))
+}
+
+// indexedLayer reads an index file naming a layer, and makes sure the
+// layer and its tree are there.
+func (e *engine) indexedLayer(index string) (string, bool) {
+	data, err := os.ReadFile(index)
 	if err != nil {
 		return "", false
 	}

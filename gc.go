@@ -116,7 +116,7 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 			rep.Bytes += size
 		}
 		if !dryRun {
-			return storeSyncDir(dir)
+			return syncDir(dir)
 		}
 		return nil
 	}
@@ -196,20 +196,6 @@ func gcTreeSize(p string) int64 {
 	return n
 }
 
-// storeFormatBytes writes a size the way people read it: 12.4 MiB.
-func storeFormatBytes(n int64) string {
-	const unit = 1024
-	if n < unit {
-		return fmt.Sprintf("%d B", n)
-	}
-	div, exp := int64(unit), 0
-	for m := n / unit; m >= unit; m /= unit {
-		div *= unit
-		exp++
-	}
-	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
-}
-
 func gcPlural(n int, one, many string) string {
 	if n == 1 {
 		return fmt.Sprintf("%d %s", n, one)
@@ -240,7 +226,7 @@ func runGC(c *cli) error {
 		if rep.Staging > 0 {
 			msg += ", " + gcPlural(rep.Staging, "leftover temp file", "leftover temp files")
 		}
-		fmt.Fprintf(c.stdout, "%s; %s %s\n", msg, freed, storeFormatBytes(rep.Bytes))
+		fmt.Fprintf(c.stdout, "%s; %s %s\n", msg, freed, humanBytes(rep.Bytes))
 	}
 	if rep.Interrupted {
 		fmt.Fprintf(c.stderr, "karapace: gc interrupted; the store is consistent (run 'karapace gc' again to finish)\n")

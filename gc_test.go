@@ -156,7 +156,7 @@ func TestGCCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatal(errOut)
 	}
-	wantLine := fmt.Sprintf("would remove 3 objects, 2 layers, 1 environment directory; would free %s\n", storeFormatBytes(want.Bytes))
+	wantLine := fmt.Sprintf("would remove 3 objects, 2 layers, 1 environment directory; would free %s\n", humanBytes(want.Bytes))
 	if out != wantLine {
 		t.Errorf("got %q\nwant %q", out, wantLine)
 	}

@@ -184,8 +184,9 @@ const (
 	layerOpaqueMarker   = ".wh..wh..opq"
 )
 
-// packStats counts what packLayer wrote and what it left out.
-type packStats struct {
+// treeStats counts what packLayer wrote or unpackLayer created, and what
+// they left out or could not set.
+type treeStats struct {
 	Entries        int   `json:"entries"`
 	Files          int   `json:"files"`
 	Dirs           int   `json:"dirs"`
@@ -203,7 +204,7 @@ type packStats struct {
 type packer struct {
 	tw    *tar.Writer
 	links map[[2]uint64]string // dev, ino of multiply linked files → first name
-	st    packStats
+	st    treeStats
 	buf   []byte
 	xbuf  []byte
 }
@@ -218,7 +219,7 @@ var layerEpoch = time.Unix(0, 0)
 // overlay whiteouts and opaque directories as OCI-style ".wh." files.
 // Device nodes (the runtime mounts its own /dev), sockets and other xattrs
 // are left out and counted. The root directory is the entry "./".
-func packLayer(dir string, w io.Writer) (packStats, error) {
+func packLayer(dir string, w io.Writer) (treeStats, error) {
 	p := &packer{tw: tar.NewWriter(w), links: map[[2]uint64]string{}}
 	bp := storeBufPool.Get().(*[]byte)
 	defer storeBufPool.Put(bp)
@@ -517,21 +518,6 @@ type unpackOptions struct {
 	skipDevices bool
 }
 
-// unpackStats counts what unpackLayer created and what it could not set.
-type unpackStats struct {
-	Entries        int   `json:"entries"`
-	Files          int   `json:"files"`
-	Dirs           int   `json:"dirs"`
-	Symlinks       int   `json:"symlinks"`
-	Hardlinks      int   `json:"hardlinks"`
-	Fifos          int   `json:"fifos"`
-	Whiteouts      int   `json:"whiteouts"`
-	Opaques        int   `json:"opaques"`
-	Bytes          int64 `json:"bytes"`
-	SkippedXattrs  int   `json:"skipped_xattrs"`
-	SkippedDevices int   `json:"skipped_devices"`
-}
-
 // Limits on what a stream may ask for.
 const (
 	unpackMaxPath         = 4095
@@ -550,7 +536,7 @@ type unpackDeferredDir struct {
 type unpacker struct {
 	root int
 	opts unpackOptions
-	st   unpackStats
+	st   treeStats
 	buf  []byte
 
 	// The parent directory of the previous entry, kept open because
@@ -568,10 +554,10 @@ type unpacker struct {
 // unpackLayer extracts a tar stream into dir, which must exist. It never
 // creates, changes or removes anything outside dir, whatever the stream
 // holds; an entry it refuses stops it with an error naming the entry.
-func unpackLayer(r io.Reader, dir string, opts unpackOptions) (unpackStats, error) {
+func unpackLayer(r io.Reader, dir string, opts unpackOptions) (treeStats, error) {
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return unpackStats{}, fmt.Errorf("unpacking into %s: %w", dir, err)
+		return treeStats{}, fmt.Errorf("unpacking into %s: %w", dir, err)
 	}
 	bp := storeBufPool.Get().(*[]byte)
 	u := &unpacker{root: root, opts: opts, buf: *bp, parentFd: -1, regular: map[uint64]struct{}{}, seed: maphash.MakeSeed()}
@@ -1190,7 +1176,7 @@ func (s *store) unpackObjectTo(hash, dest string, opts unpackOptions) error {
 		err = os.Rename(tmp, dest)
 	}
 	if err == nil {
-		err = storeSyncDir(filepath.Dir(dest))
+		err = syncDir(filepath.Dir(dest))
 	}
 	if err != nil {
 		os.RemoveAll(tmp)

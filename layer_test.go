@@ -102,7 +102,7 @@ func chmodRaw(t testing.TB, p string, mode uint32) {
 	}
 }
 
-func packBytes(t testing.TB, dir string) ([]byte, packStats) {
+func packBytes(t testing.TB, dir string) ([]byte, treeStats) {
 	t.Helper()
 	var buf bytes.Buffer
 	st, err := packLayer(dir, &buf)

@@ -153,20 +153,31 @@ func (e *engine) run(ref string, es *execSpec) (int, error) {
 	return b.exec(r, es)
 }
 
+// stoppedEnv takes the store lock for op and finds an environment that is
+// not running; the caller unlocks.
+func (e *engine) stoppedEnv(ref, op string) (*envMeta, *storeLock, error) {
+	sl, err := e.s.lock(op)
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := e.findEnv(ref)
+	if err == nil && e.state(m) == stateRunning {
+		err = fmt.Errorf("environment %s is running; 'karapace stop %s' first", m.ShortID, ref)
+	}
+	if err != nil {
+		sl.unlock()
+		return nil, nil, err
+	}
+	return m, sl, nil
+}
+
 // setState moves an environment to another stored state under the lock.
 func (e *engine) setState(ref string, to envState) (*envMeta, error) {
-	sl, err := e.s.lock(string(to))
+	m, sl, err := e.stoppedEnv(ref, string(to))
 	if err != nil {
 		return nil, err
 	}
 	defer sl.unlock()
-	m, err := e.findEnv(ref)
-	if err != nil {
-		return nil, err
-	}
-	if e.state(m) == stateRunning {
-		return nil, fmt.Errorf("environment %s is running; 'karapace stop %s' first", m.ShortID, ref)
-	}
 	if err := m.canTransition(to); err != nil {
 		return nil, err
 	}
@@ -178,18 +189,11 @@ func (e *engine) setState(ref string, to envState) (*envMeta, error) {
 // destroy removes an environment: its metadata, directory and launchers.
 // What it shared with others stays; gc frees what nothing uses.
 func (e *engine) destroy(ref string) (*envMeta, error) {
-	sl, err := e.s.lock("destroy")
+	m, sl, err := e.stoppedEnv(ref, "destroy")
 	if err != nil {
 		return nil, err
 	}
 	defer sl.unlock()
-	m, err := e.findEnv(ref)
-	if err != nil {
-		return nil, err
-	}
-	if e.state(m) == stateRunning {
-		return nil, fmt.Errorf("environment %s is running; 'karapace stop %s' first", m.ShortID, ref)
-	}
 	if err := m.canTransition(stateDestroyed); err != nil {
 		return nil, err
 	}

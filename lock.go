@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -132,15 +131,10 @@ func loadLock(path string) (*lockFile, error) {
 }
 
 func parseLock(name string, data []byte) (*lockFile, error) {
-	doc, pos, err := decodeTOMLPos(data)
+	doc, sc, err := decodeChecked(name, data)
 	if err != nil {
-		var te *tomlError
-		if errors.As(err, &te) {
-			return nil, manifestErrorf("%s:%d:%d: %s", name, te.Line, te.Col, te.Msg)
-		}
-		return nil, manifestErrorf("%s: %v", name, err)
+		return nil, err
 	}
-	sc := &schemaChecker{file: name, pos: pos}
 	top, err := sc.table(nil, doc, "lock_version", "env_id", "short_id", "base_image", "base_image_digest",
 		"base_image_url", "runtime_backend", "hardware_gpu", "hardware_audio", "network_isolation",
 		"resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages")

@@ -75,6 +75,20 @@ func readLimited(path string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
+// decodeChecked decodes a TOML file of ours for checking against its
+// schema; a syntax error is a manifest error at file:line:col.
+func decodeChecked(name string, data []byte) (map[string]any, *schemaChecker, error) {
+	doc, pos, err := decodeTOMLPos(data)
+	if err != nil {
+		var te *tomlError
+		if errors.As(err, &te) {
+			return nil, nil, manifestErrorf("%s:%d:%d: %s", name, te.Line, te.Col, te.Msg)
+		}
+		return nil, nil, manifestErrorf("%s: %v", name, err)
+	}
+	return doc, &schemaChecker{file: name, pos: pos}, nil
+}
+
 // schemaChecker walks a decoded TOML document against what a schema
 // allows, and reports the first problem with the position of the key.
 type schemaChecker struct {
@@ -124,15 +138,12 @@ func displayKey(path []string) string {
 }
 
 func isBareKey(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '_' || r == '-') {
+	for i := 0; i < len(s); i++ {
+		if !tomlBareChar[s[i]] {
 			return false
 		}
 	}
-	return true
+	return s != ""
 }
 
 // table checks that v is a table holding only the allowed keys.
@@ -199,23 +210,12 @@ func (sc *schemaChecker) strings(path []string, v any) ([]string, error) {
 
 func tomlTypeName(v any) string {
 	switch v.(type) {
-	case string:
-		return "a string"
-	case int64:
-		return "an integer"
-	case float64:
-		return "a float"
-	case bool:
-		return "a boolean"
-	case []any:
-		return "an array"
-	case map[string]any:
-		return "a table"
 	case nil:
 		return "nothing"
-	default:
-		return "a date/time"
+	case map[string]any:
+		return "a table"
 	}
+	return tomlKind(v)
 }
 
 func contains(list []string, s string) bool {
@@ -230,15 +230,10 @@ func contains(list []string, s string) bool {
 // parseManifest checks and normalizes manifest bytes. name is how the
 // file is shown in errors; abs locates relative mount paths.
 func parseManifest(name, abs string, data []byte) (*manifest, error) {
-	doc, pos, err := decodeTOMLPos(data)
+	doc, sc, err := decodeChecked(name, data)
 	if err != nil {
-		var te *tomlError
-		if errors.As(err, &te) {
-			return nil, manifestErrorf("%s:%d:%d: %s", name, te.Line, te.Col, te.Msg)
-		}
-		return nil, manifestErrorf("%s: %v", name, err)
+		return nil, err
 	}
-	sc := &schemaChecker{file: name, pos: pos}
 	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace"}
 
 	top, err := sc.table(nil, doc, "manifest_version", "base", "system", "gui", "hardware", "mounts", "runtime")

@@ -265,7 +265,7 @@ func (s *store) deleteMeta(envID string) error {
 	if err := os.Remove(s.path("metadata", envID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("deleting metadata of %s: %w", envID, err)
 	}
-	return storeSyncDir(s.path("metadata"))
+	return syncDir(s.path("metadata"))
 }
 
 // envTransitions lists the allowed state changes.
@@ -441,7 +441,7 @@ func (s *store) migrate(from int) (migrateReport, error) {
 			}
 		}
 	}
-	if err := storeSyncDir(s.path("layers")); err != nil {
+	if err := syncDir(s.path("layers")); err != nil {
 		return rep, err
 	}
 	if from != storeFormatVersion {

@@ -143,21 +143,7 @@ func (e *engine) depIndex(key string) string {
 }
 
 func (e *engine) indexedDep(key string) (string, bool) {
-	data, err := os.ReadFile(e.depIndex(key))
-	if err != nil {
-		return "", false
-	}
-	l := strings.TrimSpace(string(data))
-	if !validStoreHash(l) || !e.s.hasLayer(l) {
-		return "", false
-	}
-	if _, err := os.Stat(e.treeDir(l)); err != nil {
-		if err := e.unpackTree(l); err != nil {
-			warnf("re-creating the tree of layer %s: %v", l, err)
-			return "", false
-		}
-	}
-	return l, true
+	return e.indexedLayer(e.depIndex(key))
 }
 
 // dependencyLayer returns the layer holding the requested packages on top

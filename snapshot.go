@@ -154,18 +154,12 @@ func topLayer(m *envMeta) string {
 // commit stores the writable layer as a Snapshot layer. Only the changed
 // files are packed, so its cost follows the changes, not the environment.
 func (e *engine) commit(ref string) (*envMeta, string, error) {
-	sl, err := e.s.lock("commit")
+	// A running environment could change while it is packed.
+	m, sl, err := e.stoppedEnv(ref, "commit")
 	if err != nil {
 		return nil, "", err
 	}
 	defer sl.unlock()
-	m, err := e.findEnv(ref)
-	if err != nil {
-		return nil, "", err
-	}
-	if e.state(m) == stateRunning {
-		return nil, "", fmt.Errorf("environment %s is running; stop it before committing, so the snapshot is consistent", m.ShortID)
-	}
 	op, err := e.s.beginOp("commit", m.EnvID)
 	if err != nil {
 		return nil, "", err
@@ -218,21 +212,14 @@ func findSnapshot(m *envMeta, ref string) (string, error) {
 // unpacked beside the old one and swapped in by renames recorded in the
 // WAL: a crash leaves either the old writable layer or the new one.
 func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
-	sl, err := e.s.lock("restore")
+	m, sl, err := e.stoppedEnv(ref, "restore")
 	if err != nil {
 		return nil, "", err
 	}
 	defer sl.unlock()
-	m, err := e.findEnv(ref)
-	if err != nil {
-		return nil, "", err
-	}
 	h, err := findSnapshot(m, snap)
 	if err != nil {
 		return nil, "", err
-	}
-	if e.state(m) == stateRunning {
-		return nil, "", fmt.Errorf("environment %s is running; stop it before restoring a snapshot", m.ShortID)
 	}
 	l, err := e.s.getLayer(h)
 	if err != nil {

@@ -259,19 +259,7 @@ func (s *store) writeAtomic(dir, name string, r io.Reader) (n int64, err error) 
 	if err = os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
 		return n, err
 	}
-	return n, storeSyncDir(dir)
-}
-
-func storeSyncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("syncing directory %s: %w", dir, err)
-	}
-	return nil
+	return n, syncDir(dir)
 }
 
 // validStoreHash reports whether h is a lowercase hex blake3-256 digest.
@@ -455,7 +443,7 @@ func (w *objectWriter) commit() (hash string, size int64, err error) {
 		os.Remove(name)
 		return "", 0, fmt.Errorf("writing object %s: %w", hash, err)
 	}
-	if err := storeSyncDir(w.s.path("objects")); err != nil {
+	if err := syncDir(w.s.path("objects")); err != nil {
 		return "", 0, fmt.Errorf("writing object %s: %w", hash, err)
 	}
 	return hash, w.n, nil

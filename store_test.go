@@ -412,8 +412,8 @@ func TestLockInProcess(t *testing.T) {
 
 func TestStoreJSONAndBytes(t *testing.T) {
 	for n, want := range map[int64]string{0: "0 B", 1023: "1023 B", 1024: "1.0 KiB", 13002342: "12.4 MiB", 5 << 30: "5.0 GiB"} {
-		if got := storeFormatBytes(n); got != want {
-			t.Errorf("storeFormatBytes(%d) = %q, want %q", n, got, want)
+		if got := humanBytes(n); got != want {
+			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
 	}
 	if !bytes.Equal([]byte(storeBlake3Hex(nil)), []byte("af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262")) {

@@ -330,7 +330,7 @@ func runVerifyStore(c *cli) error {
 			fmt.Fprintf(c.stdout, "bad %s %s: %s\n", p.Kind, p.Name, p.Problem)
 		}
 		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s: %s\n",
-			gcPlural(rep.Objects, "object", "objects"), storeFormatBytes(rep.Bytes),
+			gcPlural(rep.Objects, "object", "objects"), humanBytes(rep.Bytes),
 			gcPlural(rep.Layers, "layer", "layers"), gcPlural(rep.Metadata, "metadata file", "metadata files"),
 			map[bool]string{true: "all good", false: gcPlural(len(rep.Bad), "problem", "problems")}[len(rep.Bad) == 0])
 	}

@@ -147,10 +147,10 @@ func (o *walOp) commitObject(w *objectWriter) (string, int64, error) {
 }
 
 // packObject packs dir into a new object within the operation.
-func (o *walOp) packObject(dir string) (string, packStats, error) {
+func (o *walOp) packObject(dir string) (string, treeStats, error) {
 	w, err := o.s.newObjectWriter()
 	if err != nil {
-		return "", packStats{}, err
+		return "", treeStats{}, err
 	}
 	defer w.abort()
 	st, err := packLayer(dir, w)
@@ -203,7 +203,7 @@ func (o *walOp) rename(from, to string) error {
 	if err := os.Rename(from, to); err != nil {
 		return fmt.Errorf("%s: %w", o.Kind, err)
 	}
-	return storeSyncDir(filepath.Dir(to))
+	return syncDir(filepath.Dir(to))
 }
 
 // done ends the operation: its entry goes, nothing will be rolled back.
@@ -211,7 +211,7 @@ func (o *walOp) done() error {
 	if err := os.Remove(o.s.path("wal", o.file())); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("finishing %s: %w", o.Kind, err)
 	}
-	return storeSyncDir(o.s.path("wal"))
+	return syncDir(o.s.path("wal"))
 }
 
 // finish is done for an operation that leaves superseded trees behind
@@ -343,7 +343,7 @@ func (s *store) undo(st walStep) error {
 		if err := os.Rename(st.Path, st.From); err != nil {
 			return err
 		}
-		return storeSyncDir(filepath.Dir(st.From))
+		return syncDir(filepath.Dir(st.From))
 	case walRemoveObject:
 		return s.deleteObject(st.Hash)
 	case walRemoveLayer:
@@ -415,7 +415,7 @@ func (s *store) recoverWAL() (int, error) {
 		n++
 	}
 	if n > 0 {
-		if err := storeSyncDir(s.path("wal")); err != nil {
+		if err := syncDir(s.path("wal")); err != nil {
 			return n, err
 		}
 	}
