@@ -92,6 +92,8 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 			op = nil
 		}
 	}
+	prog := newProgress("collecting garbage", 0, false)
+	defer prog.finish()
 	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
 		names, err := gcListNames(dir)
 		if err != nil || names == nil {
@@ -114,6 +116,7 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 			}
 			*count++
 			rep.Bytes += size
+			prog.add(1)
 		}
 		if !dryRun {
 			return syncDir(dir)

@@ -55,7 +55,10 @@ func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 		return rep, err
 	}
 	rep.Objects = len(objects)
-	for _, r := range s.hashObjects(ctx, objects) {
+	prog := newProgress("verifying objects", int64(len(objects)), false)
+	checks := s.hashObjects(ctx, objects, prog)
+	prog.finish()
+	for _, r := range checks {
 		rep.Bytes += r.size
 		if r.problem != "" {
 			bad("object", r.name, "%s", r.problem)
@@ -132,7 +135,7 @@ type objectCheck struct {
 // results in the order of names. Objects larger than one segment are
 // hashed one at a time, their segments spread over the workers; smaller
 // ones go one per worker. No object is read whole into memory.
-func (s *store) hashObjects(ctx context.Context, names []string) []objectCheck {
+func (s *store) hashObjects(ctx context.Context, names []string, prog *progress) []objectCheck {
 	workers := max(1, runtime.NumCPU())
 	res := make([]objectCheck, len(names))
 	var small, big []int
@@ -163,6 +166,7 @@ func (s *store) hashObjects(ctx context.Context, names []string) []objectCheck {
 			buf := make([]byte, b3Segment+guts.ChunkSize)
 			for i := range jobs {
 				res[i] = s.checkObject(names[i], 1, buf)
+				prog.add(1)
 			}
 		}()
 	}
@@ -179,6 +183,7 @@ func (s *store) hashObjects(ctx context.Context, names []string) []objectCheck {
 			break
 		}
 		res[i] = s.checkObject(names[i], workers, nil)
+		prog.add(1)
 	}
 	return res
 }
