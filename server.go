@@ -77,6 +77,7 @@ type kpServer struct {
 	noAuth  bool
 	maxBlob int64
 	uploads chan struct{} // a slot per upload in progress
+	wait    time.Duration // how long an upload waits for a slot before 503
 	regMu   sync.Mutex
 }
 
@@ -279,7 +280,7 @@ func (k *kpServer) putBlob(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK) // the body is left unread: nothing to do with it
 		return
 	}
-	t := time.NewTimer(serverUploadWait)
+	t := time.NewTimer(k.wait)
 	select {
 	case k.uploads <- struct{}{}:
 		t.Stop()
@@ -553,7 +554,7 @@ func cmdServer(c *cli) error {
 	if listen == "" || data == "" {
 		return usageErrorf("server: --listen ADDR and --data DIR are required")
 	}
-	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob}
+	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait}
 	maxUploads := serverDefaultMaxUploads
 	if v := c.flag("max-blob-size"); v != "" {
 		n, err := parseByteSize(v)
