@@ -178,14 +178,14 @@ func TestRemoteWireMeta(t *testing.T) {
 		b    []byte
 		want string
 	}{
-		"other id":       {strings.Repeat("a", 64), w, "is the metadata of"},
-		"changed":        {m.EnvID, bytes.Replace(w, []byte(`"built"`), []byte(`"archived"`), 1), "checksum mismatch"},
-		"unknown field":  {m.EnvID, bytes.Replace(w, []byte(`{`), []byte(`{"x": 1,`), 1), "unknown field"},
-		"trailing":       {m.EnvID, append(w, []byte("{}")...), "after the JSON"},
-		"no checksum":    {m.EnvID, []byte(`{"env_id": "` + m.EnvID + `"}`), "no checksum"},
-		"too large":      {m.EnvID, bytes.Repeat([]byte(" "), remoteMaxMeta+1), "larger than"},
-		"not json":       {m.EnvID, []byte("nope"), "invalid character"},
-		"empty":          {"", nil, "EOF"},
+		"other id":      {strings.Repeat("a", 64), w, "is the metadata of"},
+		"changed":       {m.EnvID, bytes.Replace(w, []byte(`"built"`), []byte(`"archived"`), 1), "checksum mismatch"},
+		"unknown field": {m.EnvID, bytes.Replace(w, []byte(`{`), []byte(`{"x": 1,`), 1), "unknown field"},
+		"trailing":      {m.EnvID, append(w, []byte("{}")...), "after the JSON"},
+		"no checksum":   {m.EnvID, []byte(`{"env_id": "` + m.EnvID + `"}`), "no checksum"},
+		"too large":     {m.EnvID, bytes.Repeat([]byte(" "), remoteMaxMeta+1), "larger than"},
+		"not json":      {m.EnvID, []byte("nope"), "invalid character"},
+		"empty":         {"", nil, "EOF"},
 	} {
 		if _, err := remoteParseMeta(c.id, c.b); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v, want %q", name, err, c.want)
