@@ -695,3 +695,73 @@ func TestRemoteLoad(t *testing.T) {
 		t.Fatalf("the registry holds %d tags, want %d: concurrent pushes lost some", len(tags), envs)
 	}
 }
+
+// A real environment (Debian, namespace backend) travels three ways, a
+// server, a registry and an archive, and runs where it lands, with its
+// restored snapshot as its writable layer.
+func TestRemoteRealEnvironment(t *testing.T) {
+	rootfs := testRootfsTar(t)
+	dir := t.TempDir()
+	a := newKP(t)
+	a.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n", rootfs))
+	id := strings.TrimSpace(a.ok("build", "--name", "real"))
+	a.ok("exec", "real", "--", "sh", "-c", "echo shipped > /root/shipped.txt && rm /etc/issue")
+	a.ok("restore", "real", strings.TrimSpace(a.ok("commit", "real")))
+	check := func(k *kpRun) {
+		t.Helper()
+		if out := k.ok("exec", "real", "--", "cat", "/etc/debian_version", "/root/shipped.txt"); !strings.HasPrefix(out, "12.") || !strings.HasSuffix(out, "shipped\n") {
+			t.Fatalf("exec in the received environment: %q", out)
+		}
+		k.fails(1, "", "exec", "real", "--", "test", "-e", "/etc/issue")
+		mustContain(t, "diff", k.ok("diff", "real"), "A /root/shipped.txt\n", "D /etc/issue\n")
+		k.ok("verify-store")
+	}
+
+	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir))
+	a.env = append(a.env, "KARAPACE_TOKEN="+testTokenRW)
+	var p1, p2 pushResult
+	a.jsonOut(&p1, "push", "real", "--tag", "real@v1", "--remote", srv.url)
+	a.jsonOut(&p2, "push", "real", "--tag", "real@v1", "--remote", srv.url)
+	if p1.BytesUploaded < 50<<20 || p2.BlobsUploaded != 0 || p2.BytesUploaded != 0 {
+		t.Fatalf("pushes: %+v then %+v", p1, p2)
+	}
+	b := newKP(t)
+	b.env = append(b.env, "KARAPACE_TOKEN="+testTokenRO)
+	if out := b.ok("pull", "real@v1", "--remote", srv.url); out != id+"\n" {
+		t.Fatalf("pull: %q", out)
+	}
+	check(b)
+
+	htpasswd, _ := filepath.Abs("testdata/remote/htpasswd")
+	reg := startRegistry(t, fmt.Sprintf("  htpasswd:\n    realm: karapace-test\n    path: %s\n", htpasswd))
+	creds := []string{"KARAPACE_REMOTE=oci://" + reg.host + "/team", "KARAPACE_REGISTRY_USER=karapace", "KARAPACE_REGISTRY_PASSWORD=registry-test-password"}
+	a.env = append(a.env, creds...)
+	a.ok("push", "real", "--tag", "real@v1")
+	c := newKP(t)
+	c.env = append(c.env, creds...)
+	if out := c.ok("pull", "real@v1"); out != id+"\n" {
+		t.Fatalf("pull from the registry: %q", out)
+	}
+	check(c)
+
+	file := filepath.Join(dir, "real.tar")
+	a.ok("export", "real", file)
+	d := newKP(t)
+	if out := d.ok("import", file); out != id+"\n" {
+		t.Fatalf("import: %q", out)
+	}
+	check(d)
+	f, err := os.OpenFile(file, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fi, _ := f.Stat()
+	one := make([]byte, 1)
+	f.ReadAt(one, fi.Size()/2)
+	one[0] ^= 0x10
+	f.WriteAt(one, fi.Size()/2)
+	f.Close()
+	e := newKP(t)
+	e.fails(1, "is corrupt", "import", file)
+	e.emptyStore()
+}
