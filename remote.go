@@ -1122,16 +1122,16 @@ func cmdPull(c *cli) error {
 	start := time.Now()
 	ref := c.args[0]
 	prog := newProgress("pulling "+ref, 0, true)
-	defer prog.finish()
 	src, err := rem.source(ctx, ref, prog)
 	if err != nil {
+		prog.finish()
 		return err
 	}
 	r, err := e.receive(src, receiveOptions{kind: "pull", name: c.flag("name")})
+	prog.finish()
 	if err != nil {
 		return err
 	}
-	prog.finish()
 	res := pullResult{EnvID: r.EnvID, ShortID: r.ShortID, Name: r.Name, Remote: rs.url, Ref: ref, AlreadyPresent: r.AlreadyPresent,
 		BlobsDownloaded: r.Received, BlobsSkipped: r.Skipped, BytesDownloaded: r.Bytes, Seconds: time.Since(start).Seconds()}
 	if c.json {

@@ -475,28 +475,7 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 	killed := false
 	for attempt := 0; attempt < 3 && !killed; attempt++ {
 		cmd := a.cmd("", "push", "big")
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-	watch:
-		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
-			names, _ := filepath.Glob(filepath.Join(staging, "object.*.tmp"))
-			if len(names) > 0 {
-				if fi, err := os.Stat(names[0]); err == nil && fi.Size() > 1<<20 {
-					cmd.Process.Signal(syscall.SIGKILL)
-					killed = true
-					break
-				}
-			}
-			select {
-			case <-exited:
-				break watch
-			default:
-			}
-		}
-		<-exited
+		killed = signalMidObject(t, cmd, staging, syscall.SIGKILL)
 		if !killed {
 			t.Logf("attempt %d: the push finished before it could be killed", attempt+1)
 			srv.stop()
@@ -521,6 +500,23 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 	a.jsonOut(&p, "push", "big")
 	if p.BytesUploaded < 256<<20 {
 		t.Fatalf("the push after the kill: %+v", p)
+	}
+
+	// A pull interrupted or killed in the middle of an object leaves
+	// nothing behind (after a kill, once the next command recovered).
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGKILL} {
+		b := newKP(t)
+		b.env = append(b.env, "KARAPACE_REMOTE="+srv.url, "KARAPACE_TOKEN="+testTokenRO)
+		cmd := b.cmd("", "pull", id)
+		if !signalMidObject(t, cmd, filepath.Join(b.store, "store", "staging"), sig) {
+			t.Logf("the pull finished before %v", sig)
+			continue
+		}
+		if cmd.ProcessState.Success() {
+			t.Fatalf("the pull succeeded after %v", sig)
+		}
+		b.ok("verify-store")
+		b.emptyStore()
 	}
 
 	// SIGTERM while a request streams its body: the request completes,
@@ -554,6 +550,34 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 	if len(rep.Bad) != 0 || !fileExists(filepath.Join(srv.data, "store", "objects", storeBlake3Hex(blob))) {
 		t.Fatalf("the server's store after shutdown: %+v", rep)
 	}
+}
+
+// signalMidObject starts cmd and sends it sig once an object of more
+// than a megabyte is being written into staging; it reports whether it
+// did before cmd ended, and waits for cmd.
+func signalMidObject(t *testing.T, cmd *exec.Cmd, staging string, sig syscall.Signal) bool {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() { <-exited }()
+	for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(2 * time.Millisecond) {
+		names, _ := filepath.Glob(filepath.Join(staging, "object.*.tmp"))
+		if len(names) > 0 {
+			if fi, err := os.Stat(names[0]); err == nil && fi.Size() > 1<<20 {
+				cmd.Process.Signal(sig)
+				return true
+			}
+		}
+		select {
+		case <-exited:
+			return false
+		default:
+		}
+	}
+	return false
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
@@ -764,4 +788,31 @@ func TestRemoteRealEnvironment(t *testing.T) {
 	e := newKP(t)
 	e.fails(1, "is corrupt", "import", file)
 	e.emptyStore()
+}
+
+// On a terminal, push and pull show their bytes and rate; piped, nothing.
+func TestRemoteProgress(t *testing.T) {
+	srv := startTestServer(t, filepath.Join(t.TempDir(), "data"), "--no-auth")
+	a := newKP(t)
+	bigMockEnv(t, a, 8<<20)
+	for _, args := range [][]string{{"push", "big", "--remote", srv.url, "--tag", "big@x"}, {"pull", "big@x", "--remote", srv.url, "--store", a.base + "/other"}} {
+		master, slave := openPTY(t)
+		cmd := a.cmd("", args...)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, slave
+		if err := cmd.Run(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+		slave.Close()
+		var seen bytes.Buffer
+		io.Copy(&seen, master) // ends with EIO once the slave is closed
+		mustContain(t, "terminal", seen.String(), args[0]+"ing ", "B/s", "\r\x1b[K")
+		if args[0] == "push" {
+			mustContain(t, "terminal", seen.String(), " / 8.0 MiB ", "%")
+		}
+	}
+	_, _, errOut := a.run("push", "big", "--remote", srv.url)
+	if strings.Contains(errOut, "/s") {
+		t.Fatalf("progress on a pipe: %q", errOut)
+	}
 }

@@ -420,16 +420,15 @@ func cmdImport(c *cli) error {
 	}
 	start := time.Now()
 	prog := newProgress("importing "+filepath.Base(file), size, true)
-	defer prog.finish()
 	src, err := openArchive(bufio.NewReaderSize(in, 256<<10), prog)
-	if err != nil {
-		return fmt.Errorf("importing %s: %w", file, err)
-	}
-	r, err := e.receive(src, receiveOptions{kind: "import", name: c.flag("name")})
-	if err != nil {
-		return fmt.Errorf("importing %s: %w", file, err)
+	var r *receiveResult
+	if err == nil {
+		r, err = e.receive(src, receiveOptions{kind: "import", name: c.flag("name")})
 	}
 	prog.finish()
+	if err != nil {
+		return fmt.Errorf("importing %s: %w", file, err)
+	}
 	if c.json {
 		return writeJSON(c.stdout, map[string]any{"env_id": r.EnvID, "short_id": r.ShortID, "name": r.Name, "file": file,
 			"already_present": r.AlreadyPresent, "blobs_imported": r.Received, "blobs_skipped": r.Skipped, "bytes_imported": r.Bytes,
