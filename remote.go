@@ -11,6 +11,7 @@ import (
 	"io"
 	"io/fs"
 	"maps"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -876,7 +877,8 @@ func (r *v1Remote) registry(ctx context.Context) (map[string]string, string, err
 // changed it since it was read (If-Match), so concurrent pushes of
 // different tags both land.
 func (r *v1Remote) setTag(ctx context.Context, tag, envID string) error {
-	for attempt := 0; attempt < 20; attempt++ {
+	deadline := time.Now().Add(2 * time.Minute)
+	for attempt := 0; time.Now().Before(deadline); attempt++ {
 		reg, etag, err := r.registry(ctx)
 		if err != nil {
 			return err
@@ -899,7 +901,9 @@ func (r *v1Remote) setTag(ctx context.Context, tag, envID string) error {
 		case http.StatusOK, http.StatusCreated, http.StatusNoContent:
 			return nil
 		case http.StatusPreconditionFailed:
-			time.Sleep(time.Duration(attempt*20) * time.Millisecond)
+			// Someone else's tag landed first: back off a random while,
+			// so that a crowd of pushes does not retry in step.
+			time.Sleep(rand.N(time.Duration(min(1000, 10<<min(attempt, 7))) * time.Millisecond))
 			continue
 		}
 		return r.statusError("setting the tag "+tag, resp)
