@@ -337,6 +337,9 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 			return err
 		}
 		m.Name, m.ManifestPath = name, ""
+		if m.State == stateRunning {
+			m.State = stateBuilt // its instance runs elsewhere, if anywhere
+		}
 		m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
 		return op.putMeta(m)
 	}()

@@ -280,6 +280,14 @@ func TestRemotePushPullMock(t *testing.T) {
 	if p2.BlobsUploaded != 0 || p2.BytesUploaded != 0 || p2.BlobsSkipped != p1.BlobsUploaded {
 		t.Fatalf("second push sent blobs: %+v (first %+v)", p2, p1)
 	}
+	// A new snapshot: its object, its layer and the new metadata go.
+	writeFile(t, upper, "etc/second.conf", "later\n")
+	snap2 := strings.TrimSpace(a.ok("commit", "demo"))
+	var p3 pushResult
+	a.jsonOut(&p3, "push", "demo", "--tag", "demo@v1")
+	if p3.BlobsUploaded != 3 || p3.BlobsSkipped != p1.BlobsUploaded {
+		t.Fatalf("push after a commit: %+v", p3)
+	}
 
 	// Pulled with a read-only token into another store: same id, runs,
 	// the snapshot is its writable layer, the machine-specific path gone.
@@ -302,7 +310,7 @@ func TestRemotePushPullMock(t *testing.T) {
 		Environment envInfo `json:"environment"`
 	}
 	b.jsonOut(&insp, "inspect", "demo")
-	if insp.Environment.ManifestPath != "" || insp.Environment.UpperLayer != snap || len(insp.Environment.Snapshots) != 1 {
+	if insp.Environment.ManifestPath != "" || insp.Environment.UpperLayer != snap || len(insp.Environment.Snapshots) != 2 || insp.Environment.Snapshots[1] != snap2 {
 		t.Fatalf("pulled metadata: %+v", insp.Environment)
 	}
 	b.ok("verify-store")
