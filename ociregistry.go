@@ -503,7 +503,7 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 			if err != nil {
 				return nil, err
 			}
-			return readCloser{prog.reader(rc), rc}, nil
+			return remoteReadCloser{prog.reader(rc), rc}, nil
 		}
 		if err := o.upload(ctx, repo, scope, descs[i], body); err != nil {
 			return err
@@ -554,7 +554,7 @@ func (o *ociRemote) upload(ctx context.Context, repo, scope string, d ociDescrip
 			return nil, err
 		}
 		h := sha256.New()
-		return readCloser{&ociHashReader{r: rc, h: h, done: func() { got = ociDigest(h) }}, rc}, nil
+		return remoteReadCloser{&ociHashReader{r: rc, h: h, done: func() { got = ociDigest(h) }}, rc}, nil
 	}
 	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
 	resp, err = o.do(ctx, http.MethodPatch, loc.String(), scope, hdr, hashed, d.Size)
@@ -697,7 +697,7 @@ func (s *ociSource) open(ctx context.Context, d ociDescriptor) (io.ReadCloser, e
 		defer resp.Body.Close()
 		return nil, s.o.statusError("fetching blob "+d.Digest, resp)
 	}
-	return readCloser{&ociVerifyReader{r: resp.Body, h: sha256.New(), d: d}, resp.Body}, nil
+	return remoteReadCloser{&ociVerifyReader{r: resp.Body, h: sha256.New(), d: d}, resp.Body}, nil
 }
 
 func (s *ociSource) get(d ociDescriptor, limit int64) ([]byte, error) {

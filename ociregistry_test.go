@@ -97,13 +97,13 @@ func TestOCIPlainHTTPRefused(t *testing.T) {
 	}
 }
 
-// testRegistry is docker-registry serving on loopback.
-type testRegistry struct {
+// ociTestRegistry is docker-registry serving on loopback.
+type ociTestRegistry struct {
 	host string // 127.0.0.1:PORT
 	data string
 }
 
-func freePort(t *testing.T) int {
+func ociFreePort(t *testing.T) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -113,19 +113,19 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// startRegistry runs Debian's docker-registry with auth (YAML under
+// startOCIRegistry runs Debian's docker-registry with auth (YAML under
 // "auth:", or "" for none).
-func startRegistry(t *testing.T, auth string) *testRegistry {
+func startOCIRegistry(t *testing.T, auth string) *ociTestRegistry {
 	t.Helper()
 	bin := needTool(t, "docker-registry")
 	dir := t.TempDir()
-	r := &testRegistry{host: fmt.Sprintf("127.0.0.1:%d", freePort(t)), data: filepath.Join(dir, "data")}
+	r := &ociTestRegistry{host: fmt.Sprintf("127.0.0.1:%d", ociFreePort(t)), data: filepath.Join(dir, "data")}
 	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: karapace-test-secret\n", r.data, r.host)
 	if auth != "" {
 		cfg += "auth:\n" + auth
 	}
 	cmd := exec.Command(bin, "serve", writeFile(t, dir, "config.yml", cfg))
-	var out syncBuffer
+	var out remoteSyncBuffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -153,23 +153,23 @@ func startRegistry(t *testing.T, auth string) *testRegistry {
 }
 
 // blobFile is where the registry keeps a blob.
-func (r *testRegistry) blobFile(digest string) string {
+func (r *ociTestRegistry) blobFile(digest string) string {
 	hex := strings.TrimPrefix(digest, "sha256:")
 	return filepath.Join(r.data, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
 }
 
-// tokenServer issues registry tokens (JWT, ES256, with the certificate
+// ociTokenServer issues registry tokens (JWT, ES256, with the certificate
 // chain in x5c) to one user, the way a registry's auth service does.
-type tokenServer struct {
+type ociTokenServer struct {
 	url, cert string
 	mu        sync.Mutex
 	scopes    []string
 }
 
-func startTokenServer(t *testing.T, user, password string) *tokenServer {
+func startOCITokenServer(t *testing.T, user, password string) *ociTokenServer {
 	t.Helper()
-	certFile, _, key, der := testCert(t, t.TempDir())
-	ts := &tokenServer{cert: certFile}
+	certFile, _, key, der := remoteTestCert(t, t.TempDir())
+	ts := &ociTokenServer{cert: certFile}
 	b64 := base64.RawURLEncoding.EncodeToString
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		u, p, ok := r.BasicAuth()
@@ -225,18 +225,18 @@ func TestOCIRegistry(t *testing.T) {
 	for _, mode := range []string{"anonymous", "basic", "bearer"} {
 		t.Run(mode, func(t *testing.T) {
 			auth := ""
-			var tokens *tokenServer
+			var tokens *ociTokenServer
 			switch mode {
 			case "basic":
 				auth = fmt.Sprintf("  htpasswd:\n    realm: karapace-test\n    path: %s\n", htpasswd)
 			case "bearer":
-				tokens = startTokenServer(t, user, password)
+				tokens = startOCITokenServer(t, user, password)
 				auth = fmt.Sprintf("  token:\n    realm: %s\n    service: karapace-test\n    issuer: karapace-test-issuer\n    rootcertbundle: %s\n", tokens.url, tokens.cert)
 			}
-			reg := startRegistry(t, auth)
+			reg := startOCIRegistry(t, auth)
 			remote := "oci://" + reg.host + "/team"
 			a := newKP(t)
-			id := mockEnv(t, a, "demo", `"git"`)
+			id := remoteMockEnv(t, a, "demo", `"git"`)
 			upper := filepath.Join(a.store, "env", id, "upper")
 			writeFile(t, upper, "etc/pulled.conf", "over oci\n")
 			a.ok("restore", "demo", strings.TrimSpace(a.ok("commit", "demo")))
@@ -313,7 +313,7 @@ func TestOCIRegistry(t *testing.T) {
 }
 
 // ociTestGet fetches a registry path with the credentials k would use.
-func ociTestGet(t *testing.T, reg *testRegistry, k *kpRun, path string) []byte {
+func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byte {
 	t.Helper()
 	rs := &remoteSettings{url: "oci://" + reg.host + "/team"}
 	for _, kv := range k.env {

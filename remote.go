@@ -816,7 +816,7 @@ func (r *v1Remote) push(ctx context.Context, s *store, c *envClosure, tag string
 			if err != nil {
 				return nil, err
 			}
-			return readCloser{prog.reader(rc), rc}, nil
+			return remoteReadCloser{prog.reader(rc), rc}, nil
 		})
 		if err != nil {
 			return err
@@ -850,7 +850,7 @@ func (r *v1Remote) push(ctx context.Context, s *store, c *envClosure, tag string
 	return nil
 }
 
-type readCloser struct {
+type remoteReadCloser struct {
 	io.Reader
 	io.Closer
 }

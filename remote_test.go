@@ -27,37 +27,37 @@ import (
 	"time"
 )
 
-// syncBuffer collects a child's output while the test reads it.
-type syncBuffer struct {
+// remoteSyncBuffer collects a child's output while the test reads it.
+type remoteSyncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
+func (s *remoteSyncBuffer) Write(p []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.Write(p)
 }
 
-func (s *syncBuffer) String() string {
+func (s *remoteSyncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
 }
 
-// testServer is 'karapace server' running as a process of its own.
-type testServer struct {
+// remoteTestServer is 'karapace server' running as a process of its own.
+type remoteTestServer struct {
 	t    *testing.T
 	cmd  *exec.Cmd
 	url  string
 	data string
-	errb syncBuffer
+	errb remoteSyncBuffer
 	done chan struct{}
 }
 
-func startTestServer(t *testing.T, data string, args ...string) *testServer {
+func startRemoteServer(t *testing.T, data string, args ...string) *remoteTestServer {
 	t.Helper()
-	s := &testServer{t: t, data: data, done: make(chan struct{})}
+	s := &remoteTestServer{t: t, data: data, done: make(chan struct{})}
 	s.cmd = exec.Command(os.Args[0], append([]string{"server", "--listen", "127.0.0.1:0", "--data", data}, args...)...)
 	s.cmd.Env = []string{"KARAPACE_TEST_CLI=1", "PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "KARAPACE_LOCK_WAIT=10s"}
 	out, err := s.cmd.StdoutPipe()
@@ -89,7 +89,7 @@ func startTestServer(t *testing.T, data string, args ...string) *testServer {
 }
 
 // stop sends SIGTERM and returns the exit code.
-func (s *testServer) stop() int {
+func (s *remoteTestServer) stop() int {
 	select {
 	case <-s.done:
 		return s.cmd.ProcessState.ExitCode()
@@ -106,16 +106,16 @@ func (s *testServer) stop() int {
 	return s.cmd.ProcessState.ExitCode()
 }
 
-// writeTokenFile writes a token file readable only by its owner.
-func writeTokenFile(t *testing.T, dir string) string {
+// remoteTokenFile writes a token file readable only by its owner.
+func remoteTokenFile(t *testing.T, dir string) string {
 	t.Helper()
 	p := writeFile(t, dir, "tokens", "# test tokens\n"+testTokenRW+" rw\n"+testTokenRO+" ro\n")
 	os.Chmod(p, 0o600)
 	return p
 }
 
-// countFiles counts the regular files under dir.
-func countFiles(t *testing.T, dir string) int {
+// remoteCountFiles counts the regular files under dir.
+func remoteCountFiles(t *testing.T, dir string) int {
 	t.Helper()
 	n := 0
 	filepath.WalkDir(dir, func(_ string, d os.DirEntry, err error) error {
@@ -132,7 +132,7 @@ func countFiles(t *testing.T, dir string) int {
 func (k *kpRun) emptyStore() {
 	k.t.Helper()
 	for _, d := range []string{"objects", "layers", "metadata", "wal", "staging"} {
-		if n := countFiles(k.t, filepath.Join(k.store, "store", d)); n != 0 {
+		if n := remoteCountFiles(k.t, filepath.Join(k.store, "store", d)); n != 0 {
 			k.t.Fatalf("store/%s holds %d file(s) after a refused transfer", d, n)
 		}
 	}
@@ -220,8 +220,8 @@ func TestRemoteSettings(t *testing.T) {
 	}
 }
 
-// testCert makes a self-signed certificate for 127.0.0.1 and localhost.
-func testCert(t *testing.T, dir string) (certFile, keyFile string, key *ecdsa.PrivateKey, der []byte) {
+// remoteTestCert makes a self-signed certificate for 127.0.0.1 and localhost.
+func remoteTestCert(t *testing.T, dir string) (certFile, keyFile string, key *ecdsa.PrivateKey, der []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -245,8 +245,8 @@ func testCert(t *testing.T, dir string) (certFile, keyFile string, key *ecdsa.Pr
 	return certFile, keyFile, key, der
 }
 
-// mockEnv builds a mock environment named name in k and returns its id.
-func mockEnv(t *testing.T, k *kpRun, name, pkgs string) string {
+// remoteMockEnv builds a mock environment named name in k and returns its id.
+func remoteMockEnv(t *testing.T, k *kpRun, name, pkgs string) string {
 	t.Helper()
 	if _, err := os.Stat(filepath.Join(k.dir, "image.tar.gz")); err != nil {
 		tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
@@ -257,9 +257,9 @@ func mockEnv(t *testing.T, k *kpRun, name, pkgs string) string {
 
 func TestRemotePushPullMock(t *testing.T) {
 	dir := t.TempDir()
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir))
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
 	a := newKP(t)
-	id := mockEnv(t, a, "demo", `"git"`)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
 	// A restored snapshot is the writable layer a pull gets; changes
 	// made since are not part of the environment.
 	upper := filepath.Join(a.store, "env", id, "upper")
@@ -325,10 +325,10 @@ func TestRemotePushPullMock(t *testing.T) {
 
 	// Names stay unique: a taken name stops the pull, --name renames.
 	c := newKP(t)
-	cid := mockEnv(t, c, "demo", `"other"`)
+	cid := remoteMockEnv(t, c, "demo", `"other"`)
 	c.env = append(c.env, "KARAPACE_REMOTE="+srv.url, "KARAPACE_TOKEN="+testTokenRW)
 	c.fails(1, `is named "demo", a name taken here`, "pull", "demo@v1")
-	if n := countFiles(t, filepath.Join(c.store, "store", "wal")); n != 0 {
+	if n := remoteCountFiles(t, filepath.Join(c.store, "store", "wal")); n != 0 {
 		t.Fatalf("a refused pull left %d WAL entries", n)
 	}
 	var cr pullResult
@@ -342,7 +342,7 @@ func TestRemotePushPullMock(t *testing.T) {
 	}
 
 	// Credentials: none, wrong, read-only. Nothing gets written.
-	before := countFiles(t, srv.data)
+	before := remoteCountFiles(t, srv.data)
 	noTok := append([]string{}, c.env[:len(c.env)-1]...)
 	c.env = append(noTok, "KARAPACE_TOKEN="+testTokenRW+"x")
 	c.fails(1, "authentication failed: check KARAPACE_TOKEN", "push", cid)
@@ -351,7 +351,7 @@ func TestRemotePushPullMock(t *testing.T) {
 	c.fails(1, "authentication failed", "pull", "demo@v1")
 	c.env = append(noTok, "KARAPACE_TOKEN="+testTokenRO)
 	c.fails(1, "not allowed with these credentials", "push", cid, "--tag", "demo@v2")
-	if after := countFiles(t, srv.data); after != before {
+	if after := remoteCountFiles(t, srv.data); after != before {
 		t.Fatalf("refused pushes changed the server's data: %d files, then %d", before, after)
 	}
 
@@ -374,7 +374,7 @@ func TestRemoteServerRefusals(t *testing.T) {
 	k.fails(1, "line 2: expected", "server", "--listen", "127.0.0.1:0", "--data", dir+"/d", "--tokens", bad)
 	k.fails(1, "--tls-cert and --tls-key go together", "server", "--listen", "127.0.0.1:0", "--data", dir+"/d", "--no-auth", "--tls-cert", bad)
 	k.fails(1, "contradict", "server", "--listen", "127.0.0.1:0", "--data", dir+"/d", "--no-auth", "--tokens", bad)
-	srv := startTestServer(t, dir+"/d", "--no-auth")
+	srv := startRemoteServer(t, dir+"/d", "--no-auth")
 	for i := 0; i < 100 && !strings.Contains(srv.errb.String(), "no authentication (--no-auth)"); i++ {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -388,9 +388,9 @@ func TestRemoteServerRefusals(t *testing.T) {
 // local store as it was.
 func TestRemoteTamperedBlob(t *testing.T) {
 	dir := t.TempDir()
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--no-auth")
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--no-auth")
 	a := newKP(t)
-	id := mockEnv(t, a, "demo", `"git"`)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
 	a.ok("push", "demo", "--remote", srv.url)
 	var biggest string
 	var size int64
@@ -421,13 +421,13 @@ func TestRemoteTamperedBlob(t *testing.T) {
 
 func TestRemoteTLS(t *testing.T) {
 	dir := t.TempDir()
-	cert, key, _, _ := testCert(t, dir)
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir), "--tls-cert", cert, "--tls-key", key)
+	cert, key, _, _ := remoteTestCert(t, dir)
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir), "--tls-cert", cert, "--tls-key", key)
 	if !strings.HasPrefix(srv.url, "https://127.0.0.1:") {
 		t.Fatalf("url %s", srv.url)
 	}
 	a := newKP(t)
-	id := mockEnv(t, a, "demo", "")
+	id := remoteMockEnv(t, a, "demo", "")
 	a.env = append(a.env, "KARAPACE_TOKEN="+testTokenRW)
 	a.fails(1, "not signed by a trusted authority: set KARAPACE_CA_CERT", "push", "demo", "--remote", srv.url)
 	a.env = append(a.env, "KARAPACE_CA_CERT="+cert)
@@ -444,9 +444,9 @@ func TestRemoteTLS(t *testing.T) {
 	mustContain(t, "stderr", errOut, "other users may read it")
 }
 
-// bigMockEnv builds a mock environment whose base layer carries size
+// remoteBigMockEnv builds a mock environment whose base layer carries size
 // random bytes, from an uncompressed image.
-func bigMockEnv(t *testing.T, k *kpRun, size int64) string {
+func remoteBigMockEnv(t *testing.T, k *kpRun, size int64) string {
 	t.Helper()
 	f, err := os.Create(filepath.Join(k.dir, "image.tar"))
 	if err != nil {
@@ -468,9 +468,9 @@ func bigMockEnv(t *testing.T, k *kpRun, size int64) string {
 // the server; a server stopped during one finishes it first.
 func TestRemoteInterruptedUploads(t *testing.T) {
 	dir := t.TempDir()
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir))
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
 	a := newKP(t)
-	id := bigMockEnv(t, a, 256<<20)
+	id := remoteBigMockEnv(t, a, 256<<20)
 	a.env = append(a.env, "KARAPACE_REMOTE="+srv.url, "KARAPACE_TOKEN="+testTokenRW)
 	var m envMeta
 	mb, _ := os.ReadFile(filepath.Join(a.store, "store", "metadata", id))
@@ -488,7 +488,7 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 			t.Logf("attempt %d: the push finished before it could be killed", attempt+1)
 			srv.stop()
 			os.RemoveAll(srv.data)
-			srv = startTestServer(t, srv.data, "--tokens", filepath.Join(dir, "tokens"))
+			srv = startRemoteServer(t, srv.data, "--tokens", filepath.Join(dir, "tokens"))
 			a.env[len(a.env)-2] = "KARAPACE_REMOTE=" + srv.url
 		}
 	}
@@ -555,7 +555,7 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 	}
 	var rep verifyReport
 	a.jsonOut(&rep, "--store", srv.data, "verify-store")
-	if len(rep.Bad) != 0 || !fileExists(filepath.Join(srv.data, "store", "objects", storeBlake3Hex(blob))) {
+	if len(rep.Bad) != 0 || remoteCountFiles(t, filepath.Join(srv.data, "store", "objects", storeBlake3Hex(blob))) != 1 {
 		t.Fatalf("the server's store after shutdown: %+v", rep)
 	}
 }
@@ -588,10 +588,8 @@ func signalMidObject(t *testing.T, cmd *exec.Cmd, staging string, sig syscall.Si
 	return false
 }
 
-func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-// procPeakRSS is a process's peak resident set, from /proc.
-func procPeakRSS(t *testing.T, pid int) int64 {
+// remotePeakRSS is a process's peak resident set, from /proc.
+func remotePeakRSS(t *testing.T, pid int) int64 {
 	t.Helper()
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -613,7 +611,7 @@ func procPeakRSS(t *testing.T, pid int) int64 {
 func TestRemoteLoad(t *testing.T) {
 	const clients, envs = 16, 200
 	dir := t.TempDir()
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir))
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
 	src := newKP(t)
 	s, err := openStore(src.store)
 	if err != nil {
@@ -676,7 +674,7 @@ func TestRemoteLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	took := time.Since(start)
-	rss := procPeakRSS(t, srv.cmd.Process.Pid)
+	rss := remotePeakRSS(t, srv.cmd.Process.Pid)
 	t.Logf("%d clients moved %d environments (%s of their own, 20 MiB shared) up and down in %v; server peak RSS %s",
 		clients, envs, humanBytes(total), took.Round(time.Millisecond), humanBytes(rss))
 	if took > 4*time.Minute {
@@ -749,7 +747,7 @@ func TestRemoteRealEnvironment(t *testing.T) {
 		k.ok("verify-store")
 	}
 
-	srv := startTestServer(t, filepath.Join(dir, "data"), "--tokens", writeTokenFile(t, dir))
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
 	a.env = append(a.env, "KARAPACE_TOKEN="+testTokenRW)
 	var p1, p2 pushResult
 	a.jsonOut(&p1, "push", "real", "--tag", "real@v1", "--remote", srv.url)
@@ -765,7 +763,7 @@ func TestRemoteRealEnvironment(t *testing.T) {
 	check(b)
 
 	htpasswd, _ := filepath.Abs("testdata/remote/htpasswd")
-	reg := startRegistry(t, fmt.Sprintf("  htpasswd:\n    realm: karapace-test\n    path: %s\n", htpasswd))
+	reg := startOCIRegistry(t, fmt.Sprintf("  htpasswd:\n    realm: karapace-test\n    path: %s\n", htpasswd))
 	creds := []string{"KARAPACE_REMOTE=oci://" + reg.host + "/team", "KARAPACE_REGISTRY_USER=karapace", "KARAPACE_REGISTRY_PASSWORD=registry-test-password"}
 	a.env = append(a.env, creds...)
 	a.ok("push", "real", "--tag", "real@v1")
@@ -800,9 +798,9 @@ func TestRemoteRealEnvironment(t *testing.T) {
 
 // On a terminal, push and pull show their bytes and rate; piped, nothing.
 func TestRemoteProgress(t *testing.T) {
-	srv := startTestServer(t, filepath.Join(t.TempDir(), "data"), "--no-auth")
+	srv := startRemoteServer(t, filepath.Join(t.TempDir(), "data"), "--no-auth")
 	a := newKP(t)
-	bigMockEnv(t, a, 8<<20)
+	remoteBigMockEnv(t, a, 8<<20)
 	for _, args := range [][]string{{"push", "big", "--remote", srv.url, "--tag", "big@x"}, {"pull", "big@x", "--remote", srv.url, "--store", a.base + "/other"}} {
 		master, slave := openPTY(t)
 		cmd := a.cmd("", args...)

@@ -533,8 +533,8 @@ func (k *kpServer) list(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, out)
 }
 
-// parseByteSize reads 1234, 512K, 64M, 16G or 1T (binary units).
-func parseByteSize(s string) (int64, error) {
+// serverParseSize reads 1234, 512K, 64M, 16G or 1T (binary units).
+func serverParseSize(s string) (int64, error) {
 	mult := int64(1)
 	if n := len(s); n > 0 {
 		if i := strings.IndexByte("KMGT", s[n-1]&^0x20); i >= 0 {
@@ -557,7 +557,7 @@ func cmdServer(c *cli) error {
 	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait}
 	maxUploads := serverDefaultMaxUploads
 	if v := c.flag("max-blob-size"); v != "" {
-		n, err := parseByteSize(v)
+		n, err := serverParseSize(v)
 		if err != nil {
 			return usageErrorf("--max-blob-size: %v", err)
 		}

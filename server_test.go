@@ -75,13 +75,13 @@ func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server)
 	return k, ts
 }
 
-type testReq struct {
+type serverReq struct {
 	method, path, token string
 	body                io.Reader
 	hdr                 map[string]string
 }
 
-func (r testReq) do(t *testing.T, base string) (*http.Response, string) {
+func (r serverReq) do(t *testing.T, base string) (*http.Response, string) {
 	t.Helper()
 	req, err := http.NewRequest(r.method, base+r.path, r.body)
 	if err != nil {
@@ -102,7 +102,7 @@ func (r testReq) do(t *testing.T, base string) (*http.Response, string) {
 	return resp, string(b)
 }
 
-func expectStatus(t *testing.T, base string, r testReq, code int, want string) *http.Response {
+func serverExpect(t *testing.T, base string, r serverReq, code int, want string) *http.Response {
 	t.Helper()
 	resp, body := r.do(t, base)
 	if resp.StatusCode != code || !strings.Contains(body, want) {
@@ -141,40 +141,40 @@ func TestServerProtocol(t *testing.T) {
 	objPath := "/blobs/object/" + h
 
 	// Authentication: none, wrong, read-only writing.
-	resp := expectStatus(t, u, testReq{method: "GET", path: "/list"}, 401, "authentication required")
+	resp := serverExpect(t, u, serverReq{method: "GET", path: "/list"}, 401, "authentication required")
 	if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer ") {
 		t.Fatalf("WWW-Authenticate: %q", resp.Header.Get("WWW-Authenticate"))
 	}
-	expectStatus(t, u, testReq{method: "PUT", path: objPath, token: testTokenRW + "x", body: bytes.NewReader(data)}, 401, "invalid token")
-	expectStatus(t, u, testReq{method: "PUT", path: objPath, token: testTokenRO, body: bytes.NewReader(data)}, 403, "read-only")
-	expectStatus(t, u, testReq{method: "GET", path: objPath, token: testTokenRO}, 404, "no object")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW + "x", body: bytes.NewReader(data)}, 401, "invalid token")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRO, body: bytes.NewReader(data)}, 403, "read-only")
+	serverExpect(t, u, serverReq{method: "GET", path: objPath, token: testTokenRO}, 404, "no object")
 
 	// Names: a known kind and 64 lowercase hex digits, nothing else.
 	for _, p := range []string{"/blobs/tree/" + h, "/blobs/object/" + strings.ToUpper(h), "/blobs/object/" + h[:63], "/blobs/object/%2e%2e%2fversion", "/blobs/metadata/..%2f..%2fx"} {
-		expectStatus(t, u, testReq{method: "PUT", path: p, token: testTokenRW, body: bytes.NewReader(data)}, 400, "invalid blob name")
-		expectStatus(t, u, testReq{method: "GET", path: p, token: testTokenRW}, 400, "invalid blob name")
+		serverExpect(t, u, serverReq{method: "PUT", path: p, token: testTokenRW, body: bytes.NewReader(data)}, 400, "invalid blob name")
+		serverExpect(t, u, serverReq{method: "GET", path: p, token: testTokenRW}, 400, "invalid blob name")
 	}
 
 	// Content that does not hash to its name is refused and not kept.
 	other := storeBlake3Hex([]byte("something else"))
-	expectStatus(t, u, testReq{method: "PUT", path: "/blobs/object/" + other, token: testTokenRW, body: bytes.NewReader(data)}, 400, "hash to "+h)
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + other, token: testTokenRW, body: bytes.NewReader(data)}, 400, "hash to "+h)
 	if n := dirNames(t, k.s.path("objects")); len(n) != 0 {
 		t.Fatalf("a refused upload left %v", n)
 	}
-	expectStatus(t, u, testReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 201, "")
-	expectStatus(t, u, testReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 200, "")
-	resp = expectStatus(t, u, testReq{method: "HEAD", path: objPath, token: testTokenRO}, 200, "")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 201, "")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 200, "")
+	resp = serverExpect(t, u, serverReq{method: "HEAD", path: objPath, token: testTokenRO}, 200, "")
 	if resp.Header.Get("ETag") != `"`+h+`"` || resp.ContentLength != int64(len(data)) {
 		t.Fatalf("HEAD: %v", resp.Header)
 	}
-	expectStatus(t, u, testReq{method: "GET", path: objPath, token: testTokenRO}, 200, string(data))
-	expectStatus(t, u, testReq{method: "DELETE", path: objPath, token: testTokenRW}, 405, "")
+	serverExpect(t, u, serverReq{method: "GET", path: objPath, token: testTokenRO}, 200, string(data))
+	serverExpect(t, u, serverReq{method: "DELETE", path: objPath, token: testTokenRW}, 405, "")
 
 	// Size limits: by Content-Length, and for a body without one.
 	big := bytes.Repeat([]byte("x"), 1<<20+1)
 	bh := storeBlake3Hex(big)
-	expectStatus(t, u, testReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: bytes.NewReader(big)}, 413, "limit")
-	expectStatus(t, u, testReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: io.MultiReader(bytes.NewReader(big))}, 413, "limit")
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: bytes.NewReader(big)}, 413, "limit")
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: io.MultiReader(bytes.NewReader(big))}, 413, "limit")
 	if n := dirNames(t, k.s.path("objects")); len(n) != 1 || len(dirNames(t, k.s.path("staging"))) != 0 {
 		t.Fatalf("objects %v, staging %v", n, dirNames(t, k.s.path("staging")))
 	}
@@ -195,7 +195,7 @@ func TestServerProtocol(t *testing.T) {
 	}
 	put := func(kind, hash string, b []byte, code int, want string) {
 		t.Helper()
-		expectStatus(t, u, testReq{method: "PUT", path: "/blobs/" + kind + "/" + hash, token: testTokenRW, body: bytes.NewReader(b)}, code, want)
+		serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/" + kind + "/" + hash, token: testTokenRW, body: bytes.NewReader(b)}, code, want)
 	}
 	put(blobMetadata, m.EnvID, cl.wire, 409, "which the server does not hold")
 	put(blobLayer, base.Hash, base.fileBytes(), 409, "object "+base.TarHash)
@@ -214,7 +214,7 @@ func TestServerProtocol(t *testing.T) {
 	put(blobMetadata, strings.Repeat("0", 64), cl.wire, 400, "is the metadata of")
 	put(blobMetadata, m.EnvID, cl.wire, 201, "")
 	put(blobMetadata, m.EnvID, cl.wire, 200, "")
-	resp = expectStatus(t, u, testReq{method: "HEAD", path: "/blobs/metadata/" + m.EnvID, token: testTokenRO}, 200, "")
+	resp = serverExpect(t, u, serverReq{method: "HEAD", path: "/blobs/metadata/" + m.EnvID, token: testTokenRO}, 200, "")
 	if resp.Header.Get("ETag") != `"`+storeBlake3Hex(cl.wire)+`"` {
 		t.Fatalf("metadata ETag %q", resp.Header.Get("ETag"))
 	}
@@ -223,15 +223,15 @@ func TestServerProtocol(t *testing.T) {
 	}
 
 	// The registry: validated, and If-Match keeps two writers from losing a tag.
-	resp = expectStatus(t, u, testReq{method: "GET", path: "/registry", token: testTokenRO}, 200, "{}")
+	resp = serverExpect(t, u, serverReq{method: "GET", path: "/registry", token: testTokenRO}, 200, "{}")
 	etag := resp.Header.Get("ETag")
 	reg := func(body, match string, code int, want string) *http.Response {
 		t.Helper()
-		r := testReq{method: "PUT", path: "/registry", token: testTokenRW, body: strings.NewReader(body), hdr: map[string]string{}}
+		r := serverReq{method: "PUT", path: "/registry", token: testTokenRW, body: strings.NewReader(body), hdr: map[string]string{}}
 		if match != "" {
 			r.hdr["If-Match"] = match
 		}
-		return expectStatus(t, u, r, code, want)
+		return serverExpect(t, u, r, code, want)
 	}
 	reg(`{"demo@v1": "`+strings.Repeat("1", 64)+`"}`, etag, 409, "does not hold")
 	reg(`{"bad name@v1": "`+m.EnvID+`"}`, etag, 400, "invalid environment name")
@@ -240,7 +240,7 @@ func TestServerProtocol(t *testing.T) {
 	resp = reg(`{"demo@v1": "`+m.EnvID+`"}`, etag, 200, "")
 	reg(`{"demo@v2": "`+m.EnvID+`"}`, etag, 412, "changed since it was read")
 	reg(`{"demo@v1": "`+m.EnvID+`", "demo@v2": "`+m.EnvID+`"}`, resp.Header.Get("ETag"), 200, "")
-	expectStatus(t, u, testReq{method: "GET", path: "/list", token: testTokenRO}, 200, `"demo@v1",`)
+	serverExpect(t, u, serverReq{method: "GET", path: "/list", token: testTokenRO}, 200, `"demo@v1",`)
 	if b, _ := os.ReadFile(filepath.Join(k.s.root, "registry.json")); !strings.Contains(string(b), `"demo@v2": "`+m.EnvID) {
 		t.Fatalf("registry.json: %s", b)
 	}
@@ -267,7 +267,7 @@ func TestServerUploadSlots(t *testing.T) {
 	pw.Write(data[:1000]) // the upload holds the only slot
 	time.Sleep(100 * time.Millisecond)
 	small := []byte("small")
-	resp := expectStatus(t, ts.URL, testReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 503, "too many uploads")
+	resp := serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 503, "too many uploads")
 	if resp.Header.Get("Retry-After") == "" {
 		t.Fatal("503 without Retry-After")
 	}
@@ -276,17 +276,17 @@ func TestServerUploadSlots(t *testing.T) {
 	if code := <-done; code != 201 {
 		t.Fatalf("the first upload: %d", code)
 	}
-	expectStatus(t, ts.URL, testReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 201, "")
+	serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 201, "")
 }
 
-func TestParseByteSize(t *testing.T) {
+func TestServerParseSize(t *testing.T) {
 	for in, want := range map[string]int64{"1048576": 1 << 20, "512K": 512 << 10, "64M": 64 << 20, "16G": 16 << 30, "2t": 2 << 40} {
-		if got, err := parseByteSize(in); err != nil || got != want {
+		if got, err := serverParseSize(in); err != nil || got != want {
 			t.Errorf("%s: %d %v", in, got, err)
 		}
 	}
 	for _, in := range []string{"", "0", "-1", "1.5G", "G", "12X", "99999999999T"} {
-		if _, err := parseByteSize(in); err == nil {
+		if _, err := serverParseSize(in); err == nil {
 			t.Errorf("%q accepted", in)
 		}
 	}

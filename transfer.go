@@ -103,8 +103,8 @@ func (s *store) exportEnv(c *envClosure, w io.Writer, prog *progress) (int64, er
 	return total, nil
 }
 
-// archiveSource reads an environment from an export archive.
-type archiveSource struct {
+// exportSource reads an environment from an export archive.
+type exportSource struct {
 	raw    io.Reader
 	tr     *tar.Reader
 	m      *envMeta
@@ -114,7 +114,7 @@ type archiveSource struct {
 }
 
 // next reads the header of the entry the index promised.
-func (a *archiveSource) next(b remoteBlob) error {
+func (a *exportSource) next(b remoteBlob) error {
 	want := exportEntryName(b)
 	hdr, err := a.tr.Next()
 	if err == io.EOF {
@@ -129,7 +129,7 @@ func (a *archiveSource) next(b remoteBlob) error {
 	return nil
 }
 
-func (a *archiveSource) small(b remoteBlob) ([]byte, error) {
+func (a *exportSource) small(b remoteBlob) ([]byte, error) {
 	if err := a.next(b); err != nil {
 		return nil, err
 	}
@@ -140,10 +140,10 @@ func (a *archiveSource) small(b remoteBlob) ([]byte, error) {
 	return buf, nil
 }
 
-// openArchive reads and checks the index, the metadata and every layer,
+// openExport reads and checks the index, the metadata and every layer,
 // and that the archive holds exactly the environment's blobs.
-func openArchive(r io.Reader, prog *progress) (*archiveSource, error) {
-	a := &archiveSource{raw: r, tr: tar.NewReader(r), layers: map[string]*layer{}, prog: prog}
+func openExport(r io.Reader, prog *progress) (*exportSource, error) {
+	a := &exportSource{raw: r, tr: tar.NewReader(r), layers: map[string]*layer{}, prog: prog}
 	hdr, err := a.tr.Next()
 	if err != nil {
 		return nil, fmt.Errorf("not a karapace export archive: %w", err)
@@ -255,9 +255,9 @@ func openArchive(r io.Reader, prog *progress) (*archiveSource, error) {
 	return a, nil
 }
 
-func (a *archiveSource) meta() (*envMeta, error) { return a.m, nil }
+func (a *exportSource) meta() (*envMeta, error) { return a.m, nil }
 
-func (a *archiveSource) layer(hash string) (*layer, error) {
+func (a *exportSource) layer(hash string) (*layer, error) {
 	if l, ok := a.layers[hash]; ok {
 		return l, nil
 	}
@@ -267,7 +267,7 @@ func (a *archiveSource) layer(hash string) (*layer, error) {
 // objects reads the object entries in their order: those the store lacks
 // go to got, the others are hashed all the same, then the archive must
 // end, with nothing but zero padding after it.
-func (a *archiveSource) objects(need map[string]bool, got func(string, io.Reader) error) error {
+func (a *exportSource) objects(need map[string]bool, got func(string, io.Reader) error) error {
 	bp := storeBufPool.Get().(*[]byte)
 	defer storeBufPool.Put(bp)
 	for _, b := range a.objs {
@@ -420,7 +420,7 @@ func cmdImport(c *cli) error {
 	}
 	start := time.Now()
 	prog := newProgress("importing "+filepath.Base(file), size, true)
-	src, err := openArchive(bufio.NewReaderSize(in, 256<<10), prog)
+	src, err := openExport(bufio.NewReaderSize(in, 256<<10), prog)
 	var r *receiveResult
 	if err == nil {
 		r, err = e.receive(src, receiveOptions{kind: "import", name: c.flag("name")})

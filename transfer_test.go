@@ -13,7 +13,7 @@ import (
 
 func TestExportImportMock(t *testing.T) {
 	a := newKP(t)
-	id := mockEnv(t, a, "demo", `"git"`)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
 	writeFile(t, filepath.Join(a.store, "env", id, "upper"), "root/notes.txt", "carried\n")
 	a.ok("restore", "demo", strings.TrimSpace(a.ok("commit", "demo")))
 	file := filepath.Join(a.base, "demo.tar")
@@ -83,15 +83,15 @@ func TestExportImportMock(t *testing.T) {
 	d.emptyStore()
 }
 
-// archiveEntry is one entry of an archive under test.
-type archiveEntry struct {
+// exportEntry is one entry of an archive under test.
+type exportEntry struct {
 	name string
 	data []byte
 }
 
-func readArchive(t *testing.T, b []byte) []archiveEntry {
+func exportReadArchive(t *testing.T, b []byte) []exportEntry {
 	t.Helper()
-	var out []archiveEntry
+	var out []exportEntry
 	tr := tar.NewReader(bytes.NewReader(b))
 	for {
 		h, err := tr.Next()
@@ -102,11 +102,11 @@ func readArchive(t *testing.T, b []byte) []archiveEntry {
 			t.Fatal(err)
 		}
 		data, _ := io.ReadAll(tr)
-		out = append(out, archiveEntry{h.Name, data})
+		out = append(out, exportEntry{h.Name, data})
 	}
 }
 
-func writeArchive(ents []archiveEntry) []byte {
+func exportWriteArchive(ents []exportEntry) []byte {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	for _, e := range ents {
@@ -117,8 +117,8 @@ func writeArchive(ents []archiveEntry) []byte {
 	return buf.Bytes()
 }
 
-// withIndex rewrites the index of an archive's entries with edit.
-func withIndex(t *testing.T, ents []archiveEntry, edit func(*exportIndex)) []archiveEntry {
+// exportWithIndex rewrites the index of an archive's entries with edit.
+func exportWithIndex(t *testing.T, ents []exportEntry, edit func(*exportIndex)) []exportEntry {
 	t.Helper()
 	var idx exportIndex
 	if err := json.Unmarshal(ents[0].data, &idx); err != nil {
@@ -126,7 +126,7 @@ func withIndex(t *testing.T, ents []archiveEntry, edit func(*exportIndex)) []arc
 	}
 	edit(&idx)
 	b, _ := json.Marshal(&idx)
-	out := append([]archiveEntry{{exportIndexName, b}}, ents[1:]...)
+	out := append([]exportEntry{{exportIndexName, b}}, ents[1:]...)
 	return out
 }
 
@@ -147,7 +147,7 @@ func TestImportRefusesDamage(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := buf.Bytes()
-	ents := readArchive(t, good)
+	ents := exportReadArchive(t, good)
 	last := len(ents) - 1
 	otherCl, _ := src.closureOf(other)
 	extraObj := otherCl.objects[0]
@@ -162,21 +162,21 @@ func TestImportRefusesDamage(t *testing.T) {
 	}{
 		"not an archive":    {[]byte("hello"), "not a karapace export archive"},
 		"truncated":         {good[:len(good)-4096], "the archive"},
-		"changed object":    {writeArchive(append(append([]archiveEntry{}, ents[:last]...), archiveEntry{ents[last].name, flip(ents[last].data, 100)})), "is corrupt"},
-		"changed layer":     {writeArchive(append(append(append([]archiveEntry{}, ents[:2]...), archiveEntry{ents[2].name, flip(ents[2].data, bytes.Index(ents[2].data, []byte(`"tar_hash":"`))+12)}), ents[3:]...)), "in the archive is corrupt"},
-		"changed metadata":  {writeArchive(append(append([]archiveEntry{ents[0]}, archiveEntry{ents[1].name, bytes.Replace(ents[1].data, []byte("built"), []byte("frozn"), 1)}), ents[2:]...)), "metadata is invalid"},
-		"missing entry":     {writeArchive(ents[:last]), "ends before"},
-		"entries reordered": {writeArchive(append(append(append([]archiveEntry{}, ents[:last-1]...), ents[last]), ents[last-1])), "where its index promises"},
-		"missing blob": {writeArchive(withIndex(t, ents[:last], func(x *exportIndex) { x.Blobs = x.Blobs[:len(x.Blobs)-1] })),
+		"changed object":    {exportWriteArchive(append(append([]exportEntry{}, ents[:last]...), exportEntry{ents[last].name, flip(ents[last].data, 100)})), "is corrupt"},
+		"changed layer":     {exportWriteArchive(append(append(append([]exportEntry{}, ents[:2]...), exportEntry{ents[2].name, flip(ents[2].data, bytes.Index(ents[2].data, []byte(`"tar_hash":"`))+12)}), ents[3:]...)), "in the archive is corrupt"},
+		"changed metadata":  {exportWriteArchive(append(append([]exportEntry{ents[0]}, exportEntry{ents[1].name, bytes.Replace(ents[1].data, []byte("built"), []byte("frozn"), 1)}), ents[2:]...)), "metadata is invalid"},
+		"missing entry":     {exportWriteArchive(ents[:last]), "ends before"},
+		"entries reordered": {exportWriteArchive(append(append(append([]exportEntry{}, ents[:last-1]...), ents[last]), ents[last-1])), "where its index promises"},
+		"missing blob": {exportWriteArchive(exportWithIndex(t, ents[:last], func(x *exportIndex) { x.Blobs = x.Blobs[:len(x.Blobs)-1] })),
 			"the archive lacks object"},
-		"blob not needed": {writeArchive(append(withIndex(t, ents, func(x *exportIndex) { x.Blobs = append(x.Blobs, extraObj) }), archiveEntry{"blobs/object/" + extraObj.Hash, extraData})),
+		"blob not needed": {exportWriteArchive(append(exportWithIndex(t, ents, func(x *exportIndex) { x.Blobs = append(x.Blobs, extraObj) }), exportEntry{"blobs/object/" + extraObj.Hash, extraData})),
 			"which the environment does not need"},
-		"entry after the last": {writeArchive(append(append([]archiveEntry{}, ents...), archiveEntry{"extra", []byte("x")})), `holds "extra" after its last blob`},
+		"entry after the last": {exportWriteArchive(append(append([]exportEntry{}, ents...), exportEntry{"extra", []byte("x")})), `holds "extra" after its last blob`},
 		"junk after the end":   {append(bytes.Clone(good), []byte("junk")...), "data after its end"},
-		"index not first":      {writeArchive(append([]archiveEntry{ents[1]}, ents...)), "not a karapace export archive"},
-		"wrong version": {writeArchive(withIndex(t, ents, func(x *exportIndex) { x.Version = 2 })),
+		"index not first":      {exportWriteArchive(append([]exportEntry{ents[1]}, ents...)), "not a karapace export archive"},
+		"wrong version": {exportWriteArchive(exportWithIndex(t, ents, func(x *exportIndex) { x.Version = 2 })),
 			"version 2"},
-		"metadata out of place": {writeArchive(withIndex(t, ents, func(x *exportIndex) { x.Blobs[0], x.Blobs[1] = x.Blobs[1], x.Blobs[0] })),
+		"metadata out of place": {exportWriteArchive(exportWithIndex(t, ents, func(x *exportIndex) { x.Blobs[0], x.Blobs[1] = x.Blobs[1], x.Blobs[0] })),
 			"does not start with the metadata"},
 	}
 	for name, c := range cases {
@@ -186,7 +186,7 @@ func TestImportRefusesDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			e := newEngine(s, os.Getenv, io.Discard)
-			a, err := openArchive(bytes.NewReader(c.archive), nil)
+			a, err := openExport(bytes.NewReader(c.archive), nil)
 			if err == nil {
 				_, err = e.receive(a, receiveOptions{kind: "import"})
 			}
@@ -194,7 +194,7 @@ func TestImportRefusesDamage(t *testing.T) {
 				t.Fatalf("%v, want %q", err, c.want)
 			}
 			for _, d := range []string{"objects", "layers", "metadata", "wal", "staging"} {
-				if n := countFiles(t, s.path(d)); n != 0 {
+				if n := remoteCountFiles(t, s.path(d)); n != 0 {
 					t.Fatalf("store/%s holds %d file(s) after the refusal", d, n)
 				}
 			}
@@ -202,7 +202,7 @@ func TestImportRefusesDamage(t *testing.T) {
 	}
 	// Zero padding after the end (as tar(1) writes) is fine.
 	s, _ := openStore(t.TempDir())
-	a, err := openArchive(bytes.NewReader(append(bytes.Clone(good), make([]byte, 10240)...)), nil)
+	a, err := openExport(bytes.NewReader(append(bytes.Clone(good), make([]byte, 10240)...)), nil)
 	if err == nil {
 		_, err = newEngine(s, os.Getenv, io.Discard).receive(a, receiveOptions{kind: "import"})
 	}
