@@ -276,12 +276,33 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		}
 	}
 
+	// Every rollback step is known now: one WAL write records them all,
+	// undone newest first (metadata, directory, layers, objects). Nothing
+	// they name is in the store yet, and under the lock nothing else
+	// can put it there.
+	dir := e.envDir(m.EnvID)
+	if _, err := os.Lstat(dir); err == nil {
+		// No metadata names it: what a failed operation left, gc's to take.
+		if err := e.s.removeTree(dir); err != nil {
+			return nil, fmt.Errorf("removing the leftover %s: %w", dir, err)
+		}
+	}
+	var steps []walStep
+	for _, h := range slices.Sorted(maps.Keys(need)) {
+		steps = append(steps, walStep{Op: walRemoveObject, Hash: h})
+	}
+	for _, l := range fetched {
+		steps = append(steps, walStep{Op: walRemoveLayer, Hash: l.Hash})
+	}
+	steps = append(steps, walStep{Op: walRemovePath, Path: dir}, walStep{Op: walRemoveMeta, EnvID: m.EnvID})
 	op, err := e.s.beginOp(o.kind, m.EnvID)
 	if err != nil {
 		return nil, err
 	}
 	err = func() error {
-		var mu sync.Mutex
+		if err := op.add(steps...); err != nil {
+			return err
+		}
 		var bytesIn atomic.Int64
 		err := src.objects(need, func(hash string, r io.Reader) error {
 			if !need[hash] {
@@ -303,9 +324,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 			if got != hash {
 				return fmt.Errorf("object %s is corrupt: its %d bytes hash to %s; refusing it", hash, n, got)
 			}
-			mu.Lock()
-			defer mu.Unlock()
-			if _, _, err := op.commitObject(w); err != nil {
+			if _, _, err := w.commit(); err != nil {
 				return err
 			}
 			bytesIn.Add(n)
@@ -322,7 +341,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		res.Bytes = bytesIn.Load()
 		for _, l := range fetched {
 			want := l.Hash
-			h, err := op.putLayer(l)
+			h, err := e.s.putLayer(l)
 			if err != nil {
 				return err
 			}
@@ -333,7 +352,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		}
 		res.Received = len(need) + len(fetched) + 1
 		res.Bytes += int64(len(remoteWireMeta(m)))
-		if err := e.makeEnvDir(op, m); err != nil {
+		if err := e.makeEnvDir(m); err != nil {
 			return err
 		}
 		m.Name, m.ManifestPath = name, ""
@@ -341,7 +360,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 			m.State = stateBuilt // its instance runs elsewhere, if anywhere
 		}
 		m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
-		return op.putMeta(m)
+		return e.s.putMeta(m)
 	}()
 	if err != nil {
 		if rerr := op.rollback(); rerr != nil {
@@ -374,25 +393,16 @@ func (b *remoteWriteback) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// makeEnvDir creates a received environment's directory within op, its
-// writable layer the snapshot upper_layer names, else empty.
-func (e *engine) makeEnvDir(op *walOp, m *envMeta) error {
+// makeEnvDir creates a received environment's directory, its writable
+// layer the snapshot upper_layer names, else empty.
+func (e *engine) makeEnvDir(m *envMeta) error {
 	dir := e.envDir(m.EnvID)
-	if _, err := os.Lstat(dir); err == nil {
-		// No metadata names it: what a failed operation left, gc's to take.
-		if err := e.s.removeTree(dir); err != nil {
-			return fmt.Errorf("removing the leftover %s: %w", dir, err)
-		}
-	}
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return err
 	}
-	if err := op.mkdir(dir); err != nil {
-		return err
-	}
-	for _, sub := range []string{"upper", "work", "merged", "run"} {
-		if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
-			return fmt.Errorf("%s: %w", op.Kind, err)
+	for _, d := range []string{dir, dir + "/upper", dir + "/work", dir + "/merged", dir + "/run"} {
+		if err := os.Mkdir(d, 0o700); err != nil {
+			return err
 		}
 	}
 	upper := filepath.Join(dir, "upper")
