@@ -26,8 +26,6 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // An environment on the wire is its metadata, every layer manifest it
@@ -313,7 +311,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 				return err
 			}
 			defer w.abort()
-			n, err := w.ReadFrom(&remoteWriteback{r: r, fd: int(w.f.Fd())})
+			n, err := w.ReadFrom(r)
 			if err != nil {
 				return fmt.Errorf("receiving object %s: %w", hash, err)
 			}
@@ -373,24 +371,6 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 	}
 	res.Name = name
 	return res, nil
-}
-
-// remoteWriteback asks the kernel to start writing a received object to
-// disk every few megabytes, while more arrives: the fsync at its commit
-// then waits for the last few megabytes, not for all of them.
-type remoteWriteback struct {
-	r       io.Reader
-	fd      int
-	pending int64
-}
-
-func (b *remoteWriteback) Read(p []byte) (int, error) {
-	n, err := b.r.Read(p)
-	if b.pending += int64(n); b.pending >= 16<<20 {
-		b.pending = 0
-		unix.SyncFileRange(b.fd, 0, 0, unix.SYNC_FILE_RANGE_WRITE)
-	}
-	return n, err
 }
 
 // makeEnvDir creates a received environment's directory, its writable

@@ -320,7 +320,7 @@ func (k *kpServer) putObject(w http.ResponseWriter, r *http.Request, hash string
 		return
 	}
 	defer ow.abort()
-	n, err := ow.ReadFrom(&remoteWriteback{r: body, fd: int(ow.f.Fd())})
+	n, err := ow.ReadFrom(body)
 	if err != nil {
 		k.readError(w, r, what, err)
 		return
