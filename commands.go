@@ -121,6 +121,78 @@ are passed on; the exit status is the command's, or 128+N when a signal N ended 
 			minArgs: 2, maxArgs: 2, complete: "env", run: cmdRename,
 		},
 		{
+			name: "push", synopsis: "ENV", summary: "send an environment to a remote store",
+			help: `Sends ENV to the remote: a karapace server (http:// or https://, protocol v1) or an OCI
+registry (oci://HOST[:PORT]/REPOSITORY). Only the blobs the remote lacks are sent, four at
+a time, streamed from the store; the metadata goes last, then the tag. The remote is
+--remote, else $KARAPACE_REMOTE, else url in [remote] of the configuration file; the
+server's token comes from $KARAPACE_TOKEN or token in [remote], a registry's credentials
+from $KARAPACE_REGISTRY_USER and $KARAPACE_REGISTRY_PASSWORD (or registry_user and
+registry_password), never from a flag. $KARAPACE_CA_CERT (or ca_cert) names an extra CA
+certificate to trust. On an OCI registry, NAME@TAG is the repository REPOSITORY/NAME with
+the tag TAG; without --tag the environment goes to REPOSITORY tagged with its env_id.
+Plain http to a registry only for loopback hosts or with --insecure-registry.`,
+			flags: []flagDef{
+				{"tag", "t", "NAME@TAG", "also point this tag at the environment"},
+				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
+				{"insecure-registry", "", "", "allow plain http to an OCI registry that is not on this machine"},
+			},
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdPush,
+		},
+		{
+			name: "pull", synopsis: "REF", summary: "fetch an environment from a remote store; prints its env_id",
+			help: `Fetches the environment REF names: NAME@TAG, a full env_id, or (from a karapace server)
+a unique prefix of one. Every blob is checked against its hash before it enters the store,
+and everything is written under one operation: a failed or interrupted pull leaves nothing
+behind. The environment keeps its state and its name if that is free here (else the pull
+fails; --name gives another). Its writable layer is its last restored snapshot, or empty.
+An environment already in the store is left as it is. The remote and credentials are
+found as for push.`,
+			flags: []flagDef{
+				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
+				{"name", "n", "NAME", "store the environment under this name"},
+				{"insecure-registry", "", "", "allow plain http to an OCI registry that is not on this machine"},
+			},
+			minArgs: 1, maxArgs: 1, run: cmdPull,
+		},
+		{
+			name: "export", synopsis: "ENV FILE", summary: "write an environment to one archive, for machines without a network",
+			help: `Writes ENV, with every layer and object it needs, to FILE (- for stdout) as one tar
+archive with an index, the same bytes for the same environment. FILE appears only when it is
+complete. 'karapace import FILE' reads it back on another machine.`,
+			minArgs: 2, maxArgs: 2, complete: "env", run: cmdExport,
+		},
+		{
+			name: "import", synopsis: "FILE", summary: "read an environment from an export archive; prints its env_id",
+			help: `Reads an archive written by export (- for stdin). Every blob is checked against its hash
+before it enters the store; an archive that lacks a blob, holds one the environment does not
+need, or has a damaged byte is refused, and nothing of it is kept.`,
+			flags:   []flagDef{{"name", "n", "NAME", "store the environment under this name"}},
+			minArgs: 1, maxArgs: 1, complete: "file", run: cmdImport,
+		},
+		{
+			name: "server", summary: "serve a remote store (protocol v1) over HTTP or HTTPS",
+			help: `Serves the store in --data DIR to push and pull. Protocol v1: HEAD, GET and PUT
+/blobs/KIND/HASH (KIND object, layer or metadata), GET and PUT /registry (a JSON map of
+NAME@TAG to env_id, with ETag and If-Match), GET /list. Uploads are checked against their
+names while they stream and kept only if they match; a layer or metadata whose references
+the server lacks is refused (409). Every request needs "Authorization: Bearer TOKEN" with a
+token of --tokens FILE (one "TOKEN rw" or "TOKEN ro" a line, at least 16 characters); PUT
+needs rw. Without --tokens the server refuses to start unless --no-auth is given. The first
+line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests in flight.`,
+			flags: []flagDef{
+				{"listen", "", "ADDR", "address to listen on, like 127.0.0.1:8700 (port 0: any free port)"},
+				{"data", "", "DIR", "the store to serve (created if missing)"},
+				{"tokens", "", "FILE", "token file: lines of \"TOKEN rw\" or \"TOKEN ro\""},
+				{"no-auth", "", "", "serve without authentication"},
+				{"tls-cert", "", "FILE", "serve HTTPS with this certificate (PEM)"},
+				{"tls-key", "", "FILE", "the certificate's private key (PEM)"},
+				{"max-blob-size", "", "SIZE", "refuse objects larger than SIZE (default 16G)"},
+				{"max-uploads", "", "N", "uploads processed at once; more wait (default 16)"},
+			},
+			run: cmdServer,
+		},
+		{
 			name: "doctor", summary: "check what building and running environments needs",
 			help: `Checks user namespaces, the subordinate ID range and newuidmap/newgidmap, kernel
 overlayfs inside a user namespace (mounted for real), fuse-overlayfs, cgroup delegation

@@ -43,7 +43,7 @@ func loadConfig(getenv func(string) string) (map[string]any, *schemaChecker, err
 		return nil, nil, manifestErrorf("%s: %v", path, err)
 	}
 	sc := &schemaChecker{file: path, pos: pos}
-	if _, err := sc.table(nil, doc, "policy", "images"); err != nil {
+	if _, err := sc.table(nil, doc, "policy", "images", "remote"); err != nil {
 		return nil, nil, err
 	}
 	return doc, sc, nil

@@ -135,23 +135,33 @@ func (s *store) getLayer(hash string) (*layer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("reading layer %s: %w", hash, err)
 	}
+	l, err := parseLayer(hash, b)
+	if err != nil {
+		return nil, storeErrorf("layer file %s is corrupt: %v", file, err)
+	}
+	return l, nil
+}
+
+// parseLayer checks that b is exactly the canonical file of the layer
+// named hash (read from the store, or received from a remote).
+func parseLayer(hash string, b []byte) (*layer, error) {
 	if len(b) > maxLayerFile {
-		return nil, storeErrorf("layer file %s is corrupt: larger than %d bytes", file, maxLayerFile)
+		return nil, fmt.Errorf("larger than %d bytes", maxLayerFile)
 	}
 	var l layer
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&l); err != nil {
-		return nil, storeErrorf("layer file %s is corrupt: %v", file, err)
+		return nil, err
 	}
 	if err := l.check(); err != nil {
-		return nil, storeErrorf("layer file %s is corrupt: %v", file, err)
+		return nil, err
 	}
 	if got := storeBlake3Hex(l.canonical()); got != hash || l.Hash != hash {
-		return nil, storeErrorf("layer file %s is corrupt: its content hashes to %s", file, got)
+		return nil, fmt.Errorf("its content hashes to %s", got)
 	}
 	if !bytes.Equal(b, l.fileBytes()) {
-		return nil, storeErrorf("layer file %s is corrupt: not in canonical form", file)
+		return nil, errors.New("not in canonical form")
 	}
 	return &l, nil
 }

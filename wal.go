@@ -90,13 +90,17 @@ func (o *walOp) write() error {
 }
 
 // add persists a rollback step; only then may the caller do the action.
-func (o *walOp) add(step walStep) error {
-	if err := o.s.checkStep(step); err != nil {
-		return fmt.Errorf("%s: invalid WAL step: %w", o.Kind, err)
+// Several steps at once cost one write.
+func (o *walOp) add(steps ...walStep) error {
+	for _, step := range steps {
+		if err := o.s.checkStep(step); err != nil {
+			return fmt.Errorf("%s: invalid WAL step: %w", o.Kind, err)
+		}
 	}
-	o.Steps = append(o.Steps, step)
+	n := len(o.Steps)
+	o.Steps = append(o.Steps, steps...)
 	if err := o.write(); err != nil {
-		o.Steps = o.Steps[:len(o.Steps)-1]
+		o.Steps = o.Steps[:n]
 		return err
 	}
 	return nil

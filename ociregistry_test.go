@@ -1,0 +1,345 @@
+package main
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestOCIValidRepo(t *testing.T) {
+	for _, ok := range []string{"a", "team/env", "a.b/c_d/e__f/g-h/i---j", "x0/9y"} {
+		if !ociValidRepo(ok) {
+			t.Errorf("%q refused", ok)
+		}
+	}
+	for _, bad := range []string{"", "A", "a/", "/a", "a//b", "-a", "a-", "a..b", "a___b", "a_.b", "a b", "a:b", "a/../b", strings.Repeat("a", 256)} {
+		if ociValidRepo(bad) {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+func TestOCIParseChallenge(t *testing.T) {
+	s, p := ociParseChallenge(`Bearer realm="https://auth.example/token",service="registry.example",scope="repository:team/env:pull,push",error="insufficient_scope"`)
+	if s != "bearer" || p["realm"] != "https://auth.example/token" || p["service"] != "registry.example" || p["scope"] != "repository:team/env:pull,push" || p["error"] != "insufficient_scope" {
+		t.Fatalf("%s %v", s, p)
+	}
+	s, p = ociParseChallenge(`Basic realm="with \"quotes\", and comma"`)
+	if s != "basic" || p["realm"] != `with "quotes", and comma` {
+		t.Fatalf("%s %v", s, p)
+	}
+	s, p = ociParseChallenge(`Bearer realm=https://x/t, service=svc`)
+	if s != "bearer" || p["realm"] != "https://x/t" || p["service"] != "svc" {
+		t.Fatalf("%s %v", s, p)
+	}
+	for _, junk := range []string{"", "Bearer", `Bearer realm="unterminated`, "Bearer =,=,", "Bearer a=b=c"} {
+		ociParseChallenge(junk) // no panic, whatever it makes of it
+	}
+}
+
+func TestOCIRemoteNames(t *testing.T) {
+	o, err := newOCIRemote(&remoteSettings{url: "oci://registry.example:5000/team"})
+	if err != nil || o.allowHTTP || o.repo != "team" || o.host != "registry.example:5000" {
+		t.Fatalf("%v %+v", err, o)
+	}
+	if o, _ := newOCIRemote(&remoteSettings{url: "oci://registry.example/team", insecure: true}); !o.allowHTTP {
+		t.Fatal("--insecure-registry does not allow http")
+	}
+	if o, _ := newOCIRemote(&remoteSettings{url: "oci://[::1]:5000/team"}); !o.allowHTTP {
+		t.Fatal("loopback does not allow http")
+	}
+	for _, bad := range []string{"oci://", "oci://host", "oci://host/", "oci://host/Team", "oci://user@host/team", "oci://host/team?x=1"} {
+		if _, err := newOCIRemote(&remoteSettings{url: bad}); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	id := strings.Repeat("ab", 32)
+	for ref, want := range map[string]string{"demo@v1": "team/demo:v1", "my-env@1.0": "team/my-env:1.0", id: "team:" + id} {
+		repo, tag, err := o.target(ref)
+		if err != nil || repo+":"+tag != want {
+			t.Errorf("%s: %s:%s %v, want %s", ref, repo, tag, err, want)
+		}
+	}
+	for _, bad := range []string{"Demo@v1", "demo", id[:12], "_x@v1"} {
+		if _, _, err := o.target(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// A registry that speaks only plain http is refused unless allowed.
+func TestOCIPlainHTTPRefused(t *testing.T) {
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(200) }))
+	defer ts.Close()
+	hc, _ := remoteHTTPClient("")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	o := &ociRemote{display: "oci://" + host + "/x", host: host, repo: "x", hc: hc, scheme: "https"}
+	if err := o.settle(t.Context()); err == nil || !strings.Contains(err.Error(), "speaks plain http, which is allowed only for loopback hosts or with --insecure-registry") {
+		t.Fatalf("settle: %v", err)
+	}
+	o.allowHTTP = true
+	if err := o.settle(t.Context()); err != nil || o.base() != ts.URL {
+		t.Fatalf("settle with http allowed: %v %s", err, o.base())
+	}
+}
+
+// ociTestRegistry is docker-registry serving on loopback.
+type ociTestRegistry struct {
+	host string // 127.0.0.1:PORT
+	data string
+}
+
+func ociFreePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startOCIRegistry runs Debian's docker-registry with auth (YAML under
+// "auth:", or "" for none).
+func startOCIRegistry(t *testing.T, auth string) *ociTestRegistry {
+	t.Helper()
+	bin := needTool(t, "docker-registry")
+	dir := t.TempDir()
+	r := &ociTestRegistry{host: fmt.Sprintf("127.0.0.1:%d", ociFreePort(t)), data: filepath.Join(dir, "data")}
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n  secret: karapace-test-secret\n", r.data, r.host)
+	if auth != "" {
+		cfg += "auth:\n" + auth
+	}
+	cmd := exec.Command(bin, "serve", writeFile(t, dir, "config.yml", cfg))
+	var out remoteSyncBuffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() { cmd.Process.Kill(); <-done })
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		resp, err := http.Get("http://" + r.host + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 || resp.StatusCode == 401 {
+				return r
+			}
+		}
+		select {
+		case <-done:
+			t.Fatalf("docker-registry exited:\n%s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("docker-registry did not answer on %s:\n%s", r.host, out.String())
+		}
+	}
+}
+
+// blobFile is where the registry keeps a blob.
+func (r *ociTestRegistry) blobFile(digest string) string {
+	hex := strings.TrimPrefix(digest, "sha256:")
+	return filepath.Join(r.data, "docker/registry/v2/blobs/sha256", hex[:2], hex, "data")
+}
+
+// ociTokenServer issues registry tokens (JWT, ES256, with the certificate
+// chain in x5c) to one user, the way a registry's auth service does.
+type ociTokenServer struct {
+	url, cert string
+	mu        sync.Mutex
+	scopes    []string
+}
+
+func startOCITokenServer(t *testing.T, user, password string) *ociTokenServer {
+	t.Helper()
+	certFile, _, key, der := remoteTestCert(t, t.TempDir())
+	ts := &ociTokenServer{cert: certFile}
+	b64 := base64.RawURLEncoding.EncodeToString
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u, p, ok := r.BasicAuth()
+		if !ok || u != user || p != password {
+			http.Error(w, "bad credentials", http.StatusUnauthorized)
+			return
+		}
+		type access struct {
+			Type    string   `json:"type"`
+			Name    string   `json:"name"`
+			Actions []string `json:"actions"`
+		}
+		var acc []access
+		for _, s := range r.URL.Query()["scope"] {
+			ts.mu.Lock()
+			ts.scopes = append(ts.scopes, s)
+			ts.mu.Unlock()
+			if f := strings.Split(s, ":"); len(f) == 3 {
+				acc = append(acc, access{f[0], f[1], strings.Split(f[2], ",")})
+			}
+		}
+		now := time.Now().Unix()
+		hdr, _ := json.Marshal(map[string]any{"typ": "JWT", "alg": "ES256", "x5c": []string{base64.StdEncoding.EncodeToString(der)}})
+		claims, _ := json.Marshal(map[string]any{"iss": "karapace-test-issuer", "sub": u, "aud": r.URL.Query().Get("service"),
+			"exp": now + 300, "nbf": now - 10, "iat": now, "jti": fmt.Sprint(now, time.Now().UnixNano()), "access": acc})
+		input := b64(hdr) + "." + b64(claims)
+		sum := sha256.Sum256([]byte(input))
+		rr, ss, err := ecdsa.Sign(rand.Reader, key, sum[:])
+		if err != nil {
+			http.Error(w, err.Error(), 500)
+			return
+		}
+		sig := make([]byte, 64)
+		rr.FillBytes(sig[:32])
+		ss.FillBytes(sig[32:])
+		tok := input + "." + b64(sig)
+		json.NewEncoder(w).Encode(map[string]any{"token": tok, "expires_in": 300})
+	}))
+	t.Cleanup(srv.Close)
+	ts.url = srv.URL + "/token"
+	return ts
+}
+
+// Push, push again, pull, run, and a tampered blob, against a real
+// registry: anonymous, with basic auth (htpasswd), and with the bearer
+// token flow.
+func TestOCIRegistry(t *testing.T) {
+	const user, password = "karapace", "registry-test-password" // testdata/remote/htpasswd
+	htpasswd, err := filepath.Abs("testdata/remote/htpasswd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"anonymous", "basic", "bearer"} {
+		t.Run(mode, func(t *testing.T) {
+			auth := ""
+			var tokens *ociTokenServer
+			switch mode {
+			case "basic":
+				auth = fmt.Sprintf("  htpasswd:\n    realm: karapace-test\n    path: %s\n", htpasswd)
+			case "bearer":
+				tokens = startOCITokenServer(t, user, password)
+				auth = fmt.Sprintf("  token:\n    realm: %s\n    service: karapace-test\n    issuer: karapace-test-issuer\n    rootcertbundle: %s\n", tokens.url, tokens.cert)
+			}
+			reg := startOCIRegistry(t, auth)
+			remote := "oci://" + reg.host + "/team"
+			a := newKP(t)
+			id := remoteMockEnv(t, a, "demo", `"git"`)
+			upper := filepath.Join(a.store, "env", id, "upper")
+			writeFile(t, upper, "etc/pulled.conf", "over oci\n")
+			a.ok("restore", "demo", strings.TrimSpace(a.ok("commit", "demo")))
+			creds := []string{"KARAPACE_REMOTE=" + remote}
+			a.env = append(a.env, creds...)
+			if mode != "anonymous" {
+				a.fails(1, "KARAPACE_REGISTRY_USER", "push", "demo", "--tag", "demo@v1")
+				a.env = append(a.env, "KARAPACE_REGISTRY_USER="+user, "KARAPACE_REGISTRY_PASSWORD=wrong")
+				a.fails(1, "authentication failed", "push", "demo", "--tag", "demo@v1")
+				creds = append(creds, "KARAPACE_REGISTRY_USER="+user, "KARAPACE_REGISTRY_PASSWORD="+password)
+				a.env = append(a.env, creds...)
+			}
+			var p1, p2 pushResult
+			a.jsonOut(&p1, "push", "demo", "--tag", "demo@v1")
+			if p1.BlobsUploaded < 7 || p1.BlobsSkipped != 0 || p1.BytesUploaded == 0 {
+				t.Fatalf("first push: %+v", p1)
+			}
+			a.jsonOut(&p2, "push", "demo", "--tag", "demo@v1")
+			if p2.BlobsUploaded != 0 || p2.BlobsSkipped != p1.BlobsUploaded {
+				t.Fatalf("second push: %+v", p2)
+			}
+			a.ok("push", "demo") // untagged: team:<env_id>
+			if tokens != nil {
+				tokens.mu.Lock()
+				scopes := strings.Join(tokens.scopes, " ")
+				tokens.mu.Unlock()
+				mustContain(t, "token scopes", scopes, "repository:team/demo:pull,push", "repository:team:pull,push")
+			}
+
+			b := newKP(t)
+			b.env = append(b.env, creds...)
+			if out := b.ok("pull", "demo@v1"); out != id+"\n" {
+				t.Fatalf("pull: %q", out)
+			}
+			if out := b.ok("exec", "demo", "--", "echo", "hi"); out != "mock["+id[:12]+"]: echo hi\n" {
+				t.Fatalf("exec of the pulled environment: %q", out)
+			}
+			if got, _ := os.ReadFile(filepath.Join(b.store, "env", id, "upper", "etc/pulled.conf")); string(got) != "over oci\n" {
+				t.Fatalf("the writable layer: %q", got)
+			}
+			b.ok("verify-store")
+			c := newKP(t)
+			c.env = append(c.env, creds...)
+			if out := c.ok("pull", id); out != id+"\n" {
+				t.Fatalf("pull by env_id: %q", out)
+			}
+			c.fails(1, "has no team/demo:v2", "pull", "demo@v2")
+
+			// Change one byte of the biggest object in the registry's storage.
+			var man ociManifest
+			resp := ociTestGet(t, reg, b, "/v2/team/demo/manifests/v1")
+			json.Unmarshal(resp, &man)
+			var big ociDescriptor
+			for _, d := range man.Layers {
+				if d.Size > big.Size {
+					big = d
+				}
+			}
+			if man.ArtifactType != ociArtifactType || man.Config.MediaType != ociConfigType || big.Annotations[ociAnnKind] != blobObject {
+				t.Fatalf("manifest: %+v", man)
+			}
+			data, err := os.ReadFile(reg.blobFile(big.Digest))
+			if err != nil {
+				t.Fatal(err)
+			}
+			data[len(data)/2] ^= 1
+			os.WriteFile(reg.blobFile(big.Digest), data, 0o644)
+			d := newKP(t)
+			d.env = append(d.env, creds...)
+			d.fails(1, "blob "+big.Digest+" is corrupt", "pull", "demo@v1")
+			d.emptyStore()
+		})
+	}
+}
+
+// ociTestGet fetches a registry path with the credentials k would use.
+func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byte {
+	t.Helper()
+	rs := &remoteSettings{url: "oci://" + reg.host + "/team"}
+	for _, kv := range k.env {
+		if v, ok := strings.CutPrefix(kv, "KARAPACE_REGISTRY_USER="); ok {
+			rs.user = v
+		}
+		if v, ok := strings.CutPrefix(kv, "KARAPACE_REGISTRY_PASSWORD="); ok {
+			rs.password = v
+		}
+	}
+	o, err := newOCIRemote(rs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := o.settle(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := o.do(t.Context(), "GET", o.base()+path, ociScope("team/demo", false), http.Header{"Accept": {ociManifestType}}, nil, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var buf bytes.Buffer
+	buf.ReadFrom(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, buf.String())
+	}
+	return buf.Bytes()
+}

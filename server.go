@@ -1,0 +1,657 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log"
+	"maps"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The reference remote server speaks protocol v1 over HTTP or HTTPS:
+//
+//	HEAD, GET, PUT /blobs/KIND/HASH   KIND is object, layer or metadata;
+//	                                  HASH is 64 lowercase hex digits (the
+//	                                  env_id for metadata). Anything else: 400.
+//	GET, PUT       /registry          {"NAME@TAG": "ENV_ID", ...}
+//	GET            /list              {"environments": [{env_id, short_id,
+//	                                  name, state, updated_at, tags}, ...]}
+//
+// An upload is streamed into a temporary file while it is hashed and
+// becomes visible by an atomic rename only if it checks out: an object
+// must hash (blake3) to its name, a layer manifest must be canonical and
+// hash to its name, metadata must carry a valid checksum and its own
+// env_id. Otherwise 400 and nothing is kept. A layer whose objects or
+// parent the server lacks, metadata whose layers or objects it lacks, and
+// a tag naming an environment it lacks are refused with 409: the server
+// never holds a reference to nothing, so clients send metadata last. A
+// blob the server has is answered 200 and not rewritten (201 when stored);
+// metadata alone may be replaced by a newer version of the environment.
+// ETag: the hash for objects and layers, the blake3 of the file for
+// metadata and the registry. PUT /registry honours If-Match (412 when the
+// registry changed since it was read), so two pushes cannot lose a tag.
+//
+// Authentication: "Authorization: Bearer TOKEN" with a token from the
+// token file (one "TOKEN rw" or "TOKEN ro" a line); every request needs
+// one, PUT needs rw. 401 with WWW-Authenticate without a valid token, 403
+// for a read-only token writing. The data directory is a karapace store
+// (the server holds its lock while it runs); the registry is
+// DIR/registry.json.
+
+const (
+	serverDefaultMaxBlob    = 16 << 30
+	serverDefaultMaxUploads = 16
+	serverIOTimeout         = 2 * time.Minute // per read or write of a body, not per body
+	serverUploadWait        = 30 * time.Second
+	serverMinTokenLen       = 16
+)
+
+type serverToken struct {
+	sum   [32]byte
+	write bool
+}
+
+// kpServer serves one data directory.
+type kpServer struct {
+	s       *store
+	tokens  []serverToken
+	noAuth  bool
+	maxBlob int64
+	uploads chan struct{} // a slot per upload in progress
+	wait    time.Duration // how long an upload waits for a slot before 503
+	regMu   sync.Mutex
+}
+
+// loadServerTokens reads a token file; a bad line stops the server.
+func loadServerTokens(path string) ([]serverToken, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("reading the token file: %w", err)
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		warnf("token file %s may be read by other users; run 'chmod 600 %s'", path, path)
+	}
+	var toks []serverToken
+	seen := map[[32]byte]bool{}
+	sc := bufio.NewScanner(io.LimitReader(f, 16<<20))
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 2 || (fields[1] != "rw" && fields[1] != "ro") {
+			return nil, fmt.Errorf("token file %s, line %d: expected \"TOKEN rw\" or \"TOKEN ro\"", path, n)
+		}
+		if len(fields[0]) < serverMinTokenLen {
+			return nil, fmt.Errorf("token file %s, line %d: the token is shorter than %d characters", path, n, serverMinTokenLen)
+		}
+		sum := sha256.Sum256([]byte(fields[0]))
+		if seen[sum] {
+			return nil, fmt.Errorf("token file %s, line %d: the token appears twice", path, n)
+		}
+		seen[sum] = true
+		toks = append(toks, serverToken{sum, fields[1] == "rw"})
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("reading the token file %s: %w", path, err)
+	}
+	if len(toks) == 0 {
+		return nil, fmt.Errorf("token file %s holds no token", path)
+	}
+	return toks, nil
+}
+
+func (k *kpServer) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /blobs/{kind}/{hash}", k.getBlob) // and HEAD
+	mux.HandleFunc("PUT /blobs/{kind}/{hash}", k.putBlob)
+	mux.HandleFunc("GET /registry", k.getRegistry)
+	mux.HandleFunc("PUT /registry", k.putRegistry)
+	mux.HandleFunc("GET /list", k.list)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if k.authorize(w, r) {
+			mux.ServeHTTP(w, r)
+		}
+	})
+}
+
+func (k *kpServer) fail(w http.ResponseWriter, r *http.Request, code int, format string, a ...any) {
+	msg := fmt.Sprintf(format, a...)
+	debugf("server: %s %s: %d %s", r.Method, r.URL.Path, code, msg)
+	http.Error(w, msg, code)
+}
+
+// authorize checks the bearer token in constant time: every token is
+// compared, whichever matches.
+func (k *kpServer) authorize(w http.ResponseWriter, r *http.Request) bool {
+	if k.noAuth {
+		return true
+	}
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || tok == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="karapace"`)
+		k.fail(w, r, http.StatusUnauthorized, "authentication required: send Authorization: Bearer TOKEN")
+		return false
+	}
+	sum := sha256.Sum256([]byte(tok))
+	found, canWrite := 0, 0
+	for _, t := range k.tokens {
+		eq := subtle.ConstantTimeCompare(sum[:], t.sum[:])
+		found |= eq
+		if t.write {
+			canWrite |= eq
+		}
+	}
+	if found == 0 {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="karapace", error="invalid_token"`)
+		k.fail(w, r, http.StatusUnauthorized, "invalid token")
+		return false
+	}
+	if r.Method != http.MethodGet && r.Method != http.MethodHead && canWrite == 0 {
+		k.fail(w, r, http.StatusForbidden, "this token is read-only")
+		return false
+	}
+	return true
+}
+
+// blobPath maps a blob name to its file; nothing but a known kind and 64
+// hex digits gets through, so no name leaves the data directory.
+func (k *kpServer) blobPath(kind, hash string) (string, bool) {
+	if !validStoreHash(hash) {
+		return "", false
+	}
+	switch kind {
+	case blobObject:
+		return k.s.path("objects", hash), true
+	case blobLayer:
+		return k.s.path("layers", hash), true
+	case blobMetadata:
+		return k.s.path("metadata", hash), true
+	}
+	return "", false
+}
+
+const serverBadName = "invalid blob name: expected /blobs/object|layer|metadata/HASH with 64 lowercase hex digits"
+
+func (k *kpServer) getBlob(w http.ResponseWriter, r *http.Request) {
+	kind, hash := r.PathValue("kind"), r.PathValue("hash")
+	p, ok := k.blobPath(kind, hash)
+	if !ok {
+		k.fail(w, r, http.StatusBadRequest, serverBadName)
+		return
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			k.fail(w, r, http.StatusNotFound, "no %s %s", kind, hash)
+		} else {
+			k.fail(w, r, http.StatusInternalServerError, "opening %s %s failed", kind, hash)
+			warnf("server: %v", err)
+		}
+		return
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() {
+		k.fail(w, r, http.StatusNotFound, "no %s %s", kind, hash)
+		return
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Content-Length", strconv.FormatInt(fi.Size(), 10))
+	if kind == blobMetadata {
+		b, err := io.ReadAll(io.LimitReader(f, remoteMaxMeta+1))
+		if err != nil {
+			k.fail(w, r, http.StatusInternalServerError, "reading metadata %s failed", hash)
+			return
+		}
+		h.Set("Content-Length", strconv.Itoa(len(b)))
+		h.Set("ETag", `"`+storeBlake3Hex(b)+`"`)
+		if r.Method != http.MethodHead {
+			w.Write(b)
+		}
+		return
+	}
+	h.Set("ETag", `"`+hash+`"`)
+	if r.Method == http.MethodHead {
+		return
+	}
+	// In chunks, each with its own deadline: a client that stops reading
+	// is dropped, a slow one that keeps reading is not.
+	rc := http.NewResponseController(w)
+	for {
+		rc.SetWriteDeadline(time.Now().Add(serverIOTimeout))
+		if _, err := io.CopyN(w, f, 8<<20); err != nil {
+			return
+		}
+	}
+}
+
+// serverBody refreshes the read deadline before every read of a body.
+type serverBody struct {
+	r  io.Reader
+	rc *http.ResponseController
+}
+
+func (b serverBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(serverIOTimeout))
+	return b.r.Read(p)
+}
+
+func (k *kpServer) putBlob(w http.ResponseWriter, r *http.Request) {
+	kind, hash := r.PathValue("kind"), r.PathValue("hash")
+	if _, ok := k.blobPath(kind, hash); !ok {
+		k.fail(w, r, http.StatusBadRequest, serverBadName)
+		return
+	}
+	limit := k.maxBlob
+	switch kind {
+	case blobLayer:
+		limit = maxLayerFile
+	case blobMetadata:
+		limit = remoteMaxMeta
+	}
+	if r.ContentLength > limit {
+		k.fail(w, r, http.StatusRequestEntityTooLarge, "%s %s: %d bytes is more than the limit of %d", kind, hash, r.ContentLength, limit)
+		return
+	}
+	if kind == blobObject && k.s.hasObject(hash) {
+		w.WriteHeader(http.StatusOK) // the body is left unread: nothing to do with it
+		return
+	}
+	t := time.NewTimer(k.wait)
+	select {
+	case k.uploads <- struct{}{}:
+		t.Stop()
+	case <-t.C:
+		w.Header().Set("Retry-After", "2")
+		k.fail(w, r, http.StatusServiceUnavailable, "too many uploads at once; try again")
+		return
+	case <-r.Context().Done():
+		t.Stop()
+		return
+	}
+	defer func() { <-k.uploads }()
+	body := serverBody{http.MaxBytesReader(w, r.Body, limit), http.NewResponseController(w)}
+	switch kind {
+	case blobObject:
+		k.putObject(w, r, hash, body)
+	default:
+		k.putSmall(w, r, kind, hash, body)
+	}
+}
+
+func (k *kpServer) readError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		k.fail(w, r, http.StatusRequestEntityTooLarge, "%s: more than the limit of %d bytes", what, tooBig.Limit)
+		return
+	}
+	k.fail(w, r, http.StatusBadRequest, "%s: reading the upload: %v", what, err)
+}
+
+func (k *kpServer) putObject(w http.ResponseWriter, r *http.Request, hash string, body io.Reader) {
+	what := "object " + hash
+	ow, err := k.s.newObjectWriter()
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
+		return
+	}
+	defer ow.abort()
+	n, err := ow.ReadFrom(body)
+	if err != nil {
+		k.readError(w, r, what, err)
+		return
+	}
+	got, err := ow.sum()
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
+		return
+	}
+	if got != hash {
+		k.fail(w, r, http.StatusBadRequest, "%s: its %d bytes hash to %s; refused", what, n, got)
+		return
+	}
+	existed := k.s.hasObject(hash)
+	if _, _, err := ow.commit(); err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
+		return
+	}
+	if existed {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	w.WriteHeader(http.StatusCreated)
+}
+
+// putSmall stores a layer manifest or metadata, checked whole.
+func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash string, body io.Reader) {
+	what := kind + " " + hash
+	b, err := io.ReadAll(body)
+	if err != nil {
+		k.readError(w, r, what, err)
+		return
+	}
+	var missing []string
+	dir := "layers"
+	switch kind {
+	case blobLayer:
+		l, err := parseLayer(hash, b)
+		if err != nil {
+			k.fail(w, r, http.StatusBadRequest, "%s is invalid: %v; refused", what, err)
+			return
+		}
+		for _, o := range l.ObjectRefs {
+			if !k.s.hasObject(o) {
+				missing = append(missing, "object "+o)
+			}
+		}
+		if l.Parent != "" && !k.s.hasLayer(l.Parent) {
+			missing = append(missing, "layer "+l.Parent)
+		}
+	case blobMetadata:
+		dir = "metadata"
+		m, err := remoteParseMeta(hash, b)
+		if err != nil {
+			k.fail(w, r, http.StatusBadRequest, "%s is invalid: %v; refused", what, err)
+			return
+		}
+		for _, l := range m.layerRefs() {
+			if !k.s.hasLayer(l) {
+				missing = append(missing, "layer "+l)
+			}
+		}
+		for _, o := range m.objectRefs() {
+			if !k.s.hasObject(o) {
+				missing = append(missing, "object "+o)
+			}
+		}
+	}
+	if len(missing) > 0 {
+		k.fail(w, r, http.StatusConflict, "%s refers to %s, which the server does not hold; upload it first", what, strings.Join(missing, ", "))
+		return
+	}
+	if old, err := os.ReadFile(k.s.path(dir, hash)); err == nil && bytes.Equal(old, b) {
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	if _, err := k.s.writeAtomic(k.s.path(dir), hash, bytes.NewReader(b)); err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
+		return
+	}
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (k *kpServer) registryPath() string { return filepath.Join(k.s.root, "registry.json") }
+
+// readRegistry returns the registry file's bytes ("{}" when there is
+// none yet) and its map.
+func (k *kpServer) readRegistry() ([]byte, map[string]string, error) {
+	b, err := readLimited(k.registryPath(), remoteMaxDoc)
+	if errors.Is(err, fs.ErrNotExist) {
+		b, err = []byte("{}\n"), nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	reg := map[string]string{}
+	if err := json.Unmarshal(b, &reg); err != nil {
+		return nil, nil, fmt.Errorf("registry %s is corrupt: %w", k.registryPath(), err)
+	}
+	return b, reg, nil
+}
+
+func (k *kpServer) getRegistry(w http.ResponseWriter, r *http.Request) {
+	k.regMu.Lock()
+	b, _, err := k.readRegistry()
+	k.regMu.Unlock()
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "cannot read the registry")
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("ETag", `"`+storeBlake3Hex(b)+`"`)
+	w.Write(b)
+}
+
+func (k *kpServer) putRegistry(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, remoteMaxDoc))
+	if err != nil {
+		k.readError(w, r, "registry", err)
+		return
+	}
+	var reg map[string]string
+	dec := json.NewDecoder(bytes.NewReader(body))
+	if err := dec.Decode(&reg); err != nil || dec.More() || reg == nil {
+		k.fail(w, r, http.StatusBadRequest, "registry: expected one JSON object of NAME@TAG to env_id")
+		return
+	}
+	for _, tag := range slices.Sorted(maps.Keys(reg)) {
+		if _, _, err := splitRemoteTag(tag); err != nil {
+			k.fail(w, r, http.StatusBadRequest, "registry: %v", err)
+			return
+		}
+		id := reg[tag]
+		if !validStoreHash(id) {
+			k.fail(w, r, http.StatusBadRequest, "registry: tag %s: %q is not an env_id", tag, id)
+			return
+		}
+		if _, err := os.Stat(k.s.path("metadata", id)); err != nil {
+			k.fail(w, r, http.StatusConflict, "registry: tag %s names environment %s, which the server does not hold; push it first", tag, id)
+			return
+		}
+	}
+	k.regMu.Lock()
+	defer k.regMu.Unlock()
+	cur, _, err := k.readRegistry()
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "cannot read the registry")
+		return
+	}
+	etag := `"` + storeBlake3Hex(cur) + `"`
+	if im := r.Header.Get("If-Match"); im != "" && im != "*" && im != etag {
+		k.fail(w, r, http.StatusPreconditionFailed, "registry: changed since it was read (ETag %s, not %s); read it again", etag, im)
+		return
+	}
+	out, _ := json.MarshalIndent(reg, "", "  ")
+	out = append(out, '\n')
+	if _, err := k.s.writeAtomic(k.s.root, "registry.json", bytes.NewReader(out)); err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "cannot write the registry")
+		return
+	}
+	w.Header().Set("ETag", `"`+storeBlake3Hex(out)+`"`)
+	w.WriteHeader(http.StatusOK)
+}
+
+// serverList is GET /list.
+type serverList struct {
+	Environments []serverListEntry `json:"environments"`
+}
+
+type serverListEntry struct {
+	EnvID     string   `json:"env_id"`
+	ShortID   string   `json:"short_id"`
+	Name      string   `json:"name,omitempty"`
+	State     envState `json:"state"`
+	UpdatedAt string   `json:"updated_at"`
+	Tags      []string `json:"tags"`
+}
+
+func (k *kpServer) list(w http.ResponseWriter, r *http.Request) {
+	metas, errs := k.s.listMeta()
+	for _, err := range errs {
+		warnf("server: %v", err)
+	}
+	k.regMu.Lock()
+	_, reg, err := k.readRegistry()
+	k.regMu.Unlock()
+	if err != nil {
+		warnf("server: %v", err)
+	}
+	tags := map[string][]string{}
+	for t, id := range reg {
+		tags[id] = append(tags[id], t)
+	}
+	out := serverList{Environments: []serverListEntry{}}
+	for _, m := range metas {
+		t := tags[m.EnvID]
+		slices.Sort(t)
+		if t == nil {
+			t = []string{}
+		}
+		out.Environments = append(out.Environments, serverListEntry{m.EnvID, m.ShortID, m.Name, m.State, m.UpdatedAt, t})
+	}
+	w.Header().Set("Content-Type", "application/json")
+	writeJSON(w, out)
+}
+
+// serverParseSize reads 1234, 512K, 64M, 16G or 1T (binary units).
+func serverParseSize(s string) (int64, error) {
+	mult := int64(1)
+	if n := len(s); n > 0 {
+		if i := strings.IndexByte("KMGT", s[n-1]&^0x20); i >= 0 {
+			mult = 1 << (10 * (i + 1))
+			s = s[:n-1]
+		}
+	}
+	v, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || v <= 0 || v > (1<<62)/mult {
+		return 0, fmt.Errorf("%q is not a size like 1048576, 512M or 16G", s)
+	}
+	return v * mult, nil
+}
+
+func cmdServer(c *cli) error {
+	listen, data := c.flag("listen"), c.flag("data")
+	if listen == "" || data == "" {
+		return usageErrorf("server: --listen ADDR and --data DIR are required")
+	}
+	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait}
+	maxUploads := serverDefaultMaxUploads
+	if v := c.flag("max-blob-size"); v != "" {
+		n, err := serverParseSize(v)
+		if err != nil {
+			return usageErrorf("--max-blob-size: %v", err)
+		}
+		k.maxBlob = n
+	}
+	if v := c.flag("max-uploads"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 4096 {
+			return usageErrorf("--max-uploads %q: expected a number from 1 to 4096", v)
+		}
+		maxUploads = n
+	}
+	k.uploads = make(chan struct{}, maxUploads)
+	switch tokens := c.flag("tokens"); {
+	case tokens != "" && k.noAuth:
+		return usageErrorf("server: --tokens and --no-auth contradict each other")
+	case tokens != "":
+		var err error
+		if k.tokens, err = loadServerTokens(tokens); err != nil {
+			return err
+		}
+	case !k.noAuth:
+		return usageErrorf("server: refusing to serve without authentication: pass --tokens FILE (lines of \"TOKEN rw\" or \"TOKEN ro\"), or --no-auth to let anyone who can connect read and write")
+	}
+	cert, key := c.flag("tls-cert"), c.flag("tls-key")
+	if (cert == "") != (key == "") {
+		return usageErrorf("server: --tls-cert and --tls-key go together")
+	}
+	var tc *tls.Config
+	if cert != "" {
+		pair, err := tls.LoadX509KeyPair(cert, key)
+		if err != nil {
+			return fmt.Errorf("loading the TLS certificate %s and key %s: %w", cert, key, err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+
+	s, err := openStore(data)
+	if err != nil {
+		return err
+	}
+	s.lockWait = storeLockWait(c.getenv)
+	// The server owns its store while it runs: uploads stream into
+	// staging, which another process's recovery would clear.
+	sl, err := s.acquire("server", s.lockWait)
+	if err != nil {
+		return err
+	}
+	defer sl.unlock()
+	if _, err := s.recoverLocked(); err != nil {
+		return err
+	}
+	k.s = s
+
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return fmt.Errorf("server: %w", err)
+	}
+	srv := &http.Server{
+		Handler:           k.handler(),
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          log.New(c.stderr, "karapace server: ", 0),
+		// HTTP/1.1 only: one request a connection, deadlines per read.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+	}
+	scheme := "http"
+	if tc != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, tc)
+	}
+	url := scheme + "://" + ln.Addr().String()
+	if k.noAuth {
+		warnf("server: no authentication (--no-auth): anyone who can connect to %s can read and write", url)
+	}
+	fmt.Fprintf(c.stderr, "karapace server: serving %s on %s\n", s.root, url)
+	fmt.Fprintln(c.stdout, url)
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return fmt.Errorf("server: %w", err)
+	case <-ctx.Done():
+	}
+	fmt.Fprintf(c.stderr, "karapace server: shutting down; finishing the requests in flight\n")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		srv.Close()
+		return fmt.Errorf("server: shutting down: %w", err)
+	}
+	return nil
+}

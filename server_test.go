@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+const (
+	testTokenRW = "rw-token-0123456789abcdef"
+	testTokenRO = "ro-token-0123456789abcdef"
+)
+
+// testRemoteEnv makes an environment in s through the store's own API:
+// a base layer shared by every environment of the same baseSeed, a
+// dependency layer of its own, and manifest and lock objects. The
+// objects are random bytes; nothing here runs them.
+func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSize int) *envMeta {
+	t.Helper()
+	l, err := s.lock("test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.unlock()
+	put := func(seed int64, n int) string {
+		h, _, err := s.putObject(io.LimitReader(rand.New(rand.NewSource(seed)), int64(n)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	layerOf := func(kind layerKind, parent, obj string) string {
+		h, err := s.putLayer(&layer{Kind: kind, Parent: parent, ObjectRefs: []string{obj}, ReadOnly: true, TarHash: obj})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	base := layerOf(layerBase, "", put(1000000+baseSeed, baseSize))
+	dep := layerOf(layerDependency, base, put(seed, depSize))
+	id := storeBlake3Hex([]byte(fmt.Sprintf("test environment %d", seed)))
+	now := time.Now().UTC().Format(time.RFC3339)
+	m := &envMeta{EnvID: id, ShortID: id[:12], State: stateBuilt, ManifestHash: put(2000000+seed, 300), LockHash: put(3000000+seed, 500),
+		BaseLayer: base, DependencyLayers: []string{dep}, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1}
+	if err := s.putMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// newTestKPServer serves a fresh store in-process.
+func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server) {
+	t.Helper()
+	s, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.acquire("server", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond,
+		tokens: []serverToken{{sha256.Sum256([]byte(testTokenRW)), true}, {sha256.Sum256([]byte(testTokenRO)), false}}}
+	ts := httptest.NewServer(k.handler())
+	t.Cleanup(func() { ts.Close(); l.unlock() })
+	return k, ts
+}
+
+type serverReq struct {
+	method, path, token string
+	body                io.Reader
+	hdr                 map[string]string
+}
+
+func (r serverReq) do(t *testing.T, base string) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(r.method, base+r.path, r.body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.token != "" {
+		req.Header.Set("Authorization", "Bearer "+r.token)
+	}
+	for k, v := range r.hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func serverExpect(t *testing.T, base string, r serverReq, code int, want string) *http.Response {
+	t.Helper()
+	resp, body := r.do(t, base)
+	if resp.StatusCode != code || !strings.Contains(body, want) {
+		t.Fatalf("%s %s: %d %q, want %d with %q", r.method, r.path, resp.StatusCode, body, code, want)
+	}
+	return resp
+}
+
+func TestServerTokenFile(t *testing.T) {
+	dir := t.TempDir()
+	good := writeFile(t, dir, "good", "# team tokens\n\n"+testTokenRW+" rw\n  "+testTokenRO+"   ro  \n")
+	os.Chmod(good, 0o600)
+	toks, err := loadServerTokens(good)
+	if err != nil || len(toks) != 2 || !toks[0].write || toks[1].write {
+		t.Fatalf("tokens: %v %+v", err, toks)
+	}
+	for _, c := range []struct{ body, want string }{
+		{testTokenRW + " rw\n" + testTokenRO + " admin\n", "line 2: expected"},
+		{"# c\n" + testTokenRW + "\n", "line 2: expected"},
+		{"short rw\n", "line 1: the token is shorter than 16"},
+		{testTokenRW + " rw\n" + testTokenRW + " ro\n", "line 2: the token appears twice"},
+		{"# nothing\n", "holds no token"},
+	} {
+		p := writeFile(t, dir, "bad", c.body)
+		if _, err := loadServerTokens(p); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%q: %v, want %q", c.body, err, c.want)
+		}
+	}
+}
+
+func TestServerProtocol(t *testing.T) {
+	k, ts := newTestKPServer(t, 4)
+	u := ts.URL
+	data := []byte("hello, remote\n")
+	h := storeBlake3Hex(data)
+	objPath := "/blobs/object/" + h
+
+	// Authentication: none, wrong, read-only writing.
+	resp := serverExpect(t, u, serverReq{method: "GET", path: "/list"}, 401, "authentication required")
+	if !strings.HasPrefix(resp.Header.Get("WWW-Authenticate"), "Bearer ") {
+		t.Fatalf("WWW-Authenticate: %q", resp.Header.Get("WWW-Authenticate"))
+	}
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW + "x", body: bytes.NewReader(data)}, 401, "invalid token")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRO, body: bytes.NewReader(data)}, 403, "read-only")
+	serverExpect(t, u, serverReq{method: "GET", path: objPath, token: testTokenRO}, 404, "no object")
+
+	// Names: a known kind and 64 lowercase hex digits, nothing else.
+	for _, p := range []string{"/blobs/tree/" + h, "/blobs/object/" + strings.ToUpper(h), "/blobs/object/" + h[:63], "/blobs/object/%2e%2e%2fversion", "/blobs/metadata/..%2f..%2fx"} {
+		serverExpect(t, u, serverReq{method: "PUT", path: p, token: testTokenRW, body: bytes.NewReader(data)}, 400, "invalid blob name")
+		serverExpect(t, u, serverReq{method: "GET", path: p, token: testTokenRW}, 400, "invalid blob name")
+	}
+
+	// Content that does not hash to its name is refused and not kept.
+	other := storeBlake3Hex([]byte("something else"))
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + other, token: testTokenRW, body: bytes.NewReader(data)}, 400, "hash to "+h)
+	if n := dirNames(t, k.s.path("objects")); len(n) != 0 {
+		t.Fatalf("a refused upload left %v", n)
+	}
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 201, "")
+	serverExpect(t, u, serverReq{method: "PUT", path: objPath, token: testTokenRW, body: bytes.NewReader(data)}, 200, "")
+	resp = serverExpect(t, u, serverReq{method: "HEAD", path: objPath, token: testTokenRO}, 200, "")
+	if resp.Header.Get("ETag") != `"`+h+`"` || resp.ContentLength != int64(len(data)) {
+		t.Fatalf("HEAD: %v", resp.Header)
+	}
+	serverExpect(t, u, serverReq{method: "GET", path: objPath, token: testTokenRO}, 200, string(data))
+	serverExpect(t, u, serverReq{method: "DELETE", path: objPath, token: testTokenRW}, 405, "")
+
+	// Size limits: by Content-Length, and for a body without one.
+	big := bytes.Repeat([]byte("x"), 1<<20+1)
+	bh := storeBlake3Hex(big)
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: bytes.NewReader(big)}, 413, "limit")
+	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: io.MultiReader(bytes.NewReader(big))}, 413, "limit")
+	if n := dirNames(t, k.s.path("objects")); len(n) != 1 || len(dirNames(t, k.s.path("staging"))) != 0 {
+		t.Fatalf("objects %v, staging %v", n, dirNames(t, k.s.path("staging")))
+	}
+
+	// Layers and metadata: checked whole, references first.
+	src, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testRemoteEnv(t, src, 1, 1, 5000, 3000)
+	cl, err := src.closureOf(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, dep := cl.layers[0], cl.layers[1]
+	if dep.Parent != base.Hash || len(cl.objects) != 4 {
+		t.Fatalf("closure: %+v %+v", cl.layers, cl.objects)
+	}
+	put := func(kind, hash string, b []byte, code int, want string) {
+		t.Helper()
+		serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/" + kind + "/" + hash, token: testTokenRW, body: bytes.NewReader(b)}, code, want)
+	}
+	put(blobMetadata, m.EnvID, cl.wire, 409, "which the server does not hold")
+	put(blobLayer, base.Hash, base.fileBytes(), 409, "object "+base.TarHash)
+	for _, o := range cl.objects {
+		rc, _ := src.openObject(o.Hash)
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		put(blobObject, o.Hash, b, 201, "")
+	}
+	put(blobLayer, dep.Hash, dep.fileBytes(), 409, "layer "+base.Hash)
+	put(blobLayer, base.Hash, bytes.Replace(base.fileBytes(), []byte(`"read_only":true`), []byte(`"read_only":false`), 1), 400, "hashes to")
+	put(blobLayer, base.Hash, append(base.fileBytes(), ' '), 400, "not in canonical form")
+	put(blobLayer, base.Hash, base.fileBytes(), 201, "")
+	put(blobLayer, dep.Hash, dep.fileBytes(), 201, "")
+	put(blobMetadata, m.EnvID, bytes.Replace(cl.wire, []byte(`"built"`), []byte(`"frozen"`), 1), 400, "checksum mismatch")
+	put(blobMetadata, strings.Repeat("0", 64), cl.wire, 400, "is the metadata of")
+	put(blobMetadata, m.EnvID, cl.wire, 201, "")
+	put(blobMetadata, m.EnvID, cl.wire, 200, "")
+	resp = serverExpect(t, u, serverReq{method: "HEAD", path: "/blobs/metadata/" + m.EnvID, token: testTokenRO}, 200, "")
+	if resp.Header.Get("ETag") != `"`+storeBlake3Hex(cl.wire)+`"` {
+		t.Fatalf("metadata ETag %q", resp.Header.Get("ETag"))
+	}
+	if rep, err := k.s.verifyLocked(t.Context()); err != nil || len(rep.Bad) != 0 || rep.Metadata != 1 {
+		t.Fatalf("server store: %v %+v", err, rep)
+	}
+
+	// The registry: validated, and If-Match keeps two writers from losing a tag.
+	resp = serverExpect(t, u, serverReq{method: "GET", path: "/registry", token: testTokenRO}, 200, "{}")
+	etag := resp.Header.Get("ETag")
+	reg := func(body, match string, code int, want string) *http.Response {
+		t.Helper()
+		r := serverReq{method: "PUT", path: "/registry", token: testTokenRW, body: strings.NewReader(body), hdr: map[string]string{}}
+		if match != "" {
+			r.hdr["If-Match"] = match
+		}
+		return serverExpect(t, u, r, code, want)
+	}
+	reg(`{"demo@v1": "`+strings.Repeat("1", 64)+`"}`, etag, 409, "does not hold")
+	reg(`{"bad name@v1": "`+m.EnvID+`"}`, etag, 400, "invalid environment name")
+	reg(`{"demo@.v1": "`+m.EnvID+`"}`, etag, 400, "after @")
+	reg(`["demo@v1"]`, etag, 400, "expected one JSON object")
+	resp = reg(`{"demo@v1": "`+m.EnvID+`"}`, etag, 200, "")
+	reg(`{"demo@v2": "`+m.EnvID+`"}`, etag, 412, "changed since it was read")
+	reg(`{"demo@v1": "`+m.EnvID+`", "demo@v2": "`+m.EnvID+`"}`, resp.Header.Get("ETag"), 200, "")
+	serverExpect(t, u, serverReq{method: "GET", path: "/list", token: testTokenRO}, 200, `"demo@v1",`)
+	if b, _ := os.ReadFile(filepath.Join(k.s.root, "registry.json")); !strings.Contains(string(b), `"demo@v2": "`+m.EnvID) {
+		t.Fatalf("registry.json: %s", b)
+	}
+}
+
+// Uploads beyond the limit wait for a slot, then get 503 with Retry-After.
+func TestServerUploadSlots(t *testing.T) {
+	_, ts := newTestKPServer(t, 1)
+	pr, pw := io.Pipe()
+	data := bytes.Repeat([]byte("y"), 64<<10)
+	done := make(chan int)
+	go func() {
+		req, _ := http.NewRequest("PUT", ts.URL+"/blobs/object/"+storeBlake3Hex(data), pr)
+		req.ContentLength = int64(len(data))
+		req.Header.Set("Authorization", "Bearer "+testTokenRW)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			done <- -1
+			return
+		}
+		resp.Body.Close()
+		done <- resp.StatusCode
+	}()
+	pw.Write(data[:1000]) // the upload holds the only slot
+	time.Sleep(100 * time.Millisecond)
+	small := []byte("small")
+	resp := serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 503, "too many uploads")
+	if resp.Header.Get("Retry-After") == "" {
+		t.Fatal("503 without Retry-After")
+	}
+	pw.Write(data[1000:])
+	pw.Close()
+	if code := <-done; code != 201 {
+		t.Fatalf("the first upload: %d", code)
+	}
+	serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 201, "")
+}
+
+func TestServerParseSize(t *testing.T) {
+	for in, want := range map[string]int64{"1048576": 1 << 20, "512K": 512 << 10, "64M": 64 << 20, "16G": 16 << 30, "2t": 2 << 40} {
+		if got, err := serverParseSize(in); err != nil || got != want {
+			t.Errorf("%s: %d %v", in, got, err)
+		}
+	}
+	for _, in := range []string{"", "0", "-1", "1.5G", "G", "12X", "99999999999T"} {
+		if _, err := serverParseSize(in); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
