@@ -41,7 +41,9 @@ func newKP(t *testing.T) *kpRun {
 		}
 	}
 	k.env = []string{"KARAPACE_TEST_CLI=1", "PATH=" + os.Getenv("PATH"), "HOME=" + k.home, "KARAPACE_STORE=" + k.store,
-		"XDG_DATA_HOME=" + k.home + "/.local/share", "XDG_CONFIG_HOME=" + k.home + "/.config", "KARAPACE_LOCK_WAIT=60s", "LANG=C.UTF-8"}
+		"XDG_DATA_HOME=" + k.home + "/.local/share", "XDG_CONFIG_HOME=" + k.home + "/.config", "KARAPACE_LOCK_WAIT=60s", "LANG=C.UTF-8",
+		// A race-enabled binary otherwise sleeps a second at every exit.
+		"GORACE=atexit_sleep_ms=0"}
 	t.Cleanup(func() {
 		code, out, _ := k.run("--json", "list")
 		var envs []envInfo
