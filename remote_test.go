@@ -677,9 +677,6 @@ func TestRemoteLoad(t *testing.T) {
 	rss := remotePeakRSS(t, srv.cmd.Process.Pid)
 	t.Logf("%d clients moved %d environments (%s of their own, 20 MiB shared) up and down in %v; server peak RSS %s",
 		clients, envs, humanBytes(total), took.Round(time.Millisecond), humanBytes(rss))
-	if took > 4*time.Minute {
-		t.Errorf("took %v", took)
-	}
 	if rss > 256<<20 {
 		t.Errorf("server peak RSS %s", humanBytes(rss))
 	}
