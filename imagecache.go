@@ -233,6 +233,7 @@ func (e *imageEnv) get(url string) (*http.Response, error) {
 		cancel()
 		return nil, fmt.Errorf("downloading %s: %w", url, err)
 	}
+	tracef("GET %s: %s", url, resp.Status)
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		cancel()

@@ -246,11 +246,15 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	k := newKP(t)
 	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
-	code, out, errOut := k.run("-v", "build", "--name", "dev")
+	code, out, errOut := k.run("--trace", "build", "--name", "dev")
 	if code != 0 {
 		t.Fatalf("build: %d\n%s", code, errOut)
 	}
+	mustContain(t, "build --trace", errOut, "karapace: trace: GET "+srv.URL+"/streams/v1/index.json: 200 OK", "karapace: debug: alias")
 	id := strings.TrimSpace(out)
+	if _, _, errOut := k.run("--trace", "exec", "dev", "--", "true"); !regexp.MustCompile(`karapace: trace: mount overlay on \S+: lowerdir=`).MatchString(errOut) {
+		t.Fatalf("exec --trace shows no mounts:\n%s", errOut)
+	}
 	if v := k.ok("exec", "dev", "--", "git", "--version"); !strings.HasPrefix(v, "git version 2.39") {
 		t.Fatalf("git --version: %q", v)
 	}

@@ -242,6 +242,7 @@ func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
 // EXDEV when it renames directories), else fuse-overlayfs.
 func mountRoot(cfg *initConfig) error {
 	if cfg.Direct {
+		tracef("bind %s on %s", cfg.Lower[0], cfg.Merged)
 		if err := unix.Mount(cfg.Lower[0], cfg.Merged, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("binding the root %s at %s: %w", cfg.Lower[0], cfg.Merged, err)
 		}
@@ -256,6 +257,7 @@ func mountRoot(cfg *initConfig) error {
 	} else {
 		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", lower, escapeOverlayPath(cfg.Upper), escapeOverlayPath(cfg.Work))
 	}
+	tracef("mount overlay on %s: %s", cfg.Merged, opts)
 	err := unix.Mount("overlay", cfg.Merged, "overlay", flags, opts)
 	if err == nil {
 		return nil
@@ -340,6 +342,7 @@ func mountAt(root int, target, source, fstype string, flags uintptr, data string
 		return err
 	}
 	defer unix.Close(fd)
+	tracef("mount %s (%s) on %s, flags %#x", source, fstype, target, flags)
 	if err := unix.Mount(source, fdPath(fd), fstype, flags, data); err != nil {
 		return fmt.Errorf("mounting %s on %s: %w", fstype, target, err)
 	}
@@ -363,6 +366,7 @@ func bindInto(root int, b bindMount) error {
 		return fmt.Errorf("%s: %w", b.Why, err)
 	}
 	defer unix.Close(dst)
+	tracef("bind %s on %s (%s, read-only %v)", b.Source, b.Target, b.Why, b.ReadOnly)
 	if err := unix.Mount(fdPath(src), fdPath(dst), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("%s: binding %s to %s: %w", b.Why, b.Source, b.Target, err)
 	}

@@ -221,6 +221,7 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 		if err != nil {
 			return nil, remoteNetError(what, o.display, err)
 		}
+		tracef("%s %s: %s", method, rawURL, resp.Status)
 		switch {
 		case resp.StatusCode == http.StatusUnauthorized && !challenged:
 			challenged = true

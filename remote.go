@@ -700,6 +700,7 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 		if err != nil {
 			return nil, remoteNetError(what, r.base, err)
 		}
+		tracef("%s %s%s: %s", method, r.base, path, resp.Status)
 		if resp.StatusCode == http.StatusServiceUnavailable && attempt < 30 {
 			wait := remoteRetryAfter(resp)
 			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))

@@ -250,14 +250,11 @@ func (p *tomlParser) depthErr(off int) error {
 }
 
 func (p *tomlParser) parse() error {
-	if strings.HasPrefix(p.s, "\uFEFF") {
-		// "A TOML file must be a valid UTF-8 encoded Unicode document" was
-		// worded to allow one leading byte order mark (toml-lang/toml#437):
-		// an encoding signature, not content. Anywhere else U+FEFF is an
-		// ordinary character: fine in strings and comments, an error
-		// elsewhere.
-		p.s = p.s[3:]
-	}
+	// "A TOML file must be a valid UTF-8 encoded Unicode document" was
+	// worded to allow one leading byte order mark (toml-lang/toml#437): an
+	// encoding signature, not content. Anywhere else U+FEFF is an ordinary
+	// character: fine in strings and comments, an error elsewhere.
+	p.s = strings.TrimPrefix(p.s, "\uFEFF")
 	if !utf8.ValidString(p.s) {
 		i := 0
 		for i < len(p.s) {
