@@ -958,24 +958,13 @@ func init() {
 	// Packs KP_DIR into a new object of the store KP_STORE and prints the
 	// process's peak RSS, for the memory figure of the benchmark.
 	testHelpers["store-bench-pack"] = func() {
-		s, err := openStore(os.Getenv("KP_STORE"))
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
+		s := helperStore()
 		w, _ := s.newObjectWriter()
-		if _, err := packLayer(os.Getenv("KP_DIR"), w); err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
+		_, err := packLayer(os.Getenv("KP_DIR"), w)
+		helperCheck(err)
 		h, _, err := w.commit()
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
-		var ru unix.Rusage
-		unix.Getrusage(unix.RUSAGE_SELF, &ru)
-		fmt.Println(h, ru.Maxrss)
+		helperCheck(err)
+		fmt.Println(h, helperPeakRSS())
 	}
 }
 

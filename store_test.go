@@ -282,29 +282,38 @@ func init() {
 	// Puts 256 MiB of random bytes into KP_STORE, reads the object back and
 	// prints its size and the process's peak RSS in KiB.
 	testHelpers["store-put-stream"] = func() {
-		s, err := openStore(os.Getenv("KP_STORE"))
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
+		s := helperStore()
 		h, n, err := s.putObject(io.LimitReader(rand.Reader, 256<<20))
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
+		helperCheck(err)
 		rc, err := s.openObject(h)
-		if err == nil {
-			_, err = io.Copy(io.Discard, rc)
-			rc.Close()
-		}
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
-		var ru unix.Rusage
-		unix.Getrusage(unix.RUSAGE_SELF, &ru)
-		fmt.Println(n, ru.Maxrss)
+		helperCheck(err)
+		_, err = io.Copy(io.Discard, rc)
+		helperCheck(err)
+		rc.Close()
+		fmt.Println(n, helperPeakRSS())
 	}
+}
+
+// helperStore opens the store KP_STORE in a helper process.
+func helperStore() *store {
+	s, err := openStore(os.Getenv("KP_STORE"))
+	helperCheck(err)
+	return s
+}
+
+// helperCheck ends a helper process that failed, saying why on its stdout.
+func helperCheck(err error) {
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(1)
+	}
+}
+
+// helperPeakRSS is the helper process's peak resident size in KiB.
+func helperPeakRSS() int64 {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_SELF, &ru)
+	return ru.Maxrss
 }
 
 func init() {
@@ -523,14 +532,7 @@ func init() {
 	// everything an environment refers to, without the lock) and gcs.
 	// Prints the ids of the environments it created.
 	testHelpers["store-concurrent"] = func() {
-		fail := func(err error) {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
-		s, err := openStore(os.Getenv("KP_STORE"))
-		if err != nil {
-			fail(err)
-		}
+		s := helperStore()
 		var seed int64
 		var n int
 		fmt.Sscan(os.Getenv("KP_SEED"), &seed)
@@ -541,53 +543,53 @@ func init() {
 			case r < 5:
 				l, err := s.lock("put")
 				if err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 				data := make([]byte, 1+rng.Intn(200000))
 				rng.Read(data)
 				obj, _, err := s.putObject(bytes.NewReader(data))
 				if err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 				base, err := s.putLayer(&layer{Kind: layerBase, TarHash: obj})
 				if err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 				id := randHex(rng)
 				m := &envMeta{EnvID: id, ShortID: id[:12], Name: fmt.Sprintf("p%d-%d", seed, i), State: stateBuilt, ManifestHash: obj, BaseLayer: base}
 				if err := s.putMeta(m); err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 				// Garbage for gc to find.
 				if _, _, err := s.putObject(strings.NewReader(randHex(rng))); err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 				l.unlock()
 				fmt.Println("env", id)
 			case r < 8:
 				metas, errs := s.listMeta()
 				if len(errs) > 0 {
-					fail(errs[0])
+					helperCheck(errs[0])
 				}
 				for _, m := range metas {
 					lay, err := s.getLayer(m.BaseLayer)
 					if err != nil {
-						fail(err)
+						helperCheck(err)
 					}
 					for _, h := range []string{m.ManifestHash, lay.TarHash} {
 						rc, err := s.openObject(h)
 						if err != nil {
-							fail(err)
+							helperCheck(err)
 						}
 						if _, err := io.Copy(io.Discard, rc); err != nil {
-							fail(err)
+							helperCheck(err)
 						}
 						rc.Close()
 					}
 				}
 			default:
 				if _, err := s.gc(context.Background(), false); err != nil {
-					fail(err)
+					helperCheck(err)
 				}
 			}
 		}

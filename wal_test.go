@@ -204,11 +204,7 @@ func TestWALRefusesBadEntries(t *testing.T) {
 // the parent kills it.
 func init() {
 	testHelpers["store-crash-worker"] = func() {
-		s, err := openStore(os.Getenv("KP_STORE"))
-		if err != nil {
-			fmt.Println("error", err)
-			os.Exit(1)
-		}
+		s := helperStore()
 		s.lockWait = time.Minute
 		var seed int64
 		fmt.Sscan(os.Getenv("KP_SEED"), &seed)
