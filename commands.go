@@ -217,11 +217,17 @@ karapace completions bash > ~/.local/share/bash-completion/completions/karapace`
 			summary: "remove objects, layers and directories no environment needs",
 			help: `Marks everything the environments in the store refer to (archived ones
 included) and removes the rest: environment directories without metadata,
-layers, objects and leftover temporary files. --dry-run only reports.
+layers, objects and leftover temporary files, and the image cache's
+indices of layers that are gone. --images also removes the cached
+downloads (images, packages, archive indices): environments and locks
+whose layers are in the store rebuild without them. --dry-run only reports.
 Interrupting it (Ctrl-C) stops it between two items; the store stays
 consistent and exit status is 130.`,
-			flags: []flagDef{{long: "dry-run", help: "report what would be removed, remove nothing"}},
-			run:   runGC,
+			flags: []flagDef{
+				{long: "dry-run", help: "report what would be removed, remove nothing"},
+				{long: "images", help: "also remove the cached image and package downloads"},
+			},
+			run: runGC,
 		},
 		{
 			name:    "verify-store",

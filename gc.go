@@ -19,21 +19,28 @@ type gcReport struct {
 	Layers      int   `json:"layers"`
 	EnvDirs     int   `json:"env_dirs"`
 	Staging     int   `json:"staging"`
+	ImageCache  int   `json:"image_cache_files"`
 	Bytes       int64 `json:"bytes"`
 	Interrupted bool  `json:"interrupted"`
 }
 
+// gcOptions: DryRun removes nothing; Images also empties the image cache
+// of its downloads (images, packages, archive indices).
+type gcOptions struct {
+	DryRun, Images bool
+}
+
 // gc takes the lock and collects garbage; see gcLocked.
-func (s *store) gc(ctx context.Context, dryRun bool) (gcReport, error) {
+func (s *store) gc(ctx context.Context, o gcOptions) (gcReport, error) {
 	l, err := s.acquire("gc", s.lockWait)
 	if err != nil {
-		return gcReport{DryRun: dryRun}, err
+		return gcReport{DryRun: o.DryRun}, err
 	}
 	defer l.unlock()
 	if _, err := s.recoverWAL(); err != nil {
-		return gcReport{DryRun: dryRun}, err
+		return gcReport{DryRun: o.DryRun}, err
 	}
-	return s.gcLocked(ctx, dryRun)
+	return s.gcLocked(ctx, o)
 }
 
 // gcLocked marks from every metadata entry, whatever its state, the
@@ -42,7 +49,8 @@ func (s *store) gc(ctx context.Context, dryRun bool) (gcReport, error) {
 // objects and staging leftovers, in that order, so that at no instant does
 // anything refer to something missing. A cancelled ctx stops it between
 // two items, leaving a consistent store. The caller holds the lock.
-func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
+func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
+	dryRun := o.DryRun
 	rep := gcReport{DryRun: dryRun}
 	metas, errs := s.listMeta()
 	if len(errs) > 0 {
@@ -143,6 +151,43 @@ func (s *store) gcLocked(ctx context.Context, dryRun bool) (gcReport, error) {
 		func() error { return sweep(s.path("objects"), liveObject, nil, &rep.Objects) },
 		func() error { return sweep(s.path("staging"), nil, nil, &rep.Staging) },
 		func() error {
+			// The image cache: an index naming a layer that is gone is
+			// garbage; the downloads are too with --images, since a build
+			// whose layers are in the store needs none of them.
+			dir := imagesDir(s)
+			names, err := gcListNames(dir)
+			if err != nil {
+				return err
+			}
+			dangling := func(index string) bool {
+				data, _ := os.ReadFile(index)
+				return !liveLayer[strings.TrimSpace(string(data))]
+			}
+			for _, n := range names {
+				sub := filepath.Join(dir, n)
+				switch {
+				case strings.HasPrefix(n, "sha256-"):
+					err = sweep(sub, nil, func(f string) bool {
+						if f == "base-layer" {
+							return dangling(filepath.Join(sub, f))
+						}
+						return o.Images
+					}, &rep.ImageCache)
+					if !dryRun {
+						os.Remove(sub) // only once empty
+					}
+				case n == "deps":
+					err = sweep(sub, nil, func(f string) bool { return dangling(filepath.Join(sub, f)) }, &rep.ImageCache)
+				case o.Images:
+					err = sweep(sub, nil, nil, &rep.ImageCache)
+				}
+				if err != nil || rep.Interrupted {
+					return err
+				}
+			}
+			return nil
+		},
+		func() error {
 			// Half-unpacked trees beside an environment's directories.
 			partials, _ := filepath.Glob(filepath.Join(s.root, "env", "*", "*"+unpackPartialSuffix))
 			for _, p := range partials {
@@ -213,7 +258,7 @@ func runGC(c *cli) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := s.gc(ctx, c.has("dry-run"))
+	rep, err := s.gc(ctx, gcOptions{DryRun: c.has("dry-run"), Images: c.has("images")})
 	if err != nil {
 		return err
 	}
@@ -228,6 +273,9 @@ func runGC(c *cli) error {
 			gcPlural(rep.EnvDirs, "environment directory", "environment directories"))
 		if rep.Staging > 0 {
 			msg += ", " + gcPlural(rep.Staging, "leftover temp file", "leftover temp files")
+		}
+		if rep.ImageCache > 0 {
+			msg += ", " + gcPlural(rep.ImageCache, "image cache file", "image cache files")
 		}
 		fmt.Fprintf(c.stdout, "%s; %s %s\n", msg, freed, humanBytes(rep.Bytes))
 	}

@@ -60,7 +60,7 @@ func TestGC(t *testing.T) {
 	s, live, want := gcFixture(t)
 	before := treeListing(t, s.root)
 	want.DryRun = true
-	rep, err := s.gc(context.Background(), true)
+	rep, err := s.gc(context.Background(), gcOptions{DryRun: true})
 	if err != nil || rep != want {
 		t.Fatalf("dry run: %+v %v, want %+v", rep, err, want)
 	}
@@ -68,7 +68,7 @@ func TestGC(t *testing.T) {
 		t.Fatal("dry run changed the store")
 	}
 	want.DryRun = false
-	rep, err = s.gc(context.Background(), false)
+	rep, err = s.gc(context.Background(), gcOptions{})
 	if err != nil || rep != want {
 		t.Fatalf("gc: %+v %v, want %+v", rep, err, want)
 	}
@@ -88,11 +88,65 @@ func TestGC(t *testing.T) {
 	if rep, err := s.verify(context.Background()); err != nil || len(rep.Bad) != 0 || rep.Metadata != 2 {
 		t.Fatalf("verify after gc: %+v %v", rep, err)
 	}
-	if rep, _ := s.gc(context.Background(), false); rep != (gcReport{}) {
+	if rep, _ := s.gc(context.Background(), gcOptions{}); rep != (gcReport{}) {
 		t.Errorf("second gc: %+v", rep)
 	}
 	if n := dirNames(t, s.path("wal")); len(n) != 0 {
 		t.Errorf("WAL left: %v", n)
+	}
+}
+
+// The image cache keeps its downloads unless --images, and always loses
+// the indices of layers that are gone; indices of live layers stay.
+func TestGCImageCache(t *testing.T) {
+	s, live, want := gcFixture(t)
+	a := live[0]
+	images := filepath.Join(s.root, "images")
+	dead := strings.Repeat("f", 64) + "\n"
+	writeFile(t, images, "sha256-aaa/image", "image bytes")
+	writeFile(t, images, "sha256-aaa/info.json", "{}")
+	writeFile(t, images, "sha256-aaa/base-layer", a.BaseLayer+"\n")
+	writeFile(t, images, "sha256-bbb/base-layer", dead)
+	writeFile(t, images, "deps/live", a.DependencyLayers[0]+"\n")
+	writeFile(t, images, "deps/dead", dead)
+	writeFile(t, images, "debs/"+strings.Repeat("1", 64), "a package")
+	writeFile(t, images, "archive/dists/Packages", "an index")
+	writeFile(t, images, ".partial/download", "half")
+
+	want.ImageCache, want.Bytes = 2, want.Bytes+2*int64(len(dead))
+	rep, err := s.gc(context.Background(), gcOptions{})
+	if err != nil || rep != want {
+		t.Fatalf("gc: %+v %v, want %+v", rep, err, want)
+	}
+	if got := treeListing(t, images); strings.Contains(got, "sha256-bbb") || strings.Contains(got, "deps/dead") ||
+		!strings.Contains(got, "sha256-aaa/image") || !strings.Contains(got, "deps/live") || !strings.Contains(got, "debs/1111") {
+		t.Fatalf("image cache after gc:\n%s", got)
+	}
+
+	before := treeListing(t, s.root)
+	want = gcReport{DryRun: true, ImageCache: 6, Bytes: int64(len("image bytes{}a packagean indexhalfcached image"))}
+	if rep, err := s.gc(context.Background(), gcOptions{DryRun: true, Images: true}); err != nil || rep != want {
+		t.Fatalf("gc --images --dry-run: %+v %v, want %+v", rep, err, want)
+	}
+	if treeListing(t, s.root) != before {
+		t.Fatal("dry run changed the store")
+	}
+	want.DryRun = false
+	if rep, err := s.gc(context.Background(), gcOptions{Images: true}); err != nil || rep != want {
+		t.Fatalf("gc --images: %+v %v, want %+v", rep, err, want)
+	}
+	var files []string
+	filepath.WalkDir(images, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, strings.TrimPrefix(p, images+"/"))
+		}
+		return nil
+	})
+	if strings.Join(files, " ") != "deps/live sha256-aaa/base-layer" {
+		t.Fatalf("image cache after gc --images: %v", files)
+	}
+	if rep, err := s.verify(context.Background()); err != nil || len(rep.Bad) != 0 {
+		t.Fatalf("verify: %+v %v", rep, err)
 	}
 }
 
@@ -113,7 +167,7 @@ func (c *countdownCtx) Err() error {
 func TestGCInterruptedIsConsistent(t *testing.T) {
 	for stop := 0; stop <= 8; stop++ {
 		s, _, want := gcFixture(t)
-		rep, err := s.gc(&countdownCtx{context.Background(), stop}, false)
+		rep, err := s.gc(&countdownCtx{context.Background(), stop}, gcOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -134,7 +188,7 @@ func TestGCRefusesUnknownReferences(t *testing.T) {
 	b, _ := os.ReadFile(file)
 	os.WriteFile(file, []byte(strings.Replace(string(b), `"built"`, `"frozen"`, 1)), 0o600)
 	before := treeListing(t, s.path("objects"))
-	_, err := s.gc(context.Background(), false)
+	_, err := s.gc(context.Background(), gcOptions{})
 	if err == nil || exitCodeOf(err) != exitStore || !strings.Contains(err.Error(), "verify-store") {
 		t.Fatalf("gc with corrupt metadata: %v", err)
 	}
@@ -143,7 +197,7 @@ func TestGCRefusesUnknownReferences(t *testing.T) {
 	}
 	os.WriteFile(file, b, 0o600)
 	os.WriteFile(s.path("layers", live[1].BaseLayer), []byte("{"), 0o600)
-	if _, err := s.gc(context.Background(), false); err == nil {
+	if _, err := s.gc(context.Background(), gcOptions{}); err == nil {
 		t.Fatal("gc with a corrupt live layer")
 	}
 }

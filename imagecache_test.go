@@ -284,8 +284,16 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	}
 	k.ok("pin", "--check")
 
-	// No server, no network allowed: the lock rebuilds from the store.
+	// No server, no network allowed, no cached download: the lock
+	// rebuilds from the store.
 	srv.Close()
+	// The image and info.json, its record; the base-layer index stays.
+	if out := k.ok("gc", "--images"); !regexp.MustCompile(`, 2 image cache files; freed \d+(\.\d)? MiB`).MatchString(out) {
+		t.Fatalf("gc --images: %q", out)
+	}
+	if images, _ := filepath.Glob(filepath.Join(k.store, "images", "sha256-*", "image")); len(images) != 0 {
+		t.Fatalf("gc --images left %v", images)
+	}
 	k.ok("destroy", "dev")
 	code, out, errOut = k.run("-v", "build", "--locked", "--offline")
 	if code != 0 || strings.TrimSpace(out) != id {

@@ -588,7 +588,7 @@ func init() {
 					}
 				}
 			default:
-				if _, err := s.gc(context.Background(), false); err != nil {
+				if _, err := s.gc(context.Background(), gcOptions{}); err != nil {
 					helperCheck(err)
 				}
 			}

@@ -400,7 +400,7 @@ func crashGC(s *store, rng *mrand.Rand, _ string) error {
 		}
 	}
 	l.unlock()
-	_, err = s.gc(context.Background(), rng.Intn(5) == 0)
+	_, err = s.gc(context.Background(), gcOptions{DryRun: rng.Intn(5) == 0})
 	return err
 }
 
