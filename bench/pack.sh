@@ -24,6 +24,7 @@ if [ -z "$dir" ]; then
 	remove=$dir
 	tar --numeric-owner --xattrs -xpf "$src" -C "$dir"
 fi
+[ -d "$dir" ] || { echo "bench/pack.sh: $dir is not a directory (give an extracted root filesystem, or nothing to extract \$KARAPACE_BENCH_TAR)" >&2; exit 2; }
 echo "tree: $dir ($(du -sh "$dir" | cut -f1), $(find "$dir" | wc -l) entries)"
 # Other work on the machine skews parallel speedups: say how busy it was.
 echo "load before: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus"
@@ -40,6 +41,7 @@ export TMPDIR=${TMPDIR:-$(dirname "$dir")}
 } | tee /dev/stderr | awk '
 	/^Benchmark/ { for (i = 3; i < NF; i += 2) m[$(i+1)] = $i }
 	END {
+		if (!("pack/tar" in m) || !("speedup" in m)) exit 1 # a benchmark failed: no figures
 		printf "\npack      : %.2fx GNU tar -cf (goal <= 1.2), %.2fx with fsync on both sides\n", m["pack/tar"], m["pack+fsync/tar+sync"]
 		printf "unpack    : %.2fx GNU tar -xf\n", m["unpack/tar"]
 		printf "verify    : %.2fx single-threaded blake3 on %d cpus (goal >= 1.5)\n", m["speedup"], m["cpus"]
