@@ -31,6 +31,17 @@ func (c *cli) engine() (*engine, error) {
 	return newEngine(s, c.getenv, c.stderr), nil
 }
 
+// envArg opens the engine and finds the environment that the command's
+// first argument names.
+func (c *cli) envArg() (*engine, *envMeta, error) {
+	e, err := c.engine()
+	if err != nil {
+		return nil, nil, err
+	}
+	m, err := e.findEnv(c.args[0])
+	return e, m, err
+}
+
 func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
 	// Trees hold files of the environment's IDs; rootless, only a process
 	// with the full mapping may remove them.
@@ -177,10 +188,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	}
 	res, err := e.buildLocked(op, m, lock, src, spec, images, o)
 	if err != nil {
-		if rerr := op.rollback(); rerr != nil {
-			return nil, fmt.Errorf("%v (and rolling back: %v)", err, rerr)
-		}
-		return nil, err
+		return nil, op.abandon(err)
 	}
 	if err := op.done(); err != nil {
 		return nil, err

@@ -202,12 +202,10 @@ func (e *engine) destroy(ref string) (*envMeta, error) {
 		return nil, err
 	}
 	if err := op.saveMeta(m.EnvID); err != nil {
-		op.rollback()
-		return nil, err
+		return nil, op.abandon(err)
 	}
 	if err := e.s.deleteMeta(m.EnvID); err != nil {
-		op.rollback()
-		return nil, err
+		return nil, op.abandon(err)
 	}
 	if err := op.finish(e.envDir(m.EnvID)); err != nil {
 		return nil, err
@@ -412,11 +410,7 @@ func cmdEnter(c *cli) error {
 }
 
 func cmdStop(c *cli) error {
-	e, err := c.engine()
-	if err != nil {
-		return err
-	}
-	m, err := e.findEnv(c.args[0])
+	e, m, err := c.envArg()
 	if err != nil {
 		return err
 	}
@@ -535,11 +529,7 @@ func cmdList(c *cli) error {
 }
 
 func cmdInspect(c *cli) error {
-	e, err := c.engine()
-	if err != nil {
-		return err
-	}
-	m, err := e.findEnv(c.args[0])
+	e, m, err := c.envArg()
 	if err != nil {
 		return err
 	}

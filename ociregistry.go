@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strings"
 	"sync"
-	"time"
 )
 
 // Any registry that speaks the OCI distribution API can be the remote:
@@ -226,22 +225,16 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 		case resp.StatusCode == http.StatusUnauthorized && !challenged:
 			challenged = true
 			ch := resp.Header.Get("WWW-Authenticate")
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
+			remoteDrop(resp)
 			if err := o.authenticate(ctx, ch, scope); err != nil {
 				return nil, err
 			}
 			continue
 		case (resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests) && attempt < 30:
-			wait := remoteRetryAfter(resp)
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			select {
-			case <-time.After(wait):
-				continue
-			case <-ctx.Done():
-				return nil, remoteNetError(what, o.display, ctx.Err())
+			if err := remoteBackOff(ctx, resp); err != nil {
+				return nil, remoteNetError(what, o.display, err)
 			}
+			continue
 		}
 		return resp, nil
 	}

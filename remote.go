@@ -361,10 +361,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		return e.s.putMeta(m)
 	}()
 	if err != nil {
-		if rerr := op.rollback(); rerr != nil {
-			return nil, fmt.Errorf("%v (and rolling back: %v)", err, rerr)
-		}
-		return nil, err
+		return nil, op.abandon(err)
 	}
 	if err := op.done(); err != nil {
 		return nil, err
@@ -562,6 +559,26 @@ func remoteRetryAfter(resp *http.Response) time.Duration {
 	return time.Second
 }
 
+// remoteDrop reads a little of a response's body and closes it, so that
+// its connection can serve the retry.
+func remoteDrop(resp *http.Response) {
+	io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+}
+
+// remoteBackOff drops a busy server's response and waits as its
+// Retry-After asks; it fails only when ctx ends first.
+func remoteBackOff(ctx context.Context, resp *http.Response) error {
+	wait := remoteRetryAfter(resp)
+	remoteDrop(resp)
+	select {
+	case <-time.After(wait):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // remoteParallel runs fn for 0..n-1 on a few workers; the first error
 // cancels the rest.
 func remoteParallel(ctx context.Context, n int, fn func(ctx context.Context, i int) error) error {
@@ -702,15 +719,10 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 		}
 		tracef("%s %s%s: %s", method, r.base, path, resp.Status)
 		if resp.StatusCode == http.StatusServiceUnavailable && attempt < 30 {
-			wait := remoteRetryAfter(resp)
-			io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-			resp.Body.Close()
-			select {
-			case <-time.After(wait):
-				continue
-			case <-ctx.Done():
-				return nil, remoteNetError(what, r.base, ctx.Err())
+			if err := remoteBackOff(ctx, resp); err != nil {
+				return nil, remoteNetError(what, r.base, err)
 			}
+			continue
 		}
 		return resp, nil
 	}
@@ -1058,11 +1070,7 @@ func cmdPush(c *cli) error {
 	if err != nil {
 		return err
 	}
-	e, err := c.engine()
-	if err != nil {
-		return err
-	}
-	m, err := e.findEnv(c.args[0])
+	e, m, err := c.envArg()
 	if err != nil {
 		return err
 	}

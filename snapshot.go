@@ -185,8 +185,7 @@ func (e *engine) commit(ref string) (*envMeta, string, error) {
 		return h, op.putMeta(m)
 	}()
 	if err != nil {
-		op.rollback()
-		return nil, "", err
+		return nil, "", op.abandon(err)
 	}
 	return m, h, op.done()
 }
@@ -262,10 +261,7 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 		return op.putMeta(m)
 	}()
 	if err != nil {
-		if rerr := op.rollback(); rerr != nil {
-			return nil, "", fmt.Errorf("%v (and rolling back: %v)", err, rerr)
-		}
-		return nil, "", err
+		return nil, "", op.abandon(err)
 	}
 	// The overlay's work directory belongs to the old writable layer.
 	if err := op.finish(old, filepath.Join(dir, "work")); err != nil {
@@ -312,11 +308,7 @@ func cmdCommit(c *cli) error {
 }
 
 func cmdSnapshots(c *cli) error {
-	e, err := c.engine()
-	if err != nil {
-		return err
-	}
-	m, err := e.findEnv(c.args[0])
+	e, m, err := c.envArg()
 	if err != nil {
 		return err
 	}

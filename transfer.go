@@ -313,11 +313,7 @@ func (a *exportSource) objects(need map[string]bool, got func(string, io.Reader)
 }
 
 func cmdExport(c *cli) error {
-	e, err := c.engine()
-	if err != nil {
-		return err
-	}
-	m, err := e.findEnv(c.args[0])
+	e, m, err := c.envArg()
 	if err != nil {
 		return err
 	}

@@ -247,6 +247,16 @@ func (s *store) cleanup(o *walOp) error {
 	return nil
 }
 
+// abandon rolls the operation back after err and returns err, with the
+// rollback's own failure when it had one (its entry then stays, for the
+// next open to replay).
+func (o *walOp) abandon(err error) error {
+	if rerr := o.rollback(); rerr != nil {
+		return fmt.Errorf("%v (and rolling back: %v)", err, rerr)
+	}
+	return err
+}
+
 // rollback undoes the operation now (for a failure the caller noticed)
 // and removes its entry.
 func (o *walOp) rollback() error {
