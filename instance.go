@@ -150,6 +150,7 @@ type instanceServer struct {
 	mu       sync.Mutex
 	sessions map[int]*session // by command pid
 	active   int              // connections being served
+	exited   int              // of those, the ones whose command has exited
 	served   bool             // a connection was ever accepted
 	stopping bool
 	closing  bool // the last session ended: no new ones, init exits
@@ -196,7 +197,8 @@ func serveInstance(ln int, cgroups []int) int {
 
 // handle serves one connection: one command, from start to exit status.
 func (s *instanceServer) handle(conn int) {
-	defer s.finish(conn)
+	exited := false
+	defer func() { s.finish(conn, exited) }()
 	cred, err := unix.GetsockoptUcred(conn, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	if err != nil || cred.Uid != 0 {
 		// Only the environment's owner, who is root in here, may run commands.
@@ -244,6 +246,7 @@ func (s *instanceServer) handle(conn int) {
 		}
 	}()
 	<-sess.done
+	exited = true
 	// Only this goroutine writes to conn, so the exit status always
 	// follows the start message.
 	code := sess.code
@@ -253,10 +256,13 @@ func (s *instanceServer) handle(conn int) {
 }
 
 // finish closes a served connection and ends init if it was the last.
-func (s *instanceServer) finish(conn int) {
+func (s *instanceServer) finish(conn int, exited bool) {
 	unix.Close(conn)
 	s.mu.Lock()
 	s.active--
+	if exited {
+		s.exited--
+	}
 	s.mu.Unlock()
 	s.maybeExit(false)
 }
@@ -326,10 +332,14 @@ func (s *instanceServer) reap() {
 		s.mu.Lock()
 		sess, ok := s.sessions[pid]
 		delete(s.sessions, pid)
-		// The last session of an instance nobody else is talking to:
-		// stop accepting now, and let the client wait for our exit, so
-		// that when it returns the environment is no longer running.
-		last := ok && len(s.sessions) == 0 && s.active == 1
+		// The last session, with no connection left that may still start
+		// one (the others are only being told their status): stop
+		// accepting now, and let its client wait for our exit, so that
+		// when it returns the environment is no longer running.
+		if ok {
+			s.exited++
+		}
+		last := ok && len(s.sessions) == 0 && s.active == s.exited
 		if last {
 			s.closing = true
 			unix.Shutdown(s.ln, unix.SHUT_RDWR)
