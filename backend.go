@@ -28,6 +28,7 @@ type runSpec struct {
 	CPUShares   int64
 	MemoryMB    int64
 	Direct      bool        // Lower[0] is the root itself, written in place (archive bootstrap)
+	Build       bool        // a build step: nothing of the host's session or user goes in
 	Binds       []bindMount // more binds, already checked (the bootstrap's package cache)
 }
 
@@ -95,8 +96,8 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 			if err != nil {
 				return 0, err
 			}
-			cgroups := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
-			err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups)
+			cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
+			err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir)
 			for _, f := range cgroups {
 				f.Close()
 			}
@@ -111,7 +112,19 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 			r.runDir().waitGone(2 * time.Second)
 			continue
 		}
+		r.cleanUp()
 		return code, err
+	}
+}
+
+// cleanUp removes what an instance leaves behind on the host once it has
+// ended: its cgroups.
+func (r *runSpec) cleanUp() {
+	if r.CPUShares == 0 && r.MemoryMB == 0 {
+		return
+	}
+	if _, ok := r.runDir().running(); !ok {
+		removeCgroups(r.ShortID)
 	}
 }
 
@@ -140,8 +153,17 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 	default:
 		cfg.Upper, cfg.Work = filepath.Join(r.Dir, "upper"), filepath.Join(r.Dir, "work")
 	}
-	if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
-		cfg.FuseOverlay = p
+	switch overlay := b.getenv("KARAPACE_OVERLAY"); overlay {
+	case "", "auto", "fuse":
+		if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
+			cfg.FuseOverlay = p
+		} else if overlay == "fuse" {
+			return nil, idMapping{}, 0, fmt.Errorf("KARAPACE_OVERLAY=fuse: fuse-overlayfs is not installed (sudo apt install fuse-overlayfs)")
+		}
+		cfg.OnlyFuse = overlay == "fuse"
+	case "kernel":
+	default:
+		return nil, idMapping{}, 0, fmt.Errorf("KARAPACE_OVERLAY=%q: expected auto, kernel or fuse", overlay)
 	}
 	home := b.getenv("HOME")
 	for _, m := range r.Mounts {
@@ -152,7 +174,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 		cfg.Binds = append(cfg.Binds, bm)
 	}
 	cfg.Binds = append(cfg.Binds, r.Binds...)
-	if !r.Direct {
+	if !r.Build {
 		cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
 	}
 	if !r.Isolated {
@@ -162,9 +184,10 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 			}
 		}
 	}
-	// A bootstrap writes the root itself: nothing of the host goes in.
+	// What a build step writes goes into shared layers: nothing of the
+	// host's session may go in.
 	sockets, _ := hostSockets(b.getenv)
-	if len(sockets) > 0 && !r.Direct {
+	if len(sockets) > 0 && !r.Build {
 		cfg.Binds = append(cfg.Binds, bindMount{Tmpfs: true, Target: hostSession, Dir: true, Why: "host session sockets"})
 		cfg.Binds = append(cfg.Binds, sockets...)
 	}
@@ -177,7 +200,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 	if r.Isolated {
 		flags |= unix.CLONE_NEWNET
 	}
-	if !r.Direct {
+	if !r.Build {
 		cfg.User = hostUserName()
 	}
 	return cfg, mapping, flags, nil
@@ -207,13 +230,33 @@ func (b nsBackend) commandEnv(r *runSpec, e *execSpec) []string {
 		pol = defaultPolicy()
 	}
 	env = append(env, pol.filterEnv(e.Env)...)
-	_, sockEnv := hostSockets(b.getenv)
-	env = append(env, sockEnv...)
+	if !r.Build {
+		_, sockEnv := hostSockets(b.getenv)
+		env = append(env, sockEnv...)
+	}
 	env = append(env, e.Set...)
 	if e.TTY && !hasEnv(env, "TERM") {
 		env = append(env, "TERM=xterm-256color")
 	}
-	return env
+	return lastWins(env)
+}
+
+// lastWins keeps one value per variable, the last one given (the host's
+// WAYLAND_DISPLAY, say, gives way to the socket's path inside), in the
+// order the variables first appear.
+func lastWins(env []string) []string {
+	at := map[string]int{}
+	var out []string
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if i, ok := at[name]; ok {
+			out[i] = kv
+			continue
+		}
+		at[name] = len(out)
+		out = append(out, kv)
+	}
+	return out
 }
 
 func hasEnv(env []string, name string) bool {
@@ -252,19 +295,13 @@ func (nsBackend) stop(r *runSpec, timeout time.Duration) error {
 	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
 		return fmt.Errorf("stopping pid %d: %w", pid, err)
 	}
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
-		if _, ok := r.runDir().running(); !ok {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	defer r.cleanUp()
+	if r.runDir().waitGone(timeout) {
+		return nil
 	}
 	unix.Kill(pid, syscall.SIGKILL)
-	for i := 0; i < 250; i++ {
-		if _, ok := r.runDir().running(); !ok {
-			return nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	if r.runDir().waitGone(5 * time.Second) {
+		return nil
 	}
 	return fmt.Errorf("the environment's init (pid %d) did not exit after SIGKILL", pid)
 }

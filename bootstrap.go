@@ -460,7 +460,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 		}
 	}
 	id := hashHex([]byte(tree))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: tree + ".run", Lower: []string{tree}, Direct: true, Isolated: true,
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: tree + ".run", Lower: []string{tree}, Direct: true, Build: true, Isolated: true,
 		Binds: []bindMount{{Source: view, Target: "/var/cache/karapace-debs", Dir: true, ReadOnly: true, Why: "package cache"}}}
 	defer os.RemoveAll(r.Dir)
 	env := []string{"DEBIAN_FRONTEND=noninteractive", "DEBCONF_NONINTERACTIVE_SEEN=true", "LC_ALL=C.UTF-8",

@@ -19,41 +19,92 @@ type cgroupLimits struct {
 	MemoryMB  int64
 }
 
-// open prepares the environment's cgroup(s) and opens their
-// cgroup.procs files: init stays outside, so the OOM killer can never
-// take it for a command's excess, and moves every command it starts in
-// through these files. Where no cgroup can be used it warns and returns
+// open prepares the environment's cgroup(s) for init to start every
+// command in, so that not even a command's first child escapes them. With
+// cgroup v2 it is the directory itself, which commands are cloned into
+// (CLONE_INTO_CGROUP). With cgroup v1 (root only) they are pairs of
+// cgroup.procs files: the environment's, and init's own to return to, for
+// init enters the environment's cgroups only while it forks a command.
+// init stays outside otherwise, so the OOM killer never takes it for a
+// command's excess. Where no cgroup can be used it warns and returns
 // none: the environment runs unlimited rather than not at all.
-func (l cgroupLimits) open(name string) []*os.File {
+func (l cgroupLimits) open(name string) (files []*os.File, intoDir bool) {
 	if l.CPUShares == 0 && l.MemoryMB == 0 {
-		return nil
+		return nil, false
 	}
-	dirs, err := l.prepare("karapace-" + name)
+	dirs, v2, err := l.prepare(cgroupName(name))
 	if err != nil {
 		warnf("resource limits are not applied: %v", err)
-		return nil
+		return nil, false
 	}
-	var files []*os.File
-	for _, d := range dirs {
-		f, err := os.OpenFile(filepath.Join(d, "cgroup.procs"), os.O_WRONLY, 0)
+	if v2 {
+		f, err := os.OpenFile(dirs[0], os.O_RDONLY|unix.O_DIRECTORY, 0)
 		if err != nil {
-			warnf("resource limits are not applied: opening %s/cgroup.procs: %v", d, err)
-			for _, f := range files {
-				f.Close()
-			}
-			return nil
+			warnf("resource limits are not applied: opening %s: %v", dirs[0], err)
+			return nil, false
 		}
-		files = append(files, f)
+		debugf("resource limits in %s", dirs[0])
+		return []*os.File{f}, true
+	}
+	for _, d := range dirs {
+		controller := strings.Split(strings.TrimPrefix(d, "/sys/fs/cgroup/"), "/")[0]
+		home, err := ownCgroupV1(controller)
+		for _, p := range []string{filepath.Join(d, "cgroup.procs"), filepath.Join(home, "cgroup.procs")} {
+			var f *os.File
+			if err == nil {
+				f, err = os.OpenFile(p, os.O_WRONLY, 0)
+			}
+			if err != nil {
+				warnf("resource limits are not applied: opening %s: %v", p, err)
+				for _, f := range files {
+					f.Close()
+				}
+				return nil, false
+			}
+			files = append(files, f)
+		}
 	}
 	debugf("resource limits in %s", strings.Join(dirs, ", "))
-	return files
+	return files, false
+}
+
+// ownCgroupV1 is our cgroup in a cgroup v1 hierarchy.
+func ownCgroupV1(controller string) (string, error) {
+	data, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) == 3 && contains(strings.Split(f[1], ","), controller) {
+			return filepath.Join("/sys/fs/cgroup", controller, f[2]), nil
+		}
+	}
+	return "", fmt.Errorf("no %s cgroup in /proc/self/cgroup", controller)
+}
+
+func cgroupName(shortID string) string { return "karapace-" + shortID }
+
+// removeCgroups removes the environment's cgroups once nothing runs in
+// them; a busy or missing one is left alone.
+func removeCgroups(shortID string) {
+	name := cgroupName(shortID)
+	dirs := []string{"/sys/fs/cgroup/memory/karapace/" + name, "/sys/fs/cgroup/cpu/karapace/" + name}
+	if parent, _ := cgroup2Location(); parent != "" {
+		dirs = append(dirs, filepath.Join(parent, name))
+	}
+	for _, d := range dirs {
+		if err := unix.Rmdir(d); err == nil {
+			debugf("removed cgroup %s", d)
+		}
+	}
 }
 
 // cpuWeight converts cgroup v1 CPU shares (2..262144) to a cgroup v2
 // weight (1..10000), the conversion container runtimes agree on.
 func cpuWeight(shares int64) int64 { return 1 + ((shares-2)*9999)/262142 }
 
-func (l cgroupLimits) prepare(name string) ([]string, error) {
+func (l cgroupLimits) prepare(name string) ([]string, bool, error) {
 	v2, why2 := cgroup2Parent()
 	if v2 != "" {
 		dir := filepath.Join(v2, name)
@@ -66,9 +117,9 @@ func (l cgroupLimits) prepare(name string) ([]string, error) {
 			files["cpu.weight"] = strconv.FormatInt(cpuWeight(l.CPUShares), 10)
 		}
 		if err := makeCgroup(dir, files); err != nil {
-			return nil, err
+			return nil, false, err
 		}
-		return []string{dir}, nil
+		return []string{dir}, true, nil
 	}
 	// A hybrid hierarchy keeps memory and cpu on cgroup v1, which only
 	// root may use.
@@ -77,20 +128,20 @@ func (l cgroupLimits) prepare(name string) ([]string, error) {
 		if l.MemoryMB > 0 {
 			dir := "/sys/fs/cgroup/memory/karapace/" + name
 			if err := makeCgroup(dir, map[string]string{"memory.limit_in_bytes": strconv.FormatInt(l.MemoryMB<<20, 10)}); err != nil {
-				return nil, fmt.Errorf("%s; cgroup v1: %v", why2, err)
+				return nil, false, fmt.Errorf("%s; cgroup v1: %v", why2, err)
 			}
 			dirs = append(dirs, dir)
 		}
 		if l.CPUShares > 0 {
 			dir := "/sys/fs/cgroup/cpu/karapace/" + name
 			if err := makeCgroup(dir, map[string]string{"cpu.shares": strconv.FormatInt(l.CPUShares, 10)}); err != nil {
-				return nil, fmt.Errorf("%s; cgroup v1: %v", why2, err)
+				return nil, false, fmt.Errorf("%s; cgroup v1: %v", why2, err)
 			}
 			dirs = append(dirs, dir)
 		}
-		return dirs, nil
+		return dirs, false, nil
 	}
-	return nil, errors.New(why2)
+	return nil, false, errors.New(why2)
 }
 
 // makeCgroup creates dir and writes the limit files.
@@ -115,6 +166,32 @@ func makeCgroup(dir string, files map[string]string) error {
 // cgroup when it is delegated to us (a systemd user session), or the
 // root when we are root. It says why when there is none.
 func cgroup2Parent() (string, string) {
+	parent, why := cgroup2Location()
+	if parent == "" {
+		return "", why
+	}
+	ctrl, err := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
+	if err != nil {
+		return "", fmt.Sprintf("reading %s/cgroup.controllers: %v", parent, err)
+	}
+	have := strings.Fields(string(ctrl))
+	for _, c := range []string{"memory", "cpu"} {
+		if !contains(have, c) {
+			return "", fmt.Sprintf("the cgroup v2 controller %q is not available in %s (controllers there: %q); on a hybrid hierarchy it is bound to cgroup v1, and systemd delegates it to user sessions only with cgroup v2", c, parent, strings.TrimSpace(string(ctrl)))
+		}
+	}
+	if unix.Access(filepath.Join(parent, "cgroup.subtree_control"), unix.W_OK) != nil {
+		return "", fmt.Sprintf("%s is not delegated to this user (not writable); run inside a systemd user session with delegation, e.g. systemd-run --user --scope -p Delegate=yes", parent)
+	}
+	if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+memory +cpu"), 0); err != nil {
+		return "", fmt.Sprintf("enabling memory and cpu controllers in %s: %v", parent, err)
+	}
+	return parent, ""
+}
+
+// cgroup2Location is where environments' cgroup v2 directories go: beside
+// our own cgroup (or in the root, when that is ours).
+func cgroup2Location() (string, string) {
 	mnt := ""
 	for _, m := range []string{"/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
 		var st unix.Statfs_t
@@ -141,22 +218,6 @@ func cgroup2Parent() (string, string) {
 	parent := filepath.Join(mnt, own)
 	if own != "/" {
 		parent = filepath.Dir(parent)
-	}
-	ctrl, err := os.ReadFile(filepath.Join(parent, "cgroup.controllers"))
-	if err != nil {
-		return "", fmt.Sprintf("reading %s/cgroup.controllers: %v", parent, err)
-	}
-	have := strings.Fields(string(ctrl))
-	for _, c := range []string{"memory", "cpu"} {
-		if !contains(have, c) {
-			return "", fmt.Sprintf("the cgroup v2 controller %q is not available in %s (controllers there: %q); on a hybrid hierarchy it is bound to cgroup v1, and systemd delegates it to user sessions only with cgroup v2", c, parent, strings.TrimSpace(string(ctrl)))
-		}
-	}
-	if unix.Access(filepath.Join(parent, "cgroup.subtree_control"), unix.W_OK) != nil {
-		return "", fmt.Sprintf("%s is not delegated to this user (not writable); run inside a systemd user session with delegation, e.g. systemd-run --user --scope -p Delegate=yes", parent)
-	}
-	if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+memory +cpu"), 0); err != nil {
-		return "", fmt.Sprintf("enabling memory and cpu controllers in %s: %v", parent, err)
 	}
 	return parent, ""
 }

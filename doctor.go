@@ -49,7 +49,7 @@ func runtimeChecks() []check {
 	m := planIDMapping()
 	switch {
 	case os.Geteuid() == 0:
-		add("ID mapping", "ok", "running as root: environments keep the host's IDs, no user namespace needed", "")
+		add("ID mapping", "ok", fmt.Sprintf("running as root: IDs 0-%d map to themselves, in a user namespace", subordinateIDs), "")
 	case m.reduced == "":
 		add("ID mapping", "ok", fmt.Sprintf("root -> uid %d, 1-%d -> %d-%d (newuidmap/newgidmap)", m.uids[0].outside, m.uids[1].count, m.uids[1].outside, m.uids[1].outside+m.uids[1].count-1), "")
 	default:

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,6 +37,7 @@ type spawnRequest struct {
 type instanceMsg struct {
 	Pid    int    `json:"pid,omitempty"`    // started
 	Error  string `json:"error,omitempty"`  // could not start
+	Status int    `json:"status,omitempty"` // with Error: the status a shell gives for it (126, 127)
 	Exit   *int   `json:"exit,omitempty"`   // finished: status, or 128+signal
 	Signal int    `json:"signal,omitempty"` // client → instance: forward this signal
 	Last   bool   `json:"last,omitempty"`   // with Exit: the instance ends now; wait for it
@@ -155,7 +157,9 @@ type instanceServer struct {
 	stopping bool
 	closing  bool // the last session ended: no new ones, init exits
 	ln       int
-	cgroups  []int // cgroup.procs files each command is moved into
+	forks    chan forkJob
+	cgroups  []int // where each command starts: see cgroupLimits.open
+	intoDir  bool  // cgroups[0] is a cgroup v2 directory to clone into
 }
 
 type session struct {
@@ -164,9 +168,17 @@ type session struct {
 	last bool          // it was the last session: the instance ends
 }
 
-// serveInstance runs init's service loop until the last connection ends.
-func serveInstance(ln int, cgroups []int) int {
-	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups}
+// newInstanceServer is init's service, ready to start commands.
+func newInstanceServer(ln int, cgroups []int, intoDir bool) (*instanceServer, error) {
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, intoDir: intoDir, forks: make(chan forkJob)}
+	ready := make(chan error)
+	go s.forker(ready)
+	return s, <-ready
+}
+
+// serve runs init's service loop until the last connection ends.
+func (s *instanceServer) serve() {
+	ln := s.ln
 	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
@@ -184,8 +196,15 @@ func serveInstance(ln int, cgroups []int) int {
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {
 			continue
 		}
+		if errors.Is(err, unix.EINVAL) {
+			select {} // the listener was shut down: maybeExit is ending the process
+		}
 		if err != nil {
-			select {} // the listener was closed: maybeExit is ending the process
+			// Out of descriptors or memory for now: the client waits in
+			// the backlog until a session ends and frees some.
+			warnf("accepting a connection: %v", err)
+			time.Sleep(50 * time.Millisecond)
+			continue
 		}
 		s.mu.Lock()
 		s.active++
@@ -213,7 +232,12 @@ func (s *instanceServer) handle(conn int) {
 	pid, sess, master, err := s.spawn(&req, fds)
 	closeAll(fds)
 	if err != nil {
-		sendMsg(conn, instanceMsg{Error: err.Error()})
+		msg := instanceMsg{Error: err.Error()}
+		var ce *codedError
+		if errors.As(err, &ce) {
+			msg.Status = ce.code
+		}
+		sendMsg(conn, msg)
 		return
 	}
 	if master >= 0 {
@@ -273,7 +297,7 @@ func (s *instanceServer) finish(conn int, exited bool) {
 func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int, error) {
 	path, argv, err := commandFor(req)
 	if err != nil {
-		return 0, nil, -1, err
+		return 0, nil, -1, commandErr(127, err)
 	}
 	attr := &syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Sys: &syscall.SysProcAttr{Setsid: true}}
 	master := -1
@@ -307,18 +331,72 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int
 	if s.closing {
 		return fail(errors.New(exitingMsg))
 	}
-	pid, err := syscall.ForkExec(path, argv, attr)
-	if err != nil {
-		return fail(fmt.Errorf("starting %s: %w", path, err))
-	}
-	for _, fd := range s.cgroups {
-		if _, err := unix.Write(fd, []byte(strconv.Itoa(pid))); err != nil {
-			warnf("placing pid %d in the environment's cgroup: %v", pid, err)
+	if s.intoDir {
+		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, s.cgroups[0]
+	} else if len(s.cgroups) > 0 {
+		// cgroup v1: fork from inside the environment's cgroups, then go
+		// back home. (s.mu keeps spawns from overlapping.)
+		for i := 0; i < len(s.cgroups); i += 2 {
+			if _, err := unix.Write(s.cgroups[i], []byte("0")); err != nil {
+				return fail(fmt.Errorf("entering the environment's cgroup: %w", err))
+			}
 		}
+		defer func() {
+			for i := 1; i < len(s.cgroups); i += 2 {
+				if _, err := unix.Write(s.cgroups[i], []byte("0")); err != nil {
+					warnf("leaving the environment's cgroup: %v", err)
+				}
+			}
+		}()
+	}
+	pid, err := s.fork(path, argv, attr)
+	if err != nil {
+		err = fmt.Errorf("starting %s: %w", path, err)
+		if errors.Is(err, unix.ENOENT) {
+			return fail(commandErr(127, err))
+		}
+		return fail(commandErr(126, err))
 	}
 	sess := &session{done: make(chan struct{})}
 	s.sessions[pid] = sess
 	return pid, sess, master, nil
+}
+
+// forkJob is a command for the forker to start.
+type forkJob struct {
+	path string
+	argv []string
+	attr *syscall.ProcAttr
+	done chan forkResult
+}
+
+type forkResult struct {
+	pid int
+	err error
+}
+
+// forker starts every command, from one OS thread whose capability
+// bounding set lacks CAP_SYS_PTRACE: a forked child inherits the bounding
+// set of the thread that forked it, and so no command may ptrace init or
+// reach its executable (see initStage).
+func (s *instanceServer) forker(ready chan<- error) {
+	runtime.LockOSThread() // for good: this thread is never reused
+	if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_SYS_PTRACE, 0, 0, 0); err != nil {
+		ready <- fmt.Errorf("dropping CAP_SYS_PTRACE from the commands' bounding set: %w", err)
+		return
+	}
+	close(ready)
+	for j := range s.forks {
+		pid, err := syscall.ForkExec(j.path, j.argv, j.attr)
+		j.done <- forkResult{pid, err}
+	}
+}
+
+func (s *instanceServer) fork(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
+	done := make(chan forkResult, 1)
+	s.forks <- forkJob{path, argv, attr, done}
+	r := <-done
+	return r.pid, r.err
 }
 
 // reap collects every exited child; a session's status goes to its client.
@@ -408,6 +486,12 @@ func commandFor(req *spawnRequest) (string, []string, error) {
 	return "", nil, errors.New("no shell in the environment (/bin/bash, /bin/sh)")
 }
 
+// commandErr is a command that could not start, with the exit status a
+// shell gives for it: 127 not found, 126 found but not executable.
+func commandErr(status int, err error) error {
+	return &codedError{status, "command", err}
+}
+
 // lookPathIn finds a command the way a shell inside would, using the
 // PATH of the command's own environment.
 func lookPathIn(name string, env []string) (string, error) {
@@ -465,6 +549,7 @@ type instanceDir string
 func (d instanceDir) socket() string    { return string(d) + "/ctl.sock" }
 func (d instanceDir) marker() string    { return string(d) + "/instance.json" }
 func (d instanceDir) startLock() string { return string(d) + "/start.lock" }
+func (d instanceDir) log() string       { return string(d) + "/init.log" }
 
 // instanceMarker records a running init, by host pid and start time so a
 // reused pid is never mistaken for it.
@@ -486,32 +571,62 @@ func (d instanceDir) running() (int, bool) {
 			return m.Pid, true
 		}
 	}
-	os.Remove(d.marker())
+	d.clearStale(data)
 	return 0, false
 }
 
-// waitGone waits up to timeout for the instance's init to exit.
-func (d instanceDir) waitGone(timeout time.Duration) {
+// clearStale removes a marker that names a dead instance, holding the
+// start lock so that it cannot remove the marker of an instance being
+// started; if somebody holds it, that starter replaces the marker anyway.
+func (d instanceDir) clearStale(stale []byte) {
+	lock, err := os.OpenFile(d.startLock(), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return
+	}
+	defer lock.Close()
+	if unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+		return
+	}
+	if data, err := os.ReadFile(d.marker()); err == nil && string(data) == string(stale) {
+		os.Remove(d.marker())
+	}
+}
+
+// waitGone waits up to timeout for the instance's init to exit and
+// reports whether it has.
+func (d instanceDir) waitGone(timeout time.Duration) bool {
 	pid, ok := d.running()
 	if !ok {
-		return
+		return true
 	}
 	// A pidfd becomes readable when the process exits: no polling loop.
 	if fd, err := unix.PidfdOpen(pid, 0); err == nil {
 		defer unix.Close(fd)
 		// The pidfd may name a newer process if the pid was reused
-		// before we opened it; the marker check below settles that.
+		// before we opened it; the marker check settles that.
 		if _, ok := d.running(); !ok {
-			return
+			return true
 		}
-		unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(timeout.Milliseconds()))
-		return
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+		for end := time.Now().Add(timeout); ; {
+			left := time.Until(end)
+			if left <= 0 {
+				break
+			}
+			if _, err := unix.Poll(fds, int(left.Milliseconds())+1); !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		_, ok := d.running()
+		return !ok
 	}
 	for end := time.Now().Add(timeout); time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 		if _, ok := d.running(); !ok {
-			return
+			return true
 		}
 	}
+	_, ok = d.running()
+	return !ok
 }
 
 // procStartTime is field 22 of /proc/PID/stat: when the process started,
@@ -539,7 +654,7 @@ func procStartTime(pid int) (uint64, error) {
 
 // ensureInstance starts the environment's init unless one is running.
 // Concurrent callers serialize on a lock in the run directory.
-func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File) error {
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool) error {
 	if _, ok := d.running(); ok {
 		return nil
 	}
@@ -562,10 +677,15 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 		return err
 	}
 	defer rr.Close()
+	log, err := os.OpenFile(d.log(), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return fmt.Errorf("opening %s: %w", d.log(), err)
+	}
+	defer log.Close()
 	cfg.Socket = d.socket()
-	cfg.Cgroups = len(cgroups)
+	cfg.Cgroups, cfg.CgroupDir = len(cgroups), cgroupDir
 	p, err := startStage("init", cfg, m, stageOptions{
-		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: append([]*os.File{rw}, cgroups...), detach: true,
+		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: append([]*os.File{rw, log}, cgroups...), detach: true,
 	})
 	rw.Close()
 	if err != nil {
@@ -677,19 +797,23 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 		if started.Error == exitingMsg {
 			return 0, errInstanceGone
 		}
+		if started.Status != 0 {
+			return 0, commandErr(started.Status, errors.New(started.Error))
+		}
 		return 0, errors.New(started.Error)
 	}
-	var relayDone chan struct{}
+	var relay *termRelay
 	if req.TTY {
 		if len(got) != 1 {
 			closeAll(got)
 			return 0, errors.New("the instance sent no pseudo-terminal")
 		}
-		master := os.NewFile(uintptr(got[0]), "pty")
-		defer master.Close()
 		restore := makeRaw(stdio[0])
 		defer restore()
-		relayDone = relayTerminal(master, stdio[0], stdio[1])
+		if relay, err = relayTerminal(got[0], stdio[0], stdio[1]); err != nil {
+			return 0, err
+		}
+		defer relay.finish()
 	}
 	result := make(chan instanceMsg, 1)
 	go func() {
@@ -720,8 +844,8 @@ func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
 			if !ok {
 				return 0, errors.New("lost the connection to the environment before the command finished")
 			}
-			if relayDone != nil {
-				<-relayDone
+			if relay != nil {
+				relay.finish()
 			}
 			if m.Last {
 				d.waitGone(5 * time.Second)

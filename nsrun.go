@@ -32,10 +32,12 @@ type initConfig struct {
 	Isolated    bool        // own network namespace: bring up loopback only
 	Socket      string      // control socket to listen on
 	FuseOverlay string      // fuse-overlayfs to fall back on, if found
+	OnlyFuse    bool        // use it without trying kernel overlayfs first
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
 	Direct      bool        // the root is Lower[0] itself, writable, no overlay (bootstrap)
 	User        string      // the host user's name, made known inside as root's alias
-	Cgroups     int         // cgroup.procs files at fds 5, 6...: every command goes in
+	Cgroups     int         // fds 6, 7...: where every command goes (see cgroupLimits.open)
+	CgroupDir   bool        // fd 6 is a cgroup v2 directory to clone commands into
 }
 
 // bindMount binds a host path at a path inside the environment.
@@ -51,26 +53,51 @@ type bindMount struct {
 func init() { stageFuncs["init"] = initStage }
 
 // initStage is the environment's pid 1. It reports setup errors through
-// the ready pipe (fd 4) so the user sees them.
+// the ready pipe (fd 4) so the user sees them; afterwards its stderr is
+// the instance's log (fd 5), so that no caller's terminal or pipe stays
+// open for as long as the instance runs.
 func initStage(raw []byte) int {
+	// Programs init runs during setup (fuse-overlayfs) get none of these.
+	for fd := 4; fd <= 5; fd++ {
+		unix.CloseOnExec(fd)
+	}
 	ready := os.NewFile(4, "ready")
 	var cfg initConfig
 	if err := json.Unmarshal(raw, &cfg); err != nil {
 		fmt.Fprintf(ready, "reading configuration: %v", err)
 		return exitFailure
 	}
+	var cgroups []int
+	for i := 0; i < cfg.Cgroups; i++ {
+		cgroups = append(cgroups, 6+i)
+		unix.CloseOnExec(6 + i) // for init only, not the commands it starts
+	}
 	ln, err := setupEnvironment(&cfg)
 	if err != nil {
 		fmt.Fprintf(ready, "%v", err)
 		return exitFailure
 	}
+	// Nothing inside may reach init's memory, descriptors or executable
+	// (this binary, on the host): init is not dumpable, and the commands
+	// it starts lack CAP_SYS_PTRACE (see forker), which would override that.
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		fmt.Fprintf(ready, "making init undumpable: %v", err)
+		return exitFailure
+	}
+	srv, err := newInstanceServer(ln, cgroups, cfg.CgroupDir)
+	if err != nil {
+		fmt.Fprintf(ready, "%v", err)
+		return exitFailure
+	}
+	if err := unix.Dup3(5, 2, 0); err != nil {
+		fmt.Fprintf(ready, "redirecting init's stderr to its log: %v", err)
+		return exitFailure
+	}
+	unix.Close(5)
 	ready.Write([]byte{0})
 	ready.Close()
-	var cgroups []int
-	for i := 0; i < cfg.Cgroups; i++ {
-		cgroups = append(cgroups, 5+i)
-	}
-	return serveInstance(ln, cgroups)
+	srv.serve()
+	return exitOK
 }
 
 // setupEnvironment assembles the root filesystem and enters it. It runs
@@ -107,7 +134,7 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 	if err := mountDev(root, cfg.FullIDMap); err != nil {
 		return -1, err
 	}
-	if err := mountAt(root, "/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+	if err := mountProc(root); err != nil {
 		return -1, err
 	}
 	if err := mountSys(root, cfg.Isolated); err != nil {
@@ -257,15 +284,17 @@ func mountRoot(cfg *initConfig) error {
 	} else {
 		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", lower, escapeOverlayPath(cfg.Upper), escapeOverlayPath(cfg.Work))
 	}
-	tracef("mount overlay on %s: %s", cfg.Merged, opts)
-	err := unix.Mount("overlay", cfg.Merged, "overlay", flags, opts)
-	if err == nil {
-		return nil
+	err := errors.New("not tried (KARAPACE_OVERLAY=fuse)")
+	if !cfg.OnlyFuse {
+		tracef("mount overlay on %s: %s", cfg.Merged, opts)
+		if err = unix.Mount("overlay", cfg.Merged, "overlay", flags, opts); err == nil {
+			return nil
+		}
+		if cfg.FuseOverlay == "" {
+			return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", cfg.Merged, err)
+		}
+		debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
 	}
-	if cfg.FuseOverlay == "" {
-		return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", cfg.Merged, err)
-	}
-	debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
 	fuseOpts := strings.Replace(opts, ",userxattr", "", 1)
 	if cfg.Upper == "" {
 		fuseOpts += ",ro"
@@ -421,6 +450,41 @@ func mountDev(root int, fullIDMap bool) error {
 	for _, l := range [][2]string{{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"}, {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"}, {"/proc/self/fd/2", "stderr"}} {
 		if err := unix.Symlinkat(l[0], d, l[1]); err != nil {
 			return fmt.Errorf("creating /dev/%s: %w", l[1], err)
+		}
+	}
+	return nil
+}
+
+// mountProc mounts the pid namespace's own /proc, with the parts that
+// act on the whole machine (sysctls, sysrq, interrupts, buses) read-only,
+// as bubblewrap does: as root, a user namespace that maps the host's root
+// would otherwise write them.
+func mountProc(root int) error {
+	if err := mountAt(root, "/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return err
+	}
+	for _, p := range []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"} {
+		fd, err := openInRoot(root, p, false, false)
+		if errors.Is(err, unix.ENOENT) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		err = unix.Mount(fdPath(fd), fdPath(fd), "", unix.MS_BIND|unix.MS_REC, "")
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("binding %s read-only: %w", p, err)
+		}
+		// The bind is a new mount at p: make that one read-only.
+		if fd, err = openInRoot(root, p, false, false); err != nil {
+			return err
+		}
+		attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY}
+		err = unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
+		unix.Close(fd)
+		if err != nil {
+			return fmt.Errorf("making %s read-only: %w", p, err)
 		}
 	}
 	return nil

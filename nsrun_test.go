@@ -100,9 +100,15 @@ func TestNSExecBasics(t *testing.T) {
 	if code != 128+int(syscall.SIGTERM) {
 		t.Fatalf("killed by SIGTERM: status %d", code)
 	}
+	// A command that cannot start ends as a shell's would: 127 when it
+	// is not found, 126 when it is not executable.
 	code, _, errOut, err := nsRunErr(r, baseEnv(), "", "no-such-command")
-	if err == nil || !strings.Contains(err.Error(), "no-such-command: command not found in the environment") {
-		t.Fatalf("missing command: %d %q %v", code, errOut, err)
+	if err == nil || !strings.Contains(err.Error(), "no-such-command: command not found in the environment") || exitCodeOf(err) != 127 {
+		t.Fatalf("missing command: %d %q %v (exit code %d)", code, errOut, err, exitCodeOf(err))
+	}
+	code, _, errOut, err = nsRunErr(r, baseEnv(), "", "/etc/passwd")
+	if err == nil || !strings.Contains(err.Error(), "starting /etc/passwd") || exitCodeOf(err) != 126 {
+		t.Fatalf("not executable: %d %q %v (exit code %d)", code, errOut, err, exitCodeOf(err))
 	}
 	// Writes persist in the environment's writable layer.
 	nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "echo kept > /root/note")
@@ -111,6 +117,148 @@ func TestNSExecBasics(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(r.Dir, "upper", "root", "note")); err != nil {
 		t.Fatalf("not in the writable layer: %v", err)
+	}
+}
+
+// The root filesystem as the SPEC describes it, and what a process
+// inside may not do to the host, even as root.
+func TestNSFilesystemAndConfinement(t *testing.T) {
+	r := testEnvSpec(t)
+	code, out, errOut := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", `
+ls -A /dev | tr '\n' ' '; echo
+tr '\0' ' ' < /proc/1/cmdline; echo
+stat -f -c %T /dev/pts /dev/shm /proc /sys
+grep -c " /sys .* ro," /proc/self/mountinfo
+touch /sys/kernel/x 2>/dev/null && echo sys-writable || echo sys-refused
+mknod /tmp/null c 1 3 2>/dev/null && echo mknod-done || echo mknod-refused
+(echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo sysctl-written || echo sysctl-refused
+(echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-written || echo sysrq-refused
+readlink /proc/1/exe >/dev/null 2>&1 && echo init-exe-reachable || echo init-exe-hidden
+cat /proc/1/environ >/dev/null 2>&1 && echo init-env-readable || echo init-env-hidden
+grep ^CapBnd /proc/self/status
+cat /etc/resolv.conf /etc/hosts | md5sum`)
+	host, _ := exec.Command("sh", "-c", "cat /etc/resolv.conf /etc/hosts | md5sum").Output()
+	want := "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \nkarapace-init \n" +
+		"devpts\ntmpfs\nproc\nsysfs\n1\nsys-refused\nmknod-refused\nsysctl-refused\nsysrq-refused\ninit-exe-hidden\ninit-env-hidden\n"
+	if code != 0 || !strings.HasPrefix(out, want) || !strings.HasSuffix(out, string(host)) {
+		t.Fatalf("status %d\n%s\nwant it to begin with:\n%s\nand end with %s(stderr %s)", code, out, want, host, errOut)
+	}
+	var bnd uint64
+	if _, err := fmt.Sscanf(out[strings.Index(out, "CapBnd:"):], "CapBnd: %x", &bnd); err != nil || bnd&(1<<19) != 0 {
+		t.Fatalf("CAP_SYS_PTRACE (19) is in the commands' bounding set: %v\n%s", err, out)
+	}
+	// Isolated, the environment has neither of the host's files.
+	r.Isolated = true
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	code, out, _ = nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "grep -c -e ' /etc/resolv.conf ' -e ' /etc/hosts ' /proc/self/mountinfo")
+	if out != "0\n" {
+		t.Fatalf("isolated: host files bound (%d): %q", code, out)
+	}
+	// As an ordinary user, the user's name is known inside, as root.
+	if u := hostUserName(); u != "root" {
+		code, out, _ = nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "getent passwd "+u+"; id -un")
+		if code != 0 || out != u+":x:0:0:"+u+" (host user):/root:/bin/sh\nroot\n" {
+			t.Fatalf("the host user inside: %d %q", code, out)
+		}
+	}
+}
+
+// The host's session sockets appear in one place inside, with the
+// variables pointing at them, each once.
+func TestNSHostSockets(t *testing.T) {
+	r := testEnvSpec(t)
+	run := t.TempDir()
+	os.Chmod(run, 0o755)
+	os.Mkdir(filepath.Join(run, "pulse"), 0o755)
+	for _, name := range []string{"wayland-1", "pipewire-0", "pulse/native", "bus"} {
+		ln, err := net.Listen("unix", filepath.Join(run, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func(name string) {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Write([]byte("hello from " + name + "\n"))
+				c.Close()
+			}
+		}(name)
+	}
+	env := append(baseEnv(), "XDG_RUNTIME_DIR="+run, "WAYLAND_DISPLAY=wayland-1",
+		"DBUS_SESSION_BUS_ADDRESS=unix:path="+filepath.Join(run, "bus")+",guid=x")
+	code, out, errOut := nsRun(t, r, env, "", "/bin/sh", "-c", `
+env | grep -E '^(WAYLAND_DISPLAY|XDG_RUNTIME_DIR|PULSE_SERVER|PIPEWIRE_REMOTE|DBUS_SESSION_BUS_ADDRESS)=' | sort
+perl -MIO::Socket::UNIX -e 'for (@ARGV) { $s = IO::Socket::UNIX->new(Peer => $_) or die "$_: $!"; print scalar <$s> }' $WAYLAND_DISPLAY /run/host-session/pipewire-0 /run/host-session/pulse-native /run/host-session/bus`)
+	want := "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/host-session/bus\nPIPEWIRE_REMOTE=/run/host-session/pipewire-0\n" +
+		"PULSE_SERVER=unix:/run/host-session/pulse-native\nWAYLAND_DISPLAY=/run/host-session/wayland-0\nXDG_RUNTIME_DIR=/run/host-session\n" +
+		"hello from wayland-1\nhello from pipewire-0\nhello from pulse/native\nhello from bus\n"
+	if code != 0 || out != want {
+		t.Fatalf("status %d\n%s\nwant:\n%s\nstderr: %s", code, out, want, errOut)
+	}
+}
+
+// Devices only when the manifest asks; one that is missing on the host is
+// a warning naming the manifest key, not a failure.
+func TestNSDevices(t *testing.T) {
+	logs := captureLog(t)
+	r := testEnvSpec(t)
+	_, out, _ := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "ls /dev/dri /dev/snd 2>&1 | grep -c 'No such file'")
+	if out != "2\n" {
+		t.Fatalf("devices without asking: %q", out)
+	}
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	r.GPU, r.Audio = true, true
+	code, out, errOut := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "for d in /dev/dri /dev/snd; do test -d $d && echo $d; done; true")
+	want := ""
+	for _, d := range []struct{ dev, key string }{{"/dev/dri", "hardware.gpu"}, {"/dev/snd", "hardware.audio"}} {
+		if _, err := os.Stat(d.dev); err == nil {
+			want += d.dev + "\n"
+		} else if !strings.Contains(logs.String(), d.key+": "+d.dev+" is not present on this host") {
+			t.Errorf("no warning for the missing %s:\n%s", d.dev, logs.String())
+		}
+	}
+	if code != 0 || out != want {
+		t.Fatalf("status %d: %q, want %q (%s)", code, out, want, errOut)
+	}
+}
+
+// Without newuidmap, only root is mapped: a clear warning, and the
+// environment still runs, with the image's other owners unmapped.
+func TestNSReducedMapping(t *testing.T) {
+	if os.Geteuid() == 0 {
+		t.Skip("root's mapping is never reduced; the rootless pass of the suite runs this test")
+	}
+	need(t, planIDMapping().reduced == "", "a full mapping to start from")
+	r := testEnvSpec(t)
+	logs := captureLog(t)
+	t.Setenv("PATH", t.TempDir()) // no newuidmap, no fuse-overlayfs
+	code, out, errOut := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "id -u; stat -c %u /etc/shadow /var/cache/apt/archives/partial")
+	if code != 0 || out != "0\n0\n65534\n" {
+		t.Fatalf("status %d: %q %s", code, out, errOut)
+	}
+	mustContain(t, "warnings", logs.String(), "newuidmap/newgidmap are not installed; only root is mapped inside", "sudo apt install uidmap")
+}
+
+// fuse-overlayfs, forced, gives the same environment, renames of
+// directories included (what dpkg needs).
+func TestNSFuseOverlay(t *testing.T) {
+	needTool(t, "fuse-overlayfs")
+	r := testEnvSpec(t)
+	code, out, errOut := nsRun(t, r, append(baseEnv(), "KARAPACE_OVERLAY=fuse"), "", "/bin/sh", "-c",
+		"grep -c ' / / .* - fuse.fuse-overlayfs ' /proc/self/mountinfo; mkdir -p /var/lib/x/d && mv /var/lib/x/d /var/lib/x/e && echo renamed; stat -c '%U:%G' /etc/shadow")
+	if code != 0 || out != "1\nrenamed\nroot:shadow\n" {
+		t.Fatalf("status %d: %q %s", code, out, errOut)
+	}
+	if _, err := os.Lstat(filepath.Join(r.Dir, "upper", "var", "lib", "x", "e")); err != nil {
+		t.Fatalf("not in the writable layer: %v", err)
+	}
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	b := nsBackend{getenv: func(k string) string { return map[string]string{"KARAPACE_OVERLAY": "floppy"}[k] }}
+	if _, err := b.exec(r, &execSpec{Argv: []string{"true"}}); err == nil || !strings.Contains(err.Error(), `KARAPACE_OVERLAY="floppy": expected auto, kernel or fuse`) {
+		t.Fatalf("bad KARAPACE_OVERLAY: %v", err)
 	}
 }
 
@@ -251,17 +399,22 @@ func TestNSEnvFiltering(t *testing.T) {
 }
 
 // Concurrent commands join one instance: one pid namespace, one mount.
+// Each waits until all have started, so none can end before the last has
+// joined (or, were joining broken, started an instance of its own).
 func TestNSConcurrentExecsShareOneInstance(t *testing.T) {
 	r := testEnvSpec(t)
 	const n = 8
 	var wg sync.WaitGroup
 	results := make([]string, n)
 	errs := make([]error, n)
+	script := fmt.Sprintf(`mkdir -p /tmp/barrier; touch /tmp/barrier/$$; i=0
+while [ "$(ls /tmp/barrier | wc -l)" -lt %d ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "only $(ls /tmp/barrier | wc -l) sessions started" >&2; exit 1; }; sleep 0.05; done
+readlink /proc/self/ns/pid; grep -c ' - overlay ' /proc/self/mountinfo`, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
 		go func(i int) {
 			defer wg.Done()
-			code, out, errOut, err := nsRunErr(r, baseEnv(), "", "/bin/sh", "-c", "readlink /proc/self/ns/pid; grep -c ' - overlay ' /proc/self/mountinfo; sleep 1")
+			code, out, errOut, err := nsRunErr(r, baseEnv(), "", "/bin/sh", "-c", script)
 			if err == nil && code != 0 {
 				err = fmt.Errorf("status %d: %s", code, errOut)
 			}
@@ -283,34 +436,67 @@ func TestNSConcurrentExecsShareOneInstance(t *testing.T) {
 	}
 }
 
+// nsStart starts argv in the environment and returns once it has printed
+// its first line (its way of saying it is ready); the channel gives its
+// status and error when it ends.
+func nsStart(t *testing.T, r *runSpec, argv ...string) <-chan error {
+	t.Helper()
+	outR, outW, _ := os.Pipe()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b := nsBackend{getenv: os.Getenv}
+		code, err := b.exec(r, &execSpec{Argv: argv, Stdio: [3]*os.File{null, outW, os.Stderr}, Env: baseEnv()})
+		outW.Close()
+		null.Close()
+		if err == nil {
+			err = exitStatus(code)
+		}
+		done <- err
+	}()
+	line := make([]byte, 1)
+	for {
+		if _, err := outR.Read(line); err != nil {
+			t.Fatalf("%v never said it was ready: %v", argv, <-done)
+		}
+		if line[0] == '\n' {
+			break
+		}
+	}
+	go io.Copy(io.Discard, outR)
+	return done
+}
+
 func TestNSStopAndStaleMarker(t *testing.T) {
 	r := testEnvSpec(t)
 	b := nsBackend{getenv: os.Getenv}
-	done := make(chan int)
-	go func() {
-		code, _, _, _ := nsRunErr(r, baseEnv(), "", "/bin/sh", "-c", "trap 'exit 42' TERM; while :; do sleep 0.1; done")
-		done <- code
-	}()
-	var pid int
-	for i := 0; i < 200; i++ {
-		var ok bool
-		if pid, ok = b.status(r); ok {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	// SIGTERM first: the session's TERM trap runs.
+	done := nsStart(t, r, "/bin/sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+	if _, ok := b.status(r); !ok {
+		t.Fatal("not running while a session runs")
 	}
-	if pid == 0 {
-		t.Fatal("the environment never ran")
-	}
-	time.Sleep(300 * time.Millisecond) // let the trap be installed
 	if err := b.stop(r, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
-	if code := <-done; code != 42 {
+	if code := exitCodeOf(<-done); code != 42 {
 		t.Fatalf("the session ended with %d, want 42 from its TERM trap", code)
 	}
 	if _, ok := b.status(r); ok {
 		t.Fatal("still running after stop")
+	}
+	// SIGKILL after the timeout, for a session that ignores SIGTERM.
+	done = nsStart(t, r, "/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done")
+	if err := b.stop(r, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || exitCodeOf(err) == 0 {
+		t.Fatalf("the killed session ended with %v", err)
+	}
+	if _, ok := b.status(r); ok {
+		t.Fatal("still running after stop's SIGKILL")
 	}
 	// A marker left by an instance that died is detected and cleared.
 	os.WriteFile(r.runDir().marker(), []byte(`{"pid": 999999, "start_time": 1}`), 0o600)
@@ -320,6 +506,40 @@ func TestNSStopAndStaleMarker(t *testing.T) {
 	if _, err := os.Stat(r.runDir().marker()); !os.IsNotExist(err) {
 		t.Fatal("the stale marker was not removed")
 	}
+}
+
+// An instance holds no stream of the caller that started it: with a
+// second session still running, the first one's stderr ends with it.
+func TestNSInstanceHoldsNoCallerStream(t *testing.T) {
+	r := testEnvSpec(t)
+	first := helperCmd(t, r, "/bin/sh", "-c", "echo ready; read x")
+	stdin, _ := first.StdinPipe()
+	stdout, _ := first.StdoutPipe()
+	errR, errW, _ := os.Pipe()
+	first.Stderr = errW
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	errW.Close()
+	if _, err := io.ReadFull(stdout, make([]byte, 6)); err != nil {
+		t.Fatalf("first session: %v", err)
+	}
+	second := nsStart(t, r, "/bin/sh", "-c", "echo ready; sleep 1000")
+	stdin.Write([]byte("\n"))
+	if err := first.Wait(); err != nil {
+		t.Fatalf("first session: %v", err)
+	}
+	// Were the instance holding it, this read would wait for the second
+	// session; the deadline only bounds such a hang.
+	errR.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(errR); err != nil {
+		t.Fatalf("the first session's stderr is still open after it ended: %v", err)
+	}
+	if _, ok := r.runDir().running(); !ok {
+		t.Fatal("the second session's instance is gone")
+	}
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	<-second
 }
 
 func TestNSFrozenIsReadOnly(t *testing.T) {

@@ -187,7 +187,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	}
 	defer logFile.Close()
 	id := hashHex([]byte(dir))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{baseTree}}
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{baseTree}, Build: true}
 	b := nsBackend{getenv: e.getenv}
 	run := func(argv []string, stdout io.Writer) error {
 		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))

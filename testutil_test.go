@@ -184,3 +184,21 @@ func removeTestTrees() {
 		}
 	}
 }
+
+// logCapture is what karapace logged during a test.
+type logCapture struct{ b bytes.Buffer }
+
+// String reads the log under the logger's lock, which its writes hold.
+func (l *logCapture) String() string {
+	logState.Lock()
+	defer logState.Unlock()
+	return l.b.String()
+}
+
+// captureLog collects karapace's warnings for the rest of the test.
+func captureLog(t testing.TB) *logCapture {
+	l := &logCapture{}
+	setLogLevel("warn", false, false, &l.b)
+	t.Cleanup(func() { setLogLevel("", false, false, os.Stderr) })
+	return l
+}

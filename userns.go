@@ -29,20 +29,19 @@ type idRange struct{ inside, outside, count int }
 type idMapping struct {
 	uids, gids []idRange
 	helper     bool   // written by newuidmap/newgidmap (setuid helpers)
-	host       bool   // no user namespace: we are root and keep the host's IDs
 	reduced    string // why only root is mapped, with the fix; empty when fully mapped
 }
 
-// planIDMapping decides the mapping for the current user: identity for
-// root, subordinate ranges through newuidmap/newgidmap for everyone else,
-// or root alone when those are missing.
+// planIDMapping decides the mapping for the current user: for root, IDs
+// 0..65536 as themselves; for everyone else, root as the user and the
+// subordinate range through newuidmap/newgidmap, or root alone when those
+// are missing. Root gets a user namespace too: its capabilities then hold
+// only over the environment, so nothing inside can make device nodes,
+// write the host's sysctls or remount /sys.
 func planIDMapping() idMapping {
 	uid, gid := os.Getuid(), os.Getgid()
 	if uid == 0 {
-		// Root needs no user namespace: every ID is already its own, and
-		// without one the kernel may share the parent's memory until the
-		// child execs (vfork), which makes starting an environment cheaper.
-		return idMapping{host: true}
+		return idMapping{uids: []idRange{{0, 0, 1 + subordinateIDs}}, gids: []idRange{{0, 0, 1 + subordinateIDs}}}
 	}
 	m := idMapping{uids: []idRange{{0, uid, 1}}, gids: []idRange{{0, gid, 1}}}
 	name := strconv.Itoa(uid)
@@ -158,8 +157,6 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 	cmd.ExtraFiles = append([]*os.File{pr}, o.extraFiles...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | o.cloneFlags}
 	switch {
-	case m.host:
-		cmd.SysProcAttr.Cloneflags = o.cloneFlags
 	case m.helper:
 		// The child execs before newuidmap has mapped it, and an exec by
 		// an unmapped user drops every capability: it execs itself once
