@@ -74,10 +74,12 @@ func runtimeChecks() []check {
 			add("overlayfs in a user namespace", "ok", "kernel overlayfs with userxattr mounts", "")
 		}
 	}
-	if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
-		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
-	} else {
+	if p, err := exec.LookPath("fuse-overlayfs"); err != nil {
 		add("fuse-overlayfs", "warn", "not installed; only needed on kernels older than 5.11", "sudo apt install fuse-overlayfs")
+	} else if unix.Access("/dev/fuse", unix.R_OK|unix.W_OK) != nil {
+		add("fuse-overlayfs", "warn", p+" is installed, but /dev/fuse is not readable and writable for this user", "sudo chmod 666 /dev/fuse (what udev does on most systems)")
+	} else {
+		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
 	}
 	if _, why := cgroup2Parent(); why == "" {
 		add("cgroup delegation", "ok", "memory and cpu limits can be applied (cgroup v2)", "")

@@ -635,21 +635,27 @@ func TestNSTerminalSessionWithTmux(t *testing.T) {
 		return ""
 	}
 	tmux("send-keys", "echo $((6*7)) $(tty) $0", "Enter")
-	waitPane("42 /dev/pts/")
+	waitPane("42 /dev/pts/0 -bash") // a login shell
 	tmux("send-keys", "stty size", "Enter")
 	waitPane("30 100")
 	tmux("resize-window", "-x", "120", "-y", "40")
 	tmux("send-keys", "clear; stty size", "Enter")
 	waitPane("40 120")
-	tmux("send-keys", "sleep 1000", "Enter")
-	time.Sleep(300 * time.Millisecond)
+	// Ctrl-C reaches the foreground job, which says so once it is ready
+	// to take it.
+	// (Arithmetic, so that the typed line itself never matches.)
+	tmux("send-keys", `sh -c 'trap "echo INT-reached-$((40+2)); exit 5" INT; echo armed-$((1+1)); while :; do sleep 0.1; done'`, "Enter")
+	waitPane("armed-2")
 	tmux("send-keys", "C-c")
+	waitPane("INT-reached-42")
 	tmux("send-keys", "echo after-interrupt-$?", "Enter")
-	waitPane("after-interrupt-130")
+	waitPane("after-interrupt-5")
 	tmux("send-keys", "sleep 1000 &", "Enter")
 	tmux("send-keys", "jobs", "Enter")
 	waitPane("Running")
-	tmux("send-keys", "kill %1; exit 3", "Enter")
+	// A job left running still holds the terminal: the session ends
+	// with the shell all the same.
+	tmux("send-keys", "kill %1; (trap '' HUP; exec sleep 1000) & exit 3", "Enter")
 	waitPane("karapace-exited-3")
 }
 
@@ -657,6 +663,7 @@ func TestNSResourceLimits(t *testing.T) {
 	r := testEnvSpec(t)
 	r.MemoryMB = 64
 	r.CPUShares = 512
+	logs := captureLog(t)
 	// tail keeps a line-less stream in memory; 300 MB of it cannot fit.
 	code, out, errOut, err := nsRunErr(r, baseEnv(), "", "/bin/bash", "-c", "set -o pipefail; cat /proc/self/cgroup; head -c 300000000 /dev/zero | tail -n 1 | wc -c")
 	if err != nil {
@@ -667,14 +674,28 @@ func TestNSResourceLimits(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("status %d: %s", code, errOut)
 		}
-		t.Logf("limits not applicable here (%s): checked that the environment still runs", why)
+		mustContain(t, "warnings", logs.String(), "resource limits are not applied: "+why)
+		t.Logf("limits not applicable here (%s): checked the warning, and that the environment still runs", why)
 		return
 	}
+	// The command's first child (cat) is in the cgroup too.
 	if !strings.Contains(out, "karapace-"+r.ShortID) {
 		t.Fatalf("not in the environment's cgroup:\n%s", out)
 	}
 	if code != 128+int(syscall.SIGKILL) {
 		t.Fatalf("300 MB under a 64 MB limit: status %d, want the OOM kill's %d: %q %q", code, 128+int(syscall.SIGKILL), out, errOut)
+	}
+	// The instance has ended with its last session: its cgroups are gone.
+	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 || !strings.Contains(f[2], "karapace-"+r.ShortID) {
+			continue
+		}
+		for _, mnt := range []string{"/sys/fs/cgroup/" + strings.Split(f[1], ",")[0], "/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
+			if _, err := os.Stat(mnt + f[2]); !os.IsNotExist(err) {
+				t.Errorf("cgroup %s is left behind (%v)", mnt+f[2], err)
+			}
+		}
 	}
 }
 

@@ -27,6 +27,10 @@ id "$test_user" >/dev/null 2>&1 || useradd --create-home --shell /bin/bash "$tes
 grep -q "^$test_user:" /etc/subuid || usermod --add-subuids 300000-365535 "$test_user"
 grep -q "^$test_user:" /etc/subgid || usermod --add-subgids 300000-365535 "$test_user"
 
+# fuse-overlayfs, the fallback overlay, needs /dev/fuse as udev leaves it
+# on most systems (machines without udev keep the kernel's 0600).
+[ ! -c /dev/fuse ] || chmod 666 /dev/fuse
+
 # One Debian root filesystem, made once and shared by every test that needs one.
 cache=${KARAPACE_TEST_CACHE:-/var/cache/karapace-test}
 mkdir -p "$cache"
