@@ -45,9 +45,10 @@ type bindMount struct {
 	Source   string `json:"source"`
 	Target   string `json:"target"` // absolute, inside the environment
 	ReadOnly bool   `json:"ro"`
-	Dir      bool   `json:"dir"`   // the source is a directory (else a file or socket)
-	Tmpfs    bool   `json:"tmpfs"` // no source: a fresh tmpfs at Target
-	Why      string `json:"why"`   // for error messages: "mount workspace", "gpu"...
+	Dir      bool   `json:"dir"`                // the source is a directory (else a file or socket)
+	Tmpfs    bool   `json:"tmpfs"`              // no source: a fresh tmpfs at Target
+	Why      string `json:"why"`                // for error messages: "mount workspace", "gpu"...
+	Resolved bool   `json:"resolved,omitempty"` // Source was checked with its symlinks resolved: one appearing since is refused
 }
 
 func init() { stageFuncs["init"] = initStage }
@@ -385,7 +386,11 @@ func bindInto(root int, b bindMount) error {
 	if b.Tmpfs {
 		return mountAt(root, b.Target, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700")
 	}
-	src, err := unix.Open(b.Source, unix.O_PATH|unix.O_CLOEXEC, 0)
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
+	if b.Resolved {
+		how.Resolve = unix.RESOLVE_NO_SYMLINKS
+	}
+	src, err := unix.Openat2(unix.AT_FDCWD, b.Source, how)
 	if err != nil {
 		return fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)
 	}

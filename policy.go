@@ -114,7 +114,7 @@ func (p policy) resolveMount(label, source, container string, ro bool, manifestD
 	if !ok {
 		return bindMount{}, fmt.Errorf("%s: host path %s (from %q) is outside the allowed places (the manifest's directory, %s); allow it under [policy] allowed_mount_prefixes in the karapace config", where, real, source, strings.Join(p.MountPrefixes, ", "))
 	}
-	return bindMount{Source: real, Target: container, ReadOnly: ro, Dir: st.IsDir(), Why: "mount " + label}, nil
+	return bindMount{Source: real, Target: container, ReadOnly: ro, Dir: st.IsDir(), Why: "mount " + label, Resolved: true}, nil
 }
 
 // pathWithin reports whether path is dir or below it, by whole components.
