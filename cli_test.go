@@ -249,7 +249,7 @@ func TestCLIMockLifecycle(t *testing.T) {
 	for c, same := range byFirst {
 		if len(same) > 1 {
 			msg := k.fails(1, "is ambiguous", "exec", string(c), "--", "true")
-			mustContain(t, "ambiguous", msg, same[0], same[1])
+			mustContain(t, "ambiguous", msg, "\n  "+same[0], "\n  "+same[1])
 			break
 		}
 	}

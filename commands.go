@@ -63,7 +63,9 @@ running; other sessions join the same instance.`,
 		{
 			name: "exec", synopsis: "ENV -- CMD...", summary: "run a command in an environment; its exit status is ours",
 			help: `Runs CMD in ENV with your stdin, stdout and stderr. SIGINT, SIGTERM, SIGHUP and SIGQUIT
-are passed on; the exit status is the command's, or 128+N when a signal N ended it.`,
+are passed on; the exit status is the command's, or 128+N when a signal N ended it, 127
+when CMD is not found and 126 when it cannot be executed. Stdout is CMD's own, with or
+without --json, which makes karapace's errors JSON on stderr.`,
 			minArgs: 1, maxArgs: 1, dash: requiredDash, complete: "env", run: cmdExec,
 		},
 		{

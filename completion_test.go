@@ -41,6 +41,8 @@ func TestCompletionsBashReal(t *testing.T) {
 	script := filepath.Join(bin, "karapace.bash")
 	os.WriteFile(script, []byte(k.ok("completions", "bash")), 0o644)
 	os.MkdirAll(filepath.Join(k.dir, "somedir"), 0o755)
+	other := filepath.Join(k.base, "other-store")
+	k.ok("--store", other, "build", "--name", "beta")
 
 	for _, tc := range []struct {
 		words []string
@@ -57,6 +59,9 @@ func TestCompletionsBashReal(t *testing.T) {
 		{[]string{"karapace", "completions", "z"}, []string{"zsh"}, nil},
 		{[]string{"karapace", "--store", filepath.Join(k.dir, "some")}, []string{filepath.Join(k.dir, "somedir")}, nil},
 		{[]string{"karapace", "exec", "alpha", "--", "l"}, nil, []string{"alpha"}},
+		// The environments of the store the command line names.
+		{[]string{"karapace", "--store", other, "exec", ""}, []string{"beta"}, []string{"alpha"}},
+		{[]string{"karapace", "exec", "--store=" + other, ""}, []string{"beta"}, []string{"alpha"}},
 	} {
 		got := completeBash(t, script, bin, tc.words...)
 		for _, w := range tc.want {
@@ -67,6 +72,53 @@ func TestCompletionsBashReal(t *testing.T) {
 		for _, w := range tc.not {
 			if contains(got, w) {
 				t.Errorf("%q: %v offers %q", tc.words, got, w)
+			}
+		}
+	}
+}
+
+// fish's own completion engine, asked what it offers on a command line.
+func TestCompletionsFishReal(t *testing.T) {
+	fish := needTool(t, "fish")
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(""))
+	k.ok("build", "--name", "alpha")
+	other := filepath.Join(k.base, "other-store")
+	k.ok("--store", other, "build", "--name", "beta")
+	bin := t.TempDir()
+	wrapper := fmt.Sprintf("#!/bin/sh\nexec env %s %q \"$@\"\n", strings.Join(quoteAll(k.env), " "), os.Args[0])
+	os.WriteFile(filepath.Join(bin, "karapace"), []byte(wrapper), 0o755)
+	script := filepath.Join(bin, "karapace.fish")
+	os.WriteFile(script, []byte(k.ok("completions", "fish")), 0o644)
+	for _, tc := range []struct {
+		line      string
+		want, not []string
+	}{
+		{"karapace ver", []string{"verify-store"}, []string{"exec"}},
+		{"karapace exec ", []string{"alpha"}, []string{"beta"}},
+		{"karapace --store " + other + " exec ", []string{"beta"}, []string{"alpha"}},
+		{"karapace build --lo", []string{"--locked"}, nil},
+		{"karapace completions ", []string{"bash", "zsh", "fish"}, nil},
+	} {
+		cmd := exec.Command(fish, "--no-config", "-c", fmt.Sprintf("source %q; complete -C %q", script, tc.line))
+		cmd.Env = append(os.Environ(), "PATH="+bin+":"+os.Getenv("PATH"))
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("fish: %v\n%s", err, out)
+		}
+		var got []string
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			got = append(got, strings.SplitN(l, "\t", 2)[0])
+		}
+		for _, w := range tc.want {
+			if !contains(got, w) {
+				t.Errorf("%q: %v lacks %q", tc.line, got, w)
+			}
+		}
+		for _, w := range tc.not {
+			if contains(got, w) {
+				t.Errorf("%q: %v offers %q", tc.line, got, w)
 			}
 		}
 	}

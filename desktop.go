@@ -34,8 +34,10 @@ func desktopQuote(s string) string {
 	return `"` + r.Replace(s) + `"`
 }
 
-// writeLaunchers writes one launcher per app for a built environment.
-func writeLaunchers(getenv func(string) string, res *buildResult, apps []string) error {
+// writeLaunchers writes one launcher per app for a built environment in
+// the store at storeRoot, which the launcher names: it works whatever
+// store the desktop's own environment would choose.
+func writeLaunchers(getenv func(string) string, storeRoot string, res *buildResult, apps []string) error {
 	dir := applicationsDir(getenv)
 	if dir == "" {
 		return fmt.Errorf("cannot tell where launchers go: set XDG_DATA_HOME or HOME")
@@ -47,27 +49,58 @@ func writeLaunchers(getenv func(string) string, res *buildResult, apps []string)
 	if err != nil {
 		return err
 	}
-	label := res.ShortID
-	if res.Name != "" {
-		label = res.Name
-	}
 	for _, app := range apps {
 		body := fmt.Sprintf(`[Desktop Entry]
 Type=Application
 Version=1.0
-Name=%s (karapace %s)
+%s
 Comment=%s in the karapace environment %s
-Exec=%s exec %s -- %s
+Exec=%s --store %s exec %s -- %s
 Icon=utilities-terminal
 Terminal=false
 Categories=Development;
 X-Karapace-Env-Id=%s
-`, app, label, app, res.EnvID, desktopQuote(self), res.EnvID, desktopQuote(app), res.EnvID)
+`, launcherName(app, res.ShortID, res.Name), app, res.EnvID, desktopQuote(self), desktopQuote(storeRoot), res.EnvID, desktopQuote(app), res.EnvID)
 		if err := writeFileAtomic(launcherPath(getenv, res.ShortID, app), []byte(body), 0o644); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// launcherName is the Name line: the app, and the environment by name.
+func launcherName(app, shortID, name string) string {
+	if name == "" {
+		name = shortID
+	}
+	return fmt.Sprintf("Name=%s (karapace %s)", app, name)
+}
+
+// relabelLaunchers gives an environment's launchers its new name.
+func relabelLaunchers(getenv func(string) string, shortID, name string) {
+	dir := applicationsDir(getenv)
+	if dir == "" {
+		return
+	}
+	prefix := "karapace-" + shortID + "-"
+	matches, _ := filepath.Glob(filepath.Join(dir, prefix+"*.desktop"))
+	for _, p := range matches {
+		app := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), prefix), ".desktop")
+		data, err := os.ReadFile(p)
+		if err != nil {
+			warnf("renaming launcher %s: %v", p, err)
+			continue
+		}
+		lines := strings.Split(string(data), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(l, "Name=") {
+				lines[i] = launcherName(app, shortID, name)
+			}
+		}
+		if err := writeFileAtomic(p, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
+			warnf("renaming launcher %s: %v", p, err)
+		}
+	}
 }
 
 // removeLaunchers removes the launchers of a destroyed environment.

@@ -90,6 +90,7 @@ type buildOptions struct {
 	locked        bool
 	offline       bool
 	requirePinned bool
+	rebuild       bool // replace the environment the lock named, in the same operation
 }
 
 // buildResult is what build reports (its --json, with stable names).
@@ -97,6 +98,7 @@ type buildResult struct {
 	EnvID            string   `json:"env_id"`
 	ShortID          string   `json:"short_id"`
 	Name             string   `json:"name,omitempty"`
+	Replaced         string   `json:"replaced,omitempty"` // rebuild: the env_id destroyed
 	Manifest         string   `json:"manifest"`
 	Lock             string   `json:"lock"`
 	Created          bool     `json:"created"`
@@ -108,6 +110,8 @@ type buildResult struct {
 	Seconds               float64 `json:"seconds"`
 	ImportSeconds         float64 `json:"import_seconds"`
 	PackageManagerSeconds float64 `json:"package_manager_seconds"`
+
+	lockBytes []byte // the lock, written once the environment is in the store
 }
 
 // build is parse → normalize → resolve → lock → build. With a lock that
@@ -153,11 +157,35 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		return nil, manifestErrorf("--locked: %s does not exist; build once without --locked to create it", lp)
 	}
 
-	sl, err := e.s.lock("build")
+	kind := "build"
+	if o.rebuild {
+		kind = "rebuild"
+	}
+	sl, err := e.s.lock(kind)
 	if err != nil {
 		return nil, err
 	}
 	defer sl.unlock()
+	// What could refuse the result is checked before any work.
+	var old *envMeta
+	if o.rebuild {
+		if l, err := loadLock(lp); err == nil {
+			if old, err = e.s.getMeta(l.EnvID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return nil, err
+			}
+		}
+		if old != nil && e.state(old) == stateRunning {
+			return nil, fmt.Errorf("environment %s, which %s names, is running; stop it before rebuilding", old.ShortID, lp)
+		}
+		if old != nil && o.name == "" {
+			o.name = old.Name
+		}
+	}
+	if o.name != "" {
+		if err := e.nameAvailable(o.name, m.Path, old); err != nil {
+			return nil, err
+		}
+	}
 
 	images, err := newImageEnv(e.getenv, o.offline)
 	if err != nil {
@@ -182,23 +210,54 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	} else if src, err = images.resolve(ref, m.Dir); err != nil {
 		return nil, err
 	}
-	op, err := e.s.beginOp("build", "")
+	op, err := e.s.beginOp(kind, "")
 	if err != nil {
 		return nil, err
 	}
-	res, err := e.buildLocked(op, m, lock, src, spec, images, o)
+	res, err := e.buildLocked(op, m, lock, src, spec, images, o, old)
 	if err != nil {
 		return nil, op.abandon(err)
 	}
-	if err := op.done(); err != nil {
+	if res.Replaced != "" {
+		err = op.finish(e.envDir(res.Replaced))
+	} else {
+		err = op.done()
+	}
+	if err != nil {
 		return nil, err
+	}
+	if res.Replaced != "" {
+		removeLaunchers(e.getenv, old.ShortID)
+	}
+	// The lock changes only once the environment it names is in the
+	// store; --locked never rewrites it (it was checked to be exactly
+	// what got built).
+	if prev, err := os.ReadFile(lp); !o.locked && (err != nil || !bytes.Equal(prev, res.lockBytes)) {
+		if err := writeFileAtomic(lp, res.lockBytes, 0o644); err != nil {
+			return nil, fmt.Errorf("environment %s is built, but its lock was not written: %w", res.ShortID, err)
+		}
 	}
 	res.Manifest, res.Lock = m.Path, lp
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
 }
 
-func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, o buildOptions) (*buildResult, error) {
+// nameAvailable fails when another environment has the name: one built
+// from another manifest, and not the one a rebuild replaces.
+func (e *engine) nameAvailable(name, manifestPath string, replacing *envMeta) error {
+	metas, errs := e.s.listMeta()
+	if len(errs) > 0 {
+		return errs[0]
+	}
+	for _, m := range metas {
+		if m.Name == name && m.ManifestPath != manifestPath && (replacing == nil || m.EnvID != replacing.EnvID) {
+			return usageErrorf("the name %q is taken by environment %s; rename or destroy that one first", name, m.ShortID)
+		}
+	}
+	return nil
+}
+
+func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, o buildOptions, replacing *envMeta) (*buildResult, error) {
 	importStart := time.Now()
 	var base, digest string
 	var err error
@@ -228,7 +287,6 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		deps, pkgs = []string{dep}, closure
 	}
 	l := newLock(m, "sha256:"+digest, src.Location, pkgs)
-	lp := lockPath(m.Path)
 	if lock != nil && l.EnvID != lock.EnvID {
 		if o.locked {
 			return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", m.Path, l.ShortID, lock.ShortID)
@@ -238,15 +296,19 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	if err != nil {
 		return nil, err
 	}
-	// --locked never rewrites the lock: what it pins, the identity, was
-	// checked above to be exactly what got built.
-	if old, err := os.ReadFile(lp); !o.locked && (err != nil || !bytes.Equal(old, lockBytes)) {
-		if err := writeFileAtomic(lp, lockBytes, 0o644); err != nil {
+	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs),
+		ImageDigest: "sha256:" + digest, ImportSeconds: importSeconds, PackageManagerSeconds: pmSeconds, lockBytes: lockBytes}
+	if replacing != nil && replacing.EnvID != l.EnvID {
+		// The old environment goes in this operation: its metadata now
+		// (its name is then free), its directory once the op commits.
+		if err := op.saveMeta(replacing.EnvID); err != nil {
 			return nil, err
 		}
+		if err := e.s.deleteMeta(replacing.EnvID); err != nil {
+			return nil, err
+		}
+		res.Replaced = replacing.EnvID
 	}
-	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs),
-		ImageDigest: "sha256:" + digest, ImportSeconds: importSeconds, PackageManagerSeconds: pmSeconds}
 	if res.DependencyLayers == nil {
 		res.DependencyLayers = []string{}
 	}
@@ -303,12 +365,16 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	return res, nil
 }
 
-// nameFree fails when another environment has the name.
+// nameFree fails when another environment has the name, or the name
+// would read as the beginning of another's env_id.
 func (e *engine) nameFree(name, envID string) error {
 	metas, _ := e.s.listMeta()
 	for _, m := range metas {
 		if m.Name == name && m.EnvID != envID {
 			return usageErrorf("the name %q is taken by environment %s; rename or destroy that one first", name, m.ShortID)
+		}
+		if m.EnvID != envID && isHexPrefix(name) && strings.HasPrefix(m.EnvID, name) {
+			return usageErrorf("the name %q would be mistaken for environment %s, whose env_id begins with it; choose another", name, m.ShortID)
 		}
 	}
 	return nil

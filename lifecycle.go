@@ -32,6 +32,7 @@ func (e *engine) findEnv(ref string) (*envMeta, error) {
 		return nil, err
 	}
 	// A name: only files that spell it are read in full and checked.
+	var named *envMeta
 	if validEnvName(ref) == nil {
 		needle, _ := json.Marshal(ref)
 		for _, id := range ids {
@@ -40,37 +41,42 @@ func (e *engine) findEnv(ref string) (*envMeta, error) {
 				continue
 			}
 			if m, err := e.s.parseMeta(id, data); err == nil && m.Name == ref {
-				return m, nil
+				named = m
+				break
 			} else if err != nil {
 				return nil, err
 			}
 		}
 	}
-	// A prefix of env_ids: the file names are the env_ids.
+	// A prefix of env_ids: the file names are the env_ids. A name that is
+	// also the prefix of another environment's env_id is ambiguous too.
 	var found []string
-	if isHexPrefix(ref) {
-		for _, id := range ids {
-			if strings.HasPrefix(id, ref) && validStoreHash(id) {
-				found = append(found, id)
-			}
+	for _, id := range ids {
+		if isHexPrefix(ref) && strings.HasPrefix(id, ref) && validStoreHash(id) && (named == nil || id != named.EnvID) {
+			found = append(found, id)
 		}
 	}
-	switch len(found) {
-	case 1:
+	switch {
+	case named != nil && len(found) == 0:
+		return named, nil
+	case named == nil && len(found) == 1:
 		return e.s.getMeta(found[0])
-	case 0:
+	case named == nil && len(found) == 0:
 		return nil, fmt.Errorf("no environment %q: it is neither a name nor a prefix of an env_id in the store (see 'karapace list')", ref)
 	}
 	sort.Strings(found)
 	var lines []string
+	if named != nil {
+		lines = append(lines, "  "+named.EnvID+" "+named.Name+" (by name)")
+	}
 	for _, id := range found {
 		name := ""
 		if m, err := e.s.getMeta(id); err == nil {
 			name = m.Name
 		}
-		lines = append(lines, strings.TrimSpace("  "+id+" "+name))
+		lines = append(lines, strings.TrimRight("  "+id+" "+name, " "))
 	}
-	return nil, usageErrorf("%q is ambiguous; it could be any of:\n%s", ref, strings.Join(lines, "\n"))
+	return nil, usageErrorf("%q is ambiguous; it could be any of:\n%s\nuse more of the env_id", ref, strings.Join(lines, "\n"))
 }
 
 func isHexPrefix(s string) bool {
@@ -233,7 +239,11 @@ func (e *engine) rename(ref, name string) (*envMeta, error) {
 	}
 	m.Name = name
 	m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
-	return m, e.s.putMeta(m)
+	if err := e.s.putMeta(m); err != nil {
+		return nil, err
+	}
+	relabelLaunchers(e.getenv, m.ShortID, name)
+	return m, nil
 }
 
 // envInfo is an environment in list and inspect output (stable names).
@@ -285,7 +295,7 @@ func cmdBuild(c *cli) error {
 
 func (c *cli) reportBuild(e *engine, res *buildResult) error {
 	if m, err := loadManifest(res.Manifest); err == nil && len(m.Apps) > 0 {
-		if err := writeLaunchers(c.getenv, res, m.Apps); err != nil {
+		if err := writeLaunchers(c.getenv, e.s.root, res, m.Apps); err != nil {
 			warnf("desktop launchers: %v", err)
 		}
 	}
@@ -305,8 +315,9 @@ func (c *cli) reportBuild(e *engine, res *buildResult) error {
 	return nil
 }
 
-// cmdRebuild builds the new environment first and destroys the old one
-// (the one the lock named) only after that succeeded; its name moves on.
+// cmdRebuild builds the manifest and, in the same operation, destroys the
+// environment its lock named, whose name moves to the new one. A failed
+// build leaves the old environment as it was.
 func cmdRebuild(c *cli) error {
 	path := "karapace.toml"
 	if len(c.args) > 0 {
@@ -316,35 +327,10 @@ func cmdRebuild(c *cli) error {
 	if err != nil {
 		return err
 	}
-	m, err := loadManifest(path)
+	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image"), rebuild: true}
+	res, err := e.build(path, o)
 	if err != nil {
 		return err
-	}
-	var old *envMeta
-	if l, err := loadLock(lockPath(m.Path)); err == nil {
-		old, _ = e.s.getMeta(l.EnvID)
-	}
-	res, err := e.build(path, buildOptions{locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image")})
-	if err != nil {
-		return err
-	}
-	name := c.flag("name")
-	if name == "" && old != nil {
-		name = old.Name
-	}
-	if old != nil && old.EnvID != res.EnvID {
-		if _, err := e.destroy(old.EnvID); err != nil {
-			warnf("the new environment %s is built, but the old one %s stays: %v", res.ShortID, old.ShortID, err)
-		} else if old.Name == name {
-			old.Name = "" // destroyed: the name is free
-		}
-	}
-	if name != "" && (old == nil || old.Name != name) {
-		nm, err := e.rename(res.EnvID, name)
-		if err != nil {
-			return err
-		}
-		res.Name = nm.Name
 	}
 	return c.reportBuild(e, res)
 }

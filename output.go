@@ -59,7 +59,7 @@ func writeTable(w io.Writer, headers []string, rows [][]string) {
 				b.WriteString(strings.Repeat(" ", widths[i]-utf8.RuneCountInString(cell)+2))
 			}
 		}
-		fmt.Fprintln(w, b.String())
+		fmt.Fprintln(w, strings.TrimRight(b.String(), " ")) // an empty last cell pads nothing
 	}
 }
 

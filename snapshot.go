@@ -216,6 +216,12 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 		return nil, "", err
 	}
 	defer sl.unlock()
+	switch m.State {
+	case stateFrozen:
+		return nil, "", fmt.Errorf("environment %s is frozen: its writable layer may not change; 'karapace unfreeze %s' first", m.ShortID, ref)
+	case stateArchived:
+		return nil, "", fmt.Errorf("environment %s is archived; 'karapace unarchive %s' first", m.ShortID, ref)
+	}
 	h, err := findSnapshot(m, snap)
 	if err != nil {
 		return nil, "", err

@@ -1,0 +1,138 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// rebuild builds the new environment and, in the same operation,
+// destroys the one the lock named; its name and nothing else moves on.
+func TestRebuild(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(`"alpha"`))
+	old := strings.TrimSpace(k.ok("build", "--name", "web"))
+	lockPath := filepath.Join(k.dir, "karapace.lock")
+
+	// Another project owns the name "db".
+	otherDir := filepath.Join(k.base, "other")
+	os.Mkdir(otherDir, 0o755)
+	tinyImage(t, filepath.Join(otherDir, "image.tar.gz"))
+	writeFile(t, otherDir, "karapace.toml", mockManifest(`"zeta"`))
+	db := strings.TrimSpace(k.ok("build", "--name", "db", filepath.Join(otherDir, "karapace.toml")))
+
+	// Refusals come before any work, and change nothing.
+	k.writeManifest(mockManifest(`"alpha", "beta"`))
+	before, _ := os.ReadFile(lockPath)
+	k.fails(1, `the name "db" is taken by environment `+db[:12], "rebuild", "--name", "db")
+	k.fails(1, `the name "db" is taken by environment `+db[:12], "build", "--name", "db")
+	if after, _ := os.ReadFile(lockPath); string(after) != string(before) {
+		t.Fatalf("a refused build rewrote the lock:\n%s", after)
+	}
+	var envs []envInfo
+	k.jsonOut(&envs, "list")
+	if len(envs) != 2 {
+		t.Fatalf("a refused build left environments behind: %+v", envs)
+	}
+	// A running old environment is not destroyed under its sessions.
+	markRunning(t, filepath.Join(k.store, "env", old))
+	k.fails(1, "is running; stop it before rebuilding", "rebuild")
+	os.Remove(filepath.Join(k.store, "env", old, "run", "instance.json"))
+
+	// A failed build leaves the old environment and its lock as they were.
+	writeFile(t, k.dir, "karapace.toml", strings.Replace(mockManifest(`"alpha", "beta"`), "./image.tar.gz", "./missing.tar.gz", 1))
+	k.fails(1, "missing.tar.gz", "rebuild")
+	if after, _ := os.ReadFile(lockPath); string(after) != string(before) {
+		t.Fatalf("a failed rebuild rewrote the lock:\n%s", after)
+	}
+	k.ok("exec", "web", "--", "true")
+
+	k.writeManifest(mockManifest(`"alpha", "beta"`))
+	var res buildResult
+	k.jsonOut(&res, "rebuild")
+	if res.EnvID == old || res.Replaced != old || res.Name != "web" || !res.Created {
+		t.Fatalf("rebuild: %+v (old %s)", res, old)
+	}
+	k.fails(1, "no environment", "inspect", old)
+	if _, err := os.Stat(filepath.Join(k.store, "env", old)); !os.IsNotExist(err) {
+		t.Fatalf("the old environment's directory is left: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+old[:12]+"-editor.desktop")); !os.IsNotExist(err) {
+		t.Fatal("the old environment's launcher is left")
+	}
+	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+res.ShortID+"-editor.desktop")); err != nil {
+		t.Fatalf("no launcher for the new environment: %v", err)
+	}
+	if l, err := loadLock(lockPath); err != nil || l.EnvID != res.EnvID {
+		t.Fatalf("the lock names %v (%v), want %s", l, err, res.EnvID)
+	}
+	if out := k.ok("exec", "web", "--", "true"); !strings.HasPrefix(out, "mock["+res.ShortID+"]") {
+		t.Fatalf("the name did not move: %q", out)
+	}
+	// Rebuilding what is already built replaces nothing.
+	var again buildResult
+	k.jsonOut(&again, "rebuild")
+	if again.EnvID != res.EnvID || again.Replaced != "" || again.Created || again.Name != "web" {
+		t.Fatalf("second rebuild: %+v", again)
+	}
+	k.ok("verify-store")
+}
+
+// markRunning makes an environment look running: its instance marker
+// names a live process (this test).
+func markRunning(t *testing.T, envDir string) {
+	t.Helper()
+	st, err := procStartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := json.Marshal(instanceMarker{Pid: os.Getpid(), StartTime: st})
+	writeFile(t, filepath.Join(envDir, "run"), "instance.json", string(data))
+}
+
+// A name may not read as the beginning of another environment's env_id.
+func TestNamesAndReferences(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	var ids []string
+	for i := 0; i < 2; i++ {
+		k.writeManifest(mockManifest(fmt.Sprintf(`"p%d"`, i)))
+		ids = append(ids, strings.TrimSpace(k.ok("build")))
+	}
+	k.fails(1, "would be mistaken for environment "+ids[1][:12], "rename", ids[0], ids[1][:12])
+	k.writeManifest(mockManifest(`"p2"`))
+	k.fails(1, "would be mistaken for environment "+ids[1][:12], "build", "--name", ids[1][:6])
+	k.ok("rename", ids[0], "first")
+	if out := k.ok("--json", "inspect", "first"); !strings.Contains(out, ids[0]) {
+		t.Fatalf("inspect by name: %s", out)
+	}
+}
+
+// restore changes the writable layer: not of a frozen or archived one.
+func TestRestoreRespectsState(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(``))
+	id := strings.TrimSpace(k.ok("build"))
+	upper := filepath.Join(k.store, "env", id, "upper")
+	writeFile(t, upper, "note", "one\n")
+	snap := strings.TrimSpace(k.ok("commit", id))
+	writeFile(t, upper, "note", "two\n")
+	k.ok("freeze", id)
+	k.fails(1, "is frozen: its writable layer may not change; 'karapace unfreeze", "restore", id, snap)
+	k.ok("unfreeze", id)
+	k.ok("archive", id)
+	k.fails(1, "is archived; 'karapace unarchive", "restore", id, snap)
+	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "two\n" {
+		t.Fatalf("a refused restore changed the writable layer: %q", got)
+	}
+	k.ok("unarchive", id)
+	k.ok("restore", id, snap)
+	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "one\n" {
+		t.Fatalf("restore: %q", got)
+	}
+}
