@@ -4,9 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // rebuild builds the new environment and, in the same operation,
@@ -135,4 +137,60 @@ func TestRestoreRespectsState(t *testing.T) {
 	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "one\n" {
 		t.Fatalf("restore: %q", got)
 	}
+}
+
+// pin --write-lock pins the image, then builds, writing the lock.
+func TestPinWriteLock(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(`"alpha"`))
+	k.ok("pin", "--write-lock")
+	m, err := loadManifest(filepath.Join(k.dir, "karapace.toml"))
+	if err != nil || !strings.HasPrefix(m.BaseImage, "./image.tar.gz#sha256=") {
+		t.Fatalf("pinned manifest: %v %q", err, m.BaseImage)
+	}
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil || "sha256:"+strings.TrimPrefix(m.BaseImage, "./image.tar.gz#sha256=") != l.BaseImageDigest {
+		t.Fatalf("lock: %v %+v", err, l)
+	}
+	k.ok("pin", "--check")
+	k.ok("inspect", l.EnvID)
+	k.ok("build", "--locked", "--require-pinned-image")
+}
+
+// enter through a real terminal: the user's login shell in the
+// environment, its exit status karapace's.
+func TestCLIEnterWithTmux(t *testing.T) {
+	needTool(t, "tmux")
+	rootfs := testRootfsTar(t)
+	k := newKP(t)
+	k.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n", rootfs))
+	k.ok("build", "--name", "demo")
+	sock := filepath.Join(t.TempDir(), "tmux.sock")
+	tmux := func(args ...string) string {
+		out, err := exec.Command("tmux", append([]string{"-S", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("tmux %v: %v: %s", args, err, out)
+		}
+		return string(out)
+	}
+	script := writeFile(t, t.TempDir(), "enter.sh", fmt.Sprintf("#!/bin/sh\ncd %q\nenv -i %s %q enter demo\necho karapace-exited-$?\nsleep 30\n",
+		k.dir, strings.Join(quoteAll(k.env), " "), os.Args[0]))
+	os.Chmod(script, 0o755)
+	tmux("new-session", "-d", "-x", "100", "-y", "30", script)
+	defer exec.Command("tmux", "-S", sock, "kill-server").Run()
+	waitPane := func(want string) {
+		var pane string
+		for i := 0; i < 150; i++ {
+			if pane = tmux("capture-pane", "-p"); strings.Contains(pane, want) {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Fatalf("the terminal never showed %q:\n%s", want, pane)
+	}
+	tmux("send-keys", "echo $((6*7)) $0 $(hostname) $(cat /etc/debian_version | cut -c1-3)", "Enter")
+	waitPane("42 -bash karapace-")
+	tmux("send-keys", "exit 4", "Enter")
+	waitPane("karapace-exited-4")
 }
