@@ -295,8 +295,8 @@ func verifyCached(p string, want debFileHash) error {
 	return nil
 }
 
-// downloadVerified streams url into the file p, checking size and hash on the
-// way; nothing is at p unless all of it is right.
+// downloadVerified streams url into the file p, checking size and hash
+// on the way; nothing is at p unless all of it is right.
 func (e *imageEnv) downloadVerified(ctx context.Context, url, p string, want debFileHash, prog *progress) error {
 	resp, err := e.getContext(ctx, url)
 	if err != nil {
