@@ -4,10 +4,13 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -46,11 +49,27 @@ var archiveSuites = map[string][2]string{
 	"ubuntu/20.04": {"ubuntu", "focal"}, "ubuntu/focal": {"ubuntu", "focal"},
 }
 
-var defaultMirrors = map[string]string{"debian": "http://deb.debian.org/debian", "ubuntu": "http://archive.ubuntu.com/ubuntu"}
+// debArches are the Debian names of the architectures Go builds for.
+var debArches = map[string]string{"amd64": "amd64", "arm64": "arm64", "386": "i386", "riscv64": "riscv64", "ppc64le": "ppc64el", "s390x": "s390x"}
 
-// debArch is the Debian name of the architecture we run on.
-func debArch() string {
-	return map[string]string{"amd64": "amd64", "arm64": "arm64", "386": "i386", "riscv64": "riscv64", "ppc64le": "ppc64el", "s390x": "s390x"}[runtime.GOARCH]
+// debArch is the Debian name of a Go architecture (runtime.GOARCH).
+func debArch(goarch string) (string, error) {
+	if a, ok := debArches[goarch]; ok {
+		return a, nil
+	}
+	return "", fmt.Errorf("bootstrapping from the distribution archive: no Debian architecture is known for %s (known: amd64, arm64, 386, riscv64, ppc64le, s390x); use [images] source = \"lxc\" or an image URL", goarch)
+}
+
+// defaultMirror is where a distribution's archive is when no mirror is
+// configured: Ubuntu keeps all but amd64 and i386 on its ports server.
+func defaultMirror(distro, arch string) string {
+	switch {
+	case distro == "debian":
+		return "http://deb.debian.org/debian"
+	case arch == "amd64" || arch == "i386":
+		return "http://archive.ubuntu.com/ubuntu"
+	}
+	return "http://ports.ubuntu.com/ubuntu-ports"
 }
 
 // archiveFor decides whether a base image comes from a distribution
@@ -64,7 +83,11 @@ func archiveFor(ref imageRef, cfg imagesConfig) (*archiveSpec, error) {
 	if !ok {
 		return nil, nil
 	}
-	spec := &archiveSpec{Distro: ds[0], Suite: ds[1], Mirror: defaultMirrors[ds[0]], Components: []string{"main"}, Arch: debArch()}
+	arch, err := debArch(runtime.GOARCH)
+	if err != nil {
+		return nil, err
+	}
+	spec := &archiveSpec{Distro: ds[0], Suite: ds[1], Mirror: defaultMirror(ds[0], arch), Components: []string{"main"}, Arch: arch}
 	if m := cfg.Mirrors[ds[0]]; m != "" {
 		spec.Mirror = strings.TrimRight(m, "/")
 	}
@@ -86,10 +109,38 @@ func archiveFor(ref imageRef, cfg imagesConfig) (*archiveSpec, error) {
 	return spec, nil
 }
 
+// archiveSourceDrift tells, for a Debian or Ubuntu alias, when its lock
+// came from the other source than the configured one: the archive (whose
+// base_image_url is MIRROR/dists/SUITE) or the LXC image server. Their
+// digests pin different things, so one cannot be built as the other.
+func archiveSourceDrift(ref imageRef, spec *archiveSpec, lock *lockFile) string {
+	if _, ok := archiveSuites[ref.Name]; !ok || ref.Kind != imageAlias || lock == nil || lock.BaseImageURL == "" {
+		return ""
+	}
+	fromArchive := path.Base(path.Dir(lock.BaseImageURL)) == "dists"
+	switch {
+	case spec != nil && !fromArchive:
+		return fmt.Sprintf("its base came from the LXC image server (%s), but [images] source (or KARAPACE_IMAGE_SOURCE) now says the %s archive", lock.BaseImageURL, spec.Distro)
+	case spec == nil && fromArchive:
+		return fmt.Sprintf("its base was bootstrapped from the distribution archive (%s), but [images] source (or KARAPACE_IMAGE_SOURCE) now says lxc", lock.BaseImageURL)
+	}
+	return ""
+}
+
 // snapshotURL recognizes timestamped mirrors (snapshot.debian.org style):
-// their Release files are old on purpose, so Valid-Until does not apply,
-// and signatures are judged at the archive's date.
-var snapshotURL = regexp.MustCompile(`/\d{8}T\d{6}Z/?`)
+// their Release files are old on purpose, so they are judged at the
+// URL's time rather than now, signatures at the archive's date.
+var snapshotURL = regexp.MustCompile(`/(\d{8}T\d{6}Z)(/|$)`)
+
+// snapshotTime is the time a snapshot mirror URL shows the archive at.
+func snapshotTime(mirror string) (time.Time, bool) {
+	m := snapshotURL.FindStringSubmatch(mirror)
+	if m == nil {
+		return time.Time{}, false
+	}
+	t, err := time.Parse("20060102T150405Z", m[1])
+	return t, err == nil
+}
 
 // archiveRelease is what a verified InRelease says.
 type archiveRelease struct {
@@ -101,7 +152,7 @@ type archiveRelease struct {
 func (e *imageEnv) fetchRelease(spec *archiveSpec) (*archiveRelease, error) {
 	dists := spec.Mirror + "/dists/" + spec.Suite + "/"
 	url := dists + "InRelease"
-	snapshot := snapshotURL.MatchString(spec.Mirror)
+	at, snapshot := snapshotTime(spec.Mirror)
 	// verify checks the signature at a time: now, or for an old snapshot
 	// (signed by keys that may have expired since) the archive's own date.
 	var verify func(time.Time) ([]byte, string, error)
@@ -144,8 +195,18 @@ func (e *imageEnv) fetchRelease(spec *archiveSpec) (*archiveRelease, error) {
 	if rel.Suite != spec.Suite && rel.Codename != spec.Suite {
 		return nil, fmt.Errorf("%s is for suite %q (codename %q), not %q", url, rel.Suite, rel.Codename, spec.Suite)
 	}
-	if !snapshot && !rel.ValidUntil.IsZero() && now.After(rel.ValidUntil) {
-		return nil, fmt.Errorf("%s expired at %s (Valid-Until): the mirror is stale or replaying an old archive", url, rel.ValidUntil.Format(time.RFC3339))
+	// A mirror could serve any older validly signed Release and so roll
+	// the archive back to versions with known holes: Valid-Until bounds
+	// how old, at the snapshot's time or now.
+	if snapshot {
+		if rel.Date.After(at) {
+			return nil, fmt.Errorf("%s is dated %s, after the time of the snapshot URL (%s): it cannot be the archive as it was then", url, rel.Date.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
+		}
+		if !rel.ValidUntil.IsZero() && at.After(rel.ValidUntil) {
+			return nil, fmt.Errorf("%s expired at %s (Valid-Until), before the time of the snapshot URL (%s): the mirror is replaying an older archive", url, rel.ValidUntil.UTC().Format(time.RFC3339), at.Format(time.RFC3339))
+		}
+	} else if !rel.ValidUntil.IsZero() && now.After(rel.ValidUntil) {
+		return nil, fmt.Errorf("%s expired at %s (Valid-Until): the mirror is stale or replaying an old archive", url, rel.ValidUntil.UTC().Format(time.RFC3339))
 	}
 	debugf("%s signed by %s, dated %s", url, signer, rel.Date.Format(time.RFC3339))
 	return &archiveRelease{rel: rel, signer: signer}, nil
@@ -184,49 +245,88 @@ func (e *imageEnv) getSmall(url string, limit int64) ([]byte, error) {
 	return data, nil
 }
 
-// fetchVerified downloads url into the cache file named by its sha256,
-// checking size and hash as it streams; a cached file is used as it is.
-func (e *imageEnv) fetchVerified(dir, url string, want debFileHash, prog *progress) (string, error) {
+// fetchVerified returns the cache file, named by its sha256, of what
+// name says (an index path, a package), downloading it from the first of
+// urls that the mirror has. Every byte is checked against want: as a
+// download streams, and a cached copy's again before each use, since a
+// file under the right name is not yet the right file.
+func (e *imageEnv) fetchVerified(ctx context.Context, dir, name string, urls []string, want debFileHash, prog *progress) (string, error) {
 	p := filepath.Join(dir, want.SHA256)
-	if st, err := os.Stat(p); err == nil && st.Size() == want.Size {
+	err := verifyCached(p, want)
+	if err == nil {
 		prog.add(want.Size)
 		return p, nil
 	}
-	if e.offline {
-		return "", fmt.Errorf("%s is not in the cache, and --offline forbids downloading it", url)
+	if !errors.Is(err, fs.ErrNotExist) {
+		if rmErr := os.Remove(p); rmErr != nil {
+			return "", fmt.Errorf("%s: the cached copy %s %v, and removing it failed: %w", name, p, err, rmErr)
+		}
+		warnf("%s: the cached copy %s %v: removed it, downloading it again", name, p, err)
 	}
-	resp, err := e.get(url)
+	for _, url := range urls {
+		if err = e.downloadVerified(ctx, url, p, want, prog); !isNotFound(err) {
+			break
+		}
+	}
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%s: %w", name, err)
+	}
+	return p, nil
+}
+
+// verifyCached hashes a cached file, which must be exactly want.
+func verifyCached(p string, want debFileHash) error {
+	f, err := os.Open(p)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, io.LimitReader(f, want.Size+1))
+	if err != nil {
+		return fmt.Errorf("cannot be read (%v)", err)
+	}
+	if n != want.Size {
+		return fmt.Errorf("is not the %d bytes the archive index says", want.Size)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
+		return fmt.Errorf("has sha256 %s, not the %s the archive index says", got, want.SHA256)
+	}
+	return nil
+}
+
+// downloadVerified streams url into the file p, checking size and hash
+// on the way; nothing is at p unless all of it is right.
+func (e *imageEnv) downloadVerified(ctx context.Context, url, p string, want debFileHash, prog *progress) error {
+	resp, err := e.getContext(ctx, url)
+	if err != nil {
+		return err
 	}
 	defer resp.Body.Close()
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", err
+	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+		return err
 	}
-	f, err := os.CreateTemp(dir, ".partial-")
+	f, err := os.CreateTemp(filepath.Dir(p), ".partial-")
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
 	h := sha256.New()
 	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(prog.reader(resp.Body), want.Size+1))
 	if err != nil {
-		return "", err
+		return err
 	}
 	if n != want.Size {
-		return "", fmt.Errorf("%s: got %d bytes, the archive index says %d", url, n, want.Size)
+		return fmt.Errorf("%s: got %d bytes, the archive index says %d", url, n, want.Size)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.SHA256 {
-		return "", fmt.Errorf("%s has sha256 %s, but the archive index says %s: refusing it", url, got, want.SHA256)
+		return fmt.Errorf("%s has sha256 %s, but the archive index says %s: refusing it", url, got, want.SHA256)
 	}
 	if err := f.Close(); err != nil {
-		return "", err
+		return err
 	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		return "", err
-	}
-	return p, nil
+	return os.Rename(f.Name(), p)
 }
 
 // packagesIndex downloads and parses the Packages files of the archive.
@@ -246,11 +346,14 @@ func (e *imageEnv) packagesIndex(s *store, spec *archiveSpec, ar *archiveRelease
 		if rel == "" {
 			return nil, fmt.Errorf("the %s Release file lists no Packages index for %s/binary-%s", spec.Suite, comp, spec.Arch)
 		}
-		url := spec.Mirror + "/dists/" + spec.Suite + "/" + rel
+		// By-hash paths cannot change under a download; mirrors that do
+		// not copy them still have the plain path, checked the same.
+		dists := spec.Mirror + "/dists/" + spec.Suite + "/"
+		urls := []string{dists + rel}
 		if ar.rel.AcquireByHash {
-			url = spec.Mirror + "/dists/" + spec.Suite + "/" + path.Dir(rel) + "/by-hash/SHA256/" + want.SHA256
+			urls = append([]string{dists + path.Dir(rel) + "/by-hash/SHA256/" + want.SHA256}, urls...)
 		}
-		p, err := e.fetchVerified(cache, url, want, nil)
+		p, err := e.fetchVerified(context.Background(), cache, rel, urls, want, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -269,7 +372,7 @@ func (e *imageEnv) packagesIndex(s *store, spec *archiveSpec, ar *archiveRelease
 		}
 		f.Close()
 		if err != nil {
-			return nil, fmt.Errorf("reading %s: %w", url, err)
+			return nil, fmt.Errorf("reading %s of %s: %w", rel, dists, err)
 		}
 	}
 	return ix, nil
@@ -319,7 +422,7 @@ func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, l
 	}
 	digest := bootstrapDigest(spec, set)
 	if locked != "" && digest != locked {
-		return "", "", manifestErrorf("--locked: %s %s at %s now resolves to base sha256:%s, not the locked sha256:%s; the archive moved on (a snapshot mirror URL keeps it still)", spec.Distro, spec.Suite, spec.Mirror, digest, locked)
+		return "", "", manifestErrorf("--locked: %s %s at %s (Release dated %s) resolves to base sha256:%s, not the locked sha256:%s: this mirror does not serve the locked archive state (a snapshot mirror URL of the lock's time would)", spec.Distro, spec.Suite, spec.Mirror, ar.rel.Date.UTC().Format(time.RFC3339), digest, locked)
 	}
 	if l, ok := e.indexedBase(digest); ok {
 		return l, digest, nil
@@ -349,41 +452,57 @@ func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, l
 	return layer, digest, nil
 }
 
+// debFetchers is how many packages are downloaded at once.
+const debFetchers = 6
+
 // fetchDebs downloads the packages, several at once, into the package
-// cache (by sha256), each checked against the signed index.
+// cache (by sha256), each checked against the signed index. The first
+// failure stops the rest: the bootstrap cannot go on without any of them.
 func (e *engine) fetchDebs(images *imageEnv, spec *archiveSpec, set []*debPackage) (map[string]string, error) {
 	var total int64
 	for _, p := range set {
+		if strings.Contains(p.Filename, "..") || strings.HasPrefix(p.Filename, "/") {
+			return nil, fmt.Errorf("package %s: bad Filename %q in the archive index", p.Name, p.Filename)
+		}
 		total += p.Size
 	}
 	prog := newProgress(fmt.Sprintf("downloading %d packages", len(set)), total, true)
 	defer prog.finish()
 	cache := filepath.Join(imagesDir(e.s), "debs")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	paths := make(map[string]string, len(set))
 	var mu sync.Mutex
 	var firstErr error
-	sem := make(chan struct{}, 6)
+	sem := make(chan struct{}, debFetchers)
 	var wg sync.WaitGroup
 	for _, p := range set {
-		if strings.Contains(p.Filename, "..") || strings.HasPrefix(p.Filename, "/") {
-			return nil, fmt.Errorf("package %s: bad Filename %q in the archive index", p.Name, p.Filename)
+		sem <- struct{}{}
+		if ctx.Err() != nil {
+			break
 		}
 		wg.Add(1)
-		sem <- struct{}{}
 		go func(p *debPackage) {
 			defer wg.Done()
-			defer func() { <-sem }()
-			f, err := images.fetchVerified(cache, spec.Mirror+"/"+p.Filename, debFileHash{p.SHA256, p.Size}, prog)
+			defer func() { <-sem }() // after the cancel, so no download starts past a failure
+			f, err := images.fetchVerified(ctx, cache, "package "+p.Name+" "+p.Version, []string{spec.Mirror + "/" + p.Filename}, debFileHash{p.SHA256, p.Size}, prog)
 			mu.Lock()
 			defer mu.Unlock()
-			if err != nil && firstErr == nil {
-				firstErr = fmt.Errorf("package %s %s: %w", p.Name, p.Version, err)
+			if err != nil {
+				if firstErr == nil {
+					firstErr = err
+					cancel()
+				}
+				return
 			}
 			paths[p.Name] = f
 		}(p)
 	}
 	wg.Wait()
-	return paths, firstErr
+	if firstErr != nil {
+		return nil, firstErr
+	}
+	return paths, nil
 }
 
 // mergedUsrDirs are the top directories that are links into /usr.

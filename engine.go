@@ -196,19 +196,26 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err != nil {
 		return nil, err
 	}
-	if spec != nil {
-		if lock != nil && lock.BaseImageURL != "" {
-			// The lock names the mirror it was resolved from: a snapshot
-			// mirror keeps resolving to the same base.
-			spec.Mirror = strings.TrimSuffix(lock.BaseImageURL, "/dists/"+spec.Suite)
+	// The configured mirror serves an archive base; the lock pins what it
+	// must resolve to, not where from.
+	if drift := archiveSourceDrift(ref, spec, lock); drift != "" {
+		if o.locked {
+			return nil, manifestErrorf("--locked: %s: %s; build without --locked to resolve it again from the configured source", lp, drift)
 		}
-	} else if lock != nil && lock.BaseImageURL != "" {
+		e.infof("%s: %s: resolving again", lp, drift)
+		lock = nil
+	}
+	switch {
+	case spec != nil: // resolved by the bootstrap
+	case lock != nil && lock.BaseImageURL != "":
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
 			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
 		}
-	} else if src, err = images.resolve(ref, m.Dir); err != nil {
-		return nil, err
+	default:
+		if src, err = images.resolve(ref, m.Dir); err != nil {
+			return nil, err
+		}
 	}
 	op, err := e.s.beginOp(kind, "")
 	if err != nil {

@@ -221,7 +221,12 @@ func (e *imageEnv) getJSON(url string, v any) error {
 // get starts a download. The body fails if the server stays silent for
 // the idle timeout, however long the whole transfer takes.
 func (e *imageEnv) get(url string) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(context.Background())
+	return e.getContext(context.Background(), url)
+}
+
+// getContext is get that gives up when parent is done.
+func (e *imageEnv) getContext(parent context.Context, url string) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(parent)
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		cancel()

@@ -2,16 +2,22 @@ package main
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"testing/iotest"
 )
 
 // zstdCompress runs the real zstd binary over data.
@@ -352,27 +358,123 @@ func TestZstdXXH64(t *testing.T) {
 	}
 }
 
+// zstdVectors reads testdata/zstd: each vector made by the zstd CLI, by
+// name, and the sha256 of what it decodes to.
+func zstdVectors(t testing.TB) map[string]string {
+	t.Helper()
+	sums, err := os.ReadFile("testdata/zstd/SHA256SUMS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	vectors := map[string]string{}
+	for _, line := range strings.Split(strings.TrimSpace(string(sums)), "\n") {
+		want, name, ok := strings.Cut(line, "  ")
+		if !ok {
+			t.Fatalf("bad SHA256SUMS line %q", line)
+		}
+		vectors[name] = want
+	}
+	return vectors
+}
+
+func TestZstdVectors(t *testing.T) {
+	vectors := zstdVectors(t)
+	for name, want := range vectors {
+		data, err := os.ReadFile(filepath.Join("testdata/zstd", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := zstdDecodeAll(data)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if sum := sha256.Sum256(got); hex.EncodeToString(sum[:]) != want {
+			t.Fatalf("%s: decoded sha256 %x, want %s", name, sum, want)
+		}
+	}
+	if len(vectors) < 10 {
+		t.Fatalf("only %d vectors", len(vectors))
+	}
+}
+
+// zstdReference decodes in with the zstd binary, up to limit bytes; ok
+// is whether it accepted what it decoded.
+func zstdReference(t *testing.T, bin string, in []byte, limit int64) (out []byte, ok bool) {
+	cmd := exec.Command(bin, "-d", "-c", "-q")
+	cmd.Stdin = bytes.NewReader(in)
+	pipe, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	out, err = io.ReadAll(io.LimitReader(pipe, limit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(out)) == limit {
+		cmd.Process.Kill()
+		cmd.Wait()
+		return out, true // as far as we look
+	}
+	return out, cmd.Wait() == nil
+}
+
+// FuzzZstd decodes its input. Whole and small reads must agree; a
+// vector of testdata/zstd must give its known content; and outside
+// fuzzing (an exec per input would slow it a hundredfold) every corpus
+// entry must decode as the zstd binary does: the same bytes, and accepted
+// or refused alike.
 func FuzzZstd(f *testing.F) {
-	for _, s := range []struct {
-		data []byte
-		args []string
-	}{
-		{zstdMixed(4000, 7), []string{"-19"}},
-		{zstdMixed(3000, 8), []string{"-1", "--no-check"}},
-		{[]byte(strings.Repeat("abcabcabd", 300)), []string{"-3"}},
-		{[]byte("x"), []string{"-3"}},
-	} {
-		f.Add(zstdCompress(f, s.data, s.args...))
+	known := map[string]string{} // sha256 of a vector → sha256 of its content
+	vectors := zstdVectors(f)
+	for _, name := range slices.Sorted(maps.Keys(vectors)) {
+		want := vectors[name]
+		data, err := os.ReadFile(filepath.Join("testdata/zstd", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		sum := sha256.Sum256(data)
+		known[hex.EncodeToString(sum[:])] = want
+		f.Add(data)
 	}
 	f.Add(zstdFrame(0x20, []byte{5}, []byte("hello")))
+	f.Add(zstdSkippable(0x50, []byte("skip")))
+	reference := ""
+	if fz := flag.Lookup("test.fuzz"); fz == nil || fz.Value.String() == "" {
+		reference = needTool(f, "zstd")
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
-		r, err := newZstdReader(bytes.NewReader(in))
-		if err != nil {
-			return
-		}
 		// Bound the output: a few bytes of RLE blocks can ask for a lot,
 		// and coverage instrumentation makes every byte slow.
-		io.Copy(io.Discard, io.LimitReader(r, 1<<20))
+		const limit = 256 << 10
+		var all, piecewise []byte
+		r, err1 := newZstdReader(bytes.NewReader(in))
+		if err1 == nil {
+			all, err1 = io.ReadAll(io.LimitReader(r, limit))
+		}
+		// The same input a byte at a time, read out in small pieces.
+		r, err2 := newZstdReader(iotest.OneByteReader(bytes.NewReader(in)))
+		if err2 == nil {
+			piecewise, err2 = io.ReadAll(io.LimitReader(iotest.HalfReader(r), limit))
+		}
+		if (err1 == nil) != (err2 == nil) || !bytes.Equal(all, piecewise) {
+			t.Fatalf("whole reads: %d bytes, %v; small reads: %d bytes, %v", len(all), err1, len(piecewise), err2)
+		}
+		sum := sha256.Sum256(in)
+		if want, ok := known[hex.EncodeToString(sum[:])]; ok && len(all) < limit {
+			if got := sha256.Sum256(all); err1 != nil || hex.EncodeToString(got[:]) != want {
+				t.Fatalf("a vector decoded to sha256 %x (%v), want %s", got, err1, want)
+			}
+		}
+		if reference == "" {
+			return
+		}
+		ref, ok := zstdReference(t, reference, in, limit)
+		if ok != (err1 == nil) || ok && !bytes.Equal(ref, all) {
+			t.Fatalf("zstd -d: %d bytes, accepted %v; ours: %d bytes, %v", len(ref), ok, len(all), err1)
+		}
 	})
 }
 
