@@ -1070,10 +1070,11 @@ func cmdPush(c *cli) error {
 	if err != nil {
 		return err
 	}
-	e, m, err := c.envArg()
+	e, m, sl, err := c.envArgShared("push")
 	if err != nil {
 		return err
 	}
+	defer sl.unlock()
 	cl, err := e.s.closureOf(m)
 	if err != nil {
 		return err

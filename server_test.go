@@ -57,8 +57,9 @@ func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSi
 	return m
 }
 
-// newTestKPServer serves a fresh store in-process.
-func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server) {
+// newTestKP makes a server of a fresh store, holding its lock until the
+// test ends.
+func newTestKP(t *testing.T, maxUploads int) *kpServer {
 	t.Helper()
 	s, err := openStore(t.TempDir())
 	if err != nil {
@@ -68,10 +69,17 @@ func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond,
+	t.Cleanup(l.unlock)
+	return &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond,
 		tokens: []serverToken{{sha256.Sum256([]byte(testTokenRW)), true}, {sha256.Sum256([]byte(testTokenRO)), false}}}
+}
+
+// newTestKPServer serves a fresh store in-process.
+func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server) {
+	t.Helper()
+	k := newTestKP(t, maxUploads)
 	ts := httptest.NewServer(k.handler())
-	t.Cleanup(func() { ts.Close(); l.unlock() })
+	t.Cleanup(ts.Close)
 	return k, ts
 }
 

@@ -313,10 +313,11 @@ func (a *exportSource) objects(need map[string]bool, got func(string, io.Reader)
 }
 
 func cmdExport(c *cli) error {
-	e, m, err := c.envArg()
+	e, m, sl, err := c.envArgShared("export")
 	if err != nil {
 		return err
 	}
+	defer sl.unlock()
 	cl, err := e.s.closureOf(m)
 	if err != nil {
 		return err
