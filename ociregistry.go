@@ -541,14 +541,14 @@ func (o *ociRemote) upload(ctx context.Context, repo, scope string, d ociDescrip
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	var got string
+	var hr *ociHashReader // of the last attempt
 	hashed := func() (io.ReadCloser, error) {
 		rc, err := body()
 		if err != nil {
 			return nil, err
 		}
-		h := sha256.New()
-		return remoteReadCloser{&ociHashReader{r: rc, h: h, done: func() { got = ociDigest(h) }}, rc}, nil
+		hr = &ociHashReader{r: rc, h: sha256.New()}
+		return remoteReadCloser{hr, rc}, nil
 	}
 	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
 	resp, err = o.do(ctx, http.MethodPatch, loc.String(), scope, hdr, hashed, d.Size)
@@ -559,7 +559,7 @@ func (o *ociRemote) upload(ctx context.Context, repo, scope string, d ociDescrip
 	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusCreated {
 		return o.statusError(what, resp)
 	}
-	if got != d.Digest {
+	if got := hr.sum(); got != d.Digest {
 		return fmt.Errorf("%s: the bytes sent hash to %s; the object changed while it was read", what, got)
 	}
 	if resp.Header.Get("Location") != "" {
@@ -591,20 +591,30 @@ func (o *ociRemote) location(resp *http.Response) (*url.URL, error) {
 	return resp.Request.URL.ResolveReference(u), nil
 }
 
-// ociHashReader hashes what is read through it and says when it ends.
+// ociHashReader hashes what is read through it. The transport reads a
+// request body in a goroutine of its own, which may still be at it (to
+// see the end after the last byte) when the response is in: reads and
+// sum take turns.
 type ociHashReader struct {
-	r    io.Reader
-	h    hash.Hash
-	done func()
+	r  io.Reader
+	mu sync.Mutex
+	h  hash.Hash
 }
 
 func (r *ociHashReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
+	r.mu.Lock()
 	r.h.Write(p[:n])
-	if err == io.EOF {
-		r.done()
-	}
+	r.mu.Unlock()
 	return n, err
+}
+
+// sum is the digest of the bytes read so far: of all of them once the
+// registry has taken the upload, for it cannot have more than was read.
+func (r *ociHashReader) sum() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return ociDigest(r.h)
 }
 
 // ociVerifyReader fails at the end, instead of returning io.EOF, when the

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -94,6 +97,60 @@ func TestOCIPlainHTTPRefused(t *testing.T) {
 	o.allowHTTP = true
 	if err := o.settle(t.Context()); err != nil || o.base() != ts.URL {
 		t.Fatalf("settle with http allowed: %v %s", err, o.base())
+	}
+}
+
+// ociStallingReader gives its bytes, then waits for release before its
+// io.EOF.
+type ociStallingReader struct {
+	r       io.Reader
+	release chan struct{}
+}
+
+func (s *ociStallingReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		<-s.release
+	}
+	return n, err
+}
+
+// An upload is judged by the bytes the registry took, even while the
+// transport, in its own goroutine, still waits to see the body end.
+func TestOCIUploadHashesWhatWasSent(t *testing.T) {
+	data := bytes.Repeat([]byte("karapace"), 1<<17) // beyond the transport's write buffer
+	sum := sha256.Sum256(data)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v2/x/blobs/uploads/":
+			w.Header().Set("Location", "/v2/x/blobs/uploads/1")
+			w.WriteHeader(http.StatusAccepted)
+		case r.Method == "PATCH" && r.URL.Path == "/v2/x/blobs/uploads/1":
+			if b, err := io.ReadAll(r.Body); err != nil || !bytes.Equal(b, data) {
+				http.Error(w, "bad upload", http.StatusBadRequest)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
+		case r.Method == "PUT" && r.URL.Path == "/v2/x/blobs/uploads/1" && r.URL.Query().Get("digest") == digest:
+			w.WriteHeader(http.StatusCreated)
+		default:
+			http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusBadRequest)
+		}
+	}))
+	defer ts.Close()
+	hc, _ := remoteHTTPClient("")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	o := &ociRemote{display: "oci://" + host + "/x", host: host, repo: "x", hc: hc, scheme: "http", allowHTTP: true}
+	release := make(chan struct{})
+	defer close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // only so that a hang fails
+	defer cancel()
+	err := o.upload(ctx, "x", ociScope("x", true), ociDescriptor{Digest: digest, Size: int64(len(data))}, func() (io.ReadCloser, error) {
+		return io.NopCloser(&ociStallingReader{bytes.NewReader(data), release}), nil
+	})
+	if err != nil {
+		t.Fatalf("upload: %v", err)
 	}
 }
 
