@@ -75,6 +75,7 @@ type ociRemote struct {
 	user      string
 	password  string
 	hc        *http.Client
+	maxObj    int64 // the largest object a pull accepts
 
 	mu     sync.Mutex
 	scheme string // https, or http once the registry turned out to speak it
@@ -136,7 +137,7 @@ func newOCIRemote(rs *remoteSettings) (*ociRemote, error) {
 		return nil, err
 	}
 	return &ociRemote{display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
-		user: rs.user, password: rs.password, hc: hc, scheme: "https"}, nil
+		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj}, nil
 }
 
 // target is where an environment lives in the registry.
@@ -741,8 +742,12 @@ func (s *ociSource) layer(hash string) (*layer, error) {
 func (s *ociSource) objects(need map[string]bool, got func(string, io.Reader) error) error {
 	hashes := slices.Sorted(maps.Keys(need))
 	for _, h := range hashes {
-		if _, ok := s.byKey[ociKey(blobObject, h)]; !ok {
+		d, ok := s.byKey[ociKey(blobObject, h)]
+		if !ok {
 			return fmt.Errorf("%s on %s lacks object %s, which the environment needs", s.repo, s.o.host, h)
+		}
+		if d.Size > s.o.maxObj {
+			return remoteTooBig("object "+h+" in "+s.repo+" on "+s.o.host, s.o.maxObj)
 		}
 	}
 	return remoteParallel(s.ctx, len(hashes), func(ctx context.Context, i int) error {

@@ -21,8 +21,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -463,6 +465,44 @@ func remoteBigMockEnv(t *testing.T, k *kpRun, size int64) string {
 	f.Close()
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"./image.tar\"\n[runtime]\nbackend = \"mock\"\n")
 	return strings.TrimSpace(k.ok("build", "--name", "big"))
+}
+
+// A server that sends more of an object than a pull accepts, streaming
+// or by its Content-Length, is cut off at the limit, and nothing is kept.
+func TestRemotePullBoundsObjects(t *testing.T) {
+	s, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testRemoteEnv(t, s, 1, 1, 64<<10, 32<<10)
+	k := &kpServer{s: s, noAuth: true, maxBlob: 1 << 20, uploads: make(chan struct{}, 4), wait: time.Second, io: time.Minute}
+	const guard = 64 << 20 // what a server sends at most, so that a pull without a bound fails, not fills the disk
+	var declare atomic.Bool
+	h := k.handler()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/blobs/object/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if declare.Load() {
+			w.Header().Set("Content-Length", strconv.Itoa(guard))
+		}
+		junk := bytes.Repeat([]byte("more "), 1<<12)
+		for n := 0; n < guard; n += len(junk) {
+			if _, err := w.Write(junk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(ts.Close)
+	for _, decl := range []bool{false, true} {
+		declare.Store(decl)
+		b := newKP(t)
+		b.fails(1, "is larger than 1.0 MiB, the most a pull accepts (--max-object-size); refusing it", "pull", m.EnvID, "--remote", ts.URL, "--max-object-size", "1M")
+		b.emptyStore()
+	}
+	b := newKP(t)
+	b.fails(1, `--max-object-size: "lots" is not a size`, "pull", m.EnvID, "--remote", ts.URL, "--max-object-size", "lots")
 }
 
 // A client killed in the middle of an upload leaves no partial blob on
