@@ -146,11 +146,11 @@ func TestOCIUploadHashesWhatWasSent(t *testing.T) {
 	defer close(release)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // only so that a hang fails
 	defer cancel()
-	err := o.upload(ctx, "x", ociScope("x", true), ociDescriptor{Digest: digest, Size: int64(len(data))}, func() (io.ReadCloser, error) {
+	sent, err := o.upload(ctx, "x", ociScope("x", true), "", ociDescriptor{Digest: digest, Size: int64(len(data))}, func() (io.ReadCloser, error) {
 		return io.NopCloser(&ociStallingReader{bytes.NewReader(data), release}), nil
 	})
-	if err != nil {
-		t.Fatalf("upload: %v", err)
+	if err != nil || !sent {
+		t.Fatalf("upload: %v (sent %v)", err, sent)
 	}
 }
 
@@ -315,7 +315,35 @@ func TestOCIRegistry(t *testing.T) {
 			if p2.BlobsUploaded != 0 || p2.BlobsSkipped != p1.BlobsUploaded {
 				t.Fatalf("second push: %+v", p2)
 			}
-			a.ok("push", "demo") // untagged: team:<env_id>
+
+			// A tagged push tags the environment by its env_id as well:
+			// pulled by that, or by a prefix of it the tag list makes unique.
+			c := newKP(t)
+			c.env = append(c.env, creds...)
+			if out := c.ok("pull", id); out != id+"\n" {
+				t.Fatalf("pull by env_id: %q", out)
+			}
+			c.fails(1, "has no team/demo:v2", "pull", "demo@v2")
+			e := newKP(t)
+			e.env = append(e.env, creds...)
+			if out := e.ok("pull", id[:10]); out != id+"\n" {
+				t.Fatalf("pull by a prefix: %q", out)
+			}
+			e.ok("verify-store")
+			other := "0"
+			if id[0] == '0' {
+				other = "1"
+			}
+			e.fails(1, "holds no environment "+other, "pull", other)
+			twin := id[:63] + other // another env_id tag with the same first 63 digits
+			ociTestDo(t, reg, a, "PUT", "/v2/team/manifests/"+twin, ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil))
+			mustContain(t, "ambiguous prefix", e.fails(1, "is ambiguous", "pull", id[:10]), id, twin)
+
+			var p3 pushResult
+			a.jsonOut(&p3, "push", "demo") // untagged: team:<env_id>, there already
+			if p3.BlobsUploaded != 0 || p3.BlobsSkipped != p1.BlobsUploaded {
+				t.Fatalf("untagged push: %+v", p3)
+			}
 			if tokens != nil {
 				tokens.mu.Lock()
 				scopes := strings.Join(tokens.scopes, " ")
@@ -335,16 +363,10 @@ func TestOCIRegistry(t *testing.T) {
 				t.Fatalf("the writable layer: %q", got)
 			}
 			b.ok("verify-store")
-			c := newKP(t)
-			c.env = append(c.env, creds...)
-			if out := c.ok("pull", id); out != id+"\n" {
-				t.Fatalf("pull by env_id: %q", out)
-			}
-			c.fails(1, "has no team/demo:v2", "pull", "demo@v2")
 
 			// Change one byte of the biggest object in the registry's storage.
 			var man ociManifest
-			resp := ociTestGet(t, reg, b, "/v2/team/demo/manifests/v1")
+			resp := ociTestDo(t, reg, b, "GET", "/v2/team/demo/manifests/v1", nil)
 			json.Unmarshal(resp, &man)
 			var big ociDescriptor
 			for _, d := range man.Layers {
@@ -369,8 +391,9 @@ func TestOCIRegistry(t *testing.T) {
 	}
 }
 
-// ociTestGet fetches a registry path with the credentials k would use.
-func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byte {
+// ociTestDo sends a request (a manifest, if any) to the registry with the
+// credentials k would use, and returns the answer.
+func ociTestDo(t *testing.T, reg *ociTestRegistry, k *kpRun, method, path string, manifest []byte) []byte {
 	t.Helper()
 	rs := &remoteSettings{url: "oci://" + reg.host + "/team"}
 	for _, kv := range k.env {
@@ -388,15 +411,20 @@ func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byt
 	if err := o.settle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := o.do(t.Context(), "GET", o.base()+path, ociScope("team/demo", false), http.Header{"Accept": {ociManifestType}}, nil, 0)
+	var body func() (io.ReadCloser, error)
+	if manifest != nil {
+		body = remoteBytesBody(manifest)
+	}
+	hdr := http.Header{"Accept": {ociManifestType}, "Content-Type": {ociManifestType}}
+	resp, err := o.do(t.Context(), method, o.base()+path, ociScope("team/demo", false), hdr, body, int64(len(manifest)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var buf bytes.Buffer
 	buf.ReadFrom(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, buf.String())
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, buf.String())
 	}
 	return buf.Bytes()
 }
