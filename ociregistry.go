@@ -575,8 +575,8 @@ func (p *ociPush) to(ctx context.Context, repo, tag, scope, from string) error {
 // upload sends one blob: POST opens an upload, one PATCH streams the
 // whole body (its sha256 computed on the way), PUT ?digest= closes it.
 // With from, the POST asks to mount the blob from that repository of the
-// registry instead; a registry that cannot answers with an upload all
-// the same. It reports whether the bytes were sent.
+// registry instead; a registry that cannot opens an upload as usual. It
+// reports whether the bytes were sent.
 func (o *ociRemote) upload(ctx context.Context, repo, scope, from string, d ociDescriptor, body func() (io.ReadCloser, error)) (bool, error) {
 	what := "uploading blob " + d.Digest
 	post := o.base() + "/v2/" + repo + "/blobs/uploads/"

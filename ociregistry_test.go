@@ -100,6 +100,36 @@ func TestOCIPlainHTTPRefused(t *testing.T) {
 	}
 }
 
+// A prefix is looked up in every page of the tag list.
+func TestOCITagPages(t *testing.T) {
+	a, b := strings.Repeat("ab", 32), strings.Repeat("ac", 32)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/team/tags/list" {
+			http.NotFound(w, r)
+			return
+		}
+		if r.URL.Query().Get("last") == "" {
+			w.Header().Set("Link", `</v2/team/tags/list?last=`+a+`&n=1>; rel="next"`)
+			fmt.Fprintf(w, `{"name": "team", "tags": [%q]}`, a)
+			return
+		}
+		fmt.Fprintf(w, `{"name": "team", "tags": [%q, "latest"]}`, b)
+	}))
+	defer ts.Close()
+	hc, _ := remoteHTTPClient("")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	o := &ociRemote{display: "oci://" + host + "/team", host: host, repo: "team", hc: hc, scheme: "http", allowHTTP: true}
+	if repo, tag, err := o.resolve(t.Context(), "ac"); err != nil || repo != "team" || tag != b {
+		t.Fatalf("resolve ac: %s:%s %v", repo, tag, err)
+	}
+	if _, _, err := o.resolve(t.Context(), "a"); err == nil || !strings.Contains(err.Error(), "ambiguous") || !strings.Contains(err.Error(), a) || !strings.Contains(err.Error(), b) {
+		t.Fatalf("resolve a: %v", err)
+	}
+	if _, _, err := o.resolve(t.Context(), "ad"); err == nil || !strings.Contains(err.Error(), "holds no environment ad") {
+		t.Fatalf("resolve ad: %v", err)
+	}
+}
+
 // ociStallingReader gives its bytes, then waits for release before its
 // io.EOF.
 type ociStallingReader struct {
