@@ -145,10 +145,10 @@ locked shared while push reads it: a gc or a destroy waits for it.`,
 			help: `Fetches the environment REF names: NAME@TAG, a full env_id, or a unique prefix of one.
 Every blob is checked against its hash before it enters the store, an object larger than
 --max-object-size is cut off, and everything is written under one operation: a failed or
-interrupted pull leaves nothing behind. The environment keeps its state and its name if that is free here (else the pull
-fails; --name gives another). Its writable layer is its last restored snapshot, or empty.
-An environment already in the store is left as it is. The remote and credentials are
-found as for push.`,
+interrupted pull leaves nothing behind. The environment keeps its state and its name if
+that is free here (else the pull fails; --name gives another). Its writable layer is its
+last restored snapshot, or empty. An environment already in the store is left as it is.
+The remote and credentials are found as for push.`,
 			flags: []flagDef{
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
 				{"name", "n", "NAME", "store the environment under this name"},
