@@ -132,8 +132,9 @@ server's token comes from $KARAPACE_TOKEN or token in [remote], a registry's cre
 from $KARAPACE_REGISTRY_USER and $KARAPACE_REGISTRY_PASSWORD (or registry_user and
 registry_password), never from a flag. $KARAPACE_CA_CERT (or ca_cert) names an extra CA
 certificate to trust. On an OCI registry, NAME@TAG is the repository REPOSITORY/NAME with
-the tag TAG; without --tag the environment goes to REPOSITORY tagged with its env_id.
-Plain http to a registry only for loopback hosts or with --insecure-registry.`,
+the tag TAG, and every environment is also in REPOSITORY tagged with its env_id. Plain
+http to a registry only for loopback hosts or with --insecure-registry. The store is
+locked shared while push reads it: a gc or a destroy waits for it.`,
 			flags: []flagDef{
 				{"tag", "t", "NAME@TAG", "also point this tag at the environment"},
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
@@ -143,17 +144,18 @@ Plain http to a registry only for loopback hosts or with --insecure-registry.`,
 		},
 		{
 			name: "pull", synopsis: "REF", summary: "fetch an environment from a remote store; prints its env_id",
-			help: `Fetches the environment REF names: NAME@TAG, a full env_id, or (from a karapace server)
-a unique prefix of one. Every blob is checked against its hash before it enters the store,
-and everything is written under one operation: a failed or interrupted pull leaves nothing
-behind. The environment keeps its state and its name if that is free here (else the pull
-fails; --name gives another). Its writable layer is its last restored snapshot, or empty.
-An environment already in the store is left as it is. The remote and credentials are
-found as for push.`,
+			help: `Fetches the environment REF names: NAME@TAG, a full env_id, or a unique prefix of one.
+Every blob is checked against its hash before it enters the store, an object larger than
+--max-object-size is cut off, and everything is written under one operation: a failed or
+interrupted pull leaves nothing behind. The environment keeps its state and its name if
+that is free here (else the pull fails; --name gives another). Its writable layer is its
+last restored snapshot, or empty. An environment already in the store is left as it is.
+The remote and credentials are found as for push.`,
 			flags: []flagDef{
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
 				{"name", "n", "NAME", "store the environment under this name"},
 				{"insecure-registry", "", "", "allow plain http to an OCI registry that is not on this machine"},
+				{"max-object-size", "", "SIZE", "refuse an object larger than SIZE, like 512M or 16G (default 16G)"},
 			},
 			minArgs: 1, maxArgs: 1, run: cmdPull,
 		},
@@ -190,7 +192,8 @@ line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests 
 				{"tls-cert", "", "FILE", "serve HTTPS with this certificate (PEM)"},
 				{"tls-key", "", "FILE", "the certificate's private key (PEM)"},
 				{"max-blob-size", "", "SIZE", "refuse objects larger than SIZE (default 16G)"},
-				{"max-uploads", "", "N", "uploads processed at once; more wait (default 16)"},
+				{"max-uploads", "", "N", "uploads and registry writes processed at once; more wait (default 16)"},
+				{"io-timeout", "", "DURATION", "drop a client that sends or takes nothing for this long (default 2m)"},
 			},
 			run: cmdServer,
 		},

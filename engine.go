@@ -42,6 +42,26 @@ func (c *cli) envArg() (*engine, *envMeta, error) {
 	return e, m, err
 }
 
+// envArgShared is envArg under the store's shared lock, for a command
+// that only reads the environment: nothing can remove what it reads until
+// it calls unlock.
+func (c *cli) envArgShared(op string) (*engine, *envMeta, *storeLock, error) {
+	e, err := c.engine()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	sl, err := e.s.lockShared(op)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	m, err := e.findEnv(c.args[0])
+	if err != nil {
+		sl.unlock()
+		return nil, nil, nil, err
+	}
+	return e, m, sl, nil
+}
+
 func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
 	// Trees hold files of the environment's IDs; rootless, only a process
 	// with the full mapping may remove them.

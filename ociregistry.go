@@ -26,9 +26,11 @@ import (
 // with its kind and blake3 name.
 //
 // Names: NAME@TAG is the repository REPO/NAME with the tag TAG (the
-// usual registry/name:tag reading, so NAME must be lowercase there); an
-// environment pushed without --tag goes to REPO itself, tagged with its
-// env_id, and is pulled back by that env_id.
+// usual registry/name:tag reading, so NAME must be lowercase there). Every
+// environment pushed, with --tag or without, is also in REPO itself,
+// tagged with its env_id (its blobs mounted there from REPO/NAME), and is
+// pulled back by that env_id or by a prefix of it that begins no other
+// env_id tag of REPO (the tag list tells).
 //
 // Blobs are addressed by sha256 in OCI: push computes it from the local
 // object (or takes it from the manifest already under the tag, which a
@@ -75,6 +77,7 @@ type ociRemote struct {
 	user      string
 	password  string
 	hc        *http.Client
+	maxObj    int64 // the largest object a pull accepts
 
 	mu     sync.Mutex
 	scheme string // https, or http once the registry turned out to speak it
@@ -136,7 +139,7 @@ func newOCIRemote(rs *remoteSettings) (*ociRemote, error) {
 		return nil, err
 	}
 	return &ociRemote{display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
-		user: rs.user, password: rs.password, hc: hc, scheme: "https"}, nil
+		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj}, nil
 }
 
 // target is where an environment lives in the registry.
@@ -145,7 +148,7 @@ func (o *ociRemote) target(ref string) (repo, tag string, err error) {
 		return o.repo, ref, nil
 	}
 	if !strings.Contains(ref, "@") {
-		return "", "", usageErrorf("%q: on an OCI registry, name an environment by NAME@TAG or by its full env_id", ref)
+		return "", "", usageErrorf("%q is neither NAME@TAG nor an env_id (or a prefix of one)", ref)
 	}
 	name, tag, err := splitRemoteTag(ref)
 	if err != nil {
@@ -310,8 +313,8 @@ func (o *ociRemote) authenticate(ctx context.Context, challenge, scope string) e
 	if s := p["service"]; s != "" {
 		q.Set("service", s)
 	}
-	scopes := []string{scope}
-	if s := p["scope"]; s != "" && s != scope {
+	scopes := strings.Fields(scope)
+	if s := p["scope"]; s != "" && !slices.Contains(scopes, s) {
 		scopes = append(scopes, s)
 	}
 	q["scope"] = scopes
@@ -352,6 +355,8 @@ func (o *ociRemote) authenticate(ctx context.Context, challenge, scope string) e
 	return nil
 }
 
+// ociScope is the token scope of a request on repo; one that needs
+// several (a mount) names them separated by spaces.
 func ociScope(repo string, push bool) string {
 	if push {
 		return "repository:" + repo + ":pull,push"
@@ -388,13 +393,12 @@ func ociKey(kind, b3 string) string { return kind + "/" + b3 }
 func ociDigest(h hash.Hash) string { return "sha256:" + hex.EncodeToString(h.Sum(nil)) }
 
 func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag string, res *pushResult) error {
-	ref := tag
-	if ref == "" {
-		ref = c.meta.EnvID
-	}
-	repo, otag, err := o.target(ref)
-	if err != nil {
-		return err
+	repo, otag := o.repo, c.meta.EnvID
+	if tag != "" {
+		var err error
+		if repo, otag, err = o.target(tag); err != nil {
+			return err
+		}
 	}
 	if err := o.settle(ctx); err != nil {
 		return err
@@ -455,9 +459,52 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 	}); err != nil {
 		return err
 	}
-	missing := make([]bool, len(blobs))
-	if err := remoteParallel(ctx, len(blobs), func(ctx context.Context, i int) error {
-		resp, err := o.do(ctx, http.MethodHead, o.base()+"/v2/"+repo+"/blobs/"+descs[i].Digest, scope, nil, nil, 0)
+	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
+		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
+	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
+	p.manifest, _ = json.Marshal(&man)
+	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
+		return err
+	}
+	// Every environment is also tagged by its env_id in the repository
+	// itself, where a pull by env_id (or a prefix of one) finds it; its
+	// blobs are mounted there from the tag's repository, not sent again.
+	if repo != o.repo {
+		if err := p.to(ctx, o.repo, c.meta.EnvID, ociScope(o.repo, true)+" "+ociScope(repo, false), repo); err != nil {
+			return err
+		}
+	}
+	for i, sent := range p.sent {
+		if sent {
+			res.BlobsUploaded++
+			res.BytesUploaded += blobs[i].Size
+		} else {
+			res.BlobsSkipped++
+		}
+	}
+	return nil
+}
+
+// ociPush puts one environment, its manifest made, into repositories.
+type ociPush struct {
+	o        *ociRemote
+	s        *store
+	short    string // the environment's short id
+	blobs    []remoteBlob
+	descs    []ociDescriptor
+	small    map[string][]byte // layer manifests and metadata by digest
+	manifest []byte
+	mu       sync.Mutex
+	sent     []bool // the blobs whose bytes went to the registry
+}
+
+// to gives repo every blob the registry says it lacks, mounted from the
+// repository from where that works, and then the manifest under tag.
+func (p *ociPush) to(ctx context.Context, repo, tag, scope, from string) error {
+	o := p.o
+	missing := make([]bool, len(p.blobs))
+	if err := remoteParallel(ctx, len(p.blobs), func(ctx context.Context, i int) error {
+		resp, err := o.do(ctx, http.MethodHead, o.base()+"/v2/"+repo+"/blobs/"+p.descs[i].Digest, scope, nil, nil, 0)
 		if err != nil {
 			return err
 		}
@@ -467,7 +514,7 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		case http.StatusNotFound:
 			missing[i] = true
 		default:
-			return o.statusError("checking blob "+descs[i].Digest, resp)
+			return o.statusError("checking blob "+p.descs[i].Digest, resp)
 		}
 		return nil
 	}); err != nil {
@@ -475,96 +522,106 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 	}
 	var todo []int
 	var total int64
-	for i := range blobs {
+	for i := range p.blobs {
 		if missing[i] {
 			todo = append(todo, i)
-			total += blobs[i].Size
-		} else {
-			res.BlobsSkipped++
+			total += p.blobs[i].Size
 		}
 	}
-	sort.SliceStable(todo, func(a, b int) bool { return blobs[todo[a]].Size > blobs[todo[b]].Size })
-	prog := newProgress("pushing "+c.meta.ShortID, total, true)
+	sort.SliceStable(todo, func(a, b int) bool { return p.blobs[todo[a]].Size > p.blobs[todo[b]].Size })
+	label := "pushing " + p.short
+	if from != "" {
+		label, total = "tagging "+p.short+" by its env_id", 0 // mounted, unless the registry cannot
+	}
+	prog := newProgress(label, total, true)
 	defer prog.finish()
-	var mu sync.Mutex
 	if err := remoteParallel(ctx, len(todo), func(ctx context.Context, k int) error {
 		i := todo[k]
 		body := func() (io.ReadCloser, error) {
-			if b, ok := small[descs[i].Digest]; ok {
+			if b, ok := p.small[p.descs[i].Digest]; ok {
 				return io.NopCloser(bytes.NewReader(b)), nil
 			}
-			rc, err := s.openObject(blobs[i].Hash)
+			rc, err := p.s.openObject(p.blobs[i].Hash)
 			if err != nil {
 				return nil, err
 			}
 			return remoteReadCloser{prog.reader(rc), rc}, nil
 		}
-		if err := o.upload(ctx, repo, scope, descs[i], body); err != nil {
+		sent, err := o.upload(ctx, repo, scope, from, p.descs[i], body)
+		if err != nil {
 			return err
 		}
-		mu.Lock()
-		res.BlobsUploaded++
-		res.BytesUploaded += blobs[i].Size
-		mu.Unlock()
+		if sent {
+			p.mu.Lock()
+			p.sent[i] = true
+			p.mu.Unlock()
+		}
 		return nil
 	}); err != nil {
 		return err
 	}
-	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
-		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
-	mb, _ := json.Marshal(&man)
 	hdr := http.Header{"Content-Type": {ociManifestType}}
-	resp, err := o.do(ctx, http.MethodPut, o.base()+"/v2/"+repo+"/manifests/"+otag, scope, hdr, remoteBytesBody(mb), int64(len(mb)))
+	resp, err := o.do(ctx, http.MethodPut, o.base()+"/v2/"+repo+"/manifests/"+tag, scope, hdr, remoteBytesBody(p.manifest), int64(len(p.manifest)))
 	if err != nil {
 		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-		return o.statusError("putting the manifest "+repo+":"+otag, resp)
+		return o.statusError("putting the manifest "+repo+":"+tag, resp)
 	}
 	return nil
 }
 
 // upload sends one blob: POST opens an upload, one PATCH streams the
 // whole body (its sha256 computed on the way), PUT ?digest= closes it.
-func (o *ociRemote) upload(ctx context.Context, repo, scope string, d ociDescriptor, body func() (io.ReadCloser, error)) error {
+// With from, the POST asks to mount the blob from that repository of the
+// registry instead; a registry that cannot opens an upload as usual. It
+// reports whether the bytes were sent.
+func (o *ociRemote) upload(ctx context.Context, repo, scope, from string, d ociDescriptor, body func() (io.ReadCloser, error)) (bool, error) {
 	what := "uploading blob " + d.Digest
-	resp, err := o.do(ctx, http.MethodPost, o.base()+"/v2/"+repo+"/blobs/uploads/", scope, nil, nil, 0)
+	post := o.base() + "/v2/" + repo + "/blobs/uploads/"
+	if from != "" {
+		post += "?" + url.Values{"mount": {d.Digest}, "from": {from}}.Encode()
+	}
+	resp, err := o.do(ctx, http.MethodPost, post, scope, nil, nil, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	resp.Body.Close()
+	if from != "" && resp.StatusCode == http.StatusCreated {
+		return false, nil
+	}
 	if resp.StatusCode != http.StatusAccepted {
-		return o.statusError(what, resp)
+		return false, o.statusError(what, resp)
 	}
 	loc, err := o.location(resp)
 	if err != nil {
-		return fmt.Errorf("%s: %w", what, err)
+		return false, fmt.Errorf("%s: %w", what, err)
 	}
-	var got string
+	var hr *ociHashReader // of the last attempt
 	hashed := func() (io.ReadCloser, error) {
 		rc, err := body()
 		if err != nil {
 			return nil, err
 		}
-		h := sha256.New()
-		return remoteReadCloser{&ociHashReader{r: rc, h: h, done: func() { got = ociDigest(h) }}, rc}, nil
+		hr = &ociHashReader{r: rc, h: sha256.New()}
+		return remoteReadCloser{hr, rc}, nil
 	}
 	hdr := http.Header{"Content-Type": {"application/octet-stream"}}
 	resp, err = o.do(ctx, http.MethodPatch, loc.String(), scope, hdr, hashed, d.Size)
 	if err != nil {
-		return err
+		return false, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusAccepted && resp.StatusCode != http.StatusNoContent && resp.StatusCode != http.StatusCreated {
-		return o.statusError(what, resp)
+		return false, o.statusError(what, resp)
 	}
-	if got != d.Digest {
-		return fmt.Errorf("%s: the bytes sent hash to %s; the object changed while it was read", what, got)
+	if got := hr.sum(); got != d.Digest {
+		return false, fmt.Errorf("%s: the bytes sent hash to %s; the object changed while it was read", what, got)
 	}
 	if resp.Header.Get("Location") != "" {
 		if loc, err = o.location(resp); err != nil {
-			return fmt.Errorf("%s: %w", what, err)
+			return false, fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	q := loc.Query()
@@ -572,13 +629,13 @@ func (o *ociRemote) upload(ctx context.Context, repo, scope string, d ociDescrip
 	loc.RawQuery = q.Encode()
 	resp, err = o.do(ctx, http.MethodPut, loc.String(), scope, nil, nil, 0)
 	if err != nil {
-		return err
+		return false, err
 	}
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusCreated {
-		return o.statusError(what, resp)
+		return false, o.statusError(what, resp)
 	}
-	return nil
+	return true, nil
 }
 
 // location resolves an upload's Location, which may be relative.
@@ -591,20 +648,30 @@ func (o *ociRemote) location(resp *http.Response) (*url.URL, error) {
 	return resp.Request.URL.ResolveReference(u), nil
 }
 
-// ociHashReader hashes what is read through it and says when it ends.
+// ociHashReader hashes what is read through it. The transport reads a
+// request body in a goroutine of its own, which may still be at it (to
+// see the end after the last byte) when the response is in: reads and
+// sum take turns.
 type ociHashReader struct {
-	r    io.Reader
-	h    hash.Hash
-	done func()
+	r  io.Reader
+	mu sync.Mutex
+	h  hash.Hash
 }
 
 func (r *ociHashReader) Read(p []byte) (int, error) {
 	n, err := r.r.Read(p)
+	r.mu.Lock()
 	r.h.Write(p[:n])
-	if err == io.EOF {
-		r.done()
-	}
+	r.mu.Unlock()
 	return n, err
+}
+
+// sum is the digest of the bytes read so far: of all of them once the
+// registry has taken the upload, for it cannot have more than was read.
+func (r *ociHashReader) sum() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return ociDigest(r.h)
 }
 
 // ociVerifyReader fails at the end, instead of returning io.EOF, when the
@@ -631,12 +698,96 @@ func (v *ociVerifyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (o *ociRemote) source(ctx context.Context, ref string, prog *progress) (envSource, error) {
-	repo, tag, err := o.target(ref)
+// resolve turns a pull reference into where the environment is: NAME@TAG
+// and env_ids by target, a prefix of an env_id by the tags of the
+// repository, of which it must begin exactly one env_id.
+func (o *ociRemote) resolve(ctx context.Context, ref string) (repo, tag string, err error) {
+	if validStoreHash(ref) || !isHexPrefix(ref) {
+		return o.target(ref)
+	}
+	tags, err := o.tags(ctx, o.repo)
 	if err != nil {
+		return "", "", err
+	}
+	var found []string
+	for _, t := range tags {
+		if validStoreHash(t) && strings.HasPrefix(t, ref) {
+			found = append(found, t)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return "", "", fmt.Errorf("%s holds no environment %s", o.display, ref)
+	case 1:
+		return o.repo, found[0], nil
+	}
+	slices.Sort(found)
+	return "", "", usageErrorf("%q is ambiguous on %s; it could be any of:\n  %s", ref, o.display, strings.Join(found, "\n  "))
+}
+
+// tags lists the tags of repo (none if the registry does not know it),
+// page after page as the Link headers lead.
+func (o *ociRemote) tags(ctx context.Context, repo string) ([]string, error) {
+	var all []string
+	next := o.base() + "/v2/" + repo + "/tags/list"
+	for pages := 0; next != ""; pages++ {
+		if pages == 10000 {
+			return nil, fmt.Errorf("listing the tags of %s on %s: more than %d pages", repo, o.host, pages)
+		}
+		resp, err := o.do(ctx, http.MethodGet, next, ociScope(repo, false), nil, nil, 0)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode == http.StatusNotFound && pages == 0 {
+			resp.Body.Close()
+			return nil, nil
+		}
+		if resp.StatusCode != http.StatusOK {
+			defer resp.Body.Close()
+			return nil, o.statusError("listing the tags of "+repo, resp)
+		}
+		var page struct {
+			Tags []string `json:"tags"`
+		}
+		err = json.NewDecoder(io.LimitReader(resp.Body, remoteMaxDoc)).Decode(&page)
+		resp.Body.Close()
+		if err != nil {
+			return nil, fmt.Errorf("reading the tags of %s on %s: %w", repo, o.host, err)
+		}
+		all = append(all, page.Tags...)
+		if next, err = ociNextPage(resp); err != nil {
+			return nil, fmt.Errorf("listing the tags of %s on %s: %w", repo, o.host, err)
+		}
+	}
+	return all, nil
+}
+
+// ociNextPage is the URL a Link header with rel="next" names, resolved
+// against the request's, or "" on the last page.
+func ociNextPage(resp *http.Response) (string, error) {
+	for _, v := range resp.Header.Values("Link") {
+		for _, link := range strings.Split(v, ",") {
+			target, params, ok := strings.Cut(link, ";")
+			target = strings.TrimSpace(target)
+			if !ok || !strings.HasPrefix(target, "<") || !strings.HasSuffix(target, ">") || !strings.Contains(strings.ReplaceAll(params, " ", ""), `rel="next"`) {
+				continue
+			}
+			u, err := url.Parse(target[1 : len(target)-1])
+			if err != nil {
+				return "", fmt.Errorf("an invalid Link %q", link)
+			}
+			return resp.Request.URL.ResolveReference(u).String(), nil
+		}
+	}
+	return "", nil
+}
+
+func (o *ociRemote) source(ctx context.Context, ref string, prog *progress) (envSource, error) {
+	if err := o.settle(ctx); err != nil {
 		return nil, err
 	}
-	if err := o.settle(ctx); err != nil {
+	repo, tag, err := o.resolve(ctx, ref)
+	if err != nil {
 		return nil, err
 	}
 	src := &ociSource{o: o, ctx: ctx, repo: repo, scope: ociScope(repo, false), prog: prog, byKey: map[string]ociDescriptor{}}
@@ -660,9 +811,9 @@ func (o *ociRemote) source(ctx context.Context, ref string, prog *progress) (env
 	if err != nil {
 		return nil, err
 	}
-	want := ""
-	if validStoreHash(ref) {
-		want = ref
+	want := "" // what a tag names is whatever it names
+	if repo == o.repo {
+		want = tag
 	}
 	if src.m, err = remoteParseMeta(want, b); err != nil {
 		return nil, fmt.Errorf("the metadata in %s:%s on %s is invalid: %v; refusing it", repo, tag, o.host, err)
@@ -731,8 +882,12 @@ func (s *ociSource) layer(hash string) (*layer, error) {
 func (s *ociSource) objects(need map[string]bool, got func(string, io.Reader) error) error {
 	hashes := slices.Sorted(maps.Keys(need))
 	for _, h := range hashes {
-		if _, ok := s.byKey[ociKey(blobObject, h)]; !ok {
+		d, ok := s.byKey[ociKey(blobObject, h)]
+		if !ok {
 			return fmt.Errorf("%s on %s lacks object %s, which the environment needs", s.repo, s.o.host, h)
+		}
+		if d.Size > s.o.maxObj {
+			return remoteTooBig("object "+h+" in "+s.repo+" on "+s.o.host, s.o.maxObj)
 		}
 	}
 	return remoteParallel(s.ctx, len(hashes), func(ctx context.Context, i int) error {

@@ -2,12 +2,15 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -94,6 +97,90 @@ func TestOCIPlainHTTPRefused(t *testing.T) {
 	o.allowHTTP = true
 	if err := o.settle(t.Context()); err != nil || o.base() != ts.URL {
 		t.Fatalf("settle with http allowed: %v %s", err, o.base())
+	}
+}
+
+// A prefix is looked up in every page of the tag list.
+func TestOCITagPages(t *testing.T) {
+	a, b := strings.Repeat("ab", 32), strings.Repeat("ac", 32)
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/v2/team/tags/list" {
+			http.NotFound(w, r)
+			return
+		}
+		if r.URL.Query().Get("last") == "" {
+			w.Header().Set("Link", `</v2/team/tags/list?last=`+a+`&n=1>; rel="next"`)
+			fmt.Fprintf(w, `{"name": "team", "tags": [%q]}`, a)
+			return
+		}
+		fmt.Fprintf(w, `{"name": "team", "tags": [%q, "latest"]}`, b)
+	}))
+	defer ts.Close()
+	hc, _ := remoteHTTPClient("")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	o := &ociRemote{display: "oci://" + host + "/team", host: host, repo: "team", hc: hc, scheme: "http", allowHTTP: true}
+	if repo, tag, err := o.resolve(t.Context(), "ac"); err != nil || repo != "team" || tag != b {
+		t.Fatalf("resolve ac: %s:%s %v", repo, tag, err)
+	}
+	if _, _, err := o.resolve(t.Context(), "a"); err == nil || !strings.Contains(err.Error(), "ambiguous") || !strings.Contains(err.Error(), a) || !strings.Contains(err.Error(), b) {
+		t.Fatalf("resolve a: %v", err)
+	}
+	if _, _, err := o.resolve(t.Context(), "ad"); err == nil || !strings.Contains(err.Error(), "holds no environment ad") {
+		t.Fatalf("resolve ad: %v", err)
+	}
+}
+
+// ociStallingReader gives its bytes, then waits for release before its
+// io.EOF.
+type ociStallingReader struct {
+	r       io.Reader
+	release chan struct{}
+}
+
+func (s *ociStallingReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	if err == io.EOF {
+		<-s.release
+	}
+	return n, err
+}
+
+// An upload is judged by the bytes the registry took, even while the
+// transport, in its own goroutine, still waits to see the body end.
+func TestOCIUploadHashesWhatWasSent(t *testing.T) {
+	data := bytes.Repeat([]byte("karapace"), 1<<17) // beyond the transport's write buffer
+	sum := sha256.Sum256(data)
+	digest := "sha256:" + hex.EncodeToString(sum[:])
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case r.Method == "POST" && r.URL.Path == "/v2/x/blobs/uploads/":
+			w.Header().Set("Location", "/v2/x/blobs/uploads/1")
+			w.WriteHeader(http.StatusAccepted)
+		case r.Method == "PATCH" && r.URL.Path == "/v2/x/blobs/uploads/1":
+			if b, err := io.ReadAll(r.Body); err != nil || !bytes.Equal(b, data) {
+				http.Error(w, "bad upload", http.StatusBadRequest)
+				return
+			}
+			w.WriteHeader(http.StatusAccepted)
+		case r.Method == "PUT" && r.URL.Path == "/v2/x/blobs/uploads/1" && r.URL.Query().Get("digest") == digest:
+			w.WriteHeader(http.StatusCreated)
+		default:
+			http.Error(w, "unexpected "+r.Method+" "+r.URL.String(), http.StatusBadRequest)
+		}
+	}))
+	defer ts.Close()
+	hc, _ := remoteHTTPClient("")
+	host := strings.TrimPrefix(ts.URL, "http://")
+	o := &ociRemote{display: "oci://" + host + "/x", host: host, repo: "x", hc: hc, scheme: "http", allowHTTP: true}
+	release := make(chan struct{})
+	defer close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), time.Minute) // only so that a hang fails
+	defer cancel()
+	sent, err := o.upload(ctx, "x", ociScope("x", true), "", ociDescriptor{Digest: digest, Size: int64(len(data))}, func() (io.ReadCloser, error) {
+		return io.NopCloser(&ociStallingReader{bytes.NewReader(data), release}), nil
+	})
+	if err != nil || !sent {
+		t.Fatalf("upload: %v (sent %v)", err, sent)
 	}
 }
 
@@ -258,7 +345,35 @@ func TestOCIRegistry(t *testing.T) {
 			if p2.BlobsUploaded != 0 || p2.BlobsSkipped != p1.BlobsUploaded {
 				t.Fatalf("second push: %+v", p2)
 			}
-			a.ok("push", "demo") // untagged: team:<env_id>
+
+			// A tagged push tags the environment by its env_id as well:
+			// pulled by that, or by a prefix of it the tag list makes unique.
+			c := newKP(t)
+			c.env = append(c.env, creds...)
+			if out := c.ok("pull", id); out != id+"\n" {
+				t.Fatalf("pull by env_id: %q", out)
+			}
+			c.fails(1, "has no team/demo:v2", "pull", "demo@v2")
+			e := newKP(t)
+			e.env = append(e.env, creds...)
+			if out := e.ok("pull", id[:10]); out != id+"\n" {
+				t.Fatalf("pull by a prefix: %q", out)
+			}
+			e.ok("verify-store")
+			other := "0"
+			if id[0] == '0' {
+				other = "1"
+			}
+			e.fails(1, "holds no environment "+other, "pull", other)
+			twin := id[:63] + other // another env_id tag with the same first 63 digits
+			ociTestDo(t, reg, a, "PUT", "/v2/team/manifests/"+twin, ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil))
+			mustContain(t, "ambiguous prefix", e.fails(1, "is ambiguous", "pull", id[:10]), id, twin)
+
+			var p3 pushResult
+			a.jsonOut(&p3, "push", "demo") // untagged: team:<env_id>, there already
+			if p3.BlobsUploaded != 0 || p3.BlobsSkipped != p1.BlobsUploaded {
+				t.Fatalf("untagged push: %+v", p3)
+			}
 			if tokens != nil {
 				tokens.mu.Lock()
 				scopes := strings.Join(tokens.scopes, " ")
@@ -278,16 +393,10 @@ func TestOCIRegistry(t *testing.T) {
 				t.Fatalf("the writable layer: %q", got)
 			}
 			b.ok("verify-store")
-			c := newKP(t)
-			c.env = append(c.env, creds...)
-			if out := c.ok("pull", id); out != id+"\n" {
-				t.Fatalf("pull by env_id: %q", out)
-			}
-			c.fails(1, "has no team/demo:v2", "pull", "demo@v2")
 
 			// Change one byte of the biggest object in the registry's storage.
 			var man ociManifest
-			resp := ociTestGet(t, reg, b, "/v2/team/demo/manifests/v1")
+			resp := ociTestDo(t, reg, b, "GET", "/v2/team/demo/manifests/v1", nil)
 			json.Unmarshal(resp, &man)
 			var big ociDescriptor
 			for _, d := range man.Layers {
@@ -312,8 +421,9 @@ func TestOCIRegistry(t *testing.T) {
 	}
 }
 
-// ociTestGet fetches a registry path with the credentials k would use.
-func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byte {
+// ociTestDo sends a request (a manifest, if any) to the registry with the
+// credentials k would use, and returns the answer.
+func ociTestDo(t *testing.T, reg *ociTestRegistry, k *kpRun, method, path string, manifest []byte) []byte {
 	t.Helper()
 	rs := &remoteSettings{url: "oci://" + reg.host + "/team"}
 	for _, kv := range k.env {
@@ -331,15 +441,20 @@ func ociTestGet(t *testing.T, reg *ociTestRegistry, k *kpRun, path string) []byt
 	if err := o.settle(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := o.do(t.Context(), "GET", o.base()+path, ociScope("team/demo", false), http.Header{"Accept": {ociManifestType}}, nil, 0)
+	var body func() (io.ReadCloser, error)
+	if manifest != nil {
+		body = remoteBytesBody(manifest)
+	}
+	hdr := http.Header{"Accept": {ociManifestType}, "Content-Type": {ociManifestType}}
+	resp, err := o.do(t.Context(), method, o.base()+path, ociScope("team/demo", false), hdr, body, int64(len(manifest)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
 	var buf bytes.Buffer
 	buf.ReadFrom(resp.Body)
-	if resp.StatusCode != 200 {
-		t.Fatalf("GET %s: %d %s", path, resp.StatusCode, buf.String())
+	if resp.StatusCode/100 != 2 {
+		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, buf.String())
 	}
 	return buf.Bytes()
 }

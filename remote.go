@@ -412,7 +412,8 @@ type remoteSettings struct {
 	caCert   string // extra CA certificate (PEM) to trust
 	user     string // OCI registry credentials
 	password string
-	insecure bool // OCI: plain http allowed for any host
+	insecure bool  // OCI: plain http allowed for any host
+	maxObj   int64 // pull: the largest object accepted
 }
 
 // remoteSettings reads --remote, the environment and [remote] of the
@@ -458,6 +459,14 @@ func (c *cli) remoteSettings() (*remoteSettings, error) {
 		user:     first(c.getenv("KARAPACE_REGISTRY_USER"), cfg["registry_user"]),
 		password: first(c.getenv("KARAPACE_REGISTRY_PASSWORD"), cfg["registry_password"]),
 		insecure: c.has("insecure-registry"),
+		maxObj:   serverDefaultMaxBlob,
+	}
+	if v := c.flag("max-object-size"); v != "" {
+		n, err := serverParseSize(v)
+		if err != nil {
+			return nil, usageErrorf("--max-object-size: %v", err)
+		}
+		rs.maxObj = n
 	}
 	if rs.url == "" {
 		return nil, usageErrorf("no remote given: pass --remote URL, set KARAPACE_REMOTE, or set url in [remote] of %s", configPath(c.getenv))
@@ -653,9 +662,10 @@ type pushResult struct {
 
 // v1Remote is a server speaking protocol v1 (see server.go).
 type v1Remote struct {
-	base  string // without a trailing slash
-	token string
-	hc    *http.Client
+	base   string // without a trailing slash
+	token  string
+	hc     *http.Client
+	maxObj int64
 }
 
 func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
@@ -670,7 +680,7 @@ func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
 	if rs.token != "" && u.Scheme == "http" && !remoteLoopback(u.Hostname()) {
 		warnf("sending the token to %s in clear text: use https", u.Host)
 	}
-	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc}, nil
+	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj}, nil
 }
 
 // remoteLoopback reports whether host is this machine.
@@ -1042,11 +1052,38 @@ func (v *v1Source) objects(need map[string]bool, got func(string, io.Reader) err
 		if resp.StatusCode != http.StatusOK {
 			return v.r.statusError("fetching object "+h, resp)
 		}
-		if err := got(h, v.prog.reader(resp.Body)); err != nil {
+		// Nothing says how big an object is until it has all come: a
+		// server that sends too much is cut off at the limit, not when
+		// the disk is full.
+		if resp.ContentLength > v.r.maxObj {
+			return remoteTooBig("object "+h+" on "+v.r.base, v.r.maxObj)
+		}
+		body := &remoteLimitReader{r: resp.Body, max: v.r.maxObj, what: "object " + h}
+		if err := got(h, v.prog.reader(body)); err != nil {
 			return fmt.Errorf("%v (from %s)", err, v.r.base)
 		}
 		return nil
 	})
+}
+
+// remoteTooBig refuses an object larger than a pull accepts.
+func remoteTooBig(what string, limit int64) error {
+	return fmt.Errorf("%s is larger than %s, the most a pull accepts (--max-object-size); refusing it", what, humanBytes(limit))
+}
+
+// remoteLimitReader fails once more than max bytes come through it.
+type remoteLimitReader struct {
+	r      io.Reader
+	n, max int64
+	what   string
+}
+
+func (l *remoteLimitReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p[:min(int64(len(p)), l.max-l.n+1)])
+	if l.n += int64(n); l.n > l.max {
+		return 0, remoteTooBig(l.what, l.max)
+	}
+	return n, err
 }
 
 // remoteContext is cancelled by SIGINT or SIGTERM: a transfer stops, and
@@ -1070,10 +1107,11 @@ func cmdPush(c *cli) error {
 	if err != nil {
 		return err
 	}
-	e, m, err := c.envArg()
+	e, m, sl, err := c.envArgShared("push")
 	if err != nil {
 		return err
 	}
+	defer sl.unlock()
 	cl, err := e.s.closureOf(m)
 	if err != nil {
 		return err

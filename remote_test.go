@@ -16,11 +16,15 @@ import (
 	"math/big"
 	mrand "math/rand"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -463,6 +467,44 @@ func remoteBigMockEnv(t *testing.T, k *kpRun, size int64) string {
 	return strings.TrimSpace(k.ok("build", "--name", "big"))
 }
 
+// A server that sends more of an object than a pull accepts, streaming
+// or by its Content-Length, is cut off at the limit, and nothing is kept.
+func TestRemotePullBoundsObjects(t *testing.T) {
+	s, err := openStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := testRemoteEnv(t, s, 1, 1, 64<<10, 32<<10)
+	k := &kpServer{s: s, noAuth: true, maxBlob: 1 << 20, uploads: make(chan struct{}, 4), wait: time.Second, io: time.Minute}
+	const guard = 64 << 20 // what a server sends at most, so that a pull without a bound fails, not fills the disk
+	var declare atomic.Bool
+	h := k.handler()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !strings.HasPrefix(r.URL.Path, "/blobs/object/") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		if declare.Load() {
+			w.Header().Set("Content-Length", strconv.Itoa(guard))
+		}
+		junk := bytes.Repeat([]byte("more "), 1<<12)
+		for n := 0; n < guard; n += len(junk) {
+			if _, err := w.Write(junk); err != nil {
+				return
+			}
+		}
+	}))
+	t.Cleanup(ts.Close)
+	for _, decl := range []bool{false, true} {
+		declare.Store(decl)
+		b := newKP(t)
+		b.fails(1, "is larger than 1.0 MiB, the most a pull accepts (--max-object-size); refusing it", "pull", m.EnvID, "--remote", ts.URL, "--max-object-size", "1M")
+		b.emptyStore()
+	}
+	b := newKP(t)
+	b.fails(1, `--max-object-size: "lots" is not a size`, "pull", m.EnvID, "--remote", ts.URL, "--max-object-size", "lots")
+}
+
 // A client killed in the middle of an upload leaves no partial blob on
 // the server; a server stopped during one finishes it first.
 func TestRemoteInterruptedUploads(t *testing.T) {
@@ -585,6 +627,64 @@ func signalMidObject(t *testing.T, cmd *exec.Cmd, staging string, sig syscall.Si
 		}
 	}
 	return false
+}
+
+// A push holds the store's lock shared: an export may run beside it, a
+// destroy or a gc may not take the environment from under it.
+func TestRemotePushHoldsSharedLock(t *testing.T) {
+	k := newTestKP(t, 4)
+	inPush, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	h := k.handler()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPut && strings.HasPrefix(r.URL.Path, "/blobs/object/") {
+			once.Do(func() { close(inPush); <-release }) // the first upload waits for the test
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	var releaseOnce sync.Once
+	letGo := func() { releaseOnce.Do(func() { close(release) }) }
+	t.Cleanup(letGo)
+
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.env = append(a.env, "KARAPACE_REMOTE="+ts.URL, "KARAPACE_TOKEN="+testTokenRW)
+	push := a.cmd("", "push", "demo", "--tag", "demo@v1")
+	var pushOut remoteSyncBuffer
+	push.Stdout, push.Stderr = &pushOut, &pushOut
+	if err := push.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pushDone := make(chan error, 1)
+	go func() { pushDone <- push.Wait() }()
+	select {
+	case <-inPush:
+	case err := <-pushDone:
+		t.Fatalf("the push ended before its first upload: %v\n%s", err, pushOut.String())
+	}
+
+	// Writers are refused at once (no wait), naming the push.
+	holder := fmt.Sprintf("locked by pid %d (push)", push.Process.Pid)
+	a.env = append(a.env, "KARAPACE_LOCK_WAIT=0s")
+	a.fails(exitStore, holder, "destroy", "demo")
+	a.fails(exitStore, holder, "gc")
+	// A reader is not.
+	a.ok("export", "demo", filepath.Join(a.base, "demo.tar"))
+
+	letGo()
+	if err := <-pushDone; err != nil {
+		t.Fatalf("push: %v\n%s", err, pushOut.String())
+	}
+	a.ok("destroy", "demo")
+	a.ok("gc")
+	if rep, err := k.s.verifyLocked(t.Context()); err != nil || len(rep.Bad) != 0 || rep.Metadata != 1 {
+		t.Fatalf("the server's store after the push: %v %+v", err, rep)
+	}
+	b := newKP(t)
+	if out := b.ok("import", filepath.Join(a.base, "demo.tar")); out != id+"\n" {
+		t.Fatalf("import of the export made beside the push: %q", out)
+	}
 }
 
 // remotePeakRSS is a process's peak resident set, from /proc.

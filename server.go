@@ -50,6 +50,11 @@ import (
 // metadata and the registry. PUT /registry honours If-Match (412 when the
 // registry changed since it was read), so two pushes cannot lose a tag.
 //
+// Limits: --max-blob-size per object; --max-uploads uploads and registry
+// writes at once (more wait a while, then 503); and every read of a
+// request body and every write of a response must make progress within
+// --io-timeout, or the connection is dropped.
+//
 // Authentication: "Authorization: Bearer TOKEN" with a token from the
 // token file (one "TOKEN rw" or "TOKEN ro" a line); every request needs
 // one, PUT needs rw. 401 with WWW-Authenticate without a valid token, 403
@@ -60,7 +65,7 @@ import (
 const (
 	serverDefaultMaxBlob    = 16 << 30
 	serverDefaultMaxUploads = 16
-	serverIOTimeout         = 2 * time.Minute // per read or write of a body, not per body
+	serverDefaultIOTimeout  = 2 * time.Minute // per read or write of a body, not per body
 	serverUploadWait        = 30 * time.Second
 	serverMinTokenLen       = 16
 )
@@ -76,8 +81,9 @@ type kpServer struct {
 	tokens  []serverToken
 	noAuth  bool
 	maxBlob int64
-	uploads chan struct{} // a slot per upload in progress
+	uploads chan struct{} // a slot per upload in progress, registry writes included
 	wait    time.Duration // how long an upload waits for a slot before 503
+	io      time.Duration // how long one read or write of a connection may take
 	regMu   sync.Mutex
 }
 
@@ -130,15 +136,46 @@ func (k *kpServer) handler() http.Handler {
 	mux.HandleFunc("PUT /registry", k.putRegistry)
 	mux.HandleFunc("GET /list", k.list)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Deadlines are per read and per write, not per request: a
+		// client that stalls is dropped, a slow one that keeps going is
+		// served. A connection keeps its deadlines from one request to
+		// the next, so each request starts its own: every read of a body
+		// (whoever reads it: a handler, or net/http discarding what one
+		// left) has k.io, writes have what the handler sets.
+		rc := http.NewResponseController(w)
+		rc.SetWriteDeadline(time.Time{})
+		if r.Body != http.NoBody {
+			rc.SetReadDeadline(time.Now().Add(k.io))
+			r.Body = serverBody{r.Body, rc, k.io}
+		}
 		if k.authorize(w, r) {
 			mux.ServeHTTP(w, r)
 		}
 	})
 }
 
+// serverBody refreshes the read deadline before every read of a body.
+type serverBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+}
+
+func (b serverBody) Read(p []byte) (int, error) {
+	b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	return b.ReadCloser.Read(p)
+}
+
+// writeDeadline gives the response's next writes k.io: a client that
+// stops reading is dropped.
+func (k *kpServer) writeDeadline(w http.ResponseWriter) {
+	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(k.io))
+}
+
 func (k *kpServer) fail(w http.ResponseWriter, r *http.Request, code int, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	debugf("server: %s %s: %d %s", r.Method, r.URL.Path, code, msg)
+	k.writeDeadline(w)
 	http.Error(w, msg, code)
 }
 
@@ -217,6 +254,7 @@ func (k *kpServer) getBlob(w http.ResponseWriter, r *http.Request) {
 		k.fail(w, r, http.StatusNotFound, "no %s %s", kind, hash)
 		return
 	}
+	k.writeDeadline(w)
 	h := w.Header()
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Content-Length", strconv.FormatInt(fi.Size(), 10))
@@ -239,24 +277,28 @@ func (k *kpServer) getBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	// In chunks, each with its own deadline: a client that stops reading
 	// is dropped, a slow one that keeps reading is not.
-	rc := http.NewResponseController(w)
 	for {
-		rc.SetWriteDeadline(time.Now().Add(serverIOTimeout))
 		if _, err := io.CopyN(w, f, 8<<20); err != nil {
 			return
 		}
+		k.writeDeadline(w)
 	}
 }
 
-// serverBody refreshes the read deadline before every read of a body.
-type serverBody struct {
-	r  io.Reader
-	rc *http.ResponseController
-}
-
-func (b serverBody) Read(p []byte) (int, error) {
-	b.rc.SetReadDeadline(time.Now().Add(serverIOTimeout))
-	return b.r.Read(p)
+// slot waits for an upload slot; false (and 503, or nothing for a client
+// that went away) when none came free in k.wait. release gives it back.
+func (k *kpServer) slot(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
+	t := time.NewTimer(k.wait)
+	defer t.Stop()
+	select {
+	case k.uploads <- struct{}{}:
+		return func() { <-k.uploads }, true
+	case <-t.C:
+		w.Header().Set("Retry-After", "2")
+		k.fail(w, r, http.StatusServiceUnavailable, "too many uploads at once; try again")
+	case <-r.Context().Done():
+	}
+	return nil, false
 }
 
 func (k *kpServer) putBlob(w http.ResponseWriter, r *http.Request) {
@@ -280,20 +322,12 @@ func (k *kpServer) putBlob(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusOK) // the body is left unread: nothing to do with it
 		return
 	}
-	t := time.NewTimer(k.wait)
-	select {
-	case k.uploads <- struct{}{}:
-		t.Stop()
-	case <-t.C:
-		w.Header().Set("Retry-After", "2")
-		k.fail(w, r, http.StatusServiceUnavailable, "too many uploads at once; try again")
-		return
-	case <-r.Context().Done():
-		t.Stop()
+	release, ok := k.slot(w, r)
+	if !ok {
 		return
 	}
-	defer func() { <-k.uploads }()
-	body := serverBody{http.MaxBytesReader(w, r.Body, limit), http.NewResponseController(w)}
+	defer release()
+	body := http.MaxBytesReader(w, r.Body, limit)
 	switch kind {
 	case blobObject:
 		k.putObject(w, r, hash, body)
@@ -437,10 +471,16 @@ func (k *kpServer) getRegistry(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("ETag", `"`+storeBlake3Hex(b)+`"`)
+	k.writeDeadline(w)
 	w.Write(b)
 }
 
 func (k *kpServer) putRegistry(w http.ResponseWriter, r *http.Request) {
+	release, ok := k.slot(w, r)
+	if !ok {
+		return
+	}
+	defer release()
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, remoteMaxDoc))
 	if err != nil {
 		k.readError(w, r, "registry", err)
@@ -530,6 +570,7 @@ func (k *kpServer) list(w http.ResponseWriter, r *http.Request) {
 		out.Environments = append(out.Environments, serverListEntry{m.EnvID, m.ShortID, m.Name, m.State, m.UpdatedAt, t})
 	}
 	w.Header().Set("Content-Type", "application/json")
+	k.writeDeadline(w)
 	writeJSON(w, out)
 }
 
@@ -554,7 +595,7 @@ func cmdServer(c *cli) error {
 	if listen == "" || data == "" {
 		return usageErrorf("server: --listen ADDR and --data DIR are required")
 	}
-	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait}
+	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait, io: serverDefaultIOTimeout}
 	maxUploads := serverDefaultMaxUploads
 	if v := c.flag("max-blob-size"); v != "" {
 		n, err := serverParseSize(v)
@@ -569,6 +610,13 @@ func cmdServer(c *cli) error {
 			return usageErrorf("--max-uploads %q: expected a number from 1 to 4096", v)
 		}
 		maxUploads = n
+	}
+	if v := c.flag("io-timeout"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return usageErrorf("--io-timeout %q: expected a duration like 30s or 2m", v)
+		}
+		k.io = d
 	}
 	k.uploads = make(chan struct{}, maxUploads)
 	switch tokens := c.flag("tokens"); {

@@ -3,16 +3,23 @@ package main
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 const (
@@ -57,8 +64,9 @@ func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSi
 	return m
 }
 
-// newTestKPServer serves a fresh store in-process.
-func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server) {
+// newTestKP makes a server of a fresh store, holding its lock until the
+// test ends.
+func newTestKP(t *testing.T, maxUploads int) *kpServer {
 	t.Helper()
 	s, err := openStore(t.TempDir())
 	if err != nil {
@@ -68,10 +76,17 @@ func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond,
+	t.Cleanup(l.unlock)
+	return &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond, io: time.Minute,
 		tokens: []serverToken{{sha256.Sum256([]byte(testTokenRW)), true}, {sha256.Sum256([]byte(testTokenRO)), false}}}
+}
+
+// newTestKPServer serves a fresh store in-process.
+func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server) {
+	t.Helper()
+	k := newTestKP(t, maxUploads)
 	ts := httptest.NewServer(k.handler())
-	t.Cleanup(func() { ts.Close(); l.unlock() })
+	t.Cleanup(ts.Close)
 	return k, ts
 }
 
@@ -246,9 +261,10 @@ func TestServerProtocol(t *testing.T) {
 	}
 }
 
-// Uploads beyond the limit wait for a slot, then get 503 with Retry-After.
+// Uploads and registry writes beyond the limit wait for a slot, then get
+// 503 with Retry-After.
 func TestServerUploadSlots(t *testing.T) {
-	_, ts := newTestKPServer(t, 1)
+	k, ts := newTestKPServer(t, 1)
 	pr, pw := io.Pipe()
 	data := bytes.Repeat([]byte("y"), 64<<10)
 	done := make(chan int)
@@ -264,13 +280,16 @@ func TestServerUploadSlots(t *testing.T) {
 		resp.Body.Close()
 		done <- resp.StatusCode
 	}()
-	pw.Write(data[:1000]) // the upload holds the only slot
-	time.Sleep(100 * time.Millisecond)
+	pw.Write(data[:1000])
+	for len(k.uploads) == 0 { // until the upload holds the only slot
+		time.Sleep(time.Millisecond)
+	}
 	small := []byte("small")
 	resp := serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(small), token: testTokenRW, body: bytes.NewReader(small)}, 503, "too many uploads")
 	if resp.Header.Get("Retry-After") == "" {
 		t.Fatal("503 without Retry-After")
 	}
+	serverExpect(t, ts.URL, serverReq{method: "PUT", path: "/registry", token: testTokenRW, body: strings.NewReader("{}")}, 503, "too many uploads")
 	pw.Write(data[1000:])
 	pw.Close()
 	if code := <-done; code != 201 {
@@ -290,4 +309,133 @@ func TestServerParseSize(t *testing.T) {
 			t.Errorf("%q accepted", in)
 		}
 	}
+}
+
+// serverTCPState is the state of the TCP socket from local to remote as
+// /proc/net/tcp tells it ("01" is established), or "" without one.
+func serverTCPState(t *testing.T, local, remote net.Addr) string {
+	t.Helper()
+	hexAddr := func(a net.Addr) string {
+		ta := a.(*net.TCPAddr)
+		return fmt.Sprintf("%08X:%04X", binary.NativeEndian.Uint32(ta.IP.To4()), ta.Port)
+	}
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, r := hexAddr(local), hexAddr(remote)
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) > 3 && f[1] == l && f[2] == r {
+			return f[3]
+		}
+	}
+	return ""
+}
+
+// A client that stalls, sending or reading, is dropped after --io-timeout
+// whatever it asked for; one that keeps going slowly is served.
+func TestServerIOTimeout(t *testing.T) {
+	const timeout = 2 * time.Second
+	data := filepath.Join(t.TempDir(), "data")
+	// A registry too big for the socket buffers, so a client that does
+	// not read it keeps the server writing.
+	var reg bytes.Buffer
+	reg.WriteString("{")
+	for i := 0; i < 150000; i++ {
+		fmt.Fprintf(&reg, "%q: %q,\n", fmt.Sprintf("env%d@v1", i), storeBlake3Hex([]byte(strconv.Itoa(i))))
+	}
+	reg.WriteString(`"last@v1": "` + strings.Repeat("0", 64) + `"}`)
+	writeFile(t, data, "registry.json", reg.String())
+	srv := startRemoteServer(t, data, "--no-auth", "--io-timeout", timeout.String())
+	addr := strings.TrimPrefix(srv.url, "http://")
+	obj := []byte("an object the server has")
+	serverExpect(t, srv.url, serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(obj), body: bytes.NewReader(obj)}, 201, "")
+
+	// Requests whose bodies stop coming: those that need the body fail,
+	// those that do not are answered; either way the connection closes.
+	// The deadline on reading the answer only keeps a broken server from
+	// hanging the test.
+	stalled := []struct {
+		name, req string
+		needsBody bool
+	}{
+		{"registry", "PUT /registry HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"demo", true},
+		{"new object", "PUT /blobs/object/" + strings.Repeat("a", 64) + " HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", true},
+		{"metadata", "PUT /blobs/metadata/" + strings.Repeat("b", 64) + " HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{", true},
+		{"existing object", "PUT /blobs/object/" + storeBlake3Hex(obj) + " HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", false},
+		{"list with a body", "GET /list HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", false},
+	}
+	var wg sync.WaitGroup
+	for _, c := range stalled {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			io.WriteString(conn, c.req)
+			conn.SetReadDeadline(time.Now().Add(30 * timeout))
+			answer, err := io.ReadAll(conn)
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Errorf("%s: the server kept a stalled request open (answered %q)", c.name, answer)
+			} else if c.needsBody && strings.HasPrefix(string(answer), "HTTP/1.1 2") {
+				t.Errorf("%s: a stalled request succeeded: %q", c.name, answer)
+			}
+		}()
+	}
+
+	// A client that stops reading a response.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, 4096) })
+		}}
+		conn, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		io.WriteString(conn, "GET /registry HTTP/1.1\r\nHost: x\r\n\r\n")
+		// The server's end of the connection is closed once its write
+		// timed out, with most of the registry unsent.
+		for deadline := time.Now().Add(30 * timeout); serverTCPState(t, conn.RemoteAddr(), conn.LocalAddr()) == "01"; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Errorf("the server kept writing to a client that does not read")
+				return
+			}
+		}
+		got, _ := io.Copy(io.Discard, conn)
+		if got >= int64(reg.Len()) {
+			t.Errorf("a client that did not read got all %d bytes", got)
+		}
+	}()
+
+	// A slow client that keeps sending is not dropped, though the whole
+	// request takes longer than the timeout.
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte("{"))
+		for i := 0; i < 10; i++ {
+			time.Sleep(timeout / 6)
+			pw.Write([]byte(" "))
+		}
+		pw.Write([]byte("}"))
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("PUT", srv.url+"/registry", pr)
+	req.ContentLength = 12
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("a slow client: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("a slow client: %s", resp.Status)
+	}
+	wg.Wait()
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -571,12 +572,17 @@ func (s *store) listDir(sub string) ([]string, error) {
 
 func (s *store) listObjects() ([]string, error) { return s.listDir("objects") }
 
-// storeLock is an exclusive hold on the store (flock on store/.lock).
+// storeLock is a hold on the store (flock on store/.lock): exclusive for
+// whatever changes the store, shared for what only reads it while it
+// talks to something else (push, export), so that a gc cannot take what
+// such a reader is about to read.
 type storeLock struct {
-	s    *store
-	f    *os.File
-	op   string
-	once sync.Once
+	s      *store
+	f      *os.File
+	op     string
+	shared bool
+	line   [2]int64 // a shared holder's line in the lock file: from, to
+	once   sync.Once
 }
 
 // lock takes the store's exclusive lock for op, waiting up to s.lockWait,
@@ -593,7 +599,19 @@ func (s *store) lock(op string) (*storeLock, error) {
 	return l, nil
 }
 
+// lockShared takes the store's lock shared for op, which only reads the
+// store: any number of them hold it at once, and no writer meanwhile.
+// Leftovers of a crash stay for the next writer to roll back.
+func (s *store) lockShared(op string) (*storeLock, error) {
+	return s.acquireMode(op, s.lockWait, true)
+}
+
+// acquire takes the store's exclusive lock for op, waiting up to wait.
 func (s *store) acquire(op string, wait time.Duration) (*storeLock, error) {
+	return s.acquireMode(op, wait, false)
+}
+
+func (s *store) acquireMode(op string, wait time.Duration, shared bool) (*storeLock, error) {
 	deadline := time.Now().Add(wait)
 	select {
 	case s.inProc <- struct{}{}:
@@ -615,8 +633,12 @@ func (s *store) acquire(op string, wait time.Duration) (*storeLock, error) {
 		<-s.inProc
 		return nil, storeErrorf("opening store lock %s: %v", s.path(".lock"), err)
 	}
+	how := unix.LOCK_EX
+	if shared {
+		how = unix.LOCK_SH
+	}
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
 			break
 		}
@@ -633,24 +655,35 @@ func (s *store) acquire(op string, wait time.Duration) (*storeLock, error) {
 		}
 		time.Sleep(min(20*time.Millisecond, time.Until(deadline)+time.Millisecond))
 	}
-	// Tell a waiting process who we are. Not synced: it is advice only.
-	f.Truncate(0)
-	f.WriteAt([]byte(fmt.Sprintf("pid %d (%s)\n", os.Getpid(), op)), 0)
-	l := &storeLock{s: s, f: f, op: op}
+	// Tell a waiting process who holds the lock, a "pid N (op)" line
+	// each. Not synced: it is advice only. A writer is alone; readers
+	// append their lines (atomically, O_APPEND) and blank them out when
+	// they leave, so that no reader's line is lost to another's.
+	line := fmt.Sprintf("pid %d (%s)\n", os.Getpid(), op)
+	l := &storeLock{s: s, f: f, op: op, shared: shared}
+	if !shared {
+		f.Truncate(0)
+		f.WriteAt([]byte(line), 0)
+	} else if af, err := os.OpenFile(s.path(".lock"), os.O_WRONLY|os.O_APPEND, 0); err == nil {
+		if _, err := af.WriteString(line); err == nil {
+			if end, err := af.Seek(0, io.SeekCurrent); err == nil {
+				l.line = [2]int64{end - int64(len(line)), end}
+			}
+		}
+		af.Close()
+	}
 	s.holder.Store(l)
 	return l, nil
 }
 
-// lockHolder describes the process holding the lock, as it wrote itself.
+// lockHolder describes a process holding the lock, as it wrote itself.
 func (s *store) lockHolder() string {
-	b, err := os.ReadFile(s.path(".lock"))
-	line := strings.TrimSpace(string(b))
-	if err != nil || !strings.HasPrefix(line, "pid ") {
-		return "another process"
-	}
-	if f := strings.Fields(line); len(f) >= 2 {
-		if _, err := strconv.Atoi(f[1]); err == nil {
-			return line
+	b, _ := os.ReadFile(s.path(".lock"))
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "pid" {
+			if _, err := strconv.Atoi(f[1]); err == nil {
+				return strings.TrimSpace(line)
+			}
 		}
 	}
 	return "another process"
@@ -660,15 +693,23 @@ func (s *store) lockHolder() string {
 func (l *storeLock) unlock() {
 	l.once.Do(func() {
 		l.s.holder.Store(nil)
-		l.f.Truncate(0)
+		if !l.shared {
+			l.f.Truncate(0)
+		} else if n := l.line[1] - l.line[0]; n > 0 {
+			l.f.WriteAt(append(bytes.Repeat([]byte(" "), int(n-1)), '\n'), l.line[0])
+		}
 		unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
 		l.f.Close()
 		<-l.s.inProc
 	})
 }
 
-// locked reports whether this process holds the store lock.
-func (s *store) locked() bool { return s.holder.Load() != nil }
+// locked reports whether this process holds the store lock exclusively,
+// as changing the store requires.
+func (s *store) locked() bool {
+	h := s.holder.Load()
+	return h != nil && !h.shared
+}
 
 // hasLeftovers reports whether a crashed operation may have left WAL
 // entries or temp files.

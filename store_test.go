@@ -336,14 +336,20 @@ func peakRSS(pid int) (int64, error) {
 }
 
 func init() {
-	// Holds the store lock of KP_STORE until killed or stdin closes.
+	// Holds the store lock of KP_STORE until killed or stdin closes:
+	// exclusive for build, or shared for push with KP_LOCK_SHARED=1.
 	testHelpers["store-hold-lock"] = func() {
 		s, err := openStore(os.Getenv("KP_STORE"))
 		if err != nil {
 			fmt.Println("error", err)
 			return
 		}
-		l, err := s.lock("build")
+		var l *storeLock
+		if os.Getenv("KP_LOCK_SHARED") == "1" {
+			l, err = s.lockShared("push")
+		} else {
+			l, err = s.lock("build")
+		}
 		if err != nil {
 			fmt.Println("error", err)
 			return
@@ -402,6 +408,40 @@ func TestLockContention(t *testing.T) {
 	}
 	l.unlock()
 	l.unlock() // twice is harmless
+}
+
+// Readers share the lock with each other, never with a writer; a writer
+// kept out is told which reader holds it.
+func TestLockShared(t *testing.T) {
+	s := newTestStore(t)
+	cmd, stdin, out := startHelper(t, "store-hold-lock", "KP_STORE="+s.root, "KP_LOCK_SHARED=1")
+	if line, _ := out.ReadString('\n'); line != "locked\n" {
+		t.Fatalf("helper: %q", line)
+	}
+	r, err := s.lockShared("export")
+	if err != nil {
+		t.Fatalf("a second reader: %v", err)
+	}
+	if _, err := s.beginOp("pull", ""); err == nil || !strings.Contains(err.Error(), "the store lock is not held") {
+		t.Fatalf("an operation began under a shared lock: %v", err)
+	}
+	r.unlock()
+	s.lockWait = 0
+	want := fmt.Sprintf("store %s is locked by pid %d (push); try again when it finishes", s.dir, cmd.Process.Pid)
+	if _, err := s.lock("gc"); err == nil || !strings.Contains(err.Error(), want) || exitCodeOf(err) != exitStore {
+		t.Fatalf("a writer while a reader holds the lock: %v, want %q", err, want)
+	}
+	stdin.Close()
+	cmd.Wait()
+
+	cmd, _, out = startHelper(t, "store-hold-lock", "KP_STORE="+s.root)
+	if line, _ := out.ReadString('\n'); line != "locked\n" {
+		t.Fatalf("helper: %q", line)
+	}
+	want = fmt.Sprintf("store %s is locked by pid %d (build)", s.dir, cmd.Process.Pid)
+	if _, err := s.lockShared("push"); err == nil || !strings.Contains(err.Error(), want) {
+		t.Fatalf("a reader while a writer holds the lock: %v, want %q", err, want)
+	}
 }
 
 func TestLockReleasedWhenHolderDies(t *testing.T) {

@@ -313,10 +313,11 @@ func (a *exportSource) objects(need map[string]bool, got func(string, io.Reader)
 }
 
 func cmdExport(c *cli) error {
-	e, m, err := c.envArg()
+	e, m, sl, err := c.envArgShared("export")
 	if err != nil {
 		return err
 	}
+	defer sl.unlock()
 	cl, err := e.s.closureOf(m)
 	if err != nil {
 		return err
@@ -354,7 +355,7 @@ func cmdExport(c *cli) error {
 }
 
 // exportToFile writes the archive beside file and renames it into place:
-// a FILE that exists is a whole archive.
+// a FILE that exists is a whole archive, and stays one after a crash.
 func exportToFile(s *store, cl *envClosure, file string, prog *progress) (int64, error) {
 	f, err := os.CreateTemp(filepath.Dir(file), "."+filepath.Base(file)+".*.partial")
 	if err != nil {
@@ -387,7 +388,7 @@ func exportToFile(s *store, cl *envClosure, file string, prog *progress) (int64,
 		return 0, err
 	}
 	f = nil
-	return n, nil
+	return n, syncDir(filepath.Dir(file))
 }
 
 func cmdImport(c *cli) error {

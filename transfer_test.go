@@ -3,12 +3,15 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestExportImportMock(t *testing.T) {
@@ -211,5 +214,48 @@ func TestImportRefusesDamage(t *testing.T) {
 	}
 	if rep, err := s.verify(t.Context()); err != nil || len(rep.Bad) != 0 || rep.Metadata != 1 {
 		t.Fatalf("after import: %v %+v", err, rep)
+	}
+}
+
+// The archive's directory is synced after the rename, or a crash could
+// lose the name FILE: inotify sees the directory opened (to fsync it)
+// after the archive moved in.
+func TestExportSyncsDirectory(t *testing.T) {
+	a := newKP(t)
+	remoteMockEnv(t, a, "demo", "")
+	dir := filepath.Join(a.base, "out")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if _, err := unix.InotifyAddWatch(fd, dir, unix.IN_MOVED_TO|unix.IN_OPEN); err != nil {
+		t.Fatal(err)
+	}
+	a.ok("export", "demo", filepath.Join(dir, "demo.tar"))
+	buf := make([]byte, 64<<10)
+	n, err := unix.Read(fd, buf)
+	if err != nil {
+		t.Fatalf("reading inotify events: %v", err)
+	}
+	var events []string
+	for off := 0; off+unix.SizeofInotifyEvent <= n; {
+		// struct inotify_event: wd, mask, cookie, len, then the name.
+		mask := binary.NativeEndian.Uint32(buf[off+4:])
+		size := int(binary.NativeEndian.Uint32(buf[off+12:]))
+		name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:off+unix.SizeofInotifyEvent+size]), "\x00")
+		switch {
+		case mask&unix.IN_MOVED_TO != 0:
+			events = append(events, "moved in "+name)
+		case mask&unix.IN_OPEN != 0 && name == "":
+			events = append(events, "directory opened")
+		}
+		off += unix.SizeofInotifyEvent + size
+	}
+	if got := strings.Join(events, ", "); !strings.Contains(got, "moved in demo.tar, directory opened") {
+		t.Fatalf("events in %s: %s; want the directory opened after demo.tar moved in", dir, got)
 	}
 }
