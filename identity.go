@@ -20,29 +20,37 @@ const (
 // written (relative to the manifest), so the identity does not depend on
 // where a checkout lives.
 func (l *lockFile) identityDocument() []byte {
-	pkgs := make([]any, 0, len(l.Packages))
-	for _, p := range l.Packages {
-		pkgs = append(pkgs, map[string]any{"name": p.Name, "version": p.Version})
-	}
-	mounts := make([]any, 0, len(l.Mounts))
+	var j canonJSON
+	j.open('{')
+	j.key("base_image_digest").str(l.BaseImageDigest)
+	j.key("cpu_shares").int(l.CPUShares)
+	j.key("hardware_audio").bool(l.Audio)
+	j.key("hardware_gpu").bool(l.GPU)
+	j.key("lock_version").int(lockVersion)
+	j.key("memory_limit_mb").int(l.MemoryLimitMB)
+	j.key("mounts").open('[')
 	for _, m := range l.Mounts {
-		mounts = append(mounts, map[string]any{
-			"label": m.Label, "host_path": m.Source, "container_path": m.Container, "read_only": m.ReadOnly,
-		})
+		j.open('{')
+		j.key("container_path").str(m.Container)
+		j.key("host_path").str(m.Source)
+		j.key("label").str(m.Label)
+		j.key("read_only").bool(m.ReadOnly)
+		j.close('}')
 	}
-	return canonicalJSON(map[string]any{
-		"lock_version":      lockVersion,
-		"base_image_digest": l.BaseImageDigest,
-		"resolved_packages": pkgs,
-		"resolved_apps":     nonNil(l.Apps),
-		"runtime_backend":   l.Backend,
-		"hardware_gpu":      l.GPU,
-		"hardware_audio":    l.Audio,
-		"network_isolation": l.NetworkIsolation,
-		"mounts":            mounts,
-		"cpu_shares":        l.CPUShares,
-		"memory_limit_mb":   l.MemoryLimitMB,
-	})
+	j.close(']')
+	j.key("network_isolation").bool(l.NetworkIsolation)
+	j.key("resolved_apps").strs(l.Apps)
+	j.key("resolved_packages").open('[')
+	for _, p := range l.Packages {
+		j.open('{')
+		j.key("name").str(p.Name)
+		j.key("version").str(p.Version)
+		j.close('}')
+	}
+	j.close(']')
+	j.key("runtime_backend").str(l.Backend)
+	j.close('}')
+	return j.b
 }
 
 // computeID returns env_id (64 hex digits of blake3) and short_id (its
