@@ -131,17 +131,17 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if m.Backend == "oci" {
 		return nil, manifestErrorf("%s: runtime.backend \"oci\" is not available in this version of karapace; use \"namespace\"", manifestPath)
 	}
-	lp := lockPath(m.Path)
+	lp := lockPath(manifestPath) // as the user spelled it, for messages
 	var lock *lockFile
 	if _, err := os.Stat(lp); err == nil {
 		l, err := loadLock(lp)
 		if err != nil {
 			return nil, err
 		}
-		if err := l.verifyIntegrity(lp); err != nil {
+		if err := l.verifyIntegrity(); err != nil {
 			return nil, err
 		}
-		if err := l.verifyIntent(lp, m); err != nil {
+		if err := l.verifyIntent(m); err != nil {
 			if o.locked {
 				return nil, err
 			}
@@ -193,7 +193,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err := op.done(); err != nil {
 		return nil, err
 	}
-	res.Manifest, res.Lock = m.Path, lp
+	res.Manifest, res.Lock = m.Path, lockPath(m.Path)
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
 }

@@ -18,7 +18,8 @@ const (
 // digest, never by its name or URL, so the same bytes give the same
 // environment however they were found. Host paths of mounts count as
 // written (relative to the manifest), so the identity does not depend on
-// where a checkout lives.
+// where a checkout lives. requested_packages counts when the lock records
+// it; locks written before it was recorded keep the identity they had.
 func (l *lockFile) identityDocument() []byte {
 	var j canonJSON
 	j.open('{')
@@ -39,6 +40,9 @@ func (l *lockFile) identityDocument() []byte {
 	}
 	j.close(']')
 	j.key("network_isolation").bool(l.NetworkIsolation)
+	if l.Requested != nil {
+		j.key("requested_packages").strs(l.Requested)
+	}
 	j.key("resolved_apps").strs(l.Apps)
 	j.key("resolved_packages").open('[')
 	for _, p := range l.Packages {

@@ -18,8 +18,9 @@ const maxManifestSize = 1 << 20
 
 // manifest is a parsed, checked and normalized karapace.toml (version 1).
 type manifest struct {
-	Path string // absolute path of the file it came from
-	Dir  string // its directory, against which relative mount paths resolve
+	Path string         // absolute path of the file it came from
+	Dir  string         // its directory, against which relative mount paths resolve
+	src  *schemaChecker // the file as read: its name as given and positions, for messages
 
 	BaseImage        string
 	Packages         []string // sorted, unique
@@ -146,6 +147,23 @@ func (sc *schemaChecker) displayKey(path []string) string {
 	return string(b)
 }
 
+// elementPath is the path of the first string of the array at path that
+// is s once trimmed, or path itself if there is none.
+func (sc *schemaChecker) elementPath(path []string, s string) []string {
+	var v any = sc.doc
+	for _, seg := range path {
+		t, _ := v.(map[string]any)
+		v = t[seg]
+	}
+	arr, _ := v.([]any)
+	for i, e := range arr {
+		if es, ok := e.(string); ok && strings.TrimSpace(es) == s {
+			return append(path[:len(path):len(path)], strconv.Itoa(i))
+		}
+	}
+	return path
+}
+
 func isBareKey(s string) bool {
 	for i := 0; i < len(s); i++ {
 		if !tomlBareChar[s[i]] {
@@ -243,7 +261,7 @@ func parseManifest(name, abs string, data []byte) (*manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace"}
+	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace", src: sc}
 
 	top, err := sc.table(nil, doc, "manifest_version", "base", "system", "gui", "hardware", "mounts", "runtime")
 	if err != nil {

@@ -145,9 +145,10 @@ func TestCanonicalJSONIsSortedJSON(t *testing.T) {
 	}
 
 	for _, l := range []*lockFile{
-		{BaseImageDigest: odd, Backend: "mock", GPU: true, Apps: []string{odd}, CPUShares: 2,
+		{BaseImageDigest: odd, Backend: "mock", GPU: true, Apps: []string{odd}, CPUShares: 2, Requested: []string{"a", "b"},
 			Mounts: []lockMount{{odd, "s", "/c", false}}, Packages: []lockedPackage{{"a", odd}, {"b", "1"}}},
-		{BaseImageDigest: "sha256:00", Backend: "namespace", Audio: true, NetworkIsolation: true},
+		{BaseImageDigest: "sha256:00", Backend: "namespace", Audio: true, NetworkIsolation: true, Requested: []string{}},
+		{BaseImageDigest: "sha256:00", Backend: "namespace"}, // written before requested_packages
 	} {
 		mounts := []any{}
 		for _, mt := range l.Mounts {
@@ -162,6 +163,9 @@ func TestCanonicalJSONIsSortedJSON(t *testing.T) {
 			"resolved_apps": append([]string{}, l.Apps...), "runtime_backend": l.Backend, "hardware_gpu": l.GPU,
 			"hardware_audio": l.Audio, "network_isolation": l.NetworkIsolation, "mounts": mounts,
 			"cpu_shares": l.CPUShares, "memory_limit_mb": l.MemoryLimitMB,
+		}
+		if l.Requested != nil {
+			v["requested_packages"] = l.Requested
 		}
 		if got, want := l.identityDocument(), sortedJSON(t, v); !bytes.Equal(got, want) {
 			t.Errorf("identity document:\n got %s\nwant %s", got, want)
