@@ -21,7 +21,7 @@ const (
 // where a checkout lives. requested_packages counts when the lock records
 // it; locks written before it was recorded keep the identity they had.
 func (l *lockFile) identityDocument() []byte {
-	var j canonJSON
+	j := canonJSON{b: make([]byte, 0, 512+64*len(l.Packages))}
 	j.open('{')
 	j.key("base_image_digest").str(l.BaseImageDigest)
 	j.key("cpu_shares").int(l.CPUShares)
@@ -70,10 +70,13 @@ func (m *manifest) previewID() string {
 	return hashHex([]byte(previewIDDomain), m.canonicalJSON())
 }
 
+// hashHex is the blake3-256 of the parts one after the other, in hex. They
+// are small: one Sum256 of them all is cheaper than a streaming hasher.
 func hashHex(parts ...[]byte) string {
-	h := blake3.New(32, nil)
+	var b []byte
 	for _, p := range parts {
-		h.Write(p)
+		b = append(b, p...)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

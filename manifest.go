@@ -527,7 +527,7 @@ func (sc *schemaChecker) runtime(v any, m *manifest) error {
 // canonicalJSON is the normalized manifest as JSON with sorted keys and no
 // insignificant space: identical meaning gives identical bytes.
 func (m *manifest) canonicalJSON() []byte {
-	var j canonJSON
+	j := canonJSON{b: make([]byte, 0, 512)}
 	j.open('{')
 	j.key("base_image").str(m.BaseImage)
 	j.key("cpu_shares").int(m.CPUShares)
