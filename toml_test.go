@@ -605,8 +605,8 @@ func TestTOMLEncodeErrors(t *testing.T) {
 	}
 }
 
-// FuzzDecodeTOML: no input panics; whatever decodes encodes, and the
-// encoding decodes back to an equal value.
+// FuzzDecodeTOML: no input panics; positions change no verdict or message;
+// whatever decodes encodes, and the encoding decodes back to an equal value.
 func FuzzDecodeTOML(f *testing.F) {
 	f.Add([]byte(tomlBenchManifest))
 	f.Add([]byte("a.b = [1, 2.5, 'x', {c = 1979-05-27T07:32:00Z}]\n[[t]]\n[t.u]\nv = \"\"\"\\\n  w\"\"\"\n"))
@@ -622,6 +622,10 @@ func FuzzDecodeTOML(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := decodeTOML(data)
+		// With positions or without, the same verdict and message.
+		if _, _, err2 := decodeTOMLPos(data); fmt.Sprint(err) != fmt.Sprint(err2) {
+			t.Fatalf("decodeTOML: %v\ndecodeTOMLPos: %v", err, err2)
+		}
 		if err != nil {
 			if _, ok := err.(*tomlError); !ok {
 				t.Fatalf("error of type %T: %v", err, err)
