@@ -177,7 +177,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	} else if lock != nil && lock.BaseImageURL != "" {
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
-			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
+			return nil, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
 		}
 	} else if src, err = images.resolve(ref, m.Dir); err != nil {
 		return nil, err

@@ -312,6 +312,17 @@ func TestCLIBadFilesUntouched(t *testing.T) {
 	lockFile := filepath.Join(k.dir, "karapace.lock")
 	goodLock := readFile(t, lockFile)
 	tampered := strings.Replace(goodLock, `version = "0-mock"`, `version = "1-mock"`, 1)
+	// Sound, but a lock this image source cannot use.
+	l, err := loadLock(lockFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.BaseImageDigest = "blake3:" + strings.Repeat("7f", 32)
+	l.EnvID, l.ShortID = l.computeID()
+	blake3Lock, err := l.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, manifest, lock, want string }{
 		{"manifest wrong type", strings.Replace(good, `image = "./image.tar.gz"`, "image = 7", 1), goodLock, "karapace.toml:3:1: base.image: expected a string"},
 		{"manifest bad escape", strings.Replace(good, `"alpha"`, `"al\pha"`, 1), goodLock, `karapace.toml:5:16: system.packages[0]: invalid escape sequence "\p"`},
@@ -324,6 +335,7 @@ func TestCLIBadFilesUntouched(t *testing.T) {
 		{"lock tampered", good, tampered, "karapace.lock:3:1: env_id: does not match the locked contents"},
 		{"lock unknown key", good, "extra = 1\n" + goodLock, "karapace.lock:1:1: extra: unknown key"},
 		{"lock version", good, strings.Replace(goodLock, "lock_version = 2", "lock_version = 3", 1), "karapace.lock:2:1: lock_version: unsupported lock version 3"},
+		{"lock blake3 digest", good, string(blake3Lock), `karapace.lock:6:1: base_image_digest: "blake3:7f7f`},
 		{"lock CRLF junk", good, strings.ReplaceAll(goodLock, "\n", "\r\n") + "\r", "karapace.lock:"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
