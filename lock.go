@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -266,13 +265,15 @@ func (sc *schemaChecker) requested(v any) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
+	seen := make(map[string]bool, len(list))
 	for i, s := range list {
 		if err := validPackageName(s); err != nil {
 			return nil, sc.errorf(append(path, strconv.Itoa(i)), "package name %q: %v", s, err)
 		}
-		if contains(list[:i], s) {
+		if seen[s] {
 			return nil, sc.errorf(append(path, strconv.Itoa(i)), "package %q is listed twice", s)
 		}
+		seen[s] = true
 	}
 	return list, nil
 }
@@ -427,13 +428,14 @@ func (l *lockFile) verifyIntent(m *manifest) error {
 		diff("base.image", l.BaseImage, m.BaseImage)
 	}
 	pkgs := []string{"system", "packages"}
+	locked, asked, at := setOf(l.Requested), setOf(m.Packages), ms.elementIndex(pkgs)
 	for _, p := range m.Packages {
-		if !slices.Contains(l.Requested, p) {
-			add(ms.elementPath(pkgs, p), "%q is not in %s", p, l.src.file)
+		if !locked[p] {
+			add(append(pkgs[:2:2], strconv.Itoa(at[p])), "%q is not in %s", p, l.src.file)
 		}
 	}
 	for _, p := range l.Requested {
-		if !slices.Contains(m.Packages, p) {
+		if !asked[p] {
 			add(pkgs, "%q was removed, but %s installs it", p, l.src.file)
 		}
 	}
@@ -456,6 +458,14 @@ func (l *lockFile) verifyIntent(m *manifest) error {
 		return manifestErrorf("%s\n%s no longer matches %s: build without --locked to resolve and lock again", strings.Join(drift, "\n"), l.src.file, ms.file)
 	}
 	return nil
+}
+
+func setOf(list []string) map[string]bool {
+	set := make(map[string]bool, len(list))
+	for _, s := range list {
+		set[s] = true
+	}
+	return set
 }
 
 // writeFileAtomic replaces path with data so that readers see the old or

@@ -147,21 +147,24 @@ func (sc *schemaChecker) displayKey(path []string) string {
 	return string(b)
 }
 
-// elementPath is the path of the first string of the array at path that
-// is s once trimmed, or path itself if there is none.
-func (sc *schemaChecker) elementPath(path []string, s string) []string {
+// elementIndex maps each string of the array at path, trimmed, to the
+// index where it first appears.
+func (sc *schemaChecker) elementIndex(path []string) map[string]int {
 	var v any = sc.doc
 	for _, seg := range path {
 		t, _ := v.(map[string]any)
 		v = t[seg]
 	}
 	arr, _ := v.([]any)
+	index := make(map[string]int, len(arr))
 	for i, e := range arr {
-		if es, ok := e.(string); ok && strings.TrimSpace(es) == s {
-			return append(path[:len(path):len(path)], strconv.Itoa(i))
+		if s, ok := e.(string); ok {
+			if _, dup := index[strings.TrimSpace(s)]; !dup {
+				index[strings.TrimSpace(s)] = i
+			}
 		}
 	}
-	return path
+	return index
 }
 
 func isBareKey(s string) bool {
