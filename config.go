@@ -34,15 +34,10 @@ func loadConfig(getenv func(string) string) (map[string]any, *schemaChecker, err
 	if err != nil {
 		return nil, nil, manifestErrorf("%s: %v", path, err)
 	}
-	doc, pos, err := decodeTOMLPos(data)
+	doc, sc, err := decodeChecked(path, data)
 	if err != nil {
-		var te *tomlError
-		if errors.As(err, &te) {
-			return nil, nil, manifestErrorf("%s:%d:%d: %s", path, te.Line, te.Col, te.Msg)
-		}
-		return nil, nil, manifestErrorf("%s: %v", path, err)
+		return nil, nil, err
 	}
-	sc := &schemaChecker{file: path, pos: pos}
 	if _, err := sc.table(nil, doc, "policy", "images", "remote"); err != nil {
 		return nil, nil, err
 	}

@@ -155,17 +155,17 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if m.Backend == "oci" {
 		return nil, manifestErrorf("%s: runtime.backend \"oci\" is not available in this version of karapace; use \"namespace\"", manifestPath)
 	}
-	lp := lockPath(m.Path)
+	lp := lockPath(manifestPath) // as the user spelled it, for messages
 	var lock *lockFile
 	if _, err := os.Stat(lp); err == nil {
 		l, err := loadLock(lp)
 		if err != nil {
 			return nil, err
 		}
-		if err := l.verifyIntegrity(lp); err != nil {
+		if err := l.verifyIntegrity(); err != nil {
 			return nil, err
 		}
-		if err := l.verifyIntent(lp, m); err != nil {
+		if err := l.verifyIntent(m); err != nil {
 			if o.locked {
 				return nil, err
 			}
@@ -230,7 +230,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	case lock != nil && lock.BaseImageURL != "":
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
-			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
+			return nil, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
 		}
 	default:
 		if src, err = images.resolve(ref, m.Dir); err != nil {
@@ -264,7 +264,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 			return nil, fmt.Errorf("environment %s is built, but its lock was not written: %w", res.ShortID, err)
 		}
 	}
-	res.Manifest, res.Lock = m.Path, lp
+	res.Manifest, res.Lock = m.Path, lockPath(m.Path)
 	res.Seconds = time.Since(start).Seconds()
 	return res, nil
 }

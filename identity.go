@@ -18,31 +18,43 @@ const (
 // digest, never by its name or URL, so the same bytes give the same
 // environment however they were found. Host paths of mounts count as
 // written (relative to the manifest), so the identity does not depend on
-// where a checkout lives.
+// where a checkout lives. requested_packages counts when the lock records
+// it; locks written before it was recorded keep the identity they had.
 func (l *lockFile) identityDocument() []byte {
-	pkgs := make([]any, 0, len(l.Packages))
-	for _, p := range l.Packages {
-		pkgs = append(pkgs, map[string]any{"name": p.Name, "version": p.Version})
-	}
-	mounts := make([]any, 0, len(l.Mounts))
+	j := canonJSON{b: make([]byte, 0, 512+64*len(l.Packages))}
+	j.open('{')
+	j.key("base_image_digest").str(l.BaseImageDigest)
+	j.key("cpu_shares").int(l.CPUShares)
+	j.key("hardware_audio").bool(l.Audio)
+	j.key("hardware_gpu").bool(l.GPU)
+	j.key("lock_version").int(lockVersion)
+	j.key("memory_limit_mb").int(l.MemoryLimitMB)
+	j.key("mounts").open('[')
 	for _, m := range l.Mounts {
-		mounts = append(mounts, map[string]any{
-			"label": m.Label, "host_path": m.Source, "container_path": m.Container, "read_only": m.ReadOnly,
-		})
+		j.open('{')
+		j.key("container_path").str(m.Container)
+		j.key("host_path").str(m.Source)
+		j.key("label").str(m.Label)
+		j.key("read_only").bool(m.ReadOnly)
+		j.close('}')
 	}
-	return canonicalJSON(map[string]any{
-		"lock_version":      lockVersion,
-		"base_image_digest": l.BaseImageDigest,
-		"resolved_packages": pkgs,
-		"resolved_apps":     nonNil(l.Apps),
-		"runtime_backend":   l.Backend,
-		"hardware_gpu":      l.GPU,
-		"hardware_audio":    l.Audio,
-		"network_isolation": l.NetworkIsolation,
-		"mounts":            mounts,
-		"cpu_shares":        l.CPUShares,
-		"memory_limit_mb":   l.MemoryLimitMB,
-	})
+	j.close(']')
+	j.key("network_isolation").bool(l.NetworkIsolation)
+	if l.Requested != nil {
+		j.key("requested_packages").strs(l.Requested)
+	}
+	j.key("resolved_apps").strs(l.Apps)
+	j.key("resolved_packages").open('[')
+	for _, p := range l.Packages {
+		j.open('{')
+		j.key("name").str(p.Name)
+		j.key("version").str(p.Version)
+		j.close('}')
+	}
+	j.close(']')
+	j.key("runtime_backend").str(l.Backend)
+	j.close('}')
+	return j.b
 }
 
 // computeID returns env_id (64 hex digits of blake3) and short_id (its
@@ -58,10 +70,13 @@ func (m *manifest) previewID() string {
 	return hashHex([]byte(previewIDDomain), m.canonicalJSON())
 }
 
+// hashHex is the blake3-256 of the parts one after the other, in hex. They
+// are small: one Sum256 of them all is cheaper than a streaming hasher.
 func hashHex(parts ...[]byte) string {
-	h := blake3.New(32, nil)
+	var b []byte
 	for _, p := range parts {
-		h.Write(p)
+		b = append(b, p...)
 	}
-	return hex.EncodeToString(h.Sum(nil))
+	sum := blake3.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

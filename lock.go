@@ -25,7 +25,12 @@ type lockFile struct {
 	Mounts           []lockMount
 	CPUShares        int64
 	MemoryLimitMB    int64
-	Packages         []lockedPackage // the installed closure, sorted by name
+	// Requested is system.packages as the manifest asked for them, sorted;
+	// nil in a lock written before karapace recorded them.
+	Requested []string
+	Packages  []lockedPackage // the installed closure, sorted by name
+
+	src *schemaChecker // the file it was read from, for messages; nil if made here
 }
 
 type lockMount struct {
@@ -35,9 +40,11 @@ type lockMount struct {
 
 type lockedPackage struct{ Name, Version string }
 
-// lockPath is where the lock of a manifest lives: beside it.
+// lockPath is where the lock of a manifest lives: beside it, spelled the
+// way the manifest's path was, so that messages name both alike.
 func lockPath(manifestPath string) string {
-	return filepath.Join(filepath.Dir(manifestPath), "karapace.lock")
+	dir, _ := filepath.Split(manifestPath)
+	return dir + "karapace.lock"
 }
 
 // newLock records a manifest and what resolving it found, and computes
@@ -47,7 +54,7 @@ func newLock(m *manifest, digest, imageURL string, pkgs []lockedPackage) *lockFi
 		BaseImage: m.BaseImage, BaseImageDigest: digest, BaseImageURL: imageURL,
 		Backend: m.Backend, GPU: m.GPU, Audio: m.Audio, NetworkIsolation: m.NetworkIsolation,
 		Apps: append([]string(nil), m.Apps...), CPUShares: m.CPUShares, MemoryLimitMB: m.MemoryLimitMB,
-		Packages: append([]lockedPackage(nil), pkgs...),
+		Requested: append([]string{}, m.Packages...), Packages: append([]lockedPackage(nil), pkgs...),
 	}
 	for _, mt := range m.Mounts {
 		l.Mounts = append(l.Mounts, lockMount{mt.Label, mt.Source, mt.Container, mt.ReadOnly})
@@ -74,8 +81,11 @@ func (l *lockFile) encode() ([]byte, error) {
 		tomlKV{"hardware_gpu", l.GPU},
 		tomlKV{"hardware_audio", l.Audio},
 		tomlKV{"network_isolation", l.NetworkIsolation},
-		tomlKV{"resolved_apps", stringsToAny(l.Apps)},
 	)
+	if l.Requested != nil {
+		doc = append(doc, tomlKV{"requested_packages", stringsToAny(l.Requested)})
+	}
+	doc = append(doc, tomlKV{"resolved_apps", stringsToAny(l.Apps)})
 	if l.CPUShares != 0 {
 		doc = append(doc, tomlKV{"cpu_shares", l.CPUShares})
 	}
@@ -137,7 +147,7 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	}
 	top, err := sc.table(nil, doc, "lock_version", "env_id", "short_id", "base_image", "base_image_digest",
 		"base_image_url", "runtime_backend", "hardware_gpu", "hardware_audio", "network_isolation",
-		"resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages")
+		"requested_packages", "resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages")
 	if err != nil {
 		return nil, err
 	}
@@ -148,7 +158,7 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 		}
 		return v, nil
 	}
-	l := &lockFile{}
+	l := &lockFile{src: sc}
 	v, err := need("lock_version")
 	if err != nil {
 		return nil, err
@@ -215,6 +225,11 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 			return nil, err
 		}
 	}
+	if v, ok := top["requested_packages"]; ok {
+		if l.Requested, err = sc.requested(v); err != nil {
+			return nil, err
+		}
+	}
 	if v, ok := top["resolved_apps"]; ok {
 		if l.Apps, err = sc.strings([]string{"resolved_apps"}, v); err != nil {
 			return nil, err
@@ -241,6 +256,26 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 		}
 	}
 	return l, nil
+}
+
+// requested reads requested_packages: package names, each once.
+func (sc *schemaChecker) requested(v any) ([]string, error) {
+	path := []string{"requested_packages"}
+	list, err := sc.strings(path, v)
+	if err != nil {
+		return nil, err
+	}
+	seen := make(map[string]bool, len(list))
+	for i, s := range list {
+		if err := validPackageName(s); err != nil {
+			return nil, sc.errorf(append(path, strconv.Itoa(i)), "package name %q: %v", s, err)
+		}
+		if seen[s] {
+			return nil, sc.errorf(append(path, strconv.Itoa(i)), "package %q is listed twice", s)
+		}
+		seen[s] = true
+	}
+	return list, nil
 }
 
 // tables checks that v is an array of tables and returns them.
@@ -361,29 +396,48 @@ func validDigest(d string) error {
 	return nil
 }
 
-// verifyIntegrity recomputes the identity from the lock's fields and
-// compares it with the one the lock states.
-func (l *lockFile) verifyIntegrity(name string) error {
+// verifyIntegrity recomputes the identity from the fields of a lock read
+// by parseLock and compares it with the one the lock states.
+func (l *lockFile) verifyIntegrity() error {
 	id, short := l.computeID()
 	if id != l.EnvID || short != l.ShortID {
-		return manifestErrorf("%s: env_id does not match the locked contents (lock says %s, contents give %s): the lock was edited or damaged; build without --locked to resolve it again", name, l.EnvID, id)
+		return l.src.errorf([]string{"env_id"}, "does not match the locked contents (lock says %s, contents give %s): the lock was edited or damaged; build without --locked to resolve it again", l.EnvID, id)
 	}
 	return nil
 }
 
-// verifyIntent reports every way the manifest has drifted from what was
-// locked.
-func (l *lockFile) verifyIntent(name string, m *manifest) error {
+// verifyIntent reports every way the manifest has drifted from a lock read
+// by parseLock: one line for each, at the manifest's key, then what to do.
+func (l *lockFile) verifyIntent(m *manifest) error {
+	if l.Requested == nil {
+		return l.src.errorf([]string{"requested_packages"}, "missing: this lock was written by an older karapace and does not say which packages were asked for; build without --locked to lock again")
+	}
+	ms := m.src
 	var drift []string
-	diff := func(what, locked, now string) {
+	add := func(path []string, format string, a ...any) {
+		drift = append(drift, ms.where(path)+fmt.Sprintf(format, a...))
+	}
+	diff := func(key, locked, now string) {
 		if locked != now {
-			drift = append(drift, fmt.Sprintf("%s: locked %q, manifest %q", what, locked, now))
+			add(strings.Split(key, "."), "locked %q, manifest %q", locked, now)
 		}
 	}
 	// A manifest that pins the very bytes the lock pins has not drifted,
 	// whatever name it gives them (after 'karapace pin', say).
 	if ref, err := parseImageRef(m.BaseImage); err != nil || ref.DigestAlgo != "sha256" || "sha256:"+ref.Digest != l.BaseImageDigest {
 		diff("base.image", l.BaseImage, m.BaseImage)
+	}
+	pkgs := []string{"system", "packages"}
+	locked, asked, at := setOf(l.Requested), setOf(m.Packages), ms.elementIndex(pkgs)
+	for _, p := range m.Packages {
+		if !locked[p] {
+			add(append(pkgs[:2:2], strconv.Itoa(at[p])), "%q is not in %s", p, l.src.file)
+		}
+	}
+	for _, p := range l.Requested {
+		if !asked[p] {
+			add(pkgs, "%q was removed, but %s installs it", p, l.src.file)
+		}
 	}
 	diff("runtime.backend", l.Backend, m.Backend)
 	diff("hardware.gpu", strconv.FormatBool(l.GPU), strconv.FormatBool(m.GPU))
@@ -400,19 +454,18 @@ func (l *lockFile) verifyIntent(name string, m *manifest) error {
 		mm = append(mm, fmt.Sprintf("%s=%s:%s:%v", x.Label, x.Source, x.Container, x.ReadOnly))
 	}
 	diff("mounts", strings.Join(lm, ","), strings.Join(mm, ","))
-	locked := map[string]bool{}
-	for _, p := range l.Packages {
-		locked[p.Name] = true
-	}
-	for _, p := range m.Packages {
-		if !locked[p] {
-			drift = append(drift, fmt.Sprintf("system.packages: %q is not in the lock", p))
-		}
-	}
 	if len(drift) > 0 {
-		return manifestErrorf("%s does not match %s:\n  %s\nbuild without --locked to resolve and lock again", name, m.Path, strings.Join(drift, "\n  "))
+		return manifestErrorf("%s\n%s no longer matches %s: build without --locked to resolve and lock again", strings.Join(drift, "\n"), l.src.file, ms.file)
 	}
 	return nil
+}
+
+func setOf(list []string) map[string]bool {
+	set := make(map[string]bool, len(list))
+	for _, s := range list {
+		set[s] = true
+	}
+	return set
 }
 
 // writeFileAtomic replaces path with data so that readers see the old or

@@ -18,6 +18,21 @@ func sampleLock(t testing.TB) (*manifest, *lockFile) {
 	return m, newLock(m, "sha256:"+strings.Repeat("ab", 32), "https://images.example/debian.tar.xz", pkgs)
 }
 
+// reread is l written and read back as karapace.lock, the way build
+// reads a lock before checking it.
+func reread(t testing.TB, l *lockFile) *lockFile {
+	t.Helper()
+	data, err := l.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseLock("karapace.lock", data)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, data)
+	}
+	return got
+}
+
 func TestLockRoundTripDeterministic(t *testing.T) {
 	_, l := sampleLock(t)
 	a, err := l.encode()
@@ -43,7 +58,7 @@ func TestLockRoundTripDeterministic(t *testing.T) {
 	if got.Packages[0].Name != "clang" || got.Packages[3].Name != "libc6" {
 		t.Fatalf("packages not sorted: %+v", got.Packages)
 	}
-	if err := got.verifyIntegrity(p); err != nil {
+	if err := got.verifyIntegrity(); err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.HasPrefix(a, []byte("# Written by karapace")) || !bytes.Contains(a, []byte("\nlock_version = 2\nenv_id = ")) {
@@ -64,6 +79,7 @@ func TestLockIntegrityDetectsTampering(t *testing.T) {
 		{`hardware_gpu = true`, `hardware_gpu = false`},
 		{`base_image_digest = "sha256:ab`, `base_image_digest = "sha256:cd`},
 		{`container_path = "/workspace"`, `container_path = "/work"`},
+		{`requested_packages = ["clang", "curl", "git"]`, `requested_packages = ["clang", "git"]`},
 	} {
 		if !bytes.Contains(data, []byte(tc.from)) {
 			t.Fatalf("sample lock lacks %q:\n%s", tc.from, data)
@@ -73,8 +89,8 @@ func TestLockIntegrityDetectsTampering(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		err = got.verifyIntegrity("karapace.lock")
-		if err == nil || exitCodeOf(err) != exitManifest || !strings.Contains(err.Error(), "env_id does not match") {
+		err = got.verifyIntegrity()
+		if err == nil || exitCodeOf(err) != exitManifest || !strings.HasPrefix(err.Error(), "karapace.lock:3:1: env_id: does not match the locked contents") {
 			t.Errorf("tamper %q not detected: %v", tc.to, err)
 		}
 	}
@@ -88,18 +104,61 @@ func TestLockIntegrityDetectsTampering(t *testing.T) {
 
 func TestLockIntent(t *testing.T) {
 	m, l := sampleLock(t)
-	if err := l.verifyIntent("karapace.lock", m); err != nil {
+	l = reread(t, l)
+	if err := l.verifyIntent(m); err != nil {
 		t.Fatal(err)
 	}
-	m2 := *m
-	m2.Packages = append([]string{"vim"}, m.Packages...)
-	m2.BaseImage = "ubuntu/24.04"
-	m2.GPU = false
-	err := l.verifyIntent("karapace.lock", &m2)
+	// Each drift is a line at the manifest's key; the first names the
+	// manifest, its key and what is wrong.
+	edited := strings.NewReplacer(`"  debian/bookworm "`, `"ubuntu/24.04"`, `"git", "curl", "git", " clang "`, `"git", "vim", " clang "`,
+		"gpu = true\n", "").Replace(fullManifest)
+	m2, err := parseManifest("k.toml", "/w/k.toml", []byte(edited))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.verifyIntent(m2)
 	if err == nil || exitCodeOf(err) != exitManifest {
 		t.Fatalf("drift not detected: %v", err)
 	}
-	mustContain(t, "drift", err.Error(), `system.packages: "vim" is not in the lock`, `base.image: locked "debian/bookworm", manifest "ubuntu/24.04"`, "hardware.gpu")
+	want := `k.toml:4:1: base.image: locked "debian/bookworm", manifest "ubuntu/24.04"
+k.toml:7:20: system.packages[1]: "vim" is not in karapace.lock
+k.toml:7:1: system.packages: "curl" was removed, but karapace.lock installs it
+k.toml:12:1: hardware.gpu: locked "true", manifest "false"
+karapace.lock no longer matches k.toml: build without --locked to resolve and lock again`
+	if err.Error() != want {
+		t.Fatalf("drift report:\n%s\nwant:\n%s", err, want)
+	}
+	// Removing every package is drift too, with no [system] left to point at.
+	m3, err := parseManifest("k.toml", "/w/k.toml", []byte(strings.Replace(fullManifest, "[system]\npackages = [\"git\", \"curl\", \"git\", \" clang \"]\n", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.verifyIntent(m3)
+	if err == nil || !strings.HasPrefix(err.Error(), `k.toml:1:1: system.packages: "clang" was removed, but karapace.lock installs it`+"\n") {
+		t.Fatalf("removed packages: %v", err)
+	}
+}
+
+// A lock from before requested_packages keeps its identity, but cannot
+// say what was asked for: intent fails, asking for a new lock.
+func TestLockWithoutRequested(t *testing.T) {
+	m, l := sampleLock(t)
+	l.Requested = nil
+	l.EnvID, l.ShortID = l.computeID()
+	old := reread(t, l)
+	if old.Requested != nil {
+		t.Fatalf("requested %q from a lock without them", old.Requested)
+	}
+	if err := old.verifyIntegrity(); err != nil {
+		t.Fatal(err)
+	}
+	err := old.verifyIntent(m)
+	if err == nil || exitCodeOf(err) != exitManifest || !strings.HasPrefix(err.Error(), "karapace.lock:1:1: requested_packages: missing: ") || !strings.Contains(err.Error(), "build without --locked to lock again") {
+		t.Fatalf("old lock: %v", err)
+	}
+	if _, l2 := sampleLock(t); l2.EnvID == l.EnvID {
+		t.Fatal("recording the requested packages did not change the identity")
+	}
 }
 
 func TestLockIdentityIndependentOfOrder(t *testing.T) {
@@ -144,6 +203,9 @@ var badLocks = []struct{ name, src, want string }{
 	{"package empty version", goodLock + "[[resolved_packages]]\nname = \"git\"\nversion = \"\"\n", "karapace.lock:12:1: resolved_packages[0].version: must not be empty"},
 	{"package twice", goodLock + "[[resolved_packages]]\nname = \"git\"\nversion = \"1\"\n[[resolved_packages]]\nname = \"git\"\nversion = \"2\"\n", "karapace.lock:14:1: resolved_packages[1].name: package \"git\" is listed twice"},
 	{"package pattern version", goodLock + "[[resolved_packages]]\nname = \"git\"\nversion = \"1.*\"\n", "resolved_packages[0].version: version \"1.*\""},
+	{"requested not strings", goodLock + "requested_packages = [1]\n", "karapace.lock:10:23: requested_packages[0]: expected a string, got an integer"},
+	{"requested bad name", goodLock + "requested_packages = [\"-x\"]\n", "karapace.lock:10:23: requested_packages[0]: package name \"-x\": must start"},
+	{"requested twice", goodLock + "requested_packages = [\"a\", \"a\"]\n", "karapace.lock:10:28: requested_packages[1]: package \"a\" is listed twice"},
 	{"package unknown key", goodLock + "[[resolved_packages]]\nname = \"git\"\nversion = \"1\"\narch = \"amd64\"\n", "resolved_packages[0].arch: unknown key"},
 	{"mount missing path", goodLock + "[[mounts]]\nlabel = \"w\"\nhost_path = \".\"\n", "mounts[0].container_path: missing"},
 	{"cpu out of range", goodLock + "cpu_shares = 0\n", "karapace.lock:10:1: cpu_shares: 0 is out of range"},
@@ -197,4 +259,106 @@ func TestWriteFileAtomicKeepsOldOnFailure(t *testing.T) {
 	if string(got) != "old" {
 		t.Fatalf("old content lost: %q", got)
 	}
+}
+
+// The lock holds what was asked for: removing a package from the manifest
+// is drift, so --locked does not install it from the old lock.
+func TestCLILockFollowsRequested(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	lockFile := filepath.Join(k.dir, "karapace.lock")
+	k.writeManifest(mockManifest(`"alpha", "curl"`))
+	k.ok("build")
+	before := readFile(t, lockFile)
+	mustContain(t, "lock", before, `requested_packages = ["alpha", "curl"]`)
+
+	manifest := k.writeManifest(mockManifest(`"alpha"`))
+	msg := k.fails(exitManifest, `karapace: error: karapace.toml:5:1: system.packages: "curl" was removed, but karapace.lock installs it`+"\n", "build", "--locked")
+	mustContain(t, "drift", msg, "karapace.lock no longer matches karapace.toml: build without --locked")
+	if readFile(t, lockFile) != before {
+		t.Fatal("build --locked changed the lock")
+	}
+	k.fails(exitManifest, manifest+`:5:1: system.packages: "curl" was removed`, "build", "--locked", manifest)
+	k.ok("build")
+	l, err := loadLock(lockFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(l.Requested, ",") != "alpha" || len(l.Packages) != 1 || l.Packages[0].Name != "alpha" {
+		t.Fatalf("rebuilt lock asks for %q and installs %+v", l.Requested, l.Packages)
+	}
+
+	// A lock from before requested_packages: --locked asks for a new one;
+	// a build without it writes one.
+	if err := writeLock(lockFile, withoutRequested(l)); err != nil {
+		t.Fatal(err)
+	}
+	before = readFile(t, lockFile)
+	k.fails(exitManifest, "karapace: error: karapace.lock:1:1: requested_packages: missing: this lock was written by an older karapace", "build", "--locked")
+	if readFile(t, lockFile) != before {
+		t.Fatal("build --locked changed the old lock")
+	}
+	k.ok("build")
+	mustContain(t, "new lock", readFile(t, lockFile), `requested_packages = ["alpha"]`)
+}
+
+// Neither build nor build --locked changes a malformed manifest or lock.
+func TestCLIBadFilesUntouched(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	good := mockManifest(`"alpha"`)
+	k.writeManifest(good)
+	k.ok("build")
+	lockFile := filepath.Join(k.dir, "karapace.lock")
+	goodLock := readFile(t, lockFile)
+	tampered := strings.Replace(goodLock, `version = "0-mock"`, `version = "1-mock"`, 1)
+	// Sound, but a lock this image source cannot use.
+	l, err := loadLock(lockFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.BaseImageDigest = "blake3:" + strings.Repeat("7f", 32)
+	l.EnvID, l.ShortID = l.computeID()
+	blake3Lock, err := l.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, manifest, lock, want string }{
+		{"manifest wrong type", strings.Replace(good, `image = "./image.tar.gz"`, "image = 7", 1), goodLock, "karapace.toml:3:1: base.image: expected a string"},
+		{"manifest bad escape", strings.Replace(good, `"alpha"`, `"al\pha"`, 1), goodLock, `karapace.toml:5:16: system.packages[0]: invalid escape sequence "\p"`},
+		{"manifest truncated", good[:30], goodLock, `karapace.toml:3:3: expected "=" after key "im", found end of file`},
+		{"manifest junk", "\x00\x89PNG\r\n", goodLock, "karapace.toml:1:2: invalid UTF-8"},
+		{"manifest unknown key", good + "extra = 1\n", goodLock, "karapace.toml:10:1: runtime.extra: unknown key"},
+		{"manifest duplicate", good + "[base]\n", goodLock, "karapace.toml:10:1: table [base] defined twice (first defined at 2:1)"},
+		{"lock truncated", good, goodLock[:len(goodLock)/2], "karapace.lock:"},
+		{"lock junk", good, "\xff\xfe\x00", "karapace.lock:1:1: invalid UTF-8"},
+		{"lock tampered", good, tampered, "karapace.lock:3:1: env_id: does not match the locked contents"},
+		{"lock unknown key", good, "extra = 1\n" + goodLock, "karapace.lock:1:1: extra: unknown key"},
+		{"lock version", good, strings.Replace(goodLock, "lock_version = 2", "lock_version = 3", 1), "karapace.lock:2:1: lock_version: unsupported lock version 3"},
+		{"lock blake3 digest", good, string(blake3Lock), `karapace.lock:6:1: base_image_digest: "blake3:7f7f`},
+		{"lock CRLF junk", good, strings.ReplaceAll(goodLock, "\n", "\r\n") + "\r", "karapace.lock:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			manifest := k.writeManifest(tc.manifest)
+			writeFile(t, k.dir, "karapace.lock", tc.lock)
+			for _, args := range [][]string{{"build"}, {"build", "--locked"}, {"--json", "build", "--locked", manifest}} {
+				code, _, errOut := k.run(args...)
+				if code != exitManifest || !strings.Contains(errOut, tc.want) && args[0] != "--json" {
+					t.Errorf("%v: exit %d, stderr %q, want exit 2 and %q", args, code, errOut, tc.want)
+				}
+				if readFile(t, manifest) != tc.manifest || readFile(t, lockFile) != tc.lock {
+					t.Fatalf("%v changed the files", args)
+				}
+			}
+		})
+	}
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(data)
 }

@@ -180,12 +180,13 @@ func (c *cli) parse(argv []string) (map[string]bool, error) {
 			c.args = append(c.args, a)
 			continue
 		}
-		name, value, hasValue := strings.Cut(strings.TrimLeft(a, "-"), "=")
-		if a == "--version" && c.cmd == nil {
+		if a == "--version" {
 			global["version"] = true
 			continue
 		}
-		def, isGlobal := lookupFlag(c.cmd, name, !strings.HasPrefix(a, "--"))
+		long := strings.HasPrefix(a, "--")
+		name, value, hasValue := strings.Cut(strings.TrimPrefix(a[1:], "-"), "=")
+		def, isGlobal := lookupFlag(c.cmd, name, !long)
 		if def == nil {
 			if c.cmd != nil {
 				return global, usageErrorf("%s: unknown flag %s (see 'karapace %s --help')", c.cmd.name, a, c.cmd.name)

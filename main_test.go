@@ -1,7 +1,9 @@
 package main
 
 import (
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -70,4 +72,60 @@ func TestHelpFlagsAndExitCodes(t *testing.T) {
 		t.Fatalf("no command: exit %d", code)
 	}
 	mustContain(t, "no command", out, "Usage: karapace")
+}
+
+// Global flags work after the command too, in both spellings of a value;
+// --version is one of them.
+func TestGlobalFlagsAfterCommand(t *testing.T) {
+	dir := t.TempDir()
+	env := map[string]string{"KARAPACE_STORE": filepath.Join(dir, "default"), "KARAPACE_LOCK_WAIT": "10s"}
+	code, out, errOut := runCLI(t, env, "list", "--json")
+	if code != exitOK || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("list --json: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+	for i, args := range [][]string{
+		{"list", "--store=" + filepath.Join(dir, "s0")},
+		{"list", "--store", filepath.Join(dir, "s1")},
+		{"list", "-v", "--store", filepath.Join(dir, "s2"), "--json"},
+	} {
+		code, out, errOut := runCLI(t, env, args...)
+		if code != exitOK {
+			t.Fatalf("%v: exit %d (%s)", args, code, errOut)
+		}
+		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("s%d", i), "store", "version")); err != nil {
+			t.Errorf("%v did not use the store it names: %v\n%s", args, err, out)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "default", "store", "version")); err != nil {
+		t.Errorf("list --json did not use $KARAPACE_STORE: %v", err)
+	}
+
+	code, out, _ = runCLI(t, env, "pin", "--version")
+	if code != exitOK || !strings.HasPrefix(out, "karapace "+version+" (") {
+		t.Fatalf("pin --version: exit %d, %q", code, out)
+	}
+	for _, bad := range []string{"---store", "---json", "-store", "--=x"} {
+		code, _, errOut := runCLI(t, env, "list", bad, filepath.Join(dir, "s9"))
+		if code != exitFailure || !strings.Contains(errOut, "list: unknown flag "+bad+" ") {
+			t.Errorf("list %s: exit %d, stderr %q", bad, code, errOut)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "s9")); err == nil {
+		t.Error("a misspelled --store was used")
+	}
+}
+
+// Every command of the table has its help, with -h and --help, exit 0.
+func TestEveryCommandHelp(t *testing.T) {
+	for _, cmd := range commands {
+		for _, h := range []string{"-h", "--help"} {
+			code, out, errOut := runCLI(t, nil, cmd.name, h)
+			if code != exitOK || errOut != "" {
+				t.Errorf("%s %s: exit %d, stderr %q", cmd.name, h, code, errOut)
+			}
+			if !strings.HasPrefix(out, "Usage: karapace "+cmd.name) || !strings.Contains(out, "\n"+cmd.summary+"\n") {
+				t.Errorf("%s %s printed:\n%s", cmd.name, h, out)
+			}
+		}
+	}
 }

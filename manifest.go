@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +9,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // maxManifestSize bounds what we read: a manifest is a few hundred bytes,
@@ -19,8 +18,9 @@ const maxManifestSize = 1 << 20
 
 // manifest is a parsed, checked and normalized karapace.toml (version 1).
 type manifest struct {
-	Path string // absolute path of the file it came from
-	Dir  string // its directory, against which relative mount paths resolve
+	Path string         // absolute path of the file it came from
+	Dir  string         // its directory, against which relative mount paths resolve
+	src  *schemaChecker // the file as read: its name as given and positions, for messages
 
 	BaseImage        string
 	Packages         []string // sorted, unique
@@ -86,7 +86,7 @@ func decodeChecked(name string, data []byte) (map[string]any, *schemaChecker, er
 		}
 		return nil, nil, manifestErrorf("%s: %v", name, err)
 	}
-	return doc, &schemaChecker{file: name, pos: pos}, nil
+	return doc, &schemaChecker{file: name, pos: pos, doc: doc}, nil
 }
 
 // schemaChecker walks a decoded TOML document against what a schema
@@ -94,15 +94,21 @@ func decodeChecked(name string, data []byte) (map[string]any, *schemaChecker, er
 type schemaChecker struct {
 	file string
 	pos  map[string]tomlPos
+	doc  map[string]any
 }
 
 func (sc *schemaChecker) errorf(path []string, format string, a ...any) error {
+	return manifestErrorf("%s%s", sc.where(path), fmt.Sprintf(format, a...))
+}
+
+// where is the "file:line:col: key: " that starts a message about path.
+func (sc *schemaChecker) where(path []string) string {
 	p := sc.position(path)
-	key := displayKey(path)
+	key := sc.displayKey(path)
 	if key != "" {
 		key += ": "
 	}
-	return manifestErrorf("%s:%d:%d: %s%s", sc.file, p.Line, p.Col, key, fmt.Sprintf(format, a...))
+	return fmt.Sprintf("%s:%d:%d: %s", sc.file, p.Line, p.Col, key)
 }
 
 // position finds the nearest recorded position for path, walking up to the
@@ -117,24 +123,48 @@ func (sc *schemaChecker) position(path []string) tomlPos {
 }
 
 // displayKey spells a key path the way a user would write it in TOML,
-// with array indexes in brackets.
-func displayKey(path []string) string {
-	var b strings.Builder
+// with array indexes in brackets. Which segments are indexes the document
+// says, since a key may be all digits.
+func (sc *schemaChecker) displayKey(path []string) string {
+	var b []byte
+	var v any = sc.doc
 	for i, seg := range path {
-		if _, err := strconv.Atoi(seg); err == nil && i > 0 {
-			b.WriteString("[" + seg + "]")
+		if arr, ok := v.([]any); ok {
+			b = append(append(append(b, '['), seg...), ']')
+			v = nil
+			if n, err := strconv.Atoi(seg); err == nil && n >= 0 && n < len(arr) {
+				v = arr[n]
+			}
 			continue
 		}
 		if i > 0 {
-			b.WriteByte('.')
+			b = append(b, '.')
 		}
-		if isBareKey(seg) {
-			b.WriteString(seg)
-		} else {
-			b.WriteString(strconv.Quote(seg))
+		b = tomlAppendKey(b, seg)
+		t, _ := v.(map[string]any)
+		v = t[seg]
+	}
+	return string(b)
+}
+
+// elementIndex maps each string of the array at path, trimmed, to the
+// index where it first appears.
+func (sc *schemaChecker) elementIndex(path []string) map[string]int {
+	var v any = sc.doc
+	for _, seg := range path {
+		t, _ := v.(map[string]any)
+		v = t[seg]
+	}
+	arr, _ := v.([]any)
+	index := make(map[string]int, len(arr))
+	for i, e := range arr {
+		if s, ok := e.(string); ok {
+			if _, dup := index[strings.TrimSpace(s)]; !dup {
+				index[strings.TrimSpace(s)] = i
+			}
 		}
 	}
-	return b.String()
+	return index
 }
 
 func isBareKey(s string) bool {
@@ -234,7 +264,7 @@ func parseManifest(name, abs string, data []byte) (*manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace"}
+	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace", src: sc}
 
 	top, err := sc.table(nil, doc, "manifest_version", "base", "system", "gui", "hardware", "mounts", "runtime")
 	if err != nil {
@@ -500,44 +530,114 @@ func (sc *schemaChecker) runtime(v any, m *manifest) error {
 // canonicalJSON is the normalized manifest as JSON with sorted keys and no
 // insignificant space: identical meaning gives identical bytes.
 func (m *manifest) canonicalJSON() []byte {
-	mounts := make([]any, 0, len(m.Mounts))
+	j := canonJSON{b: make([]byte, 0, 512)}
+	j.open('{')
+	j.key("base_image").str(m.BaseImage)
+	j.key("cpu_shares").int(m.CPUShares)
+	j.key("gui_apps").strs(m.Apps)
+	j.key("hardware_audio").bool(m.Audio)
+	j.key("hardware_gpu").bool(m.GPU)
+	j.key("manifest_version").int(1)
+	j.key("memory_limit_mb").int(m.MemoryLimitMB)
+	j.key("mounts").open('[')
 	for _, mt := range m.Mounts {
-		mounts = append(mounts, map[string]any{
-			"label": mt.Label, "source": mt.Source, "host_path": mt.Host,
-			"container_path": mt.Container, "read_only": mt.ReadOnly,
-		})
+		j.open('{')
+		j.key("container_path").str(mt.Container)
+		j.key("host_path").str(mt.Host)
+		j.key("label").str(mt.Label)
+		j.key("read_only").bool(mt.ReadOnly)
+		j.key("source").str(mt.Source)
+		j.close('}')
 	}
-	v := map[string]any{
-		"manifest_version":  1,
-		"base_image":        m.BaseImage,
-		"system_packages":   nonNil(m.Packages),
-		"gui_apps":          nonNil(m.Apps),
-		"hardware_gpu":      m.GPU,
-		"hardware_audio":    m.Audio,
-		"mounts":            mounts,
-		"runtime_backend":   m.Backend,
-		"network_isolation": m.NetworkIsolation,
-		"cpu_shares":        m.CPUShares,
-		"memory_limit_mb":   m.MemoryLimitMB,
-	}
-	return canonicalJSON(v)
+	j.close(']')
+	j.key("network_isolation").bool(m.NetworkIsolation)
+	j.key("runtime_backend").str(m.Backend)
+	j.key("system_packages").strs(m.Packages)
+	j.close('}')
+	return j.b
 }
 
-func nonNil(s []string) []string {
-	if s == nil {
-		return []string{}
+// canonJSON writes the canonical JSON that identities hash: what
+// encoding/json writes for maps (keys sorted) without HTML escaping and
+// without space. Callers write object keys in sorted order; writing by
+// hand is several times faster than marshaling maps.
+type canonJSON struct{ b []byte }
+
+// sep writes the comma a value or key needs after a previous one.
+func (j *canonJSON) sep() {
+	if n := len(j.b); n > 0 && j.b[n-1] != '{' && j.b[n-1] != '[' && j.b[n-1] != ':' {
+		j.b = append(j.b, ',')
 	}
-	return s
 }
 
-// canonicalJSON marshals v with sorted map keys, no HTML escaping and no
-// whitespace. It only ever sees maps, slices, strings, numbers and bools.
-func canonicalJSON(v any) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(v); err != nil {
-		panic("canonicalJSON: " + err.Error()) // only plain values reach here
+func (j *canonJSON) open(c byte)  { j.sep(); j.b = append(j.b, c) }
+func (j *canonJSON) close(c byte) { j.b = append(j.b, c) }
+
+func (j *canonJSON) key(k string) *canonJSON {
+	j.str(k)
+	j.b = append(j.b, ':')
+	return j
+}
+
+func (j *canonJSON) int(n int64) { j.sep(); j.b = strconv.AppendInt(j.b, n, 10) }
+
+func (j *canonJSON) bool(v bool) { j.sep(); j.b = strconv.AppendBool(j.b, v) }
+
+func (j *canonJSON) strs(list []string) {
+	j.open('[')
+	for _, s := range list {
+		j.str(s)
 	}
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+	j.close(']')
+}
+
+// str escapes as encoding/json does: quote, backslash and control
+// characters; U+2028 and U+2029; invalid UTF-8 becomes U+FFFD.
+func (j *canonJSON) str(s string) {
+	const hex = "0123456789abcdef"
+	j.sep()
+	b := append(j.b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(append(b, s[start:i]...), `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(append(b, s[start:i]...), '\\', 'u', '2', '0', '2', hex[r&0xF])
+		default:
+			i += size
+			continue
+		}
+		i += size
+		start = i
+	}
+	j.b = append(append(b, s[start:]...), '"')
 }

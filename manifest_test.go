@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -122,6 +123,67 @@ home = "~/.config:/cfg"
 	}
 }
 
+// The canonical JSON, written by hand, is exactly what encoding/json makes
+// of the same values as maps with sorted keys (what identities were first
+// defined as), for every character class a string may hold.
+func TestCanonicalJSONIsSortedJSON(t *testing.T) {
+	odd := "q\"b\\ c\x00\x01\b\f\n\r\t\x1f\x7f <&> é\u2028\u2029\U0001F600 bad\xff\xc3"
+	m := &manifest{BaseImage: odd, Packages: []string{"a", odd}, Backend: "namespace", CPUShares: -3, MemoryLimitMB: 1 << 40,
+		Mounts: []mount{{Label: "w", Source: ".", Host: "/p/" + odd, Container: "/w", ReadOnly: true}, {Label: "x"}}}
+	mounts := []any{}
+	for _, mt := range m.Mounts {
+		mounts = append(mounts, map[string]any{"label": mt.Label, "source": mt.Source, "host_path": mt.Host,
+			"container_path": mt.Container, "read_only": mt.ReadOnly})
+	}
+	want := sortedJSON(t, map[string]any{
+		"manifest_version": 1, "base_image": m.BaseImage, "system_packages": m.Packages, "gui_apps": []string{},
+		"hardware_gpu": m.GPU, "hardware_audio": m.Audio, "mounts": mounts, "runtime_backend": m.Backend,
+		"network_isolation": m.NetworkIsolation, "cpu_shares": m.CPUShares, "memory_limit_mb": m.MemoryLimitMB,
+	})
+	if got := m.canonicalJSON(); !bytes.Equal(got, want) {
+		t.Errorf("manifest:\n got %s\nwant %s", got, want)
+	}
+
+	for _, l := range []*lockFile{
+		{BaseImageDigest: odd, Backend: "mock", GPU: true, Apps: []string{odd}, CPUShares: 2, Requested: []string{"a", "b"},
+			Mounts: []lockMount{{odd, "s", "/c", false}}, Packages: []lockedPackage{{"a", odd}, {"b", "1"}}},
+		{BaseImageDigest: "sha256:00", Backend: "namespace", Audio: true, NetworkIsolation: true, Requested: []string{}},
+		{BaseImageDigest: "sha256:00", Backend: "namespace"}, // written before requested_packages
+	} {
+		mounts := []any{}
+		for _, mt := range l.Mounts {
+			mounts = append(mounts, map[string]any{"label": mt.Label, "host_path": mt.Source, "container_path": mt.Container, "read_only": mt.ReadOnly})
+		}
+		pkgs := []any{}
+		for _, p := range l.Packages {
+			pkgs = append(pkgs, map[string]any{"name": p.Name, "version": p.Version})
+		}
+		v := map[string]any{
+			"lock_version": lockVersion, "base_image_digest": l.BaseImageDigest, "resolved_packages": pkgs,
+			"resolved_apps": append([]string{}, l.Apps...), "runtime_backend": l.Backend, "hardware_gpu": l.GPU,
+			"hardware_audio": l.Audio, "network_isolation": l.NetworkIsolation, "mounts": mounts,
+			"cpu_shares": l.CPUShares, "memory_limit_mb": l.MemoryLimitMB,
+		}
+		if l.Requested != nil {
+			v["requested_packages"] = l.Requested
+		}
+		if got, want := l.identityDocument(), sortedJSON(t, v); !bytes.Equal(got, want) {
+			t.Errorf("identity document:\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+func sortedJSON(t *testing.T, v any) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v); err != nil {
+		t.Fatal(err)
+	}
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}
+
 func TestManifestMinimalDefaults(t *testing.T) {
 	m, err := parseManifest("k.toml", "/x/k.toml", []byte("manifest_version = 1\n[base]\nimage = \"images:alpine/3.20\"\n"))
 	if err != nil {
@@ -172,7 +234,9 @@ var badManifests = []struct{ name, src, want string }{
 	{"mount not string", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\nws = 1\n", "mounts.ws: expected a string"},
 	{"mount same target", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\na = \"./a:/w\"\nb = \"./b:/w\"\n", "mounts.b: container path /w is already mounted by \"a\""},
 	{"mount label trimmed duplicate", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\na = \"./a:/w\"\n\" a\" = \"./b:/v\"\n", "duplicate mount label \"a\""},
-	{"mount label odd", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\n\"a/b\" = \"./a:/w\"\n", "mount label must be"},
+	{"mount label odd", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\n\"a/b\" = \"./a:/w\"\n", `k.toml:5:1: mounts."a/b": mount label must be`},
+	{"mount label NUL", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\n\"\\u0000\" = \"./a:/w\"\n", `k.toml:5:1: mounts."\u0000": mount label must be`},
+	{"mount label numeric", "manifest_version = 1\n[base]\nimage = \"x\"\n[mounts]\n123 = \"bad\"\n", `k.toml:5:1: mounts.123: mount "bad": expected`},
 	{"duplicate key", "manifest_version = 1\n[base]\nimage = \"x\"\nimage = \"y\"\n", "k.toml:4:1: duplicate key"},
 	{"duplicate table", "manifest_version = 1\n[base]\nimage = \"x\"\n[base]\nimage = \"y\"\n", "k.toml:4:"},
 	{"backend unknown", "manifest_version = 1\n[base]\nimage = \"x\"\n[runtime]\nbackend = \"docker\"\n", "k.toml:5:1: runtime.backend: unknown backend \"docker\""},
@@ -184,12 +248,14 @@ var badManifests = []struct{ name, src, want string }{
 	{"unknown limit", "manifest_version = 1\n[base]\nimage = \"x\"\n[runtime.resource_limits]\npids = 10\n", "runtime.resource_limits.pids: unknown key"},
 	{"unknown runtime key", "manifest_version = 1\n[base]\nimage = \"x\"\n[runtime]\nprivileged = true\n", "runtime.privileged: unknown key"},
 	{"truncated string", "manifest_version = 1\n[base]\nimage = \"debi", "k.toml:3:"},
-	{"truncated table", "manifest_version = 1\n[bas", "k.toml:2:"},
+	{"truncated table", "manifest_version = 1\n[bas", `k.toml:2:5: expected "]" to close the header, found end of file`},
 	{"binary junk", "\x00\x01\x02\xff\xfe", "k.toml:1:"},
 	{"invalid utf8", "manifest_version = 1\n[base]\nimage = \"\xff\"\n", "k.toml:3:"},
 	{"bom then junk", "\ufeffmanifest_version = 1\n[base\n", "k.toml:2:"},
 	{"huge nesting", "manifest_version = 1\nx = " + strings.Repeat("[", 10000) + strings.Repeat("]", 10000) + "\n", "k.toml:2:"},
-	{"control char", "manifest_version = 1\n[base]\nimage = \"a\x07b\"\n", "k.toml:3:"},
+	{"control char", "manifest_version = 1\n[base]\nimage = \"a\x07b\"\n", "k.toml:3:11: base.image: control character U+0007 in string"},
+	{"bad escape", "manifest_version = 1\n[base]\nimage = \"\\e\"\n", `k.toml:3:10: base.image: invalid escape sequence "\e"`},
+	{"bad package string", "manifest_version = 1\n[base]\nimage = \"x\"\n[system]\npackages = [\"git\", 'a\x01']\n", "k.toml:5:22: system.packages[1]: control character U+0001 in string"},
 	{"bare CR", "manifest_version = 1\r[base]\nimage = \"x\"\n", "k.toml:1:"},
 	{"inline table reopened", "manifest_version = 1\nbase = {image = \"x\"}\n[base]\n", "k.toml:3:"},
 }

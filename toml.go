@@ -115,9 +115,9 @@ func tomlDecode(data []byte, withPos bool) (map[string]any, map[string]tomlPos, 
 		p.pos = map[string]tomlPos{}
 	}
 	if err := p.parse(); err != nil {
-		if !withPos {
+		if p.wantPos {
 			// Only positions can say where a conflicting key or table was
-			// first defined; errors are rare, so parse again to say it.
+			// first defined; such errors are rare, so parse again to say it.
 			if _, _, err2 := tomlDecode(data, true); err2 != nil {
 				err = err2
 			}
@@ -161,26 +161,91 @@ type tomlParser struct {
 	kids map[tomlKidKey]*tomlTable
 	slab []tomlTable // tomlTables are allocated in chunks
 
-	keys  []string // parts of the key just parsed (reused)
-	path  []string // path of the value being parsed (array indexes only with positions)
-	stack []any    // elements of the arrays being parsed (reused)
-	buf   []byte   // unescaped string being built (reused)
+	keys  []string  // parts of the key just parsed (reused)
+	path  []tomlSeg // path of the value being parsed
+	stack []any     // elements of the arrays being parsed (reused)
+	buf   []byte    // unescaped string being built (reused)
 	zones map[int]*time.Location
 
-	pos          map[string]tomlPos // nil unless positions are wanted
-	lnOff, lnNum int                // lnNum newlines before offset lnOff
+	// inValue counts the key/value pairs whose value is being parsed
+	// (more than one inside inline tables); errors then name the key.
+	// The outermost one's key is p.path[:valueKey].
+	inValue, valueKey int
+
+	pos     map[string]tomlPos // nil unless positions are wanted
+	wantPos bool               // an error message needed positions that were not kept
+	// Offset lnOff has lnNum newlines before it and is lnCol code points
+	// into its line; posScanned counts the bytes posOf looked at, so that
+	// a test can hold it to the document's length.
+	lnOff, lnNum, lnCol int
+	posScanned          int
 }
 
-// posOf turns a byte offset into a line and a column in code points.
+// posOf turns a byte offset into a line and a column in code points. It
+// goes on from the offset it was last asked for, so that recording every
+// position of a document in order looks at each byte a bounded number of
+// times, however long the lines; going back, which only error messages do,
+// starts again from the top.
 func (p *tomlParser) posOf(off int) tomlPos {
 	off = min(off, len(p.s))
 	if off < p.lnOff {
-		p.lnOff, p.lnNum = 0, 0
+		p.lnOff, p.lnNum, p.lnCol = 0, 0, 0
 	}
-	p.lnNum += strings.Count(p.s[p.lnOff:off], "\n")
+	seg := p.s[p.lnOff:off]
+	p.posScanned += len(seg)
+	if nl := strings.LastIndexByte(seg, '\n'); nl >= 0 {
+		p.lnNum += strings.Count(seg[:nl], "\n") + 1
+		p.lnCol = utf8.RuneCountInString(seg[nl+1:])
+	} else {
+		p.lnCol += utf8.RuneCountInString(seg)
+	}
 	p.lnOff = off
-	start := strings.LastIndexByte(p.s[:off], '\n') + 1
-	return tomlPos{p.lnNum + 1, utf8.RuneCountInString(p.s[start:off]) + 1}
+	return tomlPos{p.lnNum + 1, p.lnCol + 1}
+}
+
+// tomlSeg is one step of a path: a key, or an array index when idx >= 0.
+type tomlSeg struct {
+	key string
+	idx int
+}
+
+func tomlKeySeg(k string) tomlSeg { return tomlSeg{k, -1} }
+
+// pathKey is p.path as a tomlPath.
+func (p *tomlParser) pathKey() string {
+	if len(p.path) == 1 {
+		return p.path[0].key
+	}
+	b := p.buf[:0]
+	for i, g := range p.path {
+		if i > 0 {
+			b = append(b, 0)
+		}
+		if g.idx >= 0 {
+			b = strconv.AppendInt(b, int64(g.idx), 10)
+		} else {
+			b = append(b, g.key...)
+		}
+	}
+	p.buf = b[:0]
+	return string(b)
+}
+
+// tomlPathText spells a path for messages as a user would write it: keys
+// as TOML spells them, joined with dots, array indexes in brackets.
+func tomlPathText(path []tomlSeg) string {
+	var b []byte
+	for i, g := range path {
+		switch {
+		case g.idx >= 0:
+			b = append(strconv.AppendInt(append(b, '['), int64(g.idx), 10), ']')
+			continue
+		case i > 0:
+			b = append(b, '.')
+		}
+		b = tomlAppendKey(b, g.key)
+	}
+	return string(b)
 }
 
 // newTable makes a table of n expected entries and, unless parent is nil,
@@ -198,9 +263,20 @@ func (p *tomlParser) newTable(parent *tomlTable, k string, kind uint8, depth, n 
 	return t
 }
 
+// errAt makes the error at offset off; inside a value it names the key
+// (with array indexes) of the innermost value.
 func (p *tomlParser) errAt(off int, format string, a ...any) error {
+	return p.errKey(off, len(p.path), format, a...)
+}
+
+// errKey is errAt naming the key p.path[:n] when inside a value.
+func (p *tomlParser) errKey(off, n int, format string, a ...any) error {
 	pos := p.posOf(off)
-	return &tomlError{Line: pos.Line, Col: pos.Col, Msg: fmt.Sprintf(format, a...)}
+	msg := fmt.Sprintf(format, a...)
+	if p.inValue > 0 {
+		msg = tomlPathText(p.path[:n]) + ": " + msg
+	}
+	return &tomlError{Line: pos.Line, Col: pos.Col, Msg: msg}
 }
 
 // record notes where the value at p.path starts, unless already known.
@@ -208,7 +284,7 @@ func (p *tomlParser) record(off int) {
 	if p.pos == nil {
 		return
 	}
-	k := tomlPath(p.path...)
+	k := p.pathKey()
 	if _, ok := p.pos[k]; !ok {
 		p.pos[k] = p.posOf(off)
 	}
@@ -218,9 +294,10 @@ func (p *tomlParser) record(off int) {
 // when positions are known.
 func (p *tomlParser) definedAt(words string) string {
 	if p.pos == nil {
+		p.wantPos = true
 		return ""
 	}
-	if q, ok := p.pos[tomlPath(p.path...)]; ok {
+	if q, ok := p.pos[p.pathKey()]; ok {
 		return fmt.Sprintf(" (%s %d:%d)", words, q.Line, q.Col)
 	}
 	return ""
@@ -245,8 +322,10 @@ func (p *tomlParser) ctrlErr(i int, where string) error {
 	return p.errAt(i, "control character U+%04X in %s", p.s[i], where)
 }
 
+// depthErr names only the outermost key: the path to where the limit is
+// reached is as long as the limit.
 func (p *tomlParser) depthErr(off int) error {
-	return p.errAt(off, "nesting deeper than %d levels", tomlMaxDepth)
+	return p.errKey(off, p.valueKey, "nesting deeper than %d levels", tomlMaxDepth)
 }
 
 func (p *tomlParser) parse() error {
@@ -429,6 +508,16 @@ func tomlKeyText(parts []string) string {
 	return string(b)
 }
 
+// tomlKeyQuoted is a key for messages: a bare key in double quotes, any
+// other as TOML spells it, which quotes it already.
+func tomlKeyQuoted(parts []string) string {
+	s := tomlKeyText(parts)
+	if strings.IndexByte(s, '"') < 0 {
+		return `"` + s + `"`
+	}
+	return s
+}
+
 // keyval parses `key = value` and adds it to t.
 func (p *tomlParser) keyval(t *tomlTable) error {
 	s := p.s
@@ -438,14 +527,14 @@ func (p *tomlParser) keyval(t *tomlTable) error {
 	}
 	p.skipWS()
 	if p.i >= len(s) || s[p.i] != '=' {
-		return p.errAt(p.i, "expected \"=\" after key %q, found %s", tomlKeyText(p.keys), p.describe(p.i))
+		return p.errAt(p.i, "expected \"=\" after key %s, found %s", tomlKeyQuoted(p.keys), p.describe(p.i))
 	}
 	p.i++
 	p.skipWS()
 	pathLen := len(p.path)
 	n := len(p.keys)
 	for j, k := range p.keys[:n-1] {
-		p.path = append(p.path, k)
+		p.path = append(p.path, tomlKeySeg(k))
 		kid := p.kids[tomlKidKey{t, k}]
 		if kid != nil && kid.kind == tomlDotted && !kid.aot {
 			t = kid
@@ -453,12 +542,12 @@ func (p *tomlParser) keyval(t *tomlTable) error {
 		}
 		switch {
 		case kid != nil && kid.aot:
-			return p.errAt(keyOff, "cannot define key %q: %q is an array of tables%s", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), p.definedAt("defined at"))
+			return p.errAt(keyOff, "cannot define key %s: %s is an array of tables%s", tomlKeyQuoted(p.keys), tomlKeyQuoted(p.keys[:j+1]), p.definedAt("defined at"))
 		case kid != nil:
-			return p.errAt(keyOff, "cannot define key %q: table %q was created by a [header]%s and cannot be extended with dotted keys", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), p.definedAt("at"))
+			return p.errAt(keyOff, "cannot define key %s: table %s was created by a [header]%s and cannot be extended with dotted keys", tomlKeyQuoted(p.keys), tomlKeyQuoted(p.keys[:j+1]), p.definedAt("at"))
 		}
 		if v, ok := t.m[k]; ok {
-			return p.errAt(keyOff, "cannot define key %q: %q is already %s%s", tomlKeyText(p.keys), tomlKeyText(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
+			return p.errAt(keyOff, "cannot define key %s: %s is already %s%s", tomlKeyQuoted(p.keys), tomlKeyQuoted(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
 		}
 		if t.depth+1 > tomlMaxDepth {
 			return p.depthErr(keyOff)
@@ -469,15 +558,20 @@ func (p *tomlParser) keyval(t *tomlTable) error {
 		t = nt
 	}
 	last := p.keys[n-1]
-	p.path = append(p.path, last)
+	p.path = append(p.path, tomlKeySeg(last))
 	if _, dup := t.m[last]; dup {
-		return p.errAt(keyOff, "duplicate key %q%s", tomlKeyText(p.keys), p.definedAt("first defined at"))
+		return p.errAt(keyOff, "duplicate key %s%s", tomlKeyQuoted(p.keys), p.definedAt("first defined at"))
 	}
 	p.record(keyOff)
+	if p.inValue == 0 {
+		p.valueKey = len(p.path)
+	}
+	p.inValue++
 	v, err := p.value(t.depth + 1)
 	if err != nil {
 		return err
 	}
+	p.inValue--
 	t.m[last] = v
 	p.path = p.path[:pathLen]
 	return nil
@@ -536,16 +630,16 @@ func (p *tomlParser) header() error {
 	t := &p.root
 	n := len(p.keys)
 	for j, k := range p.keys[:n-1] {
-		p.path = append(p.path, k)
+		p.path = append(p.path, tomlKeySeg(k))
 		if kid := p.kids[tomlKidKey{t, k}]; kid != nil {
-			if kid.aot && p.pos != nil {
-				p.path = append(p.path, strconv.Itoa(len(t.m[k].([]any))-1))
+			if kid.aot {
+				p.path = append(p.path, tomlSeg{idx: len(t.m[k].([]any)) - 1})
 			}
 			t = kid
 			continue
 		}
 		if v, ok := t.m[k]; ok {
-			return p.errAt(off, "cannot define table %s: %q is already %s%s", tomlHeaderText(p.keys, aot), tomlKeyText(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
+			return p.errAt(off, "cannot define table %s: %s is already %s%s", tomlHeaderText(p.keys, aot), tomlKeyQuoted(p.keys[:j+1]), tomlKind(v), p.definedAt("defined at"))
 		}
 		if t.depth+1 > tomlMaxDepth {
 			return p.depthErr(off)
@@ -556,7 +650,7 @@ func (p *tomlParser) header() error {
 		t = nt
 	}
 	k := p.keys[n-1]
-	p.path = append(p.path, k)
+	p.path = append(p.path, tomlKeySeg(k))
 	kid := p.kids[tomlKidKey{t, k}]
 	v, exists := t.m[k]
 	if aot {
@@ -566,7 +660,7 @@ func (p *tomlParser) header() error {
 		case kid != nil:
 			return p.errAt(off, "cannot define array of tables %s: [%s] is already a table%s", tomlHeaderText(p.keys, aot), tomlKeyText(p.keys), p.definedAt("defined at"))
 		case isArr:
-			return p.errAt(off, "cannot append to array %q with %s: it was defined as a value%s", tomlKeyText(p.keys), tomlHeaderText(p.keys, aot), p.definedAt("at"))
+			return p.errAt(off, "cannot append to array %s with %s: it was defined as a value%s", tomlKeyQuoted(p.keys), tomlHeaderText(p.keys, aot), p.definedAt("at"))
 		case exists:
 			return p.errAt(off, "cannot define array of tables %s: the key is already %s%s", tomlHeaderText(p.keys, aot), tomlKind(v), p.definedAt("defined at"))
 		}
@@ -579,11 +673,9 @@ func (p *tomlParser) header() error {
 		}
 		nt := p.newTable(t, k, tomlHeader, t.depth+2, n)
 		nt.aot = true
-		if p.pos != nil {
-			p.record(off)
-			p.path = append(p.path, strconv.Itoa(len(arr)))
-			p.record(off)
-		}
+		p.record(off)
+		p.path = append(p.path, tomlSeg{idx: len(arr)})
+		p.record(off)
 		t.m[k] = append(arr, nt.m)
 		p.cur = nt
 		return nil
@@ -594,7 +686,7 @@ func (p *tomlParser) header() error {
 	case kid != nil && kid.kind == tomlImplicit:
 		kid.kind = tomlHeader
 		if p.pos != nil {
-			p.pos[tomlPath(p.path...)] = p.posOf(off)
+			p.pos[p.pathKey()] = p.posOf(off)
 		}
 		p.cur = kid
 		return nil
@@ -683,17 +775,13 @@ func (p *tomlParser) array(depth int) (any, error) {
 		if s[p.i] == ']' {
 			break
 		}
-		if p.pos != nil {
-			p.path = append(p.path, strconv.Itoa(len(p.stack)-base))
-			p.record(p.i)
-		}
+		p.path = append(p.path, tomlSeg{idx: len(p.stack) - base})
+		p.record(p.i)
 		v, err := p.value(depth + 1)
 		if err != nil {
 			return nil, err
 		}
-		if p.pos != nil {
-			p.path = p.path[:len(p.path)-1]
-		}
+		p.path = p.path[:len(p.path)-1]
 		p.stack = append(p.stack, v)
 		if err := p.skipBlank(); err != nil {
 			return nil, err

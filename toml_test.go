@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 )
 
 // TestTOMLOfficialSuite runs every TOML 1.0.0 case of the official
@@ -254,40 +256,40 @@ func TestTOMLDecodeInvalid(t *testing.T) {
 	cases := []struct{ in, want string }{
 		{"[base]\nimage = \"x\"\n    image = \"y\"", `3:5: duplicate key "image" (first defined at 2:1)`},
 		{"[base]\nimage = 'x'\n\n\n\n[other]\n[base]", `7:1: table [base] defined twice (first defined at 1:1)`},
-		{`a = "1234\q"`, `1:10: invalid escape sequence "\q"`},
+		{`a = "1234\q"`, `1:10: a: invalid escape sequence "\q"`},
 		{"\xff = 1", `1:1: invalid UTF-8`},
 		{"a = 'é\xe9'", `1:7: invalid UTF-8`},
-		{"a = 1\nb = 2\n\nc = \"abcd\a\"", `4:10: control character U+0007 in string`},
-		{"\"ключ\" = \"\x01\"", `1:11: control character U+0001 in string`},
+		{"a = 1\nb = 2\n\nc = \"abcd\a\"", `4:10: c: control character U+0007 in string`},
+		{"\"ключ\" = \"\x01\"", `1:11: "ключ": control character U+0001 in string`},
 		{"a = 1 # bell\a", `1:13: control character U+0007 in comment`},
 		{"a = 1\rb = 2", `1:6: expected end of line after key/value pair, found control character U+000D`},
 		{"a = 1\n\rb = 2", `2:1: control character U+000D in document (a carriage return must be followed by a line feed)`},
 		{"\uFEFF\uFEFFa = 1", `1:1: expected a key, found "\ufeff"`},
-		{deep, `1:133: nesting deeper than 128 levels`},
+		{deep, `1:133: a: nesting deeper than 128 levels`},
 		{"[" + strings.Repeat("a.", 128) + "a]", `1:258: nesting deeper than 128 levels`},
 		{strings.Repeat("a.", 129) + "a = 1", `1:257: nesting deeper than 128 levels`},
-		{"a = \"\\uD800\"", `1:6: escape sequence "\uD800" is not a Unicode scalar value`},
-		{"a = \"\\U00110000\"", `1:6: escape sequence "\U00110000" is not a Unicode scalar value`},
-		{"a = \"\\u12\"", `1:6: invalid escape sequence "\u12": \u needs 4 hex digits`},
-		{"a =\n1", `1:4: expected a value, found end of line`},
+		{"a = \"\\uD800\"", `1:6: a: escape sequence "\uD800" is not a Unicode scalar value`},
+		{"a = \"\\U00110000\"", `1:6: a: escape sequence "\U00110000" is not a Unicode scalar value`},
+		{"a = \"\\u12\"", `1:6: a: invalid escape sequence "\u12": \u needs 4 hex digits`},
+		{"a =\n1", `1:4: a: expected a value, found end of line`},
 		{"a\n= 1", `1:2: expected "=" after key "a", found end of line`},
 		{"a = 1 b = 2", `1:7: expected end of line after key/value pair, found "b"`},
 		{"[t] x = 1", `1:5: expected end of line after table header, found "x"`},
-		{"a = 9223372036854775808", `1:5: integer 9223372036854775808 out of range (64-bit signed)`},
-		{"a = 0x8000000000000000", `1:5: integer 0x8000000000000000 out of range (64-bit signed)`},
-		{"a = 012", `1:5: invalid integer "012": leading zeros are not allowed`},
-		{"a = 1__0", `1:5: invalid integer "1__0": an underscore must be between two digits`},
-		{"a = -0x1", `1:5: invalid integer "-0x1": hexadecimal, octal and binary integers take no sign`},
-		{"a = .5", `1:5: expected a value, found "."`},
-		{"a = 5.", `1:5: invalid float "5.": a digit must follow the decimal point`},
-		{"a = 1e400", `1:5: float 1e400 out of range (64-bit)`},
-		{"a = 2023-02-29", `1:5: invalid date 2023-02-29: no such day`},
-		{"a = 12:00:60", `1:5: invalid time 12:00:60: hour, minute or second out of range`},
-		{"a = 2023-01-01T12:00", `1:16: invalid time: expected HH:MM:SS`},
-		{"a = 2023-01-01T12:00:00+1:00", `1:24: invalid offset: expected +HH:MM`},
-		{"a = {x = 1,}", `1:12: trailing comma in inline table (not allowed in TOML 1.0)`},
-		{"a = {x = 1,\ny = 2}", `1:12: expected a key, found end of line`},
-		{"a = {x = 1\n}", `1:11: newline in inline table opened at 1:5 (inline tables must be on one line)`},
+		{"a = 9223372036854775808", `1:5: a: integer 9223372036854775808 out of range (64-bit signed)`},
+		{"a = 0x8000000000000000", `1:5: a: integer 0x8000000000000000 out of range (64-bit signed)`},
+		{"a = 012", `1:5: a: invalid integer "012": leading zeros are not allowed`},
+		{"a = 1__0", `1:5: a: invalid integer "1__0": an underscore must be between two digits`},
+		{"a = -0x1", `1:5: a: invalid integer "-0x1": hexadecimal, octal and binary integers take no sign`},
+		{"a = .5", `1:5: a: expected a value, found "."`},
+		{"a = 5.", `1:5: a: invalid float "5.": a digit must follow the decimal point`},
+		{"a = 1e400", `1:5: a: float 1e400 out of range (64-bit)`},
+		{"a = 2023-02-29", `1:5: a: invalid date 2023-02-29: no such day`},
+		{"a = 12:00:60", `1:5: a: invalid time 12:00:60: hour, minute or second out of range`},
+		{"a = 2023-01-01T12:00", `1:16: a: invalid time: expected HH:MM:SS`},
+		{"a = 2023-01-01T12:00:00+1:00", `1:24: a: invalid offset: expected +HH:MM`},
+		{"a = {x = 1,}", `1:12: a: trailing comma in inline table (not allowed in TOML 1.0)`},
+		{"a = {x = 1,\ny = 2}", `1:12: a: expected a key, found end of line`},
+		{"a = {x = 1\n}", `1:11: a: newline in inline table opened at 1:5 (inline tables must be on one line)`},
 		{"a = {x = 1}\na.y = 2", `2:1: cannot define key "a.y": "a" is already an inline table (defined at 1:1)`},
 		{"a = {x = {y = 1}}\n[a.x]", `2:1: cannot define table [a.x]: "a" is already an inline table (defined at 1:1)`},
 		{"a = [1]\n[[a]]", `2:1: cannot append to array "a" with [[a]]: it was defined as a value (at 1:1)`},
@@ -298,16 +300,24 @@ func TestTOMLDecodeInvalid(t *testing.T) {
 		{"[[a]]\n[a.b]\n[a.b]", `3:1: table [a.b] defined twice (first defined at 2:1)`},
 		{"a.b = 1\na.b.c = 2", `2:1: cannot define key "a.b.c": "a.b" is already an integer (defined at 1:1)`},
 		{"a = 1\n[a]", `2:1: cannot define table [a]: the key is already an integer (defined at 1:1)`},
-		{"a = \"\"\"x\"\"\"\"\"\"", `1:14: too many quotes: at most two may end a multi-line string before its closing delimiter`},
+		{"a = \"\"\"x\"\"\"\"\"\"", `1:14: a: too many quotes: at most two may end a multi-line string before its closing delimiter`},
 		{"\"\"\"k\"\"\" = 1", `1:1: a multi-line string cannot be a key`},
-		{"a = 'x\nb = 1", `1:5: unterminated string (a literal string ends on its line)`},
-		{"a = '''x", `1:5: unterminated multi-line string`},
-		{"a = [1 2]", `1:8: expected "," or "]" after an array element, found "2"`},
-		{"a = [1,", `1:8: expected "]" to close the array opened at 1:5, found end of file`},
-		{"a = True", `1:5: expected a value, found "T"`},
-		{"a = truest", `1:5: invalid value "truest" (booleans are lowercase true and false; strings need quotes)`},
+		{"a = 'x\nb = 1", `1:5: a: unterminated string (a literal string ends on its line)`},
+		{"a = '''x", `1:5: a: unterminated multi-line string`},
+		{"a = [1 2]", `1:8: a: expected "," or "]" after an array element, found "2"`},
+		{"a = [1,", `1:8: a: expected "]" to close the array opened at 1:5, found end of file`},
+		{"a = True", `1:5: a: expected a value, found "T"`},
+		{"a = truest", `1:5: a: invalid value "truest" (booleans are lowercase true and false; strings need quotes)`},
 		{"[a", `1:3: expected "]" to close the header, found end of file`},
 		{"[[a]", `1:5: expected "]]" to close the header, found end of file`},
+		// Errors inside a value name its key; errors in a header do not.
+		{"[base]\nimage = \"\\e\"", `2:10: base.image: invalid escape sequence "\e"`},
+		{"[[p]]\n[[p]]\nv = [1, \"\\e\"]", `3:10: p[1].v[1]: invalid escape sequence "\e"`},
+		{"a = {b = {c = 01}}", `1:15: a.b.c: invalid integer "01": leading zeros are not allowed`},
+		{"x.y = [" + strings.Repeat("{a = [", 70), `1:386: x.y: nesting deeper than 128 levels`},
+		{"\"\\u0000\" = \"\\e\"", `1:13: "\u0000": invalid escape sequence "\e"`},
+		{"\"\\u0000\" = 1\n\"\\u0000\" = 2", `2:1: duplicate key "\u0000" (first defined at 1:1)`},
+		{"[a.\"b\\e\"]", `1:6: invalid escape sequence "\e"`},
 	}
 	for _, c := range cases {
 		_, err := decodeTOML([]byte(c.in))
@@ -595,8 +605,8 @@ func TestTOMLEncodeErrors(t *testing.T) {
 	}
 }
 
-// FuzzDecodeTOML: no input panics; whatever decodes encodes, and the
-// encoding decodes back to an equal value.
+// FuzzDecodeTOML: no input panics; positions change no verdict or message;
+// whatever decodes encodes, and the encoding decodes back to an equal value.
 func FuzzDecodeTOML(f *testing.F) {
 	f.Add([]byte(tomlBenchManifest))
 	f.Add([]byte("a.b = [1, 2.5, 'x', {c = 1979-05-27T07:32:00Z}]\n[[t]]\n[t.u]\nv = \"\"\"\\\n  w\"\"\"\n"))
@@ -612,6 +622,10 @@ func FuzzDecodeTOML(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		v, err := decodeTOML(data)
+		// With positions or without, the same verdict and message.
+		if _, _, err2 := decodeTOMLPos(data); fmt.Sprint(err) != fmt.Sprint(err2) {
+			t.Fatalf("decodeTOML: %v\ndecodeTOMLPos: %v", err, err2)
+		}
 		if err != nil {
 			if _, ok := err.(*tomlError); !ok {
 				t.Fatalf("error of type %T: %v", err, err)
@@ -761,6 +775,72 @@ func BenchmarkEncodeTOML1MiB(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		if _, err := encodeTOML(v); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// tomlLongLine is the start of a document: one array on one line, of at
+// least size bytes, still open for another element.
+func tomlLongLine(size int) string {
+	var b strings.Builder
+	b.WriteString("x = [")
+	for i := 0; b.Len() < size; i++ {
+		fmt.Fprintf(&b, "%d, \"é%d\", ", i, i)
+	}
+	return b.String()
+}
+
+// Positions cost work in proportion to the document, however long its
+// lines: the parser never rescans a line for each key or element.
+func TestTOMLPositionsLinear(t *testing.T) {
+	long := tomlLongLine(1 << 20)
+	for _, tc := range []struct{ name, doc, err string }{
+		{"long line", long + "0]\ny = 1\n", ""},
+		{"long line then error", long + "0]\ny = 1\ny = 2\n", `3:1: duplicate key "y" (first defined at 2:1)`},
+		{"error at the end of the line", long + `"\q"]`, `1:%d: x[%d]: invalid escape sequence "\q"`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := tomlParser{s: tc.doc, pos: map[string]tomlPos{}}
+			err := p.parse()
+			if strings.Contains(tc.err, "%d") {
+				tc.err = fmt.Sprintf(tc.err, utf8.RuneCountInString(long)+2, len(p.stack))
+			}
+			if fmt.Sprint(err) != cmp.Or(tc.err, "<nil>") {
+				t.Fatalf("error %v, want %s", err, cmp.Or(tc.err, "none"))
+			}
+			if len(p.pos) < 100000 {
+				t.Fatalf("only %d positions recorded", len(p.pos))
+			}
+			// Each byte once, and once more for an error message that
+			// looks back.
+			if limit := 2 * len(tc.doc); p.posScanned > limit {
+				t.Errorf("position tracking scanned %d bytes of a %d-byte document", p.posScanned, len(tc.doc))
+			}
+		})
+	}
+}
+
+// A 1 MiB array on one line, with positions.
+func BenchmarkDecodeTOMLPosLongLine(b *testing.B) {
+	doc := []byte(tomlLongLine(1<<20) + "0]\n")
+	b.SetBytes(int64(len(doc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, _, err := decodeTOMLPos(doc); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// The same line, then an error whose message needs positions, which
+// decodeTOML parses again to find.
+func BenchmarkDecodeTOMLLongLineError(b *testing.B) {
+	doc := []byte(tomlLongLine(1<<20) + "0]\nx = 1\n")
+	b.SetBytes(int64(len(doc)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := decodeTOML(doc); err == nil || !strings.Contains(err.Error(), "first defined at 1:1") {
 			b.Fatal(err)
 		}
 	}
