@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -473,8 +474,9 @@ func (s *store) migrateWAL(rep *migrateReport) error {
 		if err == nil && json.Unmarshal(b, &lw) == nil {
 			for i := len(lw.RollbackSteps) - 1; i >= 0; i-- {
 				for k, p := range lw.RollbackSteps[i] {
-					if (k == "RemoveDir" || k == "RemoveFile") && s.checkWALPath(p) == nil {
-						if err := s.removeTree(p); err != nil {
+					rel, err := s.walRel(p)
+					if (k == "RemoveDir" || k == "RemoveFile") && err == nil {
+						if err := s.removeTree(filepath.Join(s.root, rel)); err != nil {
 							return storeErrorf("replaying old WAL entry %s: %v", file, err)
 						}
 					} else {

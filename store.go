@@ -111,33 +111,52 @@ func openStore(root string) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case v > storeFormatVersion:
-		return nil, storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
-	case v < storeFormatVersion:
-		return nil, storeErrorf("store %s has format version %d; run 'karapace migrate' to convert it to format %d", s.dir, v, storeFormatVersion)
-	}
-	for _, d := range storeDirs {
-		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("opening store: %w", err)
-		}
-	}
-	if s.hasLeftovers() {
-		if err := s.tryRecover(); err != nil {
-			return nil, err
-		}
+	if err := s.openVersion(v); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
+// openVersion refuses a store of another format version and rolls back
+// what a crashed operation left.
+func (s *store) openVersion(v int) error {
+	switch {
+	case v > storeFormatVersion:
+		return storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
+	case v < storeFormatVersion:
+		return storeErrorf("store %s has format version %d; run 'karapace migrate' to convert it to format %d", s.dir, v, storeFormatVersion)
+	}
+	for _, d := range storeDirs {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
+			return fmt.Errorf("opening store: %w", err)
+		}
+	}
+	if s.hasLeftovers() {
+		return s.tryRecover()
+	}
+	return nil
+}
+
 // openStoreAnyVersion opens or creates the store and returns its format
-// version without judging it (migrate needs old stores).
+// version without judging it (migrate needs old stores). The root is used by its
+// real path: the paths the store records are then the same however it is
+// reached.
 func openStoreAnyVersion(root string) (*store, int, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store root %q: %w", root, err)
 	}
-	s := &store{root: abs, dir: filepath.Join(abs, "store"), lockWait: storeLockWait(os.Getenv), inProc: make(chan struct{}, 1)}
+	real, err := filepath.EvalSymlinks(abs)
+	if errors.Is(err, fs.ErrNotExist) {
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return nil, 0, fmt.Errorf("creating store: %w", err)
+		}
+		real, err = filepath.EvalSymlinks(abs)
+	}
+	if err != nil {
+		return nil, 0, storeErrorf("store root %s: %v", abs, err)
+	}
+	s := &store{root: real, dir: filepath.Join(real, "store"), lockWait: storeLockWait(os.Getenv), inProc: make(chan struct{}, 1)}
 	v, err := s.readVersion()
 	if errors.Is(err, fs.ErrNotExist) {
 		if s.hasData() {

@@ -160,6 +160,10 @@ func TestWALRefusesBadEntries(t *testing.T) {
 		{Op: walRemovePath, Path: s.root + "/env/../../x"},
 		{Op: walRemovePath, Path: s.path("objects")},
 		{Op: walRemovePath, Path: filepath.Join(s.root, "env")},
+		{Op: walRemovePath, Path: "../x"},
+		{Op: walRemovePath, Path: "env/../../x"},
+		{Op: walRemovePath, Path: "store/objects"},
+		{Op: walRemovePath, Path: "env"},
 		{Op: walRename, Path: filepath.Join(s.root, "env", "x"), From: outside},
 		{Op: walRemoveObject, Hash: "../x"},
 		{Op: walRestoreMeta, EnvID: strings.Repeat("a", 64), Meta: "{}"},
@@ -182,14 +186,16 @@ func TestWALRefusesBadEntries(t *testing.T) {
 	os.WriteFile(s.path("wal", "garbage.json"), []byte("{not json"), 0o600)
 	os.WriteFile(s.path("wal", "stray.tmp"), []byte("x"), 0o600)
 	os.WriteFile(s.path("wal", "evil.json"), []byte(`{"id":"evil","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+outside+`"}]}`), 0o600)
+	rel, _ := filepath.Rel(s.root, outside)
+	os.WriteFile(s.path("wal", "evil2.json"), []byte(`{"id":"evil2","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+rel+`"}]}`), 0o600)
 	var logs bytes.Buffer
 	setLogLevel("warn", false, false, &logs)
 	defer setLogLevel("", false, false, os.Stderr)
 	n, err := s.recoverWAL()
-	if err != nil || n != 3 {
+	if err != nil || n != 4 {
 		t.Fatalf("recoverWAL: %d %v", n, err)
 	}
-	mustContain(t, "warnings", logs.String(), "removing corrupt WAL entry "+s.path("wal", "garbage.json"), "evil.json", "outside the store root")
+	mustContain(t, "warnings", logs.String(), "removing corrupt WAL entry "+s.path("wal", "garbage.json"), "evil.json", "evil2.json", "outside the store root")
 	if _, err := os.Stat(filepath.Join(outside, "precious")); err != nil {
 		t.Fatal("a WAL entry removed something outside the store")
 	}
@@ -518,4 +524,71 @@ func TestCrashInjection(t *testing.T) {
 	s, _ := openStore(root)
 	metas, _ := s.listMeta()
 	t.Logf("%d kills in total; %d environments in the store at the end", total, len(metas))
+}
+
+// A crashed restore (the old writable layer moved aside, the new one not
+// in place yet) is rolled back however the store is reached next: moved
+// to another directory, or opened by its real path after a symlink
+// (Silverblue's /home → /var/home), also for an entry of an older
+// version that recorded absolute paths.
+func TestWALStoreReachedByAnotherPath(t *testing.T) {
+	envID := strings.Repeat("e", 64)
+	crash := func(t *testing.T, root string) {
+		t.Helper()
+		s, err := openStore(root)
+		must(t, err)
+		env := filepath.Join(s.root, "env", envID)
+		writeFile(t, env, "upper/kept", "x")
+		l := mustLock(t, s, "restore")
+		op, err := s.beginOp("restore", envID)
+		must(t, err)
+		must(t, op.mkdir(env+"/upper.new"))
+		must(t, op.rename(env+"/upper", env+"/upper.old"))
+		raw, _ := os.ReadFile(s.path("wal", op.file()))
+		mustContain(t, "WAL entry", string(raw), `"path": "env/`+envID+`/upper.old"`, `"from": "env/`+envID+`/upper"`)
+		l.unlock() // the process dies here
+	}
+	rolledBack := func(t *testing.T, root string) {
+		t.Helper()
+		s, err := openStore(root)
+		must(t, err)
+		env := filepath.Join(s.root, "env", envID)
+		if names := dirNames(t, env); len(names) != 1 || names[0] != "upper" {
+			t.Fatalf("after reopening by %s the environment holds %v, want [upper]", root, names)
+		}
+		if _, err := os.Stat(env + "/upper/kept"); err != nil {
+			t.Fatal("the old writable layer is not back")
+		}
+		if n := dirNames(t, s.path("wal")); len(n) != 0 {
+			t.Fatalf("WAL entries left: %v", n)
+		}
+	}
+
+	t.Run("moved", func(t *testing.T) {
+		dir := t.TempDir()
+		crash(t, dir+"/a")
+		must(t, os.Rename(dir+"/a", dir+"/b"))
+		rolledBack(t, dir+"/b")
+	})
+	t.Run("symlink then real path", func(t *testing.T) {
+		real, link := t.TempDir()+"/real", t.TempDir()+"/link"
+		must(t, os.Mkdir(real, 0o700))
+		must(t, os.Symlink(real, link))
+		crash(t, link)
+		rolledBack(t, real)
+	})
+	t.Run("absolute paths of an older version", func(t *testing.T) {
+		real, link := t.TempDir()+"/real", t.TempDir()+"/link"
+		must(t, os.Mkdir(real, 0o700))
+		must(t, os.Symlink(real, link))
+		s, err := openStore(real)
+		must(t, err)
+		env := filepath.Join(link, "env", envID)
+		writeFile(t, env, "upper.old/kept", "x")
+		writeFile(t, env, "upper.new/partial", "x")
+		entry := fmt.Sprintf(`{"id":"old","kind":"restore","started":"x","steps":[`+
+			`{"op":"remove_path","path":%q},{"op":"rename","path":%q,"from":%q}]}`, env+"/upper.new", env+"/upper.old", env+"/upper")
+		must(t, os.WriteFile(s.path("wal", "old.json"), []byte(entry), 0o600))
+		rolledBack(t, real)
+	})
 }
