@@ -35,6 +35,9 @@ func (c *cli) engine() (*engine, error) {
 // first argument names.
 func (c *cli) envArg() (*engine, *envMeta, error) {
 	e, err := c.engine()
+	if errors.Is(err, errNoStore) {
+		return nil, nil, fmt.Errorf("no environment %q: %w", c.args[0], err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

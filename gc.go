@@ -253,6 +253,13 @@ func gcPlural(n int, one, many string) string {
 
 func runGC(c *cli) error {
 	s, err := c.openStore()
+	if errors.Is(err, errNoStore) {
+		if c.json {
+			return writeJSON(c.stdout, gcReport{DryRun: c.has("dry-run")})
+		}
+		fmt.Fprintf(c.stdout, "nothing to collect: %v\n", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

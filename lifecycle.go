@@ -488,11 +488,16 @@ func cmdRename(c *cli) error {
 }
 
 func cmdList(c *cli) error {
+	var metas []*envMeta
+	var errs []error
 	e, err := c.engine()
-	if err != nil {
+	switch {
+	case errors.Is(err, errNoStore): // nothing built yet: an empty list
+	case err != nil:
 		return err
+	default:
+		metas, errs = e.s.listMeta()
 	}
-	metas, errs := e.s.listMeta()
 	infos := make([]envInfo, 0, len(metas))
 	for _, m := range metas {
 		infos = append(infos, e.info(m))

@@ -322,7 +322,7 @@ func TestMigrate(t *testing.T) {
 // later step), and checks a second run finishes the job.
 func TestMigrateInterrupted(t *testing.T) {
 	root, ids := legacyStore(t, 1)
-	s, _, err := openStoreAnyVersion(root)
+	s, _, err := openStoreAnyVersion(root, true)
 	if err != nil {
 		t.Fatal(err)
 	}

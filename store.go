@@ -75,6 +75,16 @@ func (c *cli) storeRoot() (string, error) {
 	return defaultStoreRoot(c.getenv)
 }
 
+// storeCreators are the commands that put environments or images into the
+// store, and so create it when there is none. Every other command only
+// reads or changes what is there: on a missing store it says so
+// (errNoStore) and leaves the disk alone.
+var storeCreators = map[string]bool{"build": true, "rebuild": true, "pin": true, "pull": true, "import": true}
+
+// errNoStore is what a command that does not create the store gets when
+// there is none.
+var errNoStore = errors.New("there is no store")
+
 // openStore opens the store the command line asks for, with the lock wait
 // taken from the command's environment.
 func (c *cli) openStore() (*store, error) {
@@ -82,7 +92,10 @@ func (c *cli) openStore() (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openStore(root)
+	s, v, err := openStoreAnyVersion(root, c.cmd == nil || storeCreators[c.cmd.name])
+	if err == nil {
+		err = s.openVersion(v)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +120,7 @@ func storeLockWait(getenv func(string) string) time.Duration {
 // none. It refuses a store of another format version. Leftovers of a
 // crashed operation are rolled back when no other process holds the lock.
 func openStore(root string) (*store, error) {
-	s, v, err := openStoreAnyVersion(root)
+	s, v, err := openStoreAnyVersion(root, true)
 	if err != nil {
 		return nil, err
 	}
@@ -137,21 +150,25 @@ func (s *store) openVersion(v int) error {
 	return nil
 }
 
-// openStoreAnyVersion opens or creates the store and returns its format
-// version without judging it (migrate needs old stores). The root is used by its
+// openStoreAnyVersion opens the store, creating it if there is none and
+// create is set (else errNoStore), and returns its format version
+// without judging it (migrate needs old stores). The root is used by its
 // real path: the paths the store records are then the same however it is
 // reached.
-func openStoreAnyVersion(root string) (*store, int, error) {
+func openStoreAnyVersion(root string, create bool) (*store, int, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store root %q: %w", root, err)
 	}
 	real, err := filepath.EvalSymlinks(abs)
-	if errors.Is(err, fs.ErrNotExist) {
+	if errors.Is(err, fs.ErrNotExist) && create {
 		if err := os.MkdirAll(abs, 0o700); err != nil {
 			return nil, 0, fmt.Errorf("creating store: %w", err)
 		}
 		real, err = filepath.EvalSymlinks(abs)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("%w at %s (building an environment creates one)", errNoStore, abs)
 	}
 	if err != nil {
 		return nil, 0, storeErrorf("store root %s: %v", abs, err)
@@ -161,6 +178,9 @@ func openStoreAnyVersion(root string) (*store, int, error) {
 	if errors.Is(err, fs.ErrNotExist) {
 		if s.hasData() {
 			return nil, 0, storeErrorf("store %s holds data but has no version file; it is damaged or was not made by karapace (restore %s or move the store away)", s.dir, s.path("version"))
+		}
+		if !create {
+			return nil, 0, fmt.Errorf("%w at %s (building an environment creates one)", errNoStore, abs)
 		}
 		if err := s.create(); err != nil {
 			return nil, 0, err
@@ -748,7 +768,7 @@ func runMigrate(c *cli) error {
 	if err != nil {
 		return err
 	}
-	s, v, err := openStoreAnyVersion(root)
+	s, v, err := openStoreAnyVersion(root, false)
 	if err != nil {
 		return err
 	}

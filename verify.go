@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/bits"
 	"os"
@@ -320,6 +321,9 @@ func blake3File(f *os.File, size int64, workers int, buf []byte) (string, error)
 
 func runVerifyStore(c *cli) error {
 	s, err := c.openStore()
+	if errors.Is(err, errNoStore) {
+		return storeErrorf("nothing to verify: %v", err)
+	}
 	if err != nil {
 		return err
 	}
