@@ -136,8 +136,29 @@ func (m *envMeta) check() error {
 
 // putMeta validates m and writes it atomically with a fresh checksum. Every
 // layer and object it names must already be in the store, so metadata
-// never points at nothing. The caller holds the lock and sets the times.
+// never points at nothing, and its name must be unique, which takes every
+// other metadata file to be readable. The caller holds the lock and sets
+// the times.
 func (s *store) putMeta(m *envMeta) error {
+	if err := s.checkMetaRefs(m); err != nil {
+		return err
+	}
+	if m.Name != "" {
+		all, errs := s.listMeta()
+		if len(errs) > 0 {
+			return storeErrorf("cannot make sure the name %q is not taken: %v (run 'karapace verify-store')", m.Name, errs[0])
+		}
+		for _, o := range all {
+			if o.Name == m.Name && o.EnvID != m.EnvID {
+				return fmt.Errorf("the name %q is already used by environment %s", m.Name, o.ShortID)
+			}
+		}
+	}
+	return s.writeMeta(m)
+}
+
+// checkMetaRefs validates m's fields and that what it refers to is there.
+func (s *store) checkMetaRefs(m *envMeta) error {
 	if err := m.check(); err != nil {
 		return err
 	}
@@ -151,15 +172,7 @@ func (s *store) putMeta(m *envMeta) error {
 			return fmt.Errorf("environment %s refers to object %s, which is not in the store", m.EnvID, h)
 		}
 	}
-	if m.Name != "" {
-		all, _ := s.listMeta()
-		for _, o := range all {
-			if o.Name == m.Name && o.EnvID != m.EnvID {
-				return fmt.Errorf("the name %q is already used by environment %s", m.Name, o.ShortID)
-			}
-		}
-	}
-	return s.writeMeta(m)
+	return nil
 }
 
 // writeMeta writes m with a fresh checksum, without checking references.
@@ -622,7 +635,13 @@ func (s *store) migrateMeta(id string, layerMap map[string]string, snaps []legac
 			m.Snapshots = append(m.Snapshots, sn.newHash)
 		}
 	}
-	if err := s.putMeta(m); err != nil {
+	// Not putMeta: the files not converted yet are unreadable to it. The
+	// original tool kept names unique.
+	err = s.checkMetaRefs(m)
+	if err == nil {
+		err = s.writeMeta(m)
+	}
+	if err != nil {
 		return storeErrorf("converting metadata file %s: %v", file, err)
 	}
 	return nil

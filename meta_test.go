@@ -73,6 +73,17 @@ func TestMetaPutGet(t *testing.T) {
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
+	// A name is only known to be free when every metadata file can be
+	// read: a damaged one may hold it.
+	m3 := testEnv(t, s, "", "3")
+	good, _ := os.ReadFile(s.path("metadata", m.EnvID))
+	os.WriteFile(s.path("metadata", m.EnvID), good[:len(good)/2], 0o600)
+	m3.Name = "dev"
+	if err := s.putMeta(m3); err == nil || exitCodeOf(err) != exitStore || !strings.Contains(err.Error(), `cannot make sure the name "dev" is not taken: metadata file `+s.path("metadata", m.EnvID)+" is corrupt") {
+		t.Errorf("name check with a damaged metadata file: %v", err)
+	}
+	os.WriteFile(s.path("metadata", m.EnvID), good, 0o600)
+	must(t, s.deleteMeta(m3.EnvID))
 
 	// References must exist; fields must be valid.
 	bad := *m2
