@@ -29,8 +29,10 @@ func testEnv(t testing.TB, s *store, name, seed string) *envMeta {
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(s.root, "env", id, "upper"), 0o700); err != nil {
-		t.Fatal(err)
+	for _, sub := range []string{"upper", "work"} {
+		if err := os.MkdirAll(filepath.Join(s.root, "env", id, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return m
 }

@@ -68,6 +68,7 @@ func newTestKPServer(t *testing.T, maxUploads int) (*kpServer, *httptest.Server)
 	if err != nil {
 		t.Fatal(err)
 	}
+	must(t, s.markServed())
 	k := &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond,
 		tokens: []serverToken{{sha256.Sum256([]byte(testTokenRW)), true}, {sha256.Sum256([]byte(testTokenRO)), false}}}
 	ts := httptest.NewServer(k.handler())

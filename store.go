@@ -301,6 +301,25 @@ func (s *store) writeAtomic(dir, name string, r io.Reader) (n int64, err error) 
 	return n, syncDir(dir)
 }
 
+// servedMarker, in store/, marks the store of a remote server: it keeps
+// environments (their metadata, layers and objects) for others to pull,
+// without directories to run them in.
+const servedMarker = "served"
+
+// markServed records that the store is a remote server's.
+func (s *store) markServed() error {
+	if s.served() {
+		return nil
+	}
+	_, err := s.writeAtomic(s.dir, servedMarker, strings.NewReader("this store is a karapace server's: its environments are kept, not run\n"))
+	return err
+}
+
+func (s *store) served() bool {
+	_, err := os.Lstat(s.path(servedMarker))
+	return err == nil
+}
+
 // validStoreHash reports whether h is a lowercase hex blake3-256 digest.
 func validStoreHash(h string) bool {
 	if len(h) != 64 {

@@ -622,6 +622,11 @@ func init() {
 				}
 				id := randHex(rng)
 				m := &envMeta{EnvID: id, ShortID: id[:12], Name: fmt.Sprintf("p%d-%d", seed, i), State: stateBuilt, ManifestHash: obj, BaseLayer: base}
+				for _, sub := range []string{"upper", "work"} {
+					if err := os.MkdirAll(filepath.Join(s.root, "env", id, sub), 0o700); err != nil {
+						helperCheck(err)
+					}
+				}
 				if err := s.putMeta(m); err != nil {
 					helperCheck(err)
 				}

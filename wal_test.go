@@ -278,6 +278,9 @@ func crashBuild(s *store, rng *mrand.Rand, scratch string) error {
 	if err := s.unpackObjectTo(tarHash, filepath.Join(envDir, "upper"), unpackOptions{}); err != nil {
 		return err
 	}
+	if err := os.Mkdir(filepath.Join(envDir, "work"), 0o700); err != nil {
+		return err
+	}
 	now := time.Now().UTC().Format(time.RFC3339)
 	m := &envMeta{EnvID: envID, ShortID: envID[:12], State: stateBuilt, ManifestHash: manifest, BaseLayer: base,
 		CreatedAt: now, UpdatedAt: now, RefCount: 1}
@@ -439,8 +442,8 @@ func checkCrashedStore(t *testing.T, root string) (walEntries, stagingLeft int) 
 	for _, m := range metas {
 		live[m.EnvID] = true
 		envDir := filepath.Join(root, "env", m.EnvID)
-		if names := dirNames(t, envDir); len(names) != 1 || names[0] != "upper" {
-			t.Fatalf("env %s holds %v, want only upper", m.ShortID, names)
+		if names := dirNames(t, envDir); len(names) != 2 || !contains(names, "upper") || !contains(names, "work") {
+			t.Fatalf("env %s holds %v, want upper and work", m.ShortID, names)
 		}
 		// The writable layer is exactly the layer the metadata says.
 		want := m.UpperLayer
