@@ -257,7 +257,6 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	meta, err := e.s.getMeta(l.EnvID)
 	switch {
 	case err == nil:
-		meta.RefCount++
 		meta.UpdatedAt = now
 	case errors.Is(err, fs.ErrNotExist):
 		manifestObj, _, err := op.putObject(bytes.NewReader(m.canonicalJSON()))
@@ -286,7 +285,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		}
 		meta = &envMeta{
 			EnvID: l.EnvID, ShortID: l.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,
-			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1,
+			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now,
 		}
 		res.Created = true
 	default:
@@ -299,7 +298,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		meta.Name = o.name
 	}
 	res.Name = meta.Name
-	meta.ManifestPath = m.Path
+	meta.addManifest(m.Path)
 	if err := op.putMeta(meta); err != nil {
 		return nil, err
 	}

@@ -52,10 +52,45 @@ type envMeta struct {
 	Snapshots        []string `json:"snapshots"`
 	UpperLayer       string   `json:"upper_layer,omitempty"`
 	ManifestPath     string   `json:"manifest_path,omitempty"` // last manifest built into it: relative mounts resolve beside it
+	ManifestPaths    []string `json:"manifest_paths,omitempty"`
 	CreatedAt        string   `json:"created_at"`
 	UpdatedAt        string   `json:"updated_at"`
 	RefCount         int      `json:"ref_count"`
 	Checksum         string   `json:"checksum,omitempty"`
+}
+
+// ref_count is how many manifest files on this machine have built into the
+// environment: ManifestPaths lists them (absolute paths, each once). Two
+// projects with the same manifest share one environment, and ref_count
+// says how many lose it when it goes. It does not keep it alive: destroy
+// removes the environment whatever the count and names those manifests;
+// gc keeps every environment that has metadata. A pulled or imported
+// environment starts at 0. Metadata of older versions has no
+// manifest_paths and a count of every build; the next build turns it
+// into the list.
+
+// manifests lists the manifests known to have built the environment.
+func (m *envMeta) manifests() []string {
+	switch {
+	case len(m.ManifestPaths) > 0:
+		return m.ManifestPaths
+	case m.ManifestPath != "":
+		return []string{m.ManifestPath}
+	}
+	return []string{}
+}
+
+// addManifest records a build of the environment from the manifest at
+// path.
+func (m *envMeta) addManifest(path string) {
+	if len(m.ManifestPaths) == 0 && m.ManifestPath != "" {
+		m.ManifestPaths = []string{m.ManifestPath} // all an older version kept
+	}
+	if !contains(m.ManifestPaths, path) {
+		m.ManifestPaths = append(m.ManifestPaths, path)
+	}
+	m.ManifestPath = path
+	m.RefCount = len(m.ManifestPaths)
 }
 
 // canonical is the JSON the checksum covers: the metadata without its
@@ -130,6 +165,9 @@ func (m *envMeta) check() error {
 	}
 	if m.RefCount < 0 {
 		return fmt.Errorf("environment %s: negative ref_count %d", m.EnvID, m.RefCount)
+	}
+	if len(m.ManifestPaths) > 0 && m.RefCount != len(m.ManifestPaths) {
+		return fmt.Errorf("environment %s: ref_count %d, but %d manifest_paths", m.EnvID, m.RefCount, len(m.ManifestPaths))
 	}
 	return nil
 }
