@@ -222,6 +222,17 @@ func TestGCCommand(t *testing.T) {
 	if out != wantLine {
 		t.Errorf("got %q\nwant %q", out, wantLine)
 	}
+	// The first open recovered (staging, half-unpacked trees); from then
+	// on a dry run, with --images too, changes nothing at all.
+	before := treeListing(t, s.root)
+	for _, args := range [][]string{{"gc", "--dry-run"}, {"--json", "gc", "--dry-run", "--images"}} {
+		if code, out, errOut := runCLI(t, nil, append([]string{"--store", s.root}, args...)...); code != 0 {
+			t.Fatalf("%v: %s %s", args, out, errOut)
+		}
+		if after := treeListing(t, s.root); after != before {
+			t.Fatalf("%v changed the store:\n%s\nbefore:\n%s", args, after, before)
+		}
+	}
 	code, out, _ = runCLI(t, nil, "--store", s.root, "--json", "gc")
 	var rep map[string]any
 	if code != 0 || json.Unmarshal([]byte(out), &rep) != nil {
