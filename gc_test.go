@@ -190,6 +190,29 @@ func TestGCInterruptedIsConsistent(t *testing.T) {
 	}
 }
 
+// Garbage layers go children first: a gc stopped after any removal (or
+// killed) leaves no layer whose parent is missing.
+func TestGCRemovesChildLayersFirst(t *testing.T) {
+	const chain = 6
+	for stop := 0; stop <= chain; stop++ {
+		s := newTestStore(t)
+		live := testEnv(t, s, "", "live")
+		parent := live.BaseLayer
+		for i := range chain {
+			h, err := s.putLayer(&layer{Kind: layerSnapshot, Parent: parent, TarHash: mustPut(t, s, fmt.Sprint("snapshot ", i))})
+			must(t, err)
+			parent = h
+		}
+		rep, err := s.gc(&countdownCtx{context.Background(), stop}, gcOptions{})
+		if err != nil || rep.Layers != stop {
+			t.Fatalf("stop after %d: %+v %v", stop, rep, err)
+		}
+		if v, err := s.verify(context.Background()); err != nil || len(v.Bad) != 0 {
+			t.Fatalf("stop after %d: %+v %v", stop, v.Bad, err)
+		}
+	}
+}
+
 func TestGCRefusesUnknownReferences(t *testing.T) {
 	s, live, _ := gcFixture(t)
 	file := s.path("metadata", live[0].EnvID)
