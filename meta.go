@@ -674,8 +674,15 @@ func (s *store) migrateMeta(id string, layerMap map[string]string, snaps []legac
 		}
 	}
 	// Not putMeta: the files not converted yet are unreadable to it. The
-	// original tool kept names unique.
+	// original tool kept names unique. Format 2 keeps every environment's
+	// writable layer and work directory in place (verify-store holds it to
+	// that): made before the metadata, which marks it converted.
 	err = s.checkMetaRefs(m)
+	for _, sub := range []string{"upper", "work"} {
+		if err == nil {
+			err = os.MkdirAll(filepath.Join(s.root, "env", m.EnvID, sub), 0o700)
+		}
+	}
 	if err == nil {
 		err = s.writeMeta(m)
 	}
