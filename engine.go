@@ -35,6 +35,9 @@ func (c *cli) engine() (*engine, error) {
 // first argument names.
 func (c *cli) envArg() (*engine, *envMeta, error) {
 	e, err := c.engine()
+	if errors.Is(err, errNoStore) {
+		return nil, nil, fmt.Errorf("no environment %q: %w", c.args[0], err)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
@@ -343,7 +346,6 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	meta, err := e.s.getMeta(l.EnvID)
 	switch {
 	case err == nil:
-		meta.RefCount++
 		meta.UpdatedAt = now
 	case errors.Is(err, fs.ErrNotExist):
 		manifestObj, _, err := op.putObject(bytes.NewReader(m.canonicalJSON()))
@@ -372,7 +374,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		}
 		meta = &envMeta{
 			EnvID: l.EnvID, ShortID: l.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,
-			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1,
+			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now,
 		}
 		res.Created = true
 	default:
@@ -385,7 +387,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		meta.Name = o.name
 	}
 	res.Name = meta.Name
-	meta.ManifestPath = m.Path
+	meta.addManifest(m.Path)
 	if err := op.putMeta(meta); err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 )
@@ -102,10 +103,9 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 	}
 	prog := newProgress("collecting garbage", 0, false)
 	defer prog.finish()
-	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
-		names, err := gcListNames(dir)
-		if err != nil || names == nil {
-			return err
+	sweepNames := func(dir string, names []string, live map[string]bool, only func(string) bool, count *int) error {
+		if names == nil {
+			return nil
 		}
 		for _, n := range names {
 			if live[n] || (only != nil && !only(n)) {
@@ -131,6 +131,13 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 		}
 		return nil
 	}
+	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
+		names, err := gcListNames(dir)
+		if err != nil {
+			return err
+		}
+		return sweepNames(dir, names, live, only, count)
+	}
 	steps := []func() error{
 		func() error {
 			return sweep(filepath.Join(s.root, "env"), liveEnv, validStoreHash, &rep.EnvDirs)
@@ -147,7 +154,13 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 				return strings.HasPrefix(n, ".") && n != ".layers"
 			}, &rep.Staging)
 		},
-		func() error { return sweep(s.path("layers"), liveLayer, nil, &rep.Layers) },
+		func() error {
+			names, err := gcListNames(s.path("layers"))
+			if err != nil {
+				return err
+			}
+			return sweepNames(s.path("layers"), s.childrenFirst(names), liveLayer, nil, &rep.Layers)
+		},
 		func() error { return sweep(s.path("objects"), liveObject, nil, &rep.Objects) },
 		func() error { return sweep(s.path("staging"), nil, nil, &rep.Staging) },
 		func() error {
@@ -214,6 +227,30 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 	return rep, nil
 }
 
+// childrenFirst orders layer hashes so that each comes before its
+// parent: a gc stopped between two removals leaves no layer whose parent
+// is gone. A parent's hash covers its own, so there are no cycles.
+func (s *store) childrenFirst(names []string) []string {
+	depth := map[string]int{}
+	var depthOf func(h string) int
+	depthOf = func(h string) int {
+		if d, ok := depth[h]; ok {
+			return d
+		}
+		d := 0
+		if l, err := s.getLayer(h); err == nil && l.Parent != "" {
+			d = 1 + depthOf(l.Parent)
+		}
+		depth[h] = d
+		return d
+	}
+	for _, h := range names {
+		depthOf(h)
+	}
+	sort.SliceStable(names, func(i, j int) bool { return depth[names[i]] > depth[names[j]] })
+	return names
+}
+
 func gcListNames(dir string) ([]string, error) {
 	f, err := os.Open(dir)
 	if errors.Is(err, fs.ErrNotExist) {
@@ -253,6 +290,13 @@ func gcPlural(n int, one, many string) string {
 
 func runGC(c *cli) error {
 	s, err := c.openStore()
+	if errors.Is(err, errNoStore) {
+		if c.json {
+			return writeJSON(c.stdout, gcReport{DryRun: c.has("dry-run")})
+		}
+		fmt.Fprintf(c.stdout, "nothing to collect: %v\n", err)
+		return nil
+	}
 	if err != nil {
 		return err
 	}

@@ -258,6 +258,7 @@ type envInfo struct {
 	Snapshots        []string `json:"snapshots"`
 	UpperLayer       string   `json:"upper_layer,omitempty"`
 	ManifestPath     string   `json:"manifest_path,omitempty"`
+	ManifestPaths    []string `json:"manifest_paths"`
 	CreatedAt        string   `json:"created_at"`
 	UpdatedAt        string   `json:"updated_at"`
 	RefCount         int      `json:"ref_count"`
@@ -272,7 +273,7 @@ func (e *engine) info(m *envMeta) envInfo {
 	return envInfo{
 		EnvID: m.EnvID, ShortID: m.ShortID, Name: m.Name, State: state, Pid: pid,
 		BaseLayer: m.BaseLayer, DependencyLayers: m.DependencyLayers, Snapshots: m.Snapshots, UpperLayer: m.UpperLayer,
-		ManifestPath: m.ManifestPath, CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, RefCount: m.RefCount,
+		ManifestPath: m.ManifestPath, ManifestPaths: m.manifests(), CreatedAt: m.CreatedAt, UpdatedAt: m.UpdatedAt, RefCount: m.RefCount,
 	}
 }
 
@@ -437,7 +438,13 @@ func cmdDestroy(c *cli) error {
 	if err != nil {
 		return err
 	}
-	return c.report(map[string]any{"env_id": m.EnvID, "destroyed": true}, func() string {
+	// Every project whose manifest built it has lost it.
+	ms := m.manifests()
+	if !c.json && len(ms) > 1 {
+		fmt.Fprintf(c.stderr, "karapace: %s was built from %d manifests, which now need 'karapace build' again: %s\n",
+			m.ShortID, len(ms), strings.Join(ms, ", "))
+	}
+	return c.report(map[string]any{"env_id": m.EnvID, "destroyed": true, "ref_count": m.RefCount, "manifest_paths": ms}, func() string {
 		return "destroyed " + m.ShortID + " (run 'karapace gc' to free the space it alone used)"
 	})
 }
@@ -474,11 +481,16 @@ func cmdRename(c *cli) error {
 }
 
 func cmdList(c *cli) error {
+	var metas []*envMeta
+	var errs []error
 	e, err := c.engine()
-	if err != nil {
+	switch {
+	case errors.Is(err, errNoStore): // nothing built yet: an empty list
+	case err != nil:
 		return err
+	default:
+		metas, errs = e.s.listMeta()
 	}
-	metas, errs := e.s.listMeta()
 	infos := make([]envInfo, 0, len(metas))
 	for _, m := range metas {
 		infos = append(infos, e.info(m))

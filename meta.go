@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"maps"
 	"os"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sort"
@@ -51,10 +52,45 @@ type envMeta struct {
 	Snapshots        []string `json:"snapshots"`
 	UpperLayer       string   `json:"upper_layer,omitempty"`
 	ManifestPath     string   `json:"manifest_path,omitempty"` // last manifest built into it: relative mounts resolve beside it
+	ManifestPaths    []string `json:"manifest_paths,omitempty"`
 	CreatedAt        string   `json:"created_at"`
 	UpdatedAt        string   `json:"updated_at"`
 	RefCount         int      `json:"ref_count"`
 	Checksum         string   `json:"checksum,omitempty"`
+}
+
+// ref_count is how many manifest files on this machine have built into the
+// environment: ManifestPaths lists them (absolute paths, each once). Two
+// projects with the same manifest share one environment, and ref_count
+// says how many lose it when it goes. It does not keep it alive: destroy
+// removes the environment whatever the count and names those manifests;
+// gc keeps every environment that has metadata. A pulled or imported
+// environment starts at 0. Metadata of older versions has no
+// manifest_paths and a count of every build; the next build turns it
+// into the list.
+
+// manifests lists the manifests known to have built the environment.
+func (m *envMeta) manifests() []string {
+	switch {
+	case len(m.ManifestPaths) > 0:
+		return m.ManifestPaths
+	case m.ManifestPath != "":
+		return []string{m.ManifestPath}
+	}
+	return []string{}
+}
+
+// addManifest records a build of the environment from the manifest at
+// path.
+func (m *envMeta) addManifest(path string) {
+	if len(m.ManifestPaths) == 0 && m.ManifestPath != "" {
+		m.ManifestPaths = []string{m.ManifestPath} // all an older version kept
+	}
+	if !contains(m.ManifestPaths, path) {
+		m.ManifestPaths = append(m.ManifestPaths, path)
+	}
+	m.ManifestPath = path
+	m.RefCount = len(m.ManifestPaths)
 }
 
 // canonical is the JSON the checksum covers: the metadata without its
@@ -130,13 +166,37 @@ func (m *envMeta) check() error {
 	if m.RefCount < 0 {
 		return fmt.Errorf("environment %s: negative ref_count %d", m.EnvID, m.RefCount)
 	}
+	if len(m.ManifestPaths) > 0 && m.RefCount != len(m.ManifestPaths) {
+		return fmt.Errorf("environment %s: ref_count %d, but %d manifest_paths", m.EnvID, m.RefCount, len(m.ManifestPaths))
+	}
 	return nil
 }
 
 // putMeta validates m and writes it atomically with a fresh checksum. Every
 // layer and object it names must already be in the store, so metadata
-// never points at nothing. The caller holds the lock and sets the times.
+// never points at nothing, and its name must be unique, which takes every
+// other metadata file to be readable. The caller holds the lock and sets
+// the times.
 func (s *store) putMeta(m *envMeta) error {
+	if err := s.checkMetaRefs(m); err != nil {
+		return err
+	}
+	if m.Name != "" {
+		all, errs := s.listMeta()
+		if len(errs) > 0 {
+			return storeErrorf("cannot make sure the name %q is not taken: %v (run 'karapace verify-store')", m.Name, errs[0])
+		}
+		for _, o := range all {
+			if o.Name == m.Name && o.EnvID != m.EnvID {
+				return fmt.Errorf("the name %q is already used by environment %s", m.Name, o.ShortID)
+			}
+		}
+	}
+	return s.writeMeta(m)
+}
+
+// checkMetaRefs validates m's fields and that what it refers to is there.
+func (s *store) checkMetaRefs(m *envMeta) error {
 	if err := m.check(); err != nil {
 		return err
 	}
@@ -150,15 +210,7 @@ func (s *store) putMeta(m *envMeta) error {
 			return fmt.Errorf("environment %s refers to object %s, which is not in the store", m.EnvID, h)
 		}
 	}
-	if m.Name != "" {
-		all, _ := s.listMeta()
-		for _, o := range all {
-			if o.Name == m.Name && o.EnvID != m.EnvID {
-				return fmt.Errorf("the name %q is already used by environment %s", m.Name, o.ShortID)
-			}
-		}
-	}
-	return s.writeMeta(m)
+	return nil
 }
 
 // writeMeta writes m with a fresh checksum, without checking references.
@@ -473,8 +525,9 @@ func (s *store) migrateWAL(rep *migrateReport) error {
 		if err == nil && json.Unmarshal(b, &lw) == nil {
 			for i := len(lw.RollbackSteps) - 1; i >= 0; i-- {
 				for k, p := range lw.RollbackSteps[i] {
-					if (k == "RemoveDir" || k == "RemoveFile") && s.checkWALPath(p) == nil {
-						if err := s.removeTree(p); err != nil {
+					rel, err := s.walRel(p)
+					if (k == "RemoveDir" || k == "RemoveFile") && err == nil {
+						if err := s.removeTree(filepath.Join(s.root, rel)); err != nil {
 							return storeErrorf("replaying old WAL entry %s: %v", file, err)
 						}
 					} else {
@@ -620,7 +673,20 @@ func (s *store) migrateMeta(id string, layerMap map[string]string, snaps []legac
 			m.Snapshots = append(m.Snapshots, sn.newHash)
 		}
 	}
-	if err := s.putMeta(m); err != nil {
+	// Not putMeta: the files not converted yet are unreadable to it. The
+	// original tool kept names unique. Format 2 keeps every environment's
+	// writable layer and work directory in place (verify-store holds it to
+	// that): made before the metadata, which marks it converted.
+	err = s.checkMetaRefs(m)
+	for _, sub := range []string{"upper", "work"} {
+		if err == nil {
+			err = os.MkdirAll(filepath.Join(s.root, "env", m.EnvID, sub), 0o700)
+		}
+	}
+	if err == nil {
+		err = s.writeMeta(m)
+	}
+	if err != nil {
 		return storeErrorf("converting metadata file %s: %v", file, err)
 	}
 	return nil

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -29,8 +30,10 @@ func testEnv(t testing.TB, s *store, name, seed string) *envMeta {
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.MkdirAll(filepath.Join(s.root, "env", id, "upper"), 0o700); err != nil {
-		t.Fatal(err)
+	for _, sub := range []string{"upper", "work"} {
+		if err := os.MkdirAll(filepath.Join(s.root, "env", id, sub), 0o700); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return m
 }
@@ -73,6 +76,17 @@ func TestMetaPutGet(t *testing.T) {
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
+	// A name is only known to be free when every metadata file can be
+	// read: a damaged one may hold it.
+	m3 := testEnv(t, s, "", "3")
+	good, _ := os.ReadFile(s.path("metadata", m.EnvID))
+	os.WriteFile(s.path("metadata", m.EnvID), good[:len(good)/2], 0o600)
+	m3.Name = "dev"
+	if err := s.putMeta(m3); err == nil || exitCodeOf(err) != exitStore || !strings.Contains(err.Error(), `cannot make sure the name "dev" is not taken: metadata file `+s.path("metadata", m.EnvID)+" is corrupt") {
+		t.Errorf("name check with a damaged metadata file: %v", err)
+	}
+	os.WriteFile(s.path("metadata", m.EnvID), good, 0o600)
+	must(t, s.deleteMeta(m3.EnvID))
 
 	// References must exist; fields must be valid.
 	bad := *m2
@@ -322,7 +336,7 @@ func TestMigrate(t *testing.T) {
 // later step), and checks a second run finishes the job.
 func TestMigrateInterrupted(t *testing.T) {
 	root, ids := legacyStore(t, 1)
-	s, _, err := openStoreAnyVersion(root)
+	s, _, err := openStoreAnyVersion(root, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -341,5 +355,95 @@ func TestMigrateInterrupted(t *testing.T) {
 	}
 	if code, out, errOut := runCLI(t, nil, "--store", root, "verify-store"); code != 0 {
 		t.Fatalf("verify: %s %s", out, errOut)
+	}
+}
+
+// ref_count counts the manifest files that built an environment: two
+// projects with the same manifest share it, building one again does not
+// count twice, and destroy, which removes it regardless, names them.
+func TestRefCountCountsManifests(t *testing.T) {
+	k := newKP(t)
+	projA, projB := k.dir, filepath.Join(k.base, "other")
+	for _, d := range []string{projA, projB} {
+		must(t, os.MkdirAll(d, 0o755))
+		tinyImage(t, filepath.Join(d, "image.tar.gz"))
+		writeFile(t, d, "karapace.toml", mockManifest(`"git"`))
+	}
+	manA, manB := filepath.Join(projA, "karapace.toml"), filepath.Join(projB, "karapace.toml")
+	id := strings.TrimSpace(k.ok("build", manA))
+	k.ok("build", manA)
+	var insp struct {
+		Environment envInfo `json:"environment"`
+	}
+	k.jsonOut(&insp, "inspect", id)
+	if e := insp.Environment; e.RefCount != 1 || len(e.ManifestPaths) != 1 || e.ManifestPaths[0] != manA {
+		t.Fatalf("after two builds of one manifest: %+v", e)
+	}
+	if again := strings.TrimSpace(k.ok("build", manB)); again != id {
+		t.Fatalf("the same manifest elsewhere built %s, not %s", again, id)
+	}
+	k.ok("build", manB)
+	k.jsonOut(&insp, "inspect", id)
+	if e := insp.Environment; e.RefCount != 2 || strings.Join(e.ManifestPaths, " ") != manA+" "+manB || e.ManifestPath != manB {
+		t.Fatalf("after builds of two manifests: %+v", e)
+	}
+
+	// Destroy removes it whatever the count, and says who lost it.
+	errOut := k.fails(0, "was built from 2 manifests, which now need 'karapace build' again: "+manA+", "+manB, "destroy", id)
+	mustContain(t, "destroy", errOut, id[:12])
+	k.fails(1, "no environment", "inspect", id)
+	id = strings.TrimSpace(k.ok("build", manA))
+	var res map[string]any
+	k.jsonOut(&res, "destroy", id)
+	if res["ref_count"] != 1.0 || fmt.Sprint(res["manifest_paths"]) != "["+manA+"]" {
+		t.Fatalf("destroy --json: %v", res)
+	}
+
+	// An imported environment was built by no manifest here.
+	id = strings.TrimSpace(k.ok("build", manA))
+	file := filepath.Join(k.base, "env.tar")
+	k.ok("export", id, file)
+	k.ok("destroy", id)
+	k.ok("import", file)
+	k.jsonOut(&insp, "inspect", id)
+	if e := insp.Environment; e.RefCount != 0 || len(e.ManifestPaths) != 0 {
+		t.Fatalf("imported: %+v", e)
+	}
+	k.ok("build", manB)
+	k.jsonOut(&insp, "inspect", id)
+	if e := insp.Environment; e.RefCount != 1 || len(e.ManifestPaths) != 1 {
+		t.Fatalf("imported, then built: %+v", e)
+	}
+	k.ok("verify-store")
+}
+
+// Metadata an older version wrote (no manifest_paths, every build
+// counted) still reads, and the next build makes the count honest; a
+// count that disagrees with the list is refused.
+func TestRefCountOlderMetadata(t *testing.T) {
+	s := newTestStore(t)
+	m := testEnv(t, s, "", "old")
+	m.RefCount, m.ManifestPath = 5, "/p/a/karapace.toml"
+	must(t, s.writeMeta(m))
+	raw, _ := os.ReadFile(s.path("metadata", m.EnvID))
+	if strings.Contains(string(raw), "manifest_paths") {
+		t.Fatalf("metadata without manifests written with the new field:\n%s", raw)
+	}
+	got, err := s.getMeta(m.EnvID)
+	if err != nil || got.RefCount != 5 {
+		t.Fatalf("older metadata: %+v %v", got, err)
+	}
+	got.addManifest("/p/a/karapace.toml")
+	if got.RefCount != 1 || len(got.ManifestPaths) != 1 {
+		t.Fatalf("rebuilt from its manifest: %+v", got)
+	}
+	got.addManifest("/p/b/karapace.toml")
+	if got.RefCount != 2 || got.ManifestPath != "/p/b/karapace.toml" {
+		t.Fatalf("built from a second manifest: %+v", got)
+	}
+	must(t, s.putMeta(got))
+	got.RefCount = 3
+	if err := s.putMeta(got); err == nil || !strings.Contains(err.Error(), "ref_count 3, but 2 manifest_paths") {
+		t.Fatalf("inconsistent ref_count: %v", err)
 	}
 }

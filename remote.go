@@ -65,10 +65,10 @@ type envClosure struct {
 }
 
 // remoteWireMeta is the metadata as it travels: without the manifest
-// path, which names a file on this machine only.
+// paths, which name files on this machine only.
 func remoteWireMeta(m *envMeta) []byte {
 	w := *m
-	w.ManifestPath = ""
+	w.ManifestPath, w.ManifestPaths = "", nil
 	w.Checksum = storeBlake3Hex(w.canonical())
 	b, _ := json.MarshalIndent(&w, "", "  ")
 	return append(b, '\n')
@@ -353,7 +353,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		if err := e.makeEnvDir(m); err != nil {
 			return err
 		}
-		m.Name, m.ManifestPath = name, ""
+		m.Name, m.ManifestPath, m.ManifestPaths, m.RefCount = name, "", nil, 0 // no manifest here built it
 		if m.State == stateRunning {
 			m.State = stateBuilt // its instance runs elsewhere, if anywhere
 		}

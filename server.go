@@ -658,6 +658,9 @@ func cmdServer(c *cli) error {
 	if _, err := s.recoverLocked(); err != nil {
 		return err
 	}
+	if err := s.markServed(); err != nil {
+		return err
+	}
 	k.s = s
 
 	ln, err := net.Listen("tcp", listen)

@@ -77,6 +77,7 @@ func newTestKP(t *testing.T, maxUploads int) *kpServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(l.unlock)
+	must(t, s.markServed())
 	return &kpServer{s: s, maxBlob: 1 << 20, uploads: make(chan struct{}, maxUploads), wait: 300 * time.Millisecond, io: time.Minute,
 		tokens: []serverToken{{sha256.Sum256([]byte(testTokenRW)), true}, {sha256.Sum256([]byte(testTokenRO)), false}}}
 }

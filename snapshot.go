@@ -207,9 +207,19 @@ func findSnapshot(m *envMeta, ref string) (string, error) {
 	return "", fmt.Errorf("environment %s has no snapshot %q (see 'karapace snapshots %s')", m.ShortID, ref, m.ShortID)
 }
 
+// The names restore gives an environment's directories while it swaps
+// them; verify-store reports any that an operation left behind.
+const (
+	restoreNewUpper = "upper.new"
+	restoreOldUpper = "upper.old"
+	restoreOldWork  = "work.old"
+)
+
 // restore makes a snapshot the writable layer again. The new layer is
-// unpacked beside the old one and swapped in by renames recorded in the
-// WAL: a crash leaves either the old writable layer or the new one.
+// unpacked beside the old one and swapped in, with a fresh overlay work
+// directory (the old one belongs to the old layer), by renames recorded
+// in the WAL: a crash leaves either the old writable layer or the new
+// one, each with a work directory.
 func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 	m, sl, err := e.stoppedEnv(ref, "restore")
 	if err != nil {
@@ -231,8 +241,9 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 		return nil, "", err
 	}
 	dir := e.envDir(m.EnvID)
-	upper, fresh, old := filepath.Join(dir, "upper"), filepath.Join(dir, "upper.new"), filepath.Join(dir, "upper.old")
-	for _, p := range []string{fresh, old} {
+	upper, fresh, old := filepath.Join(dir, "upper"), filepath.Join(dir, restoreNewUpper), filepath.Join(dir, restoreOldUpper)
+	work, oldWork := filepath.Join(dir, "work"), filepath.Join(dir, restoreOldWork)
+	for _, p := range []string{fresh, old, oldWork} {
 		if err := e.s.removeTree(p); err != nil {
 			return nil, "", err
 		}
@@ -262,6 +273,14 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 		if err := op.rename(fresh, upper); err != nil {
 			return err
 		}
+		if _, err := os.Lstat(work); err == nil {
+			if err := op.rename(work, oldWork); err != nil {
+				return err
+			}
+		}
+		if err := op.mkdir(work); err != nil {
+			return err
+		}
 		m.UpperLayer = h
 		m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
 		return op.putMeta(m)
@@ -269,11 +288,7 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 	if err != nil {
 		return nil, "", op.abandon(err)
 	}
-	// The overlay's work directory belongs to the old writable layer.
-	if err := op.finish(old, filepath.Join(dir, "work")); err != nil {
-		return nil, "", err
-	}
-	if err := os.Mkdir(filepath.Join(dir, "work"), 0o700); err != nil && !os.IsExist(err) {
+	if err := op.finish(old, oldWork); err != nil {
 		return nil, "", err
 	}
 	return m, h, nil

@@ -76,6 +76,16 @@ func (c *cli) storeRoot() (string, error) {
 	return defaultStoreRoot(c.getenv)
 }
 
+// storeCreators are the commands that put environments or images into the
+// store, and so create it when there is none. Every other command only
+// reads or changes what is there: on a missing store it says so
+// (errNoStore) and leaves the disk alone.
+var storeCreators = map[string]bool{"build": true, "rebuild": true, "pin": true, "pull": true, "import": true}
+
+// errNoStore is what a command that does not create the store gets when
+// there is none.
+var errNoStore = errors.New("there is no store")
+
 // openStore opens the store the command line asks for, with the lock wait
 // taken from the command's environment.
 func (c *cli) openStore() (*store, error) {
@@ -83,7 +93,10 @@ func (c *cli) openStore() (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openStore(root)
+	s, v, err := openStoreAnyVersion(root, c.cmd == nil || storeCreators[c.cmd.name])
+	if err == nil {
+		err = s.openVersion(v)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -108,41 +121,67 @@ func storeLockWait(getenv func(string) string) time.Duration {
 // none. It refuses a store of another format version. Leftovers of a
 // crashed operation are rolled back when no other process holds the lock.
 func openStore(root string) (*store, error) {
-	s, v, err := openStoreAnyVersion(root)
+	s, v, err := openStoreAnyVersion(root, true)
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case v > storeFormatVersion:
-		return nil, storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
-	case v < storeFormatVersion:
-		return nil, storeErrorf("store %s has format version %d; run 'karapace migrate' to convert it to format %d", s.dir, v, storeFormatVersion)
-	}
-	for _, d := range storeDirs {
-		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
-			return nil, fmt.Errorf("opening store: %w", err)
-		}
-	}
-	if s.hasLeftovers() {
-		if err := s.tryRecover(); err != nil {
-			return nil, err
-		}
+	if err := s.openVersion(v); err != nil {
+		return nil, err
 	}
 	return s, nil
 }
 
-// openStoreAnyVersion opens or creates the store and returns its format
-// version without judging it (migrate needs old stores).
-func openStoreAnyVersion(root string) (*store, int, error) {
+// openVersion refuses a store of another format version and rolls back
+// what a crashed operation left.
+func (s *store) openVersion(v int) error {
+	switch {
+	case v > storeFormatVersion:
+		return storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
+	case v < storeFormatVersion:
+		return storeErrorf("store %s has format version %d; run 'karapace migrate' to convert it to format %d", s.dir, v, storeFormatVersion)
+	}
+	for _, d := range storeDirs {
+		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o700); err != nil {
+			return fmt.Errorf("opening store: %w", err)
+		}
+	}
+	if s.hasLeftovers() {
+		return s.tryRecover()
+	}
+	return nil
+}
+
+// openStoreAnyVersion opens the store, creating it if there is none and
+// create is set (else errNoStore), and returns its format version
+// without judging it (migrate needs old stores). The root is used by its
+// real path: the paths the store records are then the same however it is
+// reached.
+func openStoreAnyVersion(root string, create bool) (*store, int, error) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
 		return nil, 0, fmt.Errorf("store root %q: %w", root, err)
 	}
-	s := &store{root: abs, dir: filepath.Join(abs, "store"), lockWait: storeLockWait(os.Getenv), inProc: make(chan struct{}, 1)}
+	real, err := filepath.EvalSymlinks(abs)
+	if errors.Is(err, fs.ErrNotExist) && create {
+		if err := os.MkdirAll(abs, 0o700); err != nil {
+			return nil, 0, fmt.Errorf("creating store: %w", err)
+		}
+		real, err = filepath.EvalSymlinks(abs)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, 0, fmt.Errorf("%w at %s (building an environment creates one)", errNoStore, abs)
+	}
+	if err != nil {
+		return nil, 0, storeErrorf("store root %s: %v", abs, err)
+	}
+	s := &store{root: real, dir: filepath.Join(real, "store"), lockWait: storeLockWait(os.Getenv), inProc: make(chan struct{}, 1)}
 	v, err := s.readVersion()
 	if errors.Is(err, fs.ErrNotExist) {
 		if s.hasData() {
 			return nil, 0, storeErrorf("store %s holds data but has no version file; it is damaged or was not made by karapace (restore %s or move the store away)", s.dir, s.path("version"))
+		}
+		if !create {
+			return nil, 0, fmt.Errorf("%w at %s (building an environment creates one)", errNoStore, abs)
 		}
 		if err := s.create(); err != nil {
 			return nil, 0, err
@@ -261,6 +300,25 @@ func (s *store) writeAtomic(dir, name string, r io.Reader) (n int64, err error) 
 		return n, err
 	}
 	return n, syncDir(dir)
+}
+
+// servedMarker, in store/, marks the store of a remote server: it keeps
+// environments (their metadata, layers and objects) for others to pull,
+// without directories to run them in.
+const servedMarker = "served"
+
+// markServed records that the store is a remote server's.
+func (s *store) markServed() error {
+	if s.served() {
+		return nil
+	}
+	_, err := s.writeAtomic(s.dir, servedMarker, strings.NewReader("this store is a karapace server's: its environments are kept, not run\n"))
+	return err
+}
+
+func (s *store) served() bool {
+	_, err := os.Lstat(s.path(servedMarker))
+	return err == nil
 }
 
 // validStoreHash reports whether h is a lowercase hex blake3-256 digest.
@@ -770,7 +828,7 @@ func runMigrate(c *cli) error {
 	if err != nil {
 		return err
 	}
-	s, v, err := openStoreAnyVersion(root)
+	s, v, err := openStoreAnyVersion(root, false)
 	if err != nil {
 		return err
 	}

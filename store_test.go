@@ -117,6 +117,52 @@ func TestOpenStoreCreatesLayout(t *testing.T) {
 	}
 }
 
+// Only the commands that put something into the store create it. The
+// others, on a missing store (no directory, or an empty one), say there
+// is none and leave the disk as it was.
+func TestCommandsOnMissingStore(t *testing.T) {
+	empty := t.TempDir()
+	for _, root := range []string{filepath.Join(t.TempDir(), "nonexistent"), empty} {
+		for _, c := range []struct {
+			args []string
+			code int
+			out  string // on stdout, or with a failure on stderr
+		}{
+			{[]string{"list"}, 0, "SHORT_ID"},
+			{[]string{"--json", "list"}, 0, "[]"},
+			{[]string{"list", "--quiet"}, 0, ""},
+			{[]string{"inspect", "dev"}, 1, `no environment "dev": there is no store at ` + root},
+			{[]string{"snapshots", "dev"}, 1, `no environment "dev": there is no store at`},
+			{[]string{"exec", "dev", "--", "true"}, 1, "there is no store at " + root},
+			{[]string{"destroy", "dev"}, 1, "there is no store at"},
+			{[]string{"freeze", "dev"}, 1, "there is no store at"},
+			{[]string{"rename", "dev", "x"}, 1, "there is no store at"},
+			{[]string{"commit", "dev"}, 1, "there is no store at"},
+			{[]string{"verify-store"}, 3, "nothing to verify: there is no store at " + root},
+			{[]string{"gc", "--dry-run"}, 0, "nothing to collect: there is no store at " + root},
+			{[]string{"gc"}, 0, "nothing to collect"},
+			{[]string{"--json", "gc"}, 0, `"objects": 0`},
+			{[]string{"migrate"}, 1, "there is no store at"},
+		} {
+			code, out, errOut := runCLI(t, nil, append([]string{"--store", root}, c.args...)...)
+			got := out
+			if c.code != 0 {
+				got = errOut
+			}
+			if code != c.code || !strings.Contains(got, c.out) {
+				t.Errorf("%v on %s: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant %q", c.args, root, code, c.code, out, errOut, c.out)
+			}
+		}
+		if root == empty {
+			if names := dirNames(t, root); len(names) != 0 {
+				t.Errorf("commands wrote %v into the empty directory", names)
+			}
+		} else if _, err := os.Lstat(root); err == nil {
+			t.Errorf("commands created %s", root)
+		}
+	}
+}
+
 func TestStoreVersionChecks(t *testing.T) {
 	cases := []struct {
 		version string
@@ -616,6 +662,11 @@ func init() {
 				}
 				id := randHex(rng)
 				m := &envMeta{EnvID: id, ShortID: id[:12], Name: fmt.Sprintf("p%d-%d", seed, i), State: stateBuilt, ManifestHash: obj, BaseLayer: base}
+				for _, sub := range []string{"upper", "work"} {
+					if err := os.MkdirAll(filepath.Join(s.root, "env", id, sub), 0o700); err != nil {
+						helperCheck(err)
+					}
+				}
 				if err := s.putMeta(m); err != nil {
 					helperCheck(err)
 				}

@@ -3,11 +3,14 @@ package main
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/bits"
 	"os"
+	"path/filepath"
 	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -16,7 +19,7 @@ import (
 
 // verifyProblem is one bad item found by verify.
 type verifyProblem struct {
-	Kind    string `json:"kind"` // object, layer, metadata
+	Kind    string `json:"kind"` // object, layer, metadata, environment, layer tree
 	Name    string `json:"name"`
 	Problem string `json:"problem"`
 }
@@ -26,6 +29,7 @@ type verifyReport struct {
 	Objects  int             `json:"objects"`
 	Layers   int             `json:"layers"`
 	Metadata int             `json:"metadata"`
+	EnvDirs  int             `json:"env_dirs"`
 	Bytes    int64           `json:"bytes"`
 	Bad      []verifyProblem `json:"bad"`
 }
@@ -41,9 +45,10 @@ func (s *store) verify(ctx context.Context) (verifyReport, error) {
 }
 
 // verifyLocked re-hashes every object (on all cores), checks every layer
-// (canonical, named by its hash, its objects and parent present) and every
-// metadata file (checksum, its layers and objects present, unique name).
-// The caller holds the lock.
+// (canonical, named by its hash, its objects and parent present), every
+// metadata file (checksum, its layers and objects present, unique name)
+// and the environment directories (see verifyEnvDirs). The caller holds
+// the lock.
 func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 	rep := verifyReport{Bad: []verifyProblem{}}
 	bad := func(kind, name, format string, a ...any) {
@@ -122,7 +127,78 @@ func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 			byName[m.Name] = id
 		}
 	}
-	return rep, nil
+	rep.EnvDirs, err = s.verifyEnvDirs(names, bad)
+	return rep, err
+}
+
+// verifyEnvDirs checks that every environment with a metadata file has
+// its directory with the writable layer and the overlay's work directory
+// and nothing an interrupted restore or unpack leaves, and that every
+// environment directory, layer tree and working directory under env/
+// belongs to something in the store. The caller holds the lock and has
+// recovered: what a crashed operation left is gone by now. It returns how
+// many environment directories there are.
+func (s *store) verifyEnvDirs(metaNames []string, bad func(kind, name, format string, a ...any)) (int, error) {
+	envRoot := filepath.Join(s.root, "env")
+	hasMeta := map[string]bool{}
+	served := s.served()
+	for _, id := range metaNames {
+		if !validStoreHash(id) {
+			continue
+		}
+		hasMeta[id] = true
+		dir := filepath.Join(envRoot, id)
+		if served {
+			continue // a server keeps environments, it does not run them
+		}
+		for _, sub := range []string{"", "upper", "work"} {
+			if fi, err := os.Lstat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
+				bad("environment", id, "%s is missing or not a directory", filepath.Join(dir, sub))
+				if sub == "" {
+					break
+				}
+			}
+		}
+		names, err := gcListNames(dir)
+		if err != nil {
+			return 0, err
+		}
+		for _, n := range names {
+			if n == restoreNewUpper || n == restoreOldUpper || n == restoreOldWork || strings.HasSuffix(n, unpackPartialSuffix) {
+				bad("environment", id, "%s is left over from an interrupted operation", filepath.Join(dir, n))
+			}
+		}
+	}
+	names, err := gcListNames(envRoot)
+	if err != nil {
+		return 0, err
+	}
+	sort.Strings(names)
+	dirs := 0
+	for _, n := range names {
+		p := filepath.Join(envRoot, n)
+		switch {
+		case validStoreHash(n):
+			dirs++
+			if !hasMeta[n] {
+				bad("environment", n, "directory %s has no metadata ('karapace gc' removes it)", p)
+			}
+		case n == ".layers":
+			trees, err := gcListNames(p)
+			if err != nil {
+				return dirs, err
+			}
+			sort.Strings(trees)
+			for _, h := range trees {
+				if validStoreHash(h) && !s.hasLayer(h) {
+					bad("layer tree", h, "%s is the tree of a layer that is not in the store ('karapace gc' removes it)", filepath.Join(p, h))
+				}
+			}
+		case strings.HasPrefix(n, "."):
+			bad("environment", n, "%s is the working directory of an interrupted operation ('karapace gc' removes it)", p)
+		}
+	}
+	return dirs, nil
 }
 
 type objectCheck struct {
@@ -320,6 +396,9 @@ func blake3File(f *os.File, size int64, workers int, buf []byte) (string, error)
 
 func runVerifyStore(c *cli) error {
 	s, err := c.openStore()
+	if errors.Is(err, errNoStore) {
+		return storeErrorf("nothing to verify: %v", err)
+	}
 	if err != nil {
 		return err
 	}
@@ -334,9 +413,10 @@ func runVerifyStore(c *cli) error {
 		for _, p := range rep.Bad {
 			fmt.Fprintf(c.stdout, "bad %s %s: %s\n", p.Kind, p.Name, p.Problem)
 		}
-		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s: %s\n",
+		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s, %s: %s\n",
 			gcPlural(rep.Objects, "object", "objects"), humanBytes(rep.Bytes),
 			gcPlural(rep.Layers, "layer", "layers"), gcPlural(rep.Metadata, "metadata file", "metadata files"),
+			gcPlural(rep.EnvDirs, "environment directory", "environment directories"),
 			map[bool]string{true: "all good", false: gcPlural(len(rep.Bad), "problem", "problems")}[len(rep.Bad) == 0])
 	}
 	if len(rep.Bad) > 0 {

@@ -75,6 +75,74 @@ func TestVerifyFindsEveryProblem(t *testing.T) {
 	}
 }
 
+// verify-store holds the environment directories to what the engine
+// keeps true: a live environment has its writable layer and work
+// directory and no leftovers of a restore; nothing under env/ is without
+// an owner. gc removes what has no owner.
+func TestVerifyEnvironmentDirs(t *testing.T) {
+	s := newTestStore(t)
+	noWork := testEnv(t, s, "a", "a")
+	noDir := testEnv(t, s, "b", "b")
+	leftovers := testEnv(t, s, "c", "c")
+	testEnv(t, s, "d", "d")
+	env := filepath.Join(s.root, "env")
+	must(t, os.Remove(filepath.Join(env, noWork.EnvID, "work")))
+	must(t, os.RemoveAll(filepath.Join(env, noDir.EnvID)))
+	for _, n := range []string{restoreOldUpper, restoreNewUpper, restoreOldWork} {
+		writeFile(t, filepath.Join(env, leftovers.EnvID), n+"/f", "x")
+	}
+	orphan := strings.Repeat("0", 64)
+	writeFile(t, filepath.Join(env, orphan), "upper/f", "x")
+	writeFile(t, env, ".import-1234/f", "x")
+	goneLayer := strings.Repeat("1", 64)
+	writeFile(t, filepath.Join(env, ".layers", goneLayer), "f", "x")
+	writeFile(t, filepath.Join(env, ".layers", noWork.BaseLayer), "f", "x") // a live layer's tree
+	writeFile(t, env, "not-ours/f", "x")                                    // nothing of karapace's: left alone
+
+	wantBad := []string{
+		"bad environment " + noWork.EnvID + ": " + filepath.Join(env, noWork.EnvID, "work") + " is missing or not a directory",
+		"bad environment " + noDir.EnvID + ": " + filepath.Join(env, noDir.EnvID) + " is missing or not a directory",
+		"bad environment " + leftovers.EnvID + ": " + filepath.Join(env, leftovers.EnvID, restoreOldUpper) + " is left over from an interrupted operation",
+		"bad environment " + leftovers.EnvID + ": " + filepath.Join(env, leftovers.EnvID, restoreNewUpper) + " is left over",
+		"bad environment " + leftovers.EnvID + ": " + filepath.Join(env, leftovers.EnvID, restoreOldWork) + " is left over",
+	}
+	wantGarbage := []string{
+		"bad environment " + orphan + ": directory " + filepath.Join(env, orphan) + " has no metadata ('karapace gc' removes it)",
+		"bad environment .import-1234: " + filepath.Join(env, ".import-1234") + " is the working directory of an interrupted operation",
+		"bad layer tree " + goneLayer + ": " + filepath.Join(env, ".layers", goneLayer) + " is the tree of a layer that is not in the store",
+	}
+	code, out, errOut := runCLI(t, nil, "--store", s.root, "verify-store")
+	if code != exitStore {
+		t.Fatalf("exit %d, want 3:\n%s%s", code, out, errOut)
+	}
+	mustContain(t, "verify-store", out, append(wantBad, wantGarbage...)...)
+	mustContain(t, "verify-store", out, "4 environment directories", "8 problems")
+	if strings.Contains(out, "not-ours") || strings.Contains(out, noWork.BaseLayer+":") {
+		t.Errorf("verify-store reports what is fine:\n%s", out)
+	}
+
+	// gc takes the garbage, and only that.
+	rep, err := s.gc(context.Background(), gcOptions{})
+	if err != nil || rep.EnvDirs != 1 || rep.Staging != 1 {
+		t.Fatalf("gc: %+v %v", rep, err)
+	}
+	code, out, _ = runCLI(t, nil, "--store", s.root, "verify-store")
+	mustContain(t, "verify-store after gc", out, append(wantBad, "5 problems")...)
+	if code != exitStore || strings.Contains(out, orphan) || strings.Contains(out, goneLayer) || strings.Contains(out, ".import") {
+		t.Fatalf("after gc (exit %d):\n%s", code, out)
+	}
+	if _, err := os.Stat(filepath.Join(env, ".layers", noWork.BaseLayer)); err != nil {
+		t.Error("gc removed a live layer's tree")
+	}
+
+	// A server's store keeps environments without directories.
+	must(t, os.RemoveAll(env))
+	must(t, s.markServed())
+	if rep, err := s.verify(context.Background()); err != nil || len(rep.Bad) != 0 {
+		t.Fatalf("served store: %+v %v", rep, err)
+	}
+}
+
 func TestVerifyEmptyJSON(t *testing.T) {
 	s := newTestStore(t)
 	code, out, _ := runCLI(t, nil, "--store", s.root, "--json", "verify-store")

@@ -18,6 +18,10 @@ import (
 
 // WAL step operations. Each undoes one forward action and is safe to run
 // again (recovery may itself be interrupted).
+//
+// Paths are recorded relative to the store root: an entry still applies
+// when the store is reached by another path, moved, or opened through a
+// symlink one time and by its real path another (/home → /var/home).
 const (
 	walRemovePath   = "remove_path"   // Path: a file or tree under the store root
 	walRemoveObject = "remove_object" // Hash
@@ -89,16 +93,18 @@ func (o *walOp) write() error {
 	return nil
 }
 
-// add persists a rollback step; only then may the caller do the action.
-// Several steps at once cost one write.
+// add persists rollback steps (paths absolute or relative to the root);
+// only then may the caller do the action. Several steps at once cost one
+// write.
 func (o *walOp) add(steps ...walStep) error {
+	n := len(o.Steps)
 	for _, step := range steps {
-		if err := o.s.checkStep(step); err != nil {
+		if err := o.s.checkStep(&step); err != nil {
+			o.Steps = o.Steps[:n]
 			return fmt.Errorf("%s: invalid WAL step: %w", o.Kind, err)
 		}
+		o.Steps = append(o.Steps, step)
 	}
-	n := len(o.Steps)
-	o.Steps = append(o.Steps, steps...)
 	if err := o.write(); err != nil {
 		o.Steps = o.Steps[:n]
 		return err
@@ -223,12 +229,15 @@ func (o *walOp) done() error {
 // removes the trees and ends the operation. From the commit point on, a
 // crash is completed by recovery, not rolled back.
 func (o *walOp) finish(cleanup ...string) error {
-	for _, p := range cleanup {
-		if err := o.s.checkWALPath(p); err != nil {
+	rels := make([]string, len(cleanup))
+	for i, p := range cleanup {
+		rel, err := o.s.walRel(p)
+		if err != nil {
 			return fmt.Errorf("%s: invalid cleanup path: %w", o.Kind, err)
 		}
+		rels[i] = rel
 	}
-	o.Committed, o.Cleanup = true, cleanup
+	o.Committed, o.Cleanup = true, rels
 	if err := o.write(); err != nil {
 		return err
 	}
@@ -239,7 +248,8 @@ func (o *walOp) finish(cleanup ...string) error {
 }
 
 func (s *store) cleanup(o *walOp) error {
-	for _, p := range o.Cleanup {
+	for _, rel := range o.Cleanup {
+		p := filepath.Join(s.root, rel)
 		if err := s.removeTree(p); err != nil {
 			return storeErrorf("finishing %s (WAL entry %s): removing %s: %v", o.Kind, s.path("wal", o.file()), p, err)
 		}
@@ -266,17 +276,21 @@ func (o *walOp) rollback() error {
 	return o.done()
 }
 
-// checkStep validates a step before it is recorded or replayed; a path
-// must name something a rollback may remove, strictly under the root.
-func (s *store) checkStep(st walStep) error {
+// checkStep validates a step before it is recorded or replayed and puts
+// its paths in the root-relative form: a path must name something a
+// rollback may remove, strictly under the root.
+func (s *store) checkStep(st *walStep) error {
+	var err error
 	switch st.Op {
 	case walRemovePath:
-		return s.checkWALPath(st.Path)
+		st.Path, err = s.walRel(st.Path)
+		return err
 	case walRename:
-		if err := s.checkWALPath(st.Path); err != nil {
+		if st.Path, err = s.walRel(st.Path); err != nil {
 			return err
 		}
-		return s.checkWALPath(st.From)
+		st.From, err = s.walRel(st.From)
+		return err
 	case walRemoveObject, walRemoveLayer:
 		if !validStoreHash(st.Hash) {
 			return fmt.Errorf("%s: invalid hash %q", st.Op, st.Hash)
@@ -302,34 +316,51 @@ func (s *store) checkStep(st walStep) error {
 	return nil
 }
 
-// checkWALPath accepts paths under env/, images/ and store/staging/,
-// never one of the store's own directories, and none that a symlink on
-// the way leads out of the root.
-func (s *store) checkWALPath(p string) error {
-	if !filepath.IsAbs(p) || filepath.Clean(p) != p {
-		return fmt.Errorf("path %q is not absolute and clean", p)
+// walRel returns p, absolute or relative to the root, as the WAL records
+// it: relative, under env/, images/ or store/staging/, never one of the
+// store's own directories, and not led out of the root by a symlink.
+func (s *store) walRel(p string) (string, error) {
+	if filepath.Clean(p) != p {
+		return "", fmt.Errorf("path %q is not clean", p)
 	}
-	rel, err := filepath.Rel(s.root, p)
-	if err != nil || rel == "." || strings.HasPrefix(rel, "../") || rel == ".." {
-		return fmt.Errorf("path %q is outside the store root %s", p, s.root)
+	rel := p
+	if filepath.IsAbs(p) {
+		var ok bool
+		if rel, ok = relBeneath(s.root, p); !ok {
+			// Entries of older versions hold absolute paths, of the root
+			// as it was opened then: its real path may be ours.
+			if dir, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
+				rel, ok = relBeneath(s.root, filepath.Join(dir, filepath.Base(p)))
+			}
+			if !ok {
+				return "", fmt.Errorf("path %q is outside the store root %s", p, s.root)
+			}
+		}
 	}
 	parts := strings.Split(rel, "/")
 	switch {
+	case rel == ".." || strings.HasPrefix(rel, "../"):
+		return "", fmt.Errorf("path %q is outside the store root %s", p, s.root)
 	case len(parts) >= 2 && (parts[0] == "env" || parts[0] == "images"):
 	case len(parts) >= 3 && parts[0] == "store" && parts[1] == "staging":
 	default:
-		return fmt.Errorf("path %q is not one a rollback may touch", p)
+		return "", fmt.Errorf("path %q is not one a rollback may touch", p)
 	}
-	realRoot, err := filepath.EvalSymlinks(s.root)
-	if err != nil {
-		return fmt.Errorf("resolving store root: %w", err)
-	}
-	if realDir, err := filepath.EvalSymlinks(filepath.Dir(p)); err == nil {
-		if r, err := filepath.Rel(realRoot, realDir); err != nil || r == ".." || strings.HasPrefix(r, "../") {
-			return fmt.Errorf("path %q leads outside the store root through a symlink", p)
+	if realDir, err := filepath.EvalSymlinks(filepath.Dir(filepath.Join(s.root, rel))); err == nil {
+		if _, ok := relBeneath(s.root, realDir); !ok {
+			return "", fmt.Errorf("path %q leads outside the store root through a symlink", p)
 		}
 	}
-	return nil
+	return rel, nil
+}
+
+// relBeneath returns p relative to dir when p is strictly beneath it.
+func relBeneath(dir, p string) (string, bool) {
+	rel, err := filepath.Rel(dir, p)
+	if err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", false
+	}
+	return rel, true
 }
 
 // replay runs an operation's steps backwards.
@@ -346,18 +377,19 @@ func (s *store) replay(o *walOp) error {
 func (s *store) undo(st walStep) error {
 	switch st.Op {
 	case walRemovePath:
-		return s.removeTree(st.Path)
+		return s.removeTree(filepath.Join(s.root, st.Path))
 	case walRename:
-		if _, err := os.Lstat(st.Path); errors.Is(err, fs.ErrNotExist) {
+		to, from := filepath.Join(s.root, st.Path), filepath.Join(s.root, st.From)
+		if _, err := os.Lstat(to); errors.Is(err, fs.ErrNotExist) {
 			return nil // never done, or already undone
 		}
-		if _, err := os.Lstat(st.From); err == nil {
-			return fmt.Errorf("cannot move %s back: %s exists", st.Path, st.From)
+		if _, err := os.Lstat(from); err == nil {
+			return fmt.Errorf("cannot move %s back: %s exists", to, from)
 		}
-		if err := os.Rename(st.Path, st.From); err != nil {
+		if err := os.Rename(to, from); err != nil {
 			return err
 		}
-		return syncDir(filepath.Dir(st.From))
+		return syncDir(filepath.Dir(from))
 	case walRemoveObject:
 		return s.deleteObject(st.Hash)
 	case walRemoveLayer:
@@ -453,15 +485,17 @@ func (s *store) readWAL(file string) (*walOp, error) {
 	if o.ID+".json" != filepath.Base(file) || o.Kind == "" {
 		return nil, errors.New("entry does not match its file name")
 	}
-	for i, st := range o.Steps {
-		if err := s.checkStep(st); err != nil {
+	for i := range o.Steps {
+		if err := s.checkStep(&o.Steps[i]); err != nil {
 			return nil, fmt.Errorf("step %d: %w", i+1, err)
 		}
 	}
-	for _, p := range o.Cleanup {
-		if err := s.checkWALPath(p); err != nil {
+	for i, p := range o.Cleanup {
+		rel, err := s.walRel(p)
+		if err != nil {
 			return nil, fmt.Errorf("cleanup: %w", err)
 		}
+		o.Cleanup[i] = rel
 	}
 	o.s = s
 	return &o, nil

@@ -1,22 +1,22 @@
 package main
 
 import (
-	"bufio"
+	"archive/tar"
 	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
 	"io"
+	"maps"
 	mrand "math/rand"
 	"os"
-	"os/exec"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
-
-	"lukechampine.com/blake3"
 )
 
 func TestWALRollback(t *testing.T) {
@@ -160,6 +160,10 @@ func TestWALRefusesBadEntries(t *testing.T) {
 		{Op: walRemovePath, Path: s.root + "/env/../../x"},
 		{Op: walRemovePath, Path: s.path("objects")},
 		{Op: walRemovePath, Path: filepath.Join(s.root, "env")},
+		{Op: walRemovePath, Path: "../x"},
+		{Op: walRemovePath, Path: "env/../../x"},
+		{Op: walRemovePath, Path: "store/objects"},
+		{Op: walRemovePath, Path: "env"},
 		{Op: walRename, Path: filepath.Join(s.root, "env", "x"), From: outside},
 		{Op: walRemoveObject, Hash: "../x"},
 		{Op: walRestoreMeta, EnvID: strings.Repeat("a", 64), Meta: "{}"},
@@ -182,14 +186,16 @@ func TestWALRefusesBadEntries(t *testing.T) {
 	os.WriteFile(s.path("wal", "garbage.json"), []byte("{not json"), 0o600)
 	os.WriteFile(s.path("wal", "stray.tmp"), []byte("x"), 0o600)
 	os.WriteFile(s.path("wal", "evil.json"), []byte(`{"id":"evil","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+outside+`"}]}`), 0o600)
+	rel, _ := filepath.Rel(s.root, outside)
+	os.WriteFile(s.path("wal", "evil2.json"), []byte(`{"id":"evil2","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+rel+`"}]}`), 0o600)
 	var logs bytes.Buffer
 	setLogLevel("warn", false, false, &logs)
 	defer setLogLevel("", false, false, os.Stderr)
 	n, err := s.recoverWAL()
-	if err != nil || n != 3 {
+	if err != nil || n != 4 {
 		t.Fatalf("recoverWAL: %d %v", n, err)
 	}
-	mustContain(t, "warnings", logs.String(), "removing corrupt WAL entry "+s.path("wal", "garbage.json"), "evil.json", "outside the store root")
+	mustContain(t, "warnings", logs.String(), "removing corrupt WAL entry "+s.path("wal", "garbage.json"), "evil.json", "evil2.json", "outside the store root")
 	if _, err := os.Stat(filepath.Join(outside, "precious")); err != nil {
 		t.Fatal("a WAL entry removed something outside the store")
 	}
@@ -199,323 +205,395 @@ func TestWALRefusesBadEntries(t *testing.T) {
 	l.unlock()
 }
 
-// The crash-injection workers: each loops one kind of operation, done the
-// way the engine does it (lock, WAL entry, steps before actions), until
-// the parent kills it.
-func init() {
-	testHelpers["store-crash-worker"] = func() {
-		s := helperStore()
-		s.lockWait = time.Minute
-		var seed int64
-		fmt.Sscan(os.Getenv("KP_SEED"), &seed)
-		rng := mrand.New(mrand.NewSource(seed))
-		scratch := os.Getenv("KP_SCRATCH")
-		fmt.Println("ready")
-		ops := map[string]func(*store, *mrand.Rand, string) error{
-			"build": crashBuild, "commit": crashCommit, "restore": crashRestore, "gc": crashGC,
-		}
-		op := ops[os.Getenv("KP_KIND")]
-		for {
-			if err := op(s, rng, scratch); err != nil {
-				fmt.Println("error", err)
-				os.Exit(1)
-			}
-		}
-	}
-}
-
 func randHex(rng *mrand.Rand) string {
 	b := make([]byte, 32)
 	rng.Read(b)
 	return hex.EncodeToString(b)
 }
 
-// crashBuild: pack a tree → object → base layer → env dir with the tree
-// unpacked as upper → metadata. One build in eight fails and rolls back;
-// one in four reuses an earlier tree, so its object is already there.
-func crashBuild(s *store, rng *mrand.Rand, scratch string) error {
-	l, err := s.lock("build")
-	if err != nil {
-		return err
+// A crashed restore (the old writable layer moved aside, the new one not
+// in place yet) is rolled back however the store is reached next: moved
+// to another directory, or opened by its real path after a symlink
+// (Silverblue's /home → /var/home), also for an entry of an older
+// version that recorded absolute paths.
+func TestWALStoreReachedByAnotherPath(t *testing.T) {
+	envID := strings.Repeat("e", 64)
+	crash := func(t *testing.T, root string) {
+		t.Helper()
+		s, err := openStore(root)
+		must(t, err)
+		env := filepath.Join(s.root, "env", envID)
+		writeFile(t, env, "upper/kept", "x")
+		l := mustLock(t, s, "restore")
+		op, err := s.beginOp("restore", envID)
+		must(t, err)
+		must(t, op.mkdir(env+"/upper.new"))
+		must(t, op.rename(env+"/upper", env+"/upper.old"))
+		raw, _ := os.ReadFile(s.path("wal", op.file()))
+		mustContain(t, "WAL entry", string(raw), `"path": "env/`+envID+`/upper.old"`, `"from": "env/`+envID+`/upper"`)
+		l.unlock() // the process dies here
 	}
-	defer l.unlock()
-	envID := randHex(rng)
-	op, err := s.beginOp("build", envID)
-	if err != nil {
-		return err
-	}
-	tree := filepath.Join(scratch, "tree")
-	os.RemoveAll(tree)
-	os.MkdirAll(filepath.Join(tree, "etc"), 0o755)
-	content := randHex(rng)
-	if rng.Intn(4) == 0 {
-		content = fmt.Sprint(rng.Intn(3))
-	}
-	os.WriteFile(filepath.Join(tree, "etc", "id"), []byte(content), 0o644)
-	os.WriteFile(filepath.Join(tree, "big"), bytes.Repeat([]byte(content), 2000), 0o644)
-	tarHash, _, err := op.packObject(tree)
-	if err != nil {
-		return err
-	}
-	base, err := op.putLayer(&layer{Kind: layerBase, TarHash: tarHash, ReadOnly: true})
-	if err != nil {
-		return err
-	}
-	manifest, _, err := op.putObject(strings.NewReader("manifest " + envID))
-	if err != nil {
-		return err
-	}
-	envDir := filepath.Join(s.root, "env", envID)
-	if err := op.mkdir(envDir); err != nil {
-		return err
-	}
-	if err := s.unpackObjectTo(tarHash, filepath.Join(envDir, "upper"), unpackOptions{}); err != nil {
-		return err
-	}
-	now := time.Now().UTC().Format(time.RFC3339)
-	m := &envMeta{EnvID: envID, ShortID: envID[:12], State: stateBuilt, ManifestHash: manifest, BaseLayer: base,
-		CreatedAt: now, UpdatedAt: now, RefCount: 1}
-	if err := op.putMeta(m); err != nil {
-		return err
-	}
-	if rng.Intn(8) == 0 {
-		return op.rollback()
-	}
-	return op.done()
-}
-
-func crashPick(s *store, rng *mrand.Rand, withSnapshots bool) *envMeta {
-	all, _ := s.listMeta()
-	var c []*envMeta
-	for _, m := range all {
-		if !withSnapshots || len(m.Snapshots) > 0 {
-			c = append(c, m)
+	rolledBack := func(t *testing.T, root string) {
+		t.Helper()
+		s, err := openStore(root)
+		must(t, err)
+		env := filepath.Join(s.root, "env", envID)
+		if names := dirNames(t, env); len(names) != 1 || names[0] != "upper" {
+			t.Fatalf("after reopening by %s the environment holds %v, want [upper]", root, names)
+		}
+		if _, err := os.Stat(env + "/upper/kept"); err != nil {
+			t.Fatal("the old writable layer is not back")
+		}
+		if n := dirNames(t, s.path("wal")); len(n) != 0 {
+			t.Fatalf("WAL entries left: %v", n)
 		}
 	}
-	if len(c) == 0 {
-		return nil
-	}
-	return c[rng.Intn(len(c))]
+
+	t.Run("moved", func(t *testing.T) {
+		dir := t.TempDir()
+		crash(t, dir+"/a")
+		must(t, os.Rename(dir+"/a", dir+"/b"))
+		rolledBack(t, dir+"/b")
+	})
+	t.Run("symlink then real path", func(t *testing.T) {
+		real, link := t.TempDir()+"/real", t.TempDir()+"/link"
+		must(t, os.Mkdir(real, 0o700))
+		must(t, os.Symlink(real, link))
+		crash(t, link)
+		rolledBack(t, real)
+	})
+	t.Run("absolute paths of an older version", func(t *testing.T) {
+		real, link := t.TempDir()+"/real", t.TempDir()+"/link"
+		must(t, os.Mkdir(real, 0o700))
+		must(t, os.Symlink(real, link))
+		s, err := openStore(real)
+		must(t, err)
+		env := filepath.Join(link, "env", envID)
+		writeFile(t, env, "upper.old/kept", "x")
+		writeFile(t, env, "upper.new/partial", "x")
+		entry := fmt.Sprintf(`{"id":"old","kind":"restore","started":"x","steps":[`+
+			`{"op":"remove_path","path":%q},{"op":"rename","path":%q,"from":%q}]}`, env+"/upper.new", env+"/upper.old", env+"/upper")
+		must(t, os.WriteFile(s.path("wal", "old.json"), []byte(entry), 0o600))
+		rolledBack(t, real)
+	})
 }
 
-// crashCommit: change the writable layer (undoably), snapshot it, record
-// the snapshot as the layer the upper now equals.
-func crashCommit(s *store, rng *mrand.Rand, _ string) error {
-	l, err := s.lock("commit")
-	if err != nil {
-		return err
-	}
-	defer l.unlock()
-	m := crashPick(s, rng, false)
-	if m == nil {
-		return nil
-	}
-	op, err := s.beginOp("commit", m.EnvID)
-	if err != nil {
-		return err
-	}
-	upper := filepath.Join(s.root, "env", m.EnvID, "upper")
-	f := filepath.Join(upper, "f-"+randHex(rng)[:8])
-	if err := op.add(walStep{Op: walRemovePath, Path: f}); err != nil {
-		return err
-	}
-	if err := os.WriteFile(f, []byte(randHex(rng)), 0o644); err != nil {
-		return err
-	}
-	tarHash, _, err := op.packObject(upper)
-	if err != nil {
-		return err
-	}
-	snap, err := op.putLayer(&layer{Kind: layerSnapshot, Parent: m.BaseLayer, TarHash: tarHash, ReadOnly: true})
-	if err != nil {
-		return err
-	}
-	m.Snapshots = append(m.Snapshots, snap)
-	m.UpperLayer = snap
-	if err := op.putMeta(m); err != nil {
-		return err
-	}
-	return op.done()
+// crashEnv is what the crash test knows of an environment between two
+// operations: what its metadata says and what its writable layer holds.
+type crashEnv struct {
+	upperLayer string
+	snapshots  []string
+	marker     string // upper/marker, which the test writes; "" if none
 }
 
-// crashRestore: unpack a snapshot beside the upper, swap the two by
-// renames, record it, and remove the old upper after the commit point.
-func crashRestore(s *store, rng *mrand.Rand, _ string) error {
-	l, err := s.lock("restore")
-	if err != nil {
-		return err
+// crashState reads every environment of the store at root.
+func crashState(t *testing.T, root string) map[string]crashEnv {
+	t.Helper()
+	s, err := openStore(root)
+	must(t, err)
+	metas, errs := s.listMeta()
+	if len(errs) > 0 {
+		t.Fatal(errs[0])
 	}
-	defer l.unlock()
-	m := crashPick(s, rng, true)
-	if m == nil {
-		return nil
+	st := map[string]crashEnv{}
+	for _, m := range metas {
+		b, _ := os.ReadFile(filepath.Join(root, "env", m.EnvID, "upper", "marker"))
+		st[m.EnvID] = crashEnv{m.UpperLayer, m.Snapshots, string(b)}
 	}
-	snap := m.Snapshots[rng.Intn(len(m.Snapshots))]
-	lay, err := s.getLayer(snap)
-	if err != nil {
-		return err
-	}
-	op, err := s.beginOp("restore", m.EnvID)
-	if err != nil {
-		return err
-	}
-	envDir := filepath.Join(s.root, "env", m.EnvID)
-	upper, fresh, old := filepath.Join(envDir, "upper"), filepath.Join(envDir, "upper.new"), filepath.Join(envDir, "upper.old")
-	if err := op.add(walStep{Op: walRemovePath, Path: fresh}); err != nil {
-		return err
-	}
-	if err := s.unpackObjectTo(lay.TarHash, fresh, unpackOptions{}); err != nil {
-		return err
-	}
-	if err := op.rename(upper, old); err != nil {
-		return err
-	}
-	if err := op.rename(fresh, upper); err != nil {
-		return err
-	}
-	m.UpperLayer = snap
-	if err := op.putMeta(m); err != nil {
-		return err
-	}
-	return op.finish(old)
+	return st
 }
 
-// crashGC: leave some garbage, then collect.
-func crashGC(s *store, rng *mrand.Rand, _ string) error {
-	l, err := s.lock("garbage")
-	if err != nil {
-		return err
-	}
-	for range rng.Intn(3) + 1 {
-		h, _, err := s.putObject(strings.NewReader(randHex(rng)))
-		if err != nil {
-			l.unlock()
-			return err
+// snapshotMarker is the content of marker in a snapshot layer's tar.
+func snapshotMarker(t *testing.T, root, snap string) string {
+	t.Helper()
+	s, err := openStore(root)
+	must(t, err)
+	l, err := s.getLayer(snap)
+	must(t, err)
+	rc, err := s.openObject(l.TarHash)
+	must(t, err)
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			return ""
 		}
-		if rng.Intn(2) == 0 {
-			if _, err := s.putLayer(&layer{Kind: layerBase, TarHash: h}); err != nil {
-				l.unlock()
-				return err
+		must(t, err)
+		if strings.TrimPrefix(h.Name, "./") == "marker" {
+			b, err := io.ReadAll(tr)
+			must(t, err)
+			return string(b)
+		}
+	}
+}
+
+// waitGroupGone waits until no live process is left in process group
+// pgid: the stages a killed karapace started die with it (Pdeathsig), and
+// the store is only looked at once they have.
+func waitGroupGone(t *testing.T, pgid int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		alive := ""
+		procs, _ := os.ReadDir("/proc")
+		for _, p := range procs {
+			b, err := os.ReadFile("/proc/" + p.Name() + "/stat")
+			if err != nil {
+				continue
+			}
+			// pid (comm) state ppid pgrp ...; comm may hold spaces.
+			f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+			if len(f) > 2 && f[2] == fmt.Sprint(pgid) && f[0] != "Z" && f[0] != "X" {
+				alive = p.Name()
 			}
 		}
+		if alive == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s of the killed karapace's group %d is still alive", alive, pgid)
+		}
+		time.Sleep(time.Millisecond)
 	}
-	l.unlock()
-	_, err = s.gc(context.Background(), gcOptions{DryRun: rng.Intn(5) == 0})
-	return err
 }
 
-// checkCrashedStore recovers the store and checks every invariant.
-func checkCrashedStore(t *testing.T, root string) (walEntries, stagingLeft int) {
-	t.Helper()
-	walEntries = len(dirNames(t, filepath.Join(root, "store", "wal")))
-	stagingLeft = len(dirNames(t, filepath.Join(root, "store", "staging")))
-	s, err := openStore(root)
-	if err != nil {
-		t.Fatalf("reopen: %v", err)
-	}
-	l := mustLock(t, s, "check")
-	defer l.unlock()
-	rep, err := s.verifyLocked(context.Background())
-	if err != nil || len(rep.Bad) != 0 {
-		t.Fatalf("verify after crash: %v %+v", err, rep.Bad)
-	}
-	if n := dirNames(t, s.path("wal")); len(n) != 0 {
-		t.Fatalf("WAL entries left: %v", n)
-	}
-	if n := dirNames(t, s.path("staging")); len(n) != 0 {
-		t.Fatalf("staging left: %v", n)
-	}
-	metas, errs := s.listMeta()
-	if len(errs) != 0 {
-		t.Fatal(errs)
-	}
-	live := map[string]bool{}
-	for _, m := range metas {
-		live[m.EnvID] = true
-		envDir := filepath.Join(root, "env", m.EnvID)
-		if names := dirNames(t, envDir); len(names) != 1 || names[0] != "upper" {
-			t.Fatalf("env %s holds %v, want only upper", m.ShortID, names)
-		}
-		// The writable layer is exactly the layer the metadata says.
-		want := m.UpperLayer
-		if want == "" {
-			want = m.BaseLayer
-		}
-		lay, err := s.getLayer(want)
-		if err != nil {
-			t.Fatal(err)
-		}
-		h := blake3.New(32, nil)
-		if _, err := packLayer(filepath.Join(envDir, "upper"), h); err != nil {
-			t.Fatal(err)
-		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != lay.TarHash {
-			t.Fatalf("env %s: upper packs to %s, metadata says layer %s with tar %s", m.ShortID, got, want, lay.TarHash)
-		}
-	}
-	for _, n := range dirNames(t, filepath.Join(root, "env")) {
-		if !live[n] {
-			t.Fatalf("env dir %s has no metadata", n)
-		}
-	}
-	return walEntries, stagingLeft
-}
-
+// TestCrashInjection SIGKILLs the real commands — build (mock backend,
+// local image), commit, restore, destroy, gc and gc --dry-run — at random
+// points, at least 200 times. After each, the real verify-store must find
+// the store clean (it recovers first: WAL replay, staging), and each
+// environment must be wholly before or wholly after the operation: a
+// commit's snapshot holds the writable layer as it was, a restore leaves
+// the old layer with the old metadata or the snapshot with the new, a
+// destroy leaves everything or nothing, the others change no environment.
 func TestCrashInjection(t *testing.T) {
-	kills := 240
+	kills := 200
 	if testing.Short() {
-		kills = 40
+		kills = 30
 	}
-	root := t.TempDir()
-	scratch := t.TempDir()
-	if _, err := openStore(root); err != nil {
-		t.Fatal(err)
+	k := newKP(t)
+	image := filepath.Join(k.base, "image.tar.gz")
+	tinyImage(t, image)
+	var manifests []string
+	for i := range 6 {
+		manifests = append(manifests, writeFile(t, filepath.Join(k.base, fmt.Sprintf("proj%d", i)), "karapace.toml",
+			fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n[system]\npackages = [\"p%d\"]\n[runtime]\nbackend = \"mock\"\n", image, i)))
 	}
-	kinds := []string{"build", "commit", "restore", "gc"}
-	rng := mrand.New(mrand.NewSource(time.Now().UnixNano()))
-	stats := map[string][3]int{} // kills, recoveries with WAL work, staging leftovers
-	for i := range kills {
-		kind := kinds[i%4]
-		if i < 8 {
-			kind = "build" // have environments to work on
+	k.ok("build", manifests[0])
+	seed := time.Now().UnixNano()
+	rng := mrand.New(mrand.NewSource(seed))
+	t.Logf("seed %d", seed)
+
+	// About how long each operation takes when left alone, to kill it
+	// anywhere in that time (and now and then not at all), mostly after
+	// the time any karapace takes to start.
+	took := map[string]time.Duration{}
+	startup := time.Hour
+	for range 3 {
+		start := time.Now()
+		k.ok("--version")
+		startup = min(startup, time.Since(start))
+	}
+	startup = startup * 3 / 4
+	type tally struct{ kills, inWAL, done int }
+	stats := map[string]*tally{}
+	snapMarkers := map[string]string{}
+	kinds := []string{"build", "build", "build", "commit", "commit", "restore", "restore", "destroy", "gc", "gc-dry"}
+	killed := 0
+	enough := func() bool {
+		for _, kind := range []string{"build", "commit", "restore", "destroy", "gc"} {
+			if stats[kind] == nil || stats[kind].kills < kills/20 {
+				return false
+			}
 		}
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), "KARAPACE_TEST_HELPER=store-crash-worker", "KP_STORE="+root,
-			"KP_KIND="+kind, "KP_SEED="+fmt.Sprint(rng.Int63()), "KP_SCRATCH="+scratch)
-		out, _ := cmd.StdoutPipe()
-		cmd.Stderr = os.Stderr
+		return killed >= kills
+	}
+	for iter := 0; !enough(); iter++ {
+		if iter > 20*kills {
+			t.Fatalf("only %d kills in %d runs", killed, iter)
+		}
+		before := crashState(t, k.store)
+		ids := slices.Sorted(maps.Keys(before))
+		var env, snap, marker string
+		var args []string
+		kind := kinds[rng.Intn(len(kinds))]
+		if len(ids) == 0 {
+			kind = "build"
+		} else {
+			env = ids[rng.Intn(len(ids))]
+		}
+		if kind == "restore" && len(before[env].snapshots) == 0 {
+			kind = "commit"
+		}
+		switch kind {
+		case "build":
+			args = []string{"build", manifests[rng.Intn(len(manifests))]}
+		case "commit", "restore":
+			// Work in the environment: the writable layer changes.
+			marker = randHex(rng)
+			writeFile(t, filepath.Join(k.store, "env", env, "upper"), "marker", marker)
+			c := before[env]
+			c.marker = marker
+			before[env] = c
+			args = []string{kind, env}
+			if kind == "restore" {
+				snap = before[env].snapshots[rng.Intn(len(before[env].snapshots))]
+				args = append(args, snap)
+			}
+		case "destroy":
+			args = []string{"destroy", env}
+		case "gc", "gc-dry":
+			// Garbage for gc to spend its time on.
+			s, err := openStore(k.store)
+			must(t, err)
+			l := mustLock(t, s, "garbage")
+			for range 30 {
+				mustPut(t, s, randHex(rng))
+			}
+			l.unlock()
+			args = []string{"gc"}
+			if kind == "gc-dry" {
+				args = append(args, "--dry-run")
+			}
+		}
+		listing := func() string {
+			var all []string
+			for _, d := range []string{"store/objects", "store/layers", "store/metadata", "env", "env/.layers"} {
+				all = append(all, d+": "+strings.Join(slices.Sorted(slices.Values(dirNames(t, filepath.Join(k.store, d)))), " "))
+			}
+			return strings.Join(all, "\n")
+		}
+		listedBefore := listing()
+
+		cmd := k.cmd("", args...)
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if took[kind] == 0 {
+			took[kind] = startup + 100*time.Millisecond
+		}
+		delay := startup + time.Duration(rng.Int63n(int64(took[kind]-startup)*5/4))
+		start := time.Now()
 		must(t, cmd.Start())
-		br := bufio.NewReader(out)
-		if line, _ := br.ReadString('\n'); line != "ready\n" {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("%s worker: %q", kind, line)
-		}
-		time.Sleep(time.Duration(rng.Intn(120)) * time.Millisecond)
-		cmd.Process.Signal(syscall.SIGKILL)
-		rest, _ := io.ReadAll(br)
+		timer := time.AfterFunc(delay, func() { cmd.Process.Signal(syscall.SIGKILL) })
 		cmd.Wait()
-		if strings.Contains(string(rest), "error") {
-			t.Fatalf("%s worker failed before the kill: %s", kind, rest)
+		timer.Stop()
+		ws := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		waitGroupGone(t, cmd.Process.Pid)
+		if stats[kind] == nil {
+			stats[kind] = &tally{}
 		}
-		w, st := checkCrashedStore(t, root)
+		wasKilled := ws.Signaled() && ws.Signal() == syscall.SIGKILL
+		if wasKilled {
+			killed++
+			stats[kind].kills++
+			if len(dirNames(t, filepath.Join(k.store, "store", "wal"))) > 0 {
+				stats[kind].inWAL++ // killed in the middle of the work
+			}
+			took[kind] = took[kind] * 11 / 10 // perhaps it takes longer
+		} else {
+			if code := ws.ExitStatus(); code != 0 {
+				t.Fatalf("karapace %v (not killed) exited %d:\n%s", args, code, errb.String())
+			}
+			stats[kind].done++
+			took[kind] = (took[kind]*3 + time.Since(start)) / 4
+		}
+		what := fmt.Sprintf("run %d: karapace %s, killed=%v after %v", iter, strings.Join(args, " "), wasKilled, delay)
+
+		// The real verify-store recovers and must find nothing wrong.
+		if code, out, errOut := k.run("verify-store"); code != 0 {
+			t.Fatalf("%s: verify-store exit %d\n%s%s", what, code, out, errOut)
+		}
+		for _, d := range []string{"wal", "staging"} {
+			if n := dirNames(t, filepath.Join(k.store, "store", d)); len(n) != 0 {
+				t.Fatalf("%s: %s holds %v after recovery", what, d, n)
+			}
+		}
+		after := crashState(t, k.store)
+		for id, b := range before {
+			a, ok := after[id]
+			switch {
+			case id != env || kind == "build" || kind == "gc" || kind == "gc-dry":
+				if !ok || !reflect.DeepEqual(a, b) {
+					t.Fatalf("%s: environment %s changed: %+v, was %+v", what, id[:12], a, b)
+				}
+			case kind == "destroy":
+				if ok && !reflect.DeepEqual(a, b) {
+					t.Fatalf("%s: half destroyed: %+v, was %+v", what, a, b)
+				}
+			case kind == "commit":
+				if !ok || a.upperLayer != b.upperLayer || a.marker != marker {
+					t.Fatalf("%s: %+v, was %+v", what, a, b)
+				}
+				switch len(a.snapshots) - len(b.snapshots) {
+				case 0:
+					if !reflect.DeepEqual(a.snapshots, b.snapshots) {
+						t.Fatalf("%s: snapshots %v, were %v", what, a.snapshots, b.snapshots)
+					}
+				case 1:
+					s := a.snapshots[len(a.snapshots)-1]
+					if got := snapshotMarker(t, k.store, s); got != marker {
+						t.Fatalf("%s: the new snapshot holds marker %q, the writable layer held %q", what, got, marker)
+					}
+					snapMarkers[s] = marker
+				default:
+					t.Fatalf("%s: snapshots %v, were %v", what, a.snapshots, b.snapshots)
+				}
+			case kind == "restore":
+				if _, ok := snapMarkers[snap]; !ok {
+					snapMarkers[snap] = snapshotMarker(t, k.store, snap)
+				}
+				old := ok && reflect.DeepEqual(a, b)
+				restored := ok && a.upperLayer == snap && a.marker == snapMarkers[snap] && reflect.DeepEqual(a.snapshots, b.snapshots)
+				if !old && !restored {
+					t.Fatalf("%s: neither before nor after: %+v, was %+v", what, a, b)
+				}
+			}
+		}
+		for id, a := range after {
+			if _, ok := before[id]; !ok && (kind != "build" || a.upperLayer != "" || len(a.snapshots) != 0 || a.marker != "") {
+				t.Fatalf("%s: environment %s appeared as %+v", what, id[:12], a)
+			}
+		}
+		if now := listing(); kind == "gc-dry" && now != listedBefore {
+			t.Fatalf("%s: the store changed:\n%s\nwas:\n%s", what, now, listedBefore)
+		}
+	}
+	for _, kind := range slices.Sorted(maps.Keys(stats)) {
 		c := stats[kind]
-		c[0]++
-		if w > 0 {
-			c[1]++
-		}
-		if st > 0 {
-			c[2]++
-		}
-		stats[kind] = c
+		t.Logf("%-8s %3d killed (%3d with a WAL entry to recover), %3d finished (in about %v)", kind, c.kills, c.inWAL, c.done, took[kind].Round(time.Millisecond))
 	}
-	total := 0
-	for _, k := range kinds {
-		c := stats[k]
-		total += c[0]
-		t.Logf("%-8s %3d kills, %3d left a WAL entry to roll back, %3d left staging files", k, c[0], c[1], c[2])
+}
+
+// A restore whose cleanup fails after its commit point (here: the old
+// work directory cannot be removed) is finished by the next open, and
+// the environment has a work directory all along.
+func TestRestoreCleanupInterrupted(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(``))
+	id := strings.TrimSpace(k.ok("build"))
+	snap := strings.TrimSpace(k.ok("commit", id))
+	writeFile(t, filepath.Join(k.store, "env", id, "work"), "x", "overlay's")
+	s, err := openStore(k.store)
+	must(t, err)
+	e := newEngine(s, func(string) string { return "" }, io.Discard)
+	remove := s.removeAll
+	s.removeAll = func(p string) error {
+		if _, err := os.Lstat(p); err == nil && strings.Contains(filepath.Base(p), "work") {
+			return fmt.Errorf("injected failure removing %s", p)
+		}
+		return remove(p)
 	}
-	s, _ := openStore(root)
-	metas, _ := s.listMeta()
-	t.Logf("%d kills in total; %d environments in the store at the end", total, len(metas))
+	if _, _, err := e.restore(id, snap); err == nil || !strings.Contains(err.Error(), "injected failure") {
+		t.Fatalf("restore: %v", err)
+	}
+	k.ok("verify-store") // recovers: finishes the cleanup
+	env := filepath.Join(k.store, "env", id)
+	if names := dirNames(t, filepath.Join(env, "work")); len(names) != 0 {
+		t.Fatalf("the work directory of the old writable layer stayed: %v", names)
+	}
+	if m, err := s.getMeta(id); err != nil || m.UpperLayer != snap {
+		t.Fatalf("after the commit point the restore stands: %+v %v", m, err)
+	}
 }
