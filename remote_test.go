@@ -578,9 +578,17 @@ func TestRemoteInterruptedUploads(t *testing.T) {
 	defer conn.Close()
 	fmt.Fprintf(conn, "PUT /blobs/object/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", storeBlake3Hex(blob), testTokenRW, len(blob))
 	conn.Write(blob[:len(blob)/2])
-	time.Sleep(200 * time.Millisecond)
+	// Once the server is writing the body to staging, it is in flight.
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(2 * time.Millisecond) {
+		if names, _ := filepath.Glob(filepath.Join(srv.data, "store", "staging", "object.*.tmp")); len(names) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server never started writing the request's body")
+		}
+	}
 	srv.cmd.Process.Signal(syscall.SIGTERM)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // time enough to exit, were it to exit wrongly
 	select {
 	case <-srv.done:
 		t.Fatal("the server exited with a request in flight")
