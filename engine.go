@@ -334,47 +334,61 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 			return l, src.SHA256, nil
 		}
 	}
-	img, err := images.openImage(e.s, src)
-	if err != nil {
-		return "", "", err
-	}
-	defer img.Close()
 	name := filepath.Base(src.Location)
-	prog := newProgress("importing "+name, img.size, true)
-	tree, err := e.stagingDir(op, "import")
-	if err != nil {
-		return "", "", err
-	}
-	err = func() error {
+	var tree, sha string
+	err := images.readImage(e.s, src, func(img *imageReader) error {
+		prog := newProgress("importing "+name, img.size, true)
+		defer prog.finish()
+		if tree != "" { // what a damaged cached copy unpacked to
+			if err := e.s.removeTree(tree); err != nil {
+				return err
+			}
+		}
+		var err error
+		if tree, err = e.stagingDir(op, "import"); err != nil {
+			return err
+		}
 		dec, err := decompress(prog.reader(img), name)
 		if err != nil {
 			return err
 		}
-		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, dec, nil); err != nil {
+		in := &errRecorder{r: dec}
+		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, in, nil); err != nil {
+			if in.err != nil {
+				err = in.err
+			}
 			return fmt.Errorf("unpacking image %s: %w", name, err)
 		}
-		// The digest covers every byte, past the end of the tar too.
-		return img.drain()
-	}()
-	prog.finish()
+		// The unpacker stops at the tar's end: the rest is decompressed
+		// too, so that every check of the compression is verified, and
+		// the digest covers every byte.
+		if _, err := io.Copy(io.Discard, dec); err != nil {
+			return fmt.Errorf("unpacking image %s: %w", name, err)
+		}
+		if err := img.drain(); err != nil {
+			return err
+		}
+		sha = img.sha256
+		return nil
+	})
 	if err != nil {
 		return "", "", err
 	}
-	if l, ok := e.indexedBase(img.sha256); ok {
-		return l, img.sha256, nil
+	if l, ok := e.indexedBase(sha); ok {
+		return l, sha, nil
 	}
 	layer, err := e.storeTree(op, tree, layerBase, "")
 	if err != nil {
 		return "", "", err
 	}
-	dir := filepath.Join(imagesDir(e.s), "sha256-"+img.sha256)
+	dir := filepath.Join(imagesDir(e.s), "sha256-"+sha)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, "base-layer"), []byte(layer+"\n"), 0o600); err != nil {
 		return "", "", err
 	}
-	return layer, img.sha256, nil
+	return layer, sha, nil
 }
 
 // indexedBase finds the Base layer already made from an image digest.

@@ -166,18 +166,19 @@ func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
 	if ref.Kind == imageAlias || ref.Kind == imageLXC {
 		return src.Location + "#sha256=" + src.SHA256, nil
 	}
-	img, err := images.openImage(e.s, src)
+	var sha string
+	err = images.readImage(e.s, src, func(img *imageReader) error {
+		err := img.drain()
+		sha = img.sha256
+		return err
+	})
 	if err != nil {
-		return "", fmt.Errorf("pin: %w", err)
-	}
-	defer img.Close()
-	if err := img.drain(); err != nil {
 		if ref.pinned() {
 			return "", fmt.Errorf("pin: %w (the manifest pins %s:%s)", err, ref.DigestAlgo, ref.Digest)
 		}
 		return "", fmt.Errorf("pin: %w", err)
 	}
-	return ref.Name + "#sha256=" + img.sha256, nil
+	return ref.Name + "#sha256=" + sha, nil
 }
 
 // rewriteBaseImage replaces the value of base.image in the manifest's text,

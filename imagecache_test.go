@@ -197,6 +197,17 @@ func TestImageServerHostile(t *testing.T) {
 	data, _ := os.ReadFile(good)
 	data[len(data)/2] ^= 0x55
 	os.WriteFile(corrupt, data, 0o644)
+	// Damage past the first chunk of a big file: the unpacker is inside
+	// the entry when the decoder fails, and the decoder's error is the one
+	// that counts.
+	bigCorrupt := filepath.Join(dir, "big.tar.xz")
+	smallImage(t, bigCorrupt, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 16 << 20},
+	})
+	data, _ = os.ReadFile(bigCorrupt)
+	data[len(data)*3/4] ^= 0x55
+	os.WriteFile(bigCorrupt, data, 0o644)
 	evil := filepath.Join(dir, "evil.tar.xz")
 	smallImage(t, evil, []*tar.Header{
 		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
@@ -212,6 +223,7 @@ func TestImageServerHostile(t *testing.T) {
 		{"hanging body", good, "", "hang-body", "no data for 1s"},
 		{"hanging headers", good, "", "hang-headers", "timeout awaiting response headers"},
 		{"corrupt xz", corrupt, "", "", "xz: "},
+		{"corrupt xz inside an entry", bigCorrupt, "", "", "unpacking image rootfs.tar.xz: xz: "},
 		{"tar with ..", evil, "", "", `"../escaped"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -313,4 +325,139 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	k.fails(1, "--offline forbids the network", "build", "--offline")
 	k.fails(2, "--require-pinned-image asks for one", "build", "--require-pinned-image")
 	k.ok("verify-store")
+}
+
+// xzBlockCheckEnd is the offset of the last byte of the last block's
+// check in a one-stream xz file: right before the index, whose size the
+// stream footer gives.
+func xzBlockCheckEnd(t *testing.T, data []byte) int {
+	t.Helper()
+	footer := data[len(data)-12:]
+	if string(footer[10:]) != "YZ" {
+		t.Fatal("not an xz stream footer")
+	}
+	backward := int(footer[4]) | int(footer[5])<<8 | int(footer[6])<<16 | int(footer[7])<<24
+	return len(data) - 12 - (backward+1)*4 - 1
+}
+
+// The importer stops reading the tar at its end marker; the xz data
+// after it (the zero records of a 4 MiB tar record, the last block's
+// check, the index and the footer) must still be decoded and verified.
+func TestImageXZCheckAfterTarEnd(t *testing.T) {
+	tarTool, xz := needTool(t, "tar"), needTool(t, "xz")
+	k := newKP(t)
+	src := filepath.Join(k.base, "rootfs")
+	writeFile(t, src, "etc/os-release", "ID=test\n")
+	img := filepath.Join(k.dir, "rootfs.tar.xz")
+	tarPath := filepath.Join(k.base, "rootfs.tar")
+	if out, err := exec.Command(tarTool, "-b", "8192", "--owner=0", "--group=0", "--numeric-owner", "-C", src, "-cf", tarPath, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	if st, _ := os.Stat(tarPath); st.Size() != 4<<20 {
+		t.Fatalf("tar -b 8192 made %d bytes", st.Size())
+	}
+	if out, err := exec.Command(xz, "--check=crc64", "-k", tarPath).CombinedOutput(); err != nil {
+		t.Fatalf("xz: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(tarPath + ".xz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[xzBlockCheckEnd(t, data)] ^= 1
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command(xz, "-t", img).Run(); err == nil {
+		t.Fatal("xz -t accepts the damaged file")
+	}
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"./rootfs.tar.xz\"\n[runtime]\nbackend = \"mock\"\n")
+	k.fails(1, "block check (CRC64) mismatch", "build")
+	if _, err := os.Stat(filepath.Join(k.dir, "karapace.lock")); err == nil {
+		t.Error("a failed build wrote the lock")
+	}
+	assertNothingHalfMade(t, k)
+
+	// The same file undamaged builds.
+	data[xzBlockCheckEnd(t, data)] ^= 1
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k.ok("build")
+}
+
+// A cached image is re-hashed as it is read: a damaged entry is an error
+// that names it and both digests, not a decoder's complaint; it is
+// removed and, online, downloaded again. verify-store finds it too.
+func TestImageCacheTampered(t *testing.T) {
+	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
+	smallImage(t, image, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3000},
+	})
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	entry := filepath.Join(k.store, "images", "sha256-"+srv.sha)
+	downloads := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		n := 0
+		for _, r := range srv.requests {
+			if strings.HasSuffix(r, "/rootfs.tar.xz") {
+				n++
+			}
+		}
+		return n
+	}
+	tamper := func() {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(entry, "image"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[len(data)/2] ^= 0x10
+		if err := os.WriteFile(filepath.Join(entry, "image"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Without its layer, the next build has to read the image.
+		k.ok("destroy", "dev")
+		k.ok("gc")
+	}
+	k.ok("build", "--name", "dev")
+	tamper()
+	code, out, errOut := k.run("verify-store")
+	if code != exitStore {
+		t.Fatalf("verify-store: exit %d\n%s", code, errOut)
+	}
+	mustContain(t, "verify-store", out, "bad image images/sha256-"+srv.sha+": corrupt: the image has sha256 ", "1 cached image")
+
+	// Online: named, removed, downloaded again.
+	if code, _, errOut = k.run("build", "--name", "dev"); code != 0 {
+		t.Fatalf("build: exit %d\n%s", code, errOut)
+	}
+	mustContain(t, "build", errOut, "image cache entry "+entry+" is damaged", "downloading "+srv.URL)
+	if n := downloads(); n != 2 {
+		t.Fatalf("%d downloads, want 2 (the damaged entry fetched again)", n)
+	}
+	k.ok("verify-store")
+
+	// Offline (from the lock): the error names the entry and both
+	// digests; the entry is gone, so verify-store is clean again.
+	tamper()
+	errOut = k.fails(1, "image cache entry "+entry+" is damaged: its image has sha256 ", "build", "--offline", "--locked")
+	mustContain(t, "build", errOut, "not the "+srv.sha+" it is filed under")
+	if strings.Contains(errOut, "xz:") {
+		t.Fatalf("the error is the decoder's:\n%s", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(entry, "image")); err == nil {
+		t.Fatal("the damaged image stayed in the cache")
+	}
+	k.ok("verify-store")
+	k.fails(1, "is not in the cache, and --offline forbids downloading it", "build", "--offline", "--locked")
+	k.ok("build")
+	if n := downloads(); n != 3 {
+		t.Fatalf("%d downloads, want 3", n)
+	}
 }

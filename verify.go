@@ -16,7 +16,7 @@ import (
 
 // verifyProblem is one bad item found by verify.
 type verifyProblem struct {
-	Kind    string `json:"kind"` // object, layer, metadata
+	Kind    string `json:"kind"` // object, layer, metadata, image
 	Name    string `json:"name"`
 	Problem string `json:"problem"`
 }
@@ -26,6 +26,7 @@ type verifyReport struct {
 	Objects  int             `json:"objects"`
 	Layers   int             `json:"layers"`
 	Metadata int             `json:"metadata"`
+	Images   int             `json:"images"`
 	Bytes    int64           `json:"bytes"`
 	Bad      []verifyProblem `json:"bad"`
 }
@@ -122,7 +123,8 @@ func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 			byName[m.Name] = id
 		}
 	}
-	return rep, nil
+	rep.Images, err = s.verifyImageCache(ctx, func(name, problem string) { bad("image", name, "%s", problem) })
+	return rep, err
 }
 
 type objectCheck struct {
@@ -334,9 +336,10 @@ func runVerifyStore(c *cli) error {
 		for _, p := range rep.Bad {
 			fmt.Fprintf(c.stdout, "bad %s %s: %s\n", p.Kind, p.Name, p.Problem)
 		}
-		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s: %s\n",
+		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s, %s: %s\n",
 			gcPlural(rep.Objects, "object", "objects"), humanBytes(rep.Bytes),
 			gcPlural(rep.Layers, "layer", "layers"), gcPlural(rep.Metadata, "metadata file", "metadata files"),
+			gcPlural(rep.Images, "cached image", "cached images"),
 			map[bool]string{true: "all good", false: gcPlural(len(rep.Bad), "problem", "problems")}[len(rep.Bad) == 0])
 	}
 	if len(rep.Bad) > 0 {
