@@ -3,10 +3,13 @@ package main
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -120,5 +123,93 @@ func TestPinFileAndURL(t *testing.T) {
 	// The URL's bytes went into the image cache, by digest.
 	if _, err := os.Stat(filepath.Join(dir, "store", "images", "sha256-"+digest, "image")); err != nil {
 		t.Fatalf("pinned URL not cached: %v", err)
+	}
+}
+
+// fakeSimplestreams serves an index on loopback with one amd64 (here:
+// this machine's architecture) default image for each of the server's
+// aliases named, filed at images/ALIAS/rootfs.tar.xz.
+func fakeSimplestreams(t *testing.T, serverAliases ...string) *httptest.Server {
+	arch := map[string]string{"amd64": "amd64", "arm64": "arm64", "386": "i386", "riscv64": "riscv64", "ppc64le": "ppc64el", "s390x": "s390x"}[runtime.GOARCH]
+	var products []string
+	for _, a := range serverAliases {
+		sum := sha256.Sum256([]byte(a))
+		products = append(products, fmt.Sprintf(`%q:{"aliases":"%s/default,%s","arch":%q,"variant":"default","versions":{"20250101_00:00":{"items":{"root.tar.xz":{"ftype":"root.tar.xz","path":"images/%s/rootfs.tar.xz","sha256":"%x","size":1}}}}}`,
+			strings.ReplaceAll(a, "/", ":")+":"+arch+":default", a, a, arch, a, sum))
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/streams/v1/index.json":
+			fmt.Fprint(w, `{"format":"index:1.0","index":{"images":{"datatype":"image-downloads","path":"streams/v1/images.json"}}}`)
+		case "/streams/v1/images.json":
+			fmt.Fprintf(w, `{"format":"products:1.0","products":{%s}}`, strings.Join(products, ","))
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// Every alias of the SPEC resolves, bare and after images:, to the image
+// server's name for it; an unknown one is an error listing the known ones.
+func TestImageAliasTable(t *testing.T) {
+	want := map[string]string{
+		"rolling": "opensuse/tumbleweed", "opensuse": "opensuse/tumbleweed", "opensuse/tumbleweed": "opensuse/tumbleweed",
+		"opensuse/leap": "opensuse/15.6",
+		"ubuntu":        "ubuntu/noble", "ubuntu/24.04": "ubuntu/noble", "ubuntu/noble": "ubuntu/noble",
+		"ubuntu/22.04": "ubuntu/jammy", "ubuntu/jammy": "ubuntu/jammy",
+		"ubuntu/20.04": "ubuntu/focal", "ubuntu/focal": "ubuntu/focal",
+		"ubuntu/24.10": "ubuntu/oracular", "ubuntu/oracular": "ubuntu/oracular",
+		"debian": "debian/bookworm", "debian/bookworm": "debian/bookworm", "debian/12": "debian/bookworm",
+		"debian/trixie": "debian/trixie", "debian/13": "debian/trixie", "debian/sid": "debian/sid",
+		"fedora": "fedora/42", "fedora/40": "fedora/40", "fedora/41": "fedora/41", "fedora/42": "fedora/42",
+		"arch": "archlinux", "archlinux": "archlinux",
+	}
+	seen := map[string]bool{}
+	var serverAliases []string
+	for _, a := range want {
+		if !seen[a] {
+			seen[a] = true
+			serverAliases = append(serverAliases, a)
+		}
+	}
+	// An alias of the server's own that is not one of ours.
+	serverAliases = append(serverAliases, "alpine/3.20")
+	srv := fakeSimplestreams(t, serverAliases...)
+	images, err := newImageEnv(func(k string) string {
+		return map[string]string{"KARAPACE_IMAGE_SERVER": srv.URL, "XDG_CONFIG_HOME": t.TempDir()}[k]
+	}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolve := func(image string) (imageSource, error) {
+		ref, err := parseImageRef(image)
+		if err != nil {
+			t.Fatalf("%s: %v", image, err)
+		}
+		return images.resolve(ref, t.TempDir())
+	}
+	for ours, theirs := range want {
+		for _, image := range []string{ours, "images:" + ours} {
+			src, err := resolve(image)
+			sum := sha256.Sum256([]byte(theirs))
+			if err != nil || src.Location != srv.URL+"/images/"+theirs+"/rootfs.tar.xz" || src.SHA256 != hex.EncodeToString(sum[:]) {
+				t.Errorf("%s: got %+v, %v; want the image of %s", image, src, err, theirs)
+			}
+		}
+	}
+	if src, err := resolve("images:alpine/3.20"); err != nil || !strings.HasSuffix(src.Location, "/images/alpine/3.20/rootfs.tar.xz") {
+		t.Errorf("images:alpine/3.20: %+v %v", src, err)
+	}
+	for _, image := range []string{"nonsense", "images:nonsense", "ubuntu/25.04"} {
+		_, err := resolve(image)
+		if exitCodeOf(err) != exitManifest {
+			t.Fatalf("%s: exit %d: %v", image, exitCodeOf(err), err)
+		}
+		mustContain(t, image, err.Error(), strconv.Quote(strings.TrimPrefix(image, "images:")), "known aliases: arch, archlinux, debian, debian/12,", "ubuntu/noble")
+	}
+	if len(lxcAliases) != len(want) {
+		t.Errorf("the alias table has %d entries, the test knows %d", len(lxcAliases), len(want))
 	}
 }

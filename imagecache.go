@@ -117,17 +117,31 @@ func (e *imageEnv) resolve(ref imageRef, manifestDir string) (imageSource, error
 		src.Location = ref.Name
 		return src, nil
 	}
-	alias := ref.Name
-	if ref.Kind == imageAlias {
-		var ok bool
-		if alias, ok = lxcAliases[ref.Name]; !ok {
+	// Our aliases mean the same after images:; any other name there is
+	// one of the image server's own.
+	alias, known := lxcAliases[ref.Name]
+	if !known {
+		if ref.Kind == imageAlias {
 			return src, manifestErrorf("unknown image alias %q; known aliases: %s (or images:ALIAS for any alias of the image server, or a URL or path)", ref.Name, knownAliases())
 		}
+		alias = ref.Name
 	}
 	if e.offline {
 		return src, fmt.Errorf("resolving image alias %q needs the image server, and --offline forbids the network; build with the lock (karapace.lock pins the exact image) or pin the image with 'karapace pin'", ref.Name)
 	}
-	return e.simplestreams(alias)
+	src, err := e.simplestreams(alias)
+	var none *noImageError
+	if errors.As(err, &none) && !known {
+		return src, manifestErrorf("%v; known aliases: %s", err, knownAliases())
+	}
+	return src, err
+}
+
+// noImageError is an alias the image server has no image of.
+type noImageError struct{ server, arch, alias string }
+
+func (e *noImageError) Error() string {
+	return fmt.Sprintf("image server %s has no %s image of %q (variant default)", e.server, e.arch, e.alias)
 }
 
 type ssIndex struct {
@@ -201,7 +215,7 @@ func (e *imageEnv) simplestreams(alias string) (imageSource, error) {
 		}
 	}
 	if best.Location == "" {
-		return imageSource{}, fmt.Errorf("image server %s has no %s image of %q (variant default)", e.server, arch, alias)
+		return imageSource{}, &noImageError{e.server, arch, alias}
 	}
 	debugf("alias %s resolved to %s (version %s)", alias, best.Location, bestVersion)
 	return best, nil
