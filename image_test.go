@@ -213,3 +213,21 @@ func TestImageAliasTable(t *testing.T) {
 		t.Errorf("the alias table has %d entries, the test knows %d", len(lxcAliases), len(want))
 	}
 }
+
+// KARAPACE_IMAGE_SERVER is held to what [images] server is: an http(s)
+// URL.
+func TestImageServerFromEnvironment(t *testing.T) {
+	env := map[string]string{"XDG_CONFIG_HOME": t.TempDir()}
+	getenv := func(k string) string { return env[k] }
+	for _, bad := range []string{"ftp://mirror.example/lxc", "mirror.example", "file:///srv/lxc"} {
+		env["KARAPACE_IMAGE_SERVER"] = bad
+		_, err := newImageEnv(getenv, false)
+		if err == nil || exitCodeOf(err) != exitFailure || !strings.Contains(err.Error(), "KARAPACE_IMAGE_SERVER="+strconv.Quote(bad)+" is not an http(s) URL") {
+			t.Errorf("%s: %v", bad, err)
+		}
+	}
+	env["KARAPACE_IMAGE_SERVER"] = "https://mirror.example/lxc/"
+	if e, err := newImageEnv(getenv, false); err != nil || e.server != "https://mirror.example/lxc" {
+		t.Fatalf("%+v %v", e, err)
+	}
+}
