@@ -176,6 +176,9 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		}
 	} else if lock != nil && lock.BaseImageURL != "" {
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
+			src.Location = filepath.Join(filepath.Dir(lp), src.Location)
+		}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
 			return nil, manifestErrorf("%s: base_image_digest %q: this lock needs a sha256 digest", lp, lock.BaseImageDigest)
 		}
@@ -227,7 +230,13 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		}
 		deps, pkgs = []string{dep}, closure
 	}
-	l := newLock(m, "sha256:"+digest, src.Location, pkgs)
+	location := src.Location
+	if ref, _ := parseImageRef(m.BaseImage); ref.Kind == imageFile && !filepath.IsAbs(ref.Name) {
+		// As given, relative to the manifest and the lock beside it, so
+		// the lock holds in every checkout.
+		location = ref.Name
+	}
+	l := newLock(m, "sha256:"+digest, location, pkgs)
 	lp := lockPath(m.Path)
 	if lock != nil && l.EnvID != lock.EnvID {
 		if o.locked {

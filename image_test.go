@@ -231,3 +231,34 @@ func TestImageServerFromEnvironment(t *testing.T) {
 		t.Fatalf("%+v %v", e, err)
 	}
 }
+
+// A relative image is locked as given: the project moves, or is checked
+// out elsewhere with an empty store, and its lock still builds, to the
+// same environment.
+func TestImageRelativePathLock(t *testing.T) {
+	k := newKP(t)
+	os.Mkdir(filepath.Join(k.dir, "images"), 0o755)
+	tinyImage(t, filepath.Join(k.dir, "images", "rootfs.tar.gz"))
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"./images/rootfs.tar.gz\"\n[runtime]\nbackend = \"mock\"\n")
+	id := strings.TrimSpace(k.ok("build"))
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil || l.BaseImageURL != "./images/rootfs.tar.gz" {
+		t.Fatalf("lock: %v %+v", err, l)
+	}
+	moved := filepath.Join(k.base, "elsewhere", "checkout")
+	os.MkdirAll(filepath.Dir(moved), 0o755)
+	if err := os.Rename(k.dir, moved); err != nil {
+		t.Fatal(err)
+	}
+	k.dir = moved
+	k.env = append(k.env, "KARAPACE_STORE="+filepath.Join(k.base, "other-store"))
+	lock, _ := os.ReadFile(filepath.Join(moved, "karapace.lock"))
+	for _, args := range [][]string{{"build", "--locked"}, {"build"}} {
+		if got := strings.TrimSpace(k.ok(args...)); got != id {
+			t.Fatalf("%v in the moved checkout: %s, want %s", args, got, id)
+		}
+	}
+	if again, _ := os.ReadFile(filepath.Join(moved, "karapace.lock")); string(again) != string(lock) {
+		t.Fatalf("the lock changed:\n%s\nwas:\n%s", again, lock)
+	}
+}
