@@ -113,7 +113,18 @@ func cmdPin(c *cli) error {
 		return err
 	}
 	ref, _ := parseImageRef(m.BaseImage) // loadManifest checked it
+	cfg, err := loadImagesConfig(c.getenv)
+	if err != nil {
+		return err
+	}
+	spec, err := archiveFor(ref, cfg)
+	if err != nil {
+		return err
+	}
 	if c.has("check") {
+		if spec != nil {
+			return fmt.Errorf("%s: base.image %q is not pinned to a digest; it is bootstrapped from the %s archive, which 'karapace pin' cannot pin (see 'karapace pin --help')", path, m.BaseImage, spec.Distro)
+		}
 		if !ref.pinned() {
 			return fmt.Errorf("%s: base.image %q is not pinned to a digest; run 'karapace pin %s'", path, m.BaseImage, path)
 		}
@@ -122,6 +133,9 @@ func cmdPin(c *cli) error {
 		}
 		fmt.Fprintf(c.stdout, "%s: base.image is pinned (%s:%s)\n", path, ref.DigestAlgo, ref.Digest)
 		return nil
+	}
+	if spec != nil {
+		return archivePinError(path, m.BaseImage, spec)
 	}
 	e, err := c.engine()
 	if err != nil {
@@ -149,6 +163,21 @@ func cmdPin(c *cli) error {
 	}
 	fmt.Fprintf(c.stdout, "%s: base.image = %q\n", path, pinned)
 	return nil
+}
+
+// archivePinError refuses to pin a base bootstrapped from a distribution
+// archive: there is no image file to pin, and pinning the image server's
+// image of the same name would switch the source behind the user's back.
+func archivePinError(path, image string, spec *archiveSpec) error {
+	snapshot := map[string]string{
+		"debian": "https://snapshot.debian.org/archive/debian/20250101T000000Z",
+		"ubuntu": "https://snapshot.ubuntu.com/ubuntu/20250101T000000Z",
+	}[spec.Distro]
+	return manifestErrorf(`%s: base.image %q is bootstrapped from the %s archive (%s, suite %s), which has no image file to pin; pin does not switch it to another source. Instead:
+  - image = "images:%s" builds from the LXC image server's image; 'karapace pin' then pins its URL and sha256
+  - image = the URL or path of a root filesystem tarball, pinned the same way
+  - or keep the alias: karapace.lock records the mirror and the exact base resolved, 'karapace build --locked' insists on them, and a snapshot mirror ([images] %s_mirror = %q) keeps that base reproducible`,
+		path, image, spec.Distro, spec.Mirror, spec.Suite, image, spec.Distro, snapshot)
 }
 
 // pinImage returns the reference with the sha256 of the image's bytes:

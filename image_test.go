@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -260,5 +261,59 @@ func TestImageRelativePathLock(t *testing.T) {
 	}
 	if again, _ := os.ReadFile(filepath.Join(moved, "karapace.lock")); string(again) != string(lock) {
 		t.Fatalf("the lock changed:\n%s\nwas:\n%s", again, lock)
+	}
+}
+
+// pin respects the source: a bare Debian alias is bootstrapped from the
+// archive, so pin refuses it with the alternatives instead of pinning the
+// image server's image of the same name; after images: (or with the LXC
+// source configured) it pins the server's image.
+func TestPinArchiveAlias(t *testing.T) {
+	var requests []string
+	var mu sync.Mutex
+	ss := fakeSimplestreams(t, "debian/bookworm")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		requests = append(requests, r.URL.Path)
+		mu.Unlock()
+		http.Redirect(w, r, ss.URL+r.URL.Path, http.StatusFound)
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+	env := map[string]string{"KARAPACE_STORE": filepath.Join(dir, "store"), "XDG_CONFIG_HOME": dir, "KARAPACE_IMAGE_SERVER": srv.URL}
+	body := strings.Replace(pinManifest, "%s", "debian/bookworm", 1)
+	mp := writeFile(t, dir, "karapace.toml", body)
+	code, _, errOut := runCLI(t, env, "pin", mp)
+	if code != exitManifest {
+		t.Fatalf("pin debian/bookworm: exit %d\n%s", code, errOut)
+	}
+	mustContain(t, "pin", errOut, `base.image "debian/bookworm" is bootstrapped from the debian archive (http://deb.debian.org/debian, suite bookworm)`,
+		`image = "images:debian/bookworm"`, "build --locked", `debian_mirror = "https://snapshot.debian.org/archive/debian/`)
+	if got, _ := os.ReadFile(mp); string(got) != body {
+		t.Fatalf("the manifest changed:\n%s", got)
+	}
+	if len(requests) != 0 {
+		t.Fatalf("pin asked the image server: %v", requests)
+	}
+	code, _, errOut = runCLI(t, env, "pin", "--check", mp)
+	if code != exitFailure {
+		t.Fatalf("pin --check: exit %d", code)
+	}
+	mustContain(t, "pin --check", errOut, "bootstrapped from the debian archive, which 'karapace pin' cannot pin")
+
+	sum := sha256.Sum256([]byte("debian/bookworm"))
+	want := srv.URL + "/images/debian/bookworm/rootfs.tar.xz#sha256=" + hex.EncodeToString(sum[:])
+	for _, tc := range []struct {
+		image  string
+		source string
+	}{{"images:debian/bookworm", ""}, {"debian/bookworm", "lxc"}} {
+		env["KARAPACE_IMAGE_SOURCE"] = tc.source
+		writeFile(t, dir, "karapace.toml", strings.Replace(pinManifest, "%s", tc.image, 1))
+		if code, _, errOut := runCLI(t, env, "pin", mp); code != exitOK {
+			t.Fatalf("pin %s (source %q): exit %d\n%s", tc.image, tc.source, code, errOut)
+		}
+		if m, err := loadManifest(mp); err != nil || m.BaseImage != want {
+			t.Fatalf("pin %s (source %q): %v %q, want %q", tc.image, tc.source, err, m.BaseImage, want)
+		}
 	}
 }
