@@ -223,7 +223,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if lock != nil {
 			want = lock.Packages
 		}
-		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o.offline, m.Backend == "mock")
+		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o, m.Backend == "mock")
 		pmSeconds = pmTime.Seconds()
 		if err != nil {
 			return nil, err
