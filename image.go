@@ -141,7 +141,7 @@ func cmdPin(c *cli) error {
 	if err != nil {
 		return err
 	}
-	pinned, err := e.pinImage(ref, m.Dir)
+	pinned, err := e.pinImage(m.BaseImage, m.Dir)
 	if err != nil {
 		return err
 	}
@@ -182,8 +182,13 @@ func archivePinError(path, image string, spec *archiveSpec) error {
 
 // pinImage returns the reference with the sha256 of the image's bytes:
 // an alias resolves on the image server, whose index gives the digest; a
-// URL is downloaded into the image cache; a file is read.
-func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
+// URL is downloaded into the image cache; a file is read. A URL or path
+// keeps the form it was given in (file://, relative).
+func (e *engine) pinImage(image, dir string) (string, error) {
+	ref, err := parseImageRef(image)
+	if err != nil {
+		return "", err
+	}
 	images, err := newImageEnv(e.getenv, false)
 	if err != nil {
 		return "", err
@@ -207,7 +212,8 @@ func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
 		}
 		return "", fmt.Errorf("pin: %w", err)
 	}
-	return ref.Name + "#sha256=" + sha, nil
+	given, _, _ := strings.Cut(image, "#")
+	return given + "#sha256=" + sha, nil
 }
 
 // rewriteBaseImage replaces the value of base.image in the manifest's text,

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -459,5 +460,78 @@ func TestImageCacheTampered(t *testing.T) {
 	k.ok("build")
 	if n := downloads(); n != 3 {
 		t.Fatalf("%d downloads, want 3", n)
+	}
+}
+
+// onTerminal runs a command that must succeed with its stderr on a
+// pseudo-terminal, and returns its stdout and what the terminal showed.
+func (k *kpRun) onTerminal(args ...string) (string, string) {
+	k.t.Helper()
+	master, slave := openPTY(k.t)
+	cmd := k.cmd("", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, slave
+	seen := make(chan string)
+	go func() {
+		var b bytes.Buffer
+		io.Copy(&b, master) // ends with EIO once the slave is closed
+		seen <- b.String()
+	}()
+	err := cmd.Run()
+	slave.Close()
+	terminal := <-seen
+	if err != nil {
+		k.t.Fatalf("karapace %s: %v\n%s", strings.Join(args, " "), err, terminal)
+	}
+	return out.String(), terminal
+}
+
+// Download and import show progress on a terminal, cleared at the end,
+// and nothing when stderr is a pipe.
+func TestImageDownloadProgress(t *testing.T) {
+	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
+	smallImage(t, image, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 100},
+	})
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	st, _ := os.Stat(image)
+	_, terminal := k.onTerminal("build")
+	mustContain(t, "terminal", terminal, "\r\x1b[Kdownloading rootfs.tar.xz  ", " / "+humanBytes(st.Size())+" ", "B/s",
+		"\r\x1b[Kimporting rootfs.tar.xz  ", "\r\x1b[Kbuilt ")
+	k.env = append(k.env, "KARAPACE_STORE="+filepath.Join(k.base, "piped"))
+	_, _, errOut := k.run("build")
+	if strings.ContainsAny(errOut, "\r\x1b") || strings.Contains(errOut, "downloading") {
+		t.Fatalf("progress on a pipe: %q", errOut)
+	}
+}
+
+// A file:// URL: imported (with progress on a terminal), run, pinned to
+// its sha256, and built again pinned to the same environment.
+func TestImageFileURL(t *testing.T) {
+	image := testRootfsTarXZ(t)
+	k := newKP(t)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"file://" + image + "\"\n")
+	stdout, terminal := k.onTerminal("build", "--name", "dev")
+	mustContain(t, "terminal", terminal, "\r\x1b[Kimporting "+filepath.Base(image)+"  ", "%")
+	id := strings.TrimSpace(stdout)
+	if v := k.ok("exec", "dev", "--", "cat", "/etc/debian_version"); !strings.HasPrefix(v, "12.") {
+		t.Fatalf("debian_version: %q", v)
+	}
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	sha := fileSHA256(t, image)
+	if err != nil || l.BaseImageURL != image || l.BaseImageDigest != "sha256:"+sha {
+		t.Fatalf("lock: %v %+v", err, l)
+	}
+	k.ok("pin")
+	if m, err := loadManifest(filepath.Join(k.dir, "karapace.toml")); err != nil || m.BaseImage != "file://"+image+"#sha256="+sha {
+		t.Fatalf("pinned: %v %+v", err, m)
+	}
+	if got := strings.TrimSpace(k.ok("build", "--require-pinned-image", "--locked")); got != id {
+		t.Fatalf("pinned build: %s, want %s", got, id)
 	}
 }

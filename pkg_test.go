@@ -223,27 +223,12 @@ func TestPacmanLockResolvesAgain(t *testing.T) {
 	fakePacmanImage(t, filepath.Join(k.dir, "arch.tar"))
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"./arch.tar\"\n[system]\npackages = [\"foo\", \"bar\"]\n")
 
-	master, slave := openPTY(t)
-	cmd := k.cmd("", "build")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, slave
-	seen := make(chan string)
-	go func() {
-		var b bytes.Buffer
-		io.Copy(&b, master) // ends with EIO once the slave is closed
-		seen <- b.String()
-	}()
-	err := cmd.Run()
-	slave.Close()
-	terminal := <-seen
-	if err != nil {
-		t.Fatalf("build: %v\n%s", err, terminal)
-	}
+	stdout, terminal := k.onTerminal("build")
 	mustContain(t, "terminal", terminal, "installing bar foo with pacman", "\r\x1b[Kpacman: :: Synchronizing package databases...", "importing arch.tar")
 	if !strings.HasSuffix(strings.TrimRight(terminal[:strings.LastIndex(terminal, "built ")], "\r\n"), "\r\x1b[K") {
 		t.Fatalf("the status line is not cleared before the build's last line: %q", terminal)
 	}
-	id := strings.TrimSpace(out.String())
+	id := strings.TrimSpace(stdout)
 	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
 	if err != nil || !reflect.DeepEqual(l.Packages, []lockedPackage{{"bar", "1.0-1"}, {"foo", "1.0-1"}}) {
 		t.Fatalf("lock: %v %+v", err, l)
