@@ -259,11 +259,11 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	k := newKP(t)
 	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
-	code, out, errOut := k.run("--trace", "build", "--name", "dev")
-	if code != 0 {
-		t.Fatalf("build: %d\n%s", code, errOut)
-	}
-	mustContain(t, "build --trace", errOut, "karapace: trace: GET "+srv.URL+"/streams/v1/index.json: 200 OK", "karapace: debug: alias")
+	// On a terminal: download, import and the install's status line
+	// (apt's latest line of output).
+	out, terminal := k.onTerminal("--trace", "build", "--name", "dev")
+	mustContain(t, "build --trace", terminal, "karapace: trace: GET "+srv.URL+"/streams/v1/index.json: 200 OK", "karapace: debug: alias",
+		"\r\x1b[Kdownloading rootfs.tar.xz  ", "\r\x1b[Kimporting rootfs.tar.xz  ", "installing curl git with apt", "\r\x1b[Kapt: ")
 	id := strings.TrimSpace(out)
 	if _, _, errOut := k.run("--trace", "exec", "dev", "--", "true"); !regexp.MustCompile(`karapace: trace: mount overlay on \S+: lowerdir=`).MatchString(errOut) {
 		t.Fatalf("exec --trace shows no mounts:\n%s", errOut)
@@ -308,7 +308,7 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 		t.Fatalf("gc --images left %v", images)
 	}
 	k.ok("destroy", "dev")
-	code, out, errOut = k.run("-v", "build", "--locked", "--offline")
+	code, out, errOut := k.run("-v", "build", "--locked", "--offline")
 	if code != 0 || strings.TrimSpace(out) != id {
 		t.Fatalf("offline locked build: %d %q\n%s", code, out, errOut)
 	}
