@@ -42,10 +42,18 @@ moves its name to the new one. A failed build leaves the old environment as it w
 		{
 			name: "pin", synopsis: "[MANIFEST]", summary: "pin base.image to the exact bytes of the image",
 			help: `Rewrites base.image in MANIFEST (default ./karapace.toml) to the exact image: an alias
-becomes the image server's URL with the sha256 its index gives; a URL or path gets
+of the LXC image server (images:ALIAS, or any bare alias but Debian's and Ubuntu's)
+becomes the server's URL with the sha256 its index gives; a URL or path gets
 "#sha256=DIGEST" appended, computed over every byte (a URL is downloaded into the image
 cache). Comments and layout are kept. With --check, only reports whether base.image is
-pinned (exit 1 if not).`,
+pinned (exit 1 if not).
+
+A bare Debian or Ubuntu alias (debian/bookworm) is bootstrapped from the distribution's
+archive (unless [images] source = "lxc"), which has no image file: pin refuses it (exit 2)
+rather than switch the source.
+Use images:debian/bookworm to pin the LXC image instead, or keep the alias and rely on
+karapace.lock (build --locked) with a snapshot mirror such as
+[images] debian_mirror = "https://snapshot.debian.org/archive/debian/20250101T000000Z".`,
 			flags: []flagDef{
 				{"check", "", "", "only check that base.image is pinned"},
 				{"write-lock", "", "", "then build, writing karapace.lock"},

@@ -149,6 +149,9 @@ func loadImagesConfig(getenv func(string) string) (imagesConfig, error) {
 			*dst = v
 		}
 	}
+	if v := getenv("KARAPACE_IMAGE_SERVER"); v != "" && !isHTTPURL(v) {
+		return cfg, usageErrorf("KARAPACE_IMAGE_SERVER=%q is not an http(s) URL", v)
+	}
 	for _, d := range []string{"debian", "ubuntu"} {
 		if v := getenv("KARAPACE_" + strings.ToUpper(d) + "_MIRROR"); v != "" {
 			cfg.Mirrors[d] = v

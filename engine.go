@@ -232,6 +232,9 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	case spec != nil: // resolved by the bootstrap
 	case lock != nil && lock.BaseImageURL != "":
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
+			src.Location = filepath.Join(filepath.Dir(lp), src.Location)
+		}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
 			return nil, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
 		}
@@ -309,14 +312,20 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if lock != nil {
 			want = lock.Packages
 		}
-		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o.offline, m.Backend == "mock")
+		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o, m.Backend == "mock")
 		pmSeconds = pmTime.Seconds()
 		if err != nil {
 			return nil, err
 		}
 		deps, pkgs = []string{dep}, closure
 	}
-	l := newLock(m, "sha256:"+digest, src.Location, pkgs)
+	location := src.Location
+	if ref, _ := parseImageRef(m.BaseImage); ref.Kind == imageFile && !filepath.IsAbs(ref.Name) {
+		// As given, relative to the manifest and the lock beside it, so
+		// the lock holds in every checkout.
+		location = ref.Name
+	}
+	l := newLock(m, "sha256:"+digest, location, pkgs)
 	if lock != nil && l.EnvID != lock.EnvID {
 		if o.locked {
 			return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", m.Path, l.ShortID, lock.ShortID)
@@ -429,47 +438,61 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 			return l, src.SHA256, nil
 		}
 	}
-	img, err := images.openImage(e.s, src)
-	if err != nil {
-		return "", "", err
-	}
-	defer img.Close()
 	name := filepath.Base(src.Location)
-	prog := newProgress("importing "+name, img.size, true)
-	tree, err := e.stagingDir(op, "import")
-	if err != nil {
-		return "", "", err
-	}
-	err = func() error {
+	var tree, sha string
+	err := images.readImage(e.s, src, func(img *imageReader) error {
+		prog := newProgress("importing "+name, img.size, true)
+		defer prog.finish()
+		if tree != "" { // what a damaged cached copy unpacked to
+			if err := e.s.removeTree(tree); err != nil {
+				return err
+			}
+		}
+		var err error
+		if tree, err = e.stagingDir(op, "import"); err != nil {
+			return err
+		}
 		dec, err := decompress(prog.reader(img), name)
 		if err != nil {
 			return err
 		}
-		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, dec, nil); err != nil {
+		in := &errRecorder{r: dec}
+		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, in, nil); err != nil {
+			if in.err != nil {
+				err = in.err
+			}
 			return fmt.Errorf("unpacking image %s: %w", name, err)
 		}
-		// The digest covers every byte, past the end of the tar too.
-		return img.drain()
-	}()
-	prog.finish()
+		// The unpacker stops at the tar's end: the rest is decompressed
+		// too, so that every check of the compression is verified, and
+		// the digest covers every byte.
+		if _, err := io.Copy(io.Discard, dec); err != nil {
+			return fmt.Errorf("unpacking image %s: %w", name, err)
+		}
+		if err := img.drain(); err != nil {
+			return err
+		}
+		sha = img.sha256
+		return nil
+	})
 	if err != nil {
 		return "", "", err
 	}
-	if l, ok := e.indexedBase(img.sha256); ok {
-		return l, img.sha256, nil
+	if l, ok := e.indexedBase(sha); ok {
+		return l, sha, nil
 	}
 	layer, err := e.storeTree(op, tree, layerBase, "")
 	if err != nil {
 		return "", "", err
 	}
-	dir := filepath.Join(imagesDir(e.s), "sha256-"+img.sha256)
+	dir := filepath.Join(imagesDir(e.s), "sha256-"+sha)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", err
 	}
 	if err := writeFileAtomic(filepath.Join(dir, "base-layer"), []byte(layer+"\n"), 0o600); err != nil {
 		return "", "", err
 	}
-	return layer, img.sha256, nil
+	return layer, sha, nil
 }
 
 // indexedBase finds the Base layer already made from an image digest.

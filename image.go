@@ -113,7 +113,18 @@ func cmdPin(c *cli) error {
 		return err
 	}
 	ref, _ := parseImageRef(m.BaseImage) // loadManifest checked it
+	cfg, err := loadImagesConfig(c.getenv)
+	if err != nil {
+		return err
+	}
+	spec, err := archiveFor(ref, cfg)
+	if err != nil {
+		return err
+	}
 	if c.has("check") {
+		if spec != nil {
+			return fmt.Errorf("%s: base.image %q is not pinned to a digest; it is bootstrapped from the %s archive, which 'karapace pin' cannot pin (see 'karapace pin --help')", path, m.BaseImage, spec.Distro)
+		}
 		if !ref.pinned() {
 			return fmt.Errorf("%s: base.image %q is not pinned to a digest; run 'karapace pin %s'", path, m.BaseImage, path)
 		}
@@ -123,11 +134,14 @@ func cmdPin(c *cli) error {
 		fmt.Fprintf(c.stdout, "%s: base.image is pinned (%s:%s)\n", path, ref.DigestAlgo, ref.Digest)
 		return nil
 	}
+	if spec != nil {
+		return archivePinError(path, m.BaseImage, spec)
+	}
 	e, err := c.engine()
 	if err != nil {
 		return err
 	}
-	pinned, err := e.pinImage(ref, m.Dir)
+	pinned, err := e.pinImage(m.BaseImage, m.Dir)
 	if err != nil {
 		return err
 	}
@@ -151,10 +165,30 @@ func cmdPin(c *cli) error {
 	return nil
 }
 
+// archivePinError refuses to pin a base bootstrapped from a distribution
+// archive: there is no image file to pin, and pinning the image server's
+// image of the same name would switch the source behind the user's back.
+func archivePinError(path, image string, spec *archiveSpec) error {
+	snapshot := map[string]string{
+		"debian": "https://snapshot.debian.org/archive/debian/20250101T000000Z",
+		"ubuntu": "https://snapshot.ubuntu.com/ubuntu/20250101T000000Z",
+	}[spec.Distro]
+	return manifestErrorf(`%s: base.image %q is bootstrapped from the %s archive (%s, suite %s), which has no image file to pin; pin does not switch it to another source. Instead:
+  - image = "images:%s" builds from the LXC image server's image; 'karapace pin' then pins its URL and sha256
+  - image = the URL or path of a root filesystem tarball, pinned the same way
+  - or keep the alias: karapace.lock records the mirror and the exact base resolved, 'karapace build --locked' insists on them, and a snapshot mirror ([images] %s_mirror = %q) keeps that base reproducible`,
+		path, image, spec.Distro, spec.Mirror, spec.Suite, image, spec.Distro, snapshot)
+}
+
 // pinImage returns the reference with the sha256 of the image's bytes:
 // an alias resolves on the image server, whose index gives the digest; a
-// URL is downloaded into the image cache; a file is read.
-func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
+// URL is downloaded into the image cache; a file is read. A URL or path
+// keeps the form it was given in (file://, relative).
+func (e *engine) pinImage(image, dir string) (string, error) {
+	ref, err := parseImageRef(image)
+	if err != nil {
+		return "", err
+	}
 	images, err := newImageEnv(e.getenv, false)
 	if err != nil {
 		return "", err
@@ -166,18 +200,20 @@ func (e *engine) pinImage(ref imageRef, dir string) (string, error) {
 	if ref.Kind == imageAlias || ref.Kind == imageLXC {
 		return src.Location + "#sha256=" + src.SHA256, nil
 	}
-	img, err := images.openImage(e.s, src)
+	var sha string
+	err = images.readImage(e.s, src, func(img *imageReader) error {
+		err := img.drain()
+		sha = img.sha256
+		return err
+	})
 	if err != nil {
-		return "", fmt.Errorf("pin: %w", err)
-	}
-	defer img.Close()
-	if err := img.drain(); err != nil {
 		if ref.pinned() {
 			return "", fmt.Errorf("pin: %w (the manifest pins %s:%s)", err, ref.DigestAlgo, ref.Digest)
 		}
 		return "", fmt.Errorf("pin: %w", err)
 	}
-	return ref.Name + "#sha256=" + img.sha256, nil
+	given, _, _ := strings.Cut(image, "#")
+	return given + "#sha256=" + sha, nil
 }
 
 // rewriteBaseImage replaces the value of base.image in the manifest's text,

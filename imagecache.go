@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"hash"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -116,17 +117,31 @@ func (e *imageEnv) resolve(ref imageRef, manifestDir string) (imageSource, error
 		src.Location = ref.Name
 		return src, nil
 	}
-	alias := ref.Name
-	if ref.Kind == imageAlias {
-		var ok bool
-		if alias, ok = lxcAliases[ref.Name]; !ok {
+	// Our aliases mean the same after images:; any other name there is
+	// one of the image server's own.
+	alias, known := lxcAliases[ref.Name]
+	if !known {
+		if ref.Kind == imageAlias {
 			return src, manifestErrorf("unknown image alias %q; known aliases: %s (or images:ALIAS for any alias of the image server, or a URL or path)", ref.Name, knownAliases())
 		}
+		alias = ref.Name
 	}
 	if e.offline {
 		return src, fmt.Errorf("resolving image alias %q needs the image server, and --offline forbids the network; build with the lock (karapace.lock pins the exact image) or pin the image with 'karapace pin'", ref.Name)
 	}
-	return e.simplestreams(alias)
+	src, err := e.simplestreams(alias)
+	var none *noImageError
+	if errors.As(err, &none) && !known {
+		return src, manifestErrorf("%v; known aliases: %s", err, knownAliases())
+	}
+	return src, err
+}
+
+// noImageError is an alias the image server has no image of.
+type noImageError struct{ server, arch, alias string }
+
+func (e *noImageError) Error() string {
+	return fmt.Sprintf("image server %s has no %s image of %q (variant default)", e.server, e.arch, e.alias)
 }
 
 type ssIndex struct {
@@ -200,7 +215,7 @@ func (e *imageEnv) simplestreams(alias string) (imageSource, error) {
 		}
 	}
 	if best.Location == "" {
-		return imageSource{}, fmt.Errorf("image server %s has no %s image of %q (variant default)", e.server, arch, alias)
+		return imageSource{}, &noImageError{e.server, arch, alias}
 	}
 	debugf("alias %s resolved to %s (version %s)", alias, best.Location, bestVersion)
 	return best, nil
@@ -311,7 +326,7 @@ func imagesDir(s *store) string { return filepath.Join(s.root, "images") }
 // reader checks every byte against the pinned digest (if any) and fails
 // at the end when they differ; its digests are known after EOF.
 func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
-	if !strings.HasPrefix(src.Location, "http://") && !strings.HasPrefix(src.Location, "https://") {
+	if !isHTTPURL(src.Location) {
 		f, err := os.Open(src.Location)
 		if err != nil {
 			return nil, fmt.Errorf("opening image %s: %w", src.Location, err)
@@ -320,11 +335,9 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 		return newImageReader(f, src, st.Size()), nil
 	}
 	if src.SHA256 != "" {
-		p := filepath.Join(imagesDir(s), "sha256-"+src.SHA256, "image")
-		if f, err := os.Open(p); err == nil {
-			st, _ := f.Stat()
-			debugf("image %s from the cache %s", src.Location, p)
-			return newImageReader(f, imageSource{Location: p, SHA256: src.SHA256}, st.Size()), nil
+		if img, err := openCached(s, src); err == nil {
+			debugf("image %s from the cache %s", src.Location, img.entry)
+			return img, nil
 		}
 	}
 	if e.offline {
@@ -334,13 +347,77 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := filepath.Join(imagesDir(s), "sha256-"+sha, "image")
-	f, err := os.Open(p)
+	src.SHA256 = sha
+	return openCached(s, src)
+}
+
+func isHTTPURL(s string) bool {
+	return strings.HasPrefix(s, "http://") || strings.HasPrefix(s, "https://")
+}
+
+// openCached opens the image cache's copy of a source, to be checked
+// against the digest it is filed under as it is read.
+func openCached(s *store, src imageSource) (*imageReader, error) {
+	dir := filepath.Join(imagesDir(s), "sha256-"+src.SHA256)
+	f, err := os.Open(filepath.Join(dir, "image"))
 	if err != nil {
 		return nil, err
 	}
 	st, _ := f.Stat()
-	return newImageReader(f, imageSource{Location: p, SHA256: sha, BLAKE3: src.BLAKE3}, st.Size()), nil
+	r := newImageReader(f, imageSource{Location: f.Name(), SHA256: src.SHA256, BLAKE3: src.BLAKE3}, st.Size())
+	r.entry = dir
+	return r, nil
+}
+
+// readImage opens a source and hands it to use. When the bytes are not
+// what they should be, that is the error, whatever use made of them: a
+// damaged image cache entry is removed and, for a URL when the network
+// may be used, downloaded once more.
+func (e *imageEnv) readImage(s *store, src imageSource, use func(*imageReader) error) error {
+	for retried := false; ; retried = true {
+		img, err := e.openImage(s, src)
+		if err != nil {
+			return err
+		}
+		err = img.failed(use(img))
+		img.Close()
+		var damaged *cacheDamageError
+		if !errors.As(err, &damaged) {
+			return err
+		}
+		dropCachedImage(s, damaged.entry)
+		if retried || e.offline || !isHTTPURL(src.Location) {
+			return err
+		}
+		warnf("%v; downloading %s again", err, src.Location)
+	}
+}
+
+// cacheDamageError is an image cache entry whose bytes no longer have
+// the digest it is filed under.
+type cacheDamageError struct{ entry, got string }
+
+func (e *cacheDamageError) Error() string {
+	return fmt.Sprintf("image cache entry %s is damaged: its image has sha256 %s, not the %s it is filed under; removing it",
+		e.entry, e.got, strings.TrimPrefix(filepath.Base(e.entry), "sha256-"))
+}
+
+// dropCachedImage removes a damaged download from the image cache, and
+// the entry's base-layer index with it unless that names a layer still
+// in the store (made from the right bytes, it stays right).
+func dropCachedImage(s *store, dir string) {
+	for _, f := range []string{"image", "info.json"} {
+		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			warnf("removing the damaged image cache entry: %v", err)
+		}
+	}
+	index := filepath.Join(dir, "base-layer")
+	if data, err := os.ReadFile(index); err == nil {
+		if l := strings.TrimSpace(string(data)); !validStoreHash(l) || !s.hasLayer(l) {
+			os.Remove(index)
+		}
+	}
+	os.Remove(dir) // only once empty
 }
 
 // download fetches a URL into the cache, verified against the pinned
@@ -393,11 +470,52 @@ func (e *imageEnv) download(s *store, src imageSource) (string, error) {
 	return r.sha256, syncDir(dir)
 }
 
+// verifyImageCache re-hashes every image in the image cache against the
+// digest it is filed under, reporting each one that differs; it returns
+// how many it checked.
+func (s *store) verifyImageCache(ctx context.Context, bad func(name, problem string)) (int, error) {
+	entries, err := filepath.Glob(filepath.Join(imagesDir(s), "sha256-*", "image"))
+	if err != nil {
+		return 0, err
+	}
+	var total int64
+	for _, p := range entries {
+		if st, err := os.Stat(p); err == nil {
+			total += st.Size()
+		}
+	}
+	prog := newProgress("verifying cached images", total, true)
+	defer prog.finish()
+	for _, p := range entries {
+		if err := ctx.Err(); err != nil {
+			return 0, fmt.Errorf("verify-store interrupted: %w", err)
+		}
+		dir := filepath.Dir(p)
+		name := "images/" + filepath.Base(dir)
+		want := strings.TrimPrefix(filepath.Base(dir), "sha256-")
+		f, err := os.Open(p)
+		if err != nil {
+			bad(name, err.Error())
+			continue
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, prog.reader(f))
+		f.Close()
+		if got := hex.EncodeToString(h.Sum(nil)); err != nil {
+			bad(name, fmt.Sprintf("reading: %v", err))
+		} else if got != want {
+			bad(name, fmt.Sprintf("corrupt: the image has sha256 %s; remove %s (the next build downloads it again)", got, dir))
+		}
+	}
+	return len(entries), nil
+}
+
 // imageReader hashes every byte it passes with sha256 and blake3 and, at
 // the end, refuses bytes that do not match the pinned digest.
 type imageReader struct {
 	rc             io.ReadCloser
 	src            imageSource
+	entry          string // the image cache entry it reads, if any
 	size           int64
 	n              int64
 	sh             hash.Hash
@@ -418,6 +536,9 @@ func (r *imageReader) Read(p []byte) (int, error) {
 		r.sha256 = hex.EncodeToString(r.sh.Sum(nil))
 		r.blake3 = hex.EncodeToString(r.b3.Sum(nil))
 		if r.src.SHA256 != "" && r.sha256 != r.src.SHA256 {
+			if r.entry != "" {
+				return n, &cacheDamageError{r.entry, r.sha256}
+			}
 			return n, fmt.Errorf("image %s has sha256 %s, but %s was expected: refusing it", r.src.Location, r.sha256, r.src.SHA256)
 		}
 		if r.src.BLAKE3 != "" && r.blake3 != r.src.BLAKE3 {
@@ -434,6 +555,34 @@ func (r *imageReader) Close() error { return r.rc.Close() }
 func (r *imageReader) drain() error {
 	_, err := io.Copy(io.Discard, r)
 	return err
+}
+
+// failed explains a failure to use the image: bytes that are not the
+// pinned ones are the cause of anything a decoder or unpacker then said,
+// so the rest is read to find out.
+func (r *imageReader) failed(err error) error {
+	if err == nil || (r.src.SHA256 == "" && r.src.BLAKE3 == "") {
+		return err
+	}
+	if derr := r.drain(); derr != nil && r.sha256 != "" {
+		return derr
+	}
+	return err
+}
+
+// errRecorder keeps the first error its reader returned: when a stage
+// fails because its input broke off, that error is the cause.
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }
 
 // decompress recognizes gzip, xz and zstd by their magic bytes; anything

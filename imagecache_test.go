@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -197,6 +198,17 @@ func TestImageServerHostile(t *testing.T) {
 	data, _ := os.ReadFile(good)
 	data[len(data)/2] ^= 0x55
 	os.WriteFile(corrupt, data, 0o644)
+	// Damage past the first chunk of a big file: the unpacker is inside
+	// the entry when the decoder fails, and the decoder's error is the one
+	// that counts.
+	bigCorrupt := filepath.Join(dir, "big.tar.xz")
+	smallImage(t, bigCorrupt, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Size: 16 << 20},
+	})
+	data, _ = os.ReadFile(bigCorrupt)
+	data[len(data)*3/4] ^= 0x55
+	os.WriteFile(bigCorrupt, data, 0o644)
 	evil := filepath.Join(dir, "evil.tar.xz")
 	smallImage(t, evil, []*tar.Header{
 		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
@@ -212,6 +224,7 @@ func TestImageServerHostile(t *testing.T) {
 		{"hanging body", good, "", "hang-body", "no data for 1s"},
 		{"hanging headers", good, "", "hang-headers", "timeout awaiting response headers"},
 		{"corrupt xz", corrupt, "", "", "xz: "},
+		{"corrupt xz inside an entry", bigCorrupt, "", "", "unpacking image rootfs.tar.xz: xz: "},
 		{"tar with ..", evil, "", "", `"../escaped"`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -246,11 +259,11 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	k := newKP(t)
 	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
 	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[system]\npackages = [\"git\", \"curl\"]\n")
-	code, out, errOut := k.run("--trace", "build", "--name", "dev")
-	if code != 0 {
-		t.Fatalf("build: %d\n%s", code, errOut)
-	}
-	mustContain(t, "build --trace", errOut, "karapace: trace: GET "+srv.URL+"/streams/v1/index.json: 200 OK", "karapace: debug: alias")
+	// On a terminal: download, import and the install's status line
+	// (apt's latest line of output).
+	out, terminal := k.onTerminal("--trace", "build", "--name", "dev")
+	mustContain(t, "build --trace", terminal, "karapace: trace: GET "+srv.URL+"/streams/v1/index.json: 200 OK", "karapace: debug: alias",
+		"\r\x1b[Kdownloading rootfs.tar.xz  ", "\r\x1b[Kimporting rootfs.tar.xz  ", "installing curl git with apt", "\r\x1b[Kapt: ")
 	id := strings.TrimSpace(out)
 	if _, _, errOut := k.run("--trace", "exec", "dev", "--", "true"); !regexp.MustCompile(`karapace: trace: mount overlay on \S+: lowerdir=`).MatchString(errOut) {
 		t.Fatalf("exec --trace shows no mounts:\n%s", errOut)
@@ -295,7 +308,7 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 		t.Fatalf("gc --images left %v", images)
 	}
 	k.ok("destroy", "dev")
-	code, out, errOut = k.run("-v", "build", "--locked", "--offline")
+	code, out, errOut := k.run("-v", "build", "--locked", "--offline")
 	if code != 0 || strings.TrimSpace(out) != id {
 		t.Fatalf("offline locked build: %d %q\n%s", code, out, errOut)
 	}
@@ -313,4 +326,212 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	k.fails(1, "--offline forbids the network", "build", "--offline")
 	k.fails(2, "--require-pinned-image asks for one", "build", "--require-pinned-image")
 	k.ok("verify-store")
+}
+
+// xzBlockCheckEnd is the offset of the last byte of the last block's
+// check in a one-stream xz file: right before the index, whose size the
+// stream footer gives.
+func xzBlockCheckEnd(t *testing.T, data []byte) int {
+	t.Helper()
+	footer := data[len(data)-12:]
+	if string(footer[10:]) != "YZ" {
+		t.Fatal("not an xz stream footer")
+	}
+	backward := int(footer[4]) | int(footer[5])<<8 | int(footer[6])<<16 | int(footer[7])<<24
+	return len(data) - 12 - (backward+1)*4 - 1
+}
+
+// The importer stops reading the tar at its end marker; the xz data
+// after it (the zero records of a 4 MiB tar record, the last block's
+// check, the index and the footer) must still be decoded and verified.
+func TestImageXZCheckAfterTarEnd(t *testing.T) {
+	tarTool, xz := needTool(t, "tar"), needTool(t, "xz")
+	k := newKP(t)
+	src := filepath.Join(k.base, "rootfs")
+	writeFile(t, src, "etc/os-release", "ID=test\n")
+	img := filepath.Join(k.dir, "rootfs.tar.xz")
+	tarPath := filepath.Join(k.base, "rootfs.tar")
+	if out, err := exec.Command(tarTool, "-b", "8192", "--owner=0", "--group=0", "--numeric-owner", "-C", src, "-cf", tarPath, ".").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	if st, _ := os.Stat(tarPath); st.Size() != 4<<20 {
+		t.Fatalf("tar -b 8192 made %d bytes", st.Size())
+	}
+	if out, err := exec.Command(xz, "--check=crc64", "-k", tarPath).CombinedOutput(); err != nil {
+		t.Fatalf("xz: %v\n%s", err, out)
+	}
+	data, err := os.ReadFile(tarPath + ".xz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[xzBlockCheckEnd(t, data)] ^= 1
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := exec.Command(xz, "-t", img).Run(); err == nil {
+		t.Fatal("xz -t accepts the damaged file")
+	}
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"./rootfs.tar.xz\"\n[runtime]\nbackend = \"mock\"\n")
+	k.fails(1, "block check (CRC64) mismatch", "build")
+	if _, err := os.Stat(filepath.Join(k.dir, "karapace.lock")); err == nil {
+		t.Error("a failed build wrote the lock")
+	}
+	assertNothingHalfMade(t, k)
+
+	// The same file undamaged builds.
+	data[xzBlockCheckEnd(t, data)] ^= 1
+	if err := os.WriteFile(img, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	k.ok("build")
+}
+
+// A cached image is re-hashed as it is read: a damaged entry is an error
+// that names it and both digests, not a decoder's complaint; it is
+// removed and, online, downloaded again. verify-store finds it too.
+func TestImageCacheTampered(t *testing.T) {
+	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
+	smallImage(t, image, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3000},
+	})
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	entry := filepath.Join(k.store, "images", "sha256-"+srv.sha)
+	downloads := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		n := 0
+		for _, r := range srv.requests {
+			if strings.HasSuffix(r, "/rootfs.tar.xz") {
+				n++
+			}
+		}
+		return n
+	}
+	tamper := func() {
+		t.Helper()
+		data, err := os.ReadFile(filepath.Join(entry, "image"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[len(data)/2] ^= 0x10
+		if err := os.WriteFile(filepath.Join(entry, "image"), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// Without its layer, the next build has to read the image.
+		k.ok("destroy", "dev")
+		k.ok("gc")
+	}
+	k.ok("build", "--name", "dev")
+	tamper()
+	code, out, errOut := k.run("verify-store")
+	if code != exitStore {
+		t.Fatalf("verify-store: exit %d\n%s", code, errOut)
+	}
+	mustContain(t, "verify-store", out, "bad image images/sha256-"+srv.sha+": corrupt: the image has sha256 ", "1 cached image")
+
+	// Online: named, removed, downloaded again.
+	if code, _, errOut = k.run("build", "--name", "dev"); code != 0 {
+		t.Fatalf("build: exit %d\n%s", code, errOut)
+	}
+	mustContain(t, "build", errOut, "image cache entry "+entry+" is damaged", "downloading "+srv.URL)
+	if n := downloads(); n != 2 {
+		t.Fatalf("%d downloads, want 2 (the damaged entry fetched again)", n)
+	}
+	k.ok("verify-store")
+
+	// Offline (from the lock): the error names the entry and both
+	// digests; the entry is gone, so verify-store is clean again.
+	tamper()
+	errOut = k.fails(1, "image cache entry "+entry+" is damaged: its image has sha256 ", "build", "--offline", "--locked")
+	mustContain(t, "build", errOut, "not the "+srv.sha+" it is filed under")
+	if strings.Contains(errOut, "xz:") {
+		t.Fatalf("the error is the decoder's:\n%s", errOut)
+	}
+	if _, err := os.Stat(filepath.Join(entry, "image")); err == nil {
+		t.Fatal("the damaged image stayed in the cache")
+	}
+	k.ok("verify-store")
+	k.fails(1, "is not in the cache, and --offline forbids downloading it", "build", "--offline", "--locked")
+	k.ok("build")
+	if n := downloads(); n != 3 {
+		t.Fatalf("%d downloads, want 3", n)
+	}
+}
+
+// onTerminal runs a command that must succeed with its stderr on a
+// pseudo-terminal, and returns its stdout and what the terminal showed.
+func (k *kpRun) onTerminal(args ...string) (string, string) {
+	k.t.Helper()
+	master, slave := openPTY(k.t)
+	cmd := k.cmd("", args...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, slave
+	seen := make(chan string)
+	go func() {
+		var b bytes.Buffer
+		io.Copy(&b, master) // ends with EIO once the slave is closed
+		seen <- b.String()
+	}()
+	err := cmd.Run()
+	slave.Close()
+	terminal := <-seen
+	if err != nil {
+		k.t.Fatalf("karapace %s: %v\n%s", strings.Join(args, " "), err, terminal)
+	}
+	return out.String(), terminal
+}
+
+// Download and import show progress on a terminal, cleared at the end,
+// and nothing when stderr is a pipe.
+func TestImageDownloadProgress(t *testing.T) {
+	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
+	smallImage(t, image, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 100},
+	})
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	st, _ := os.Stat(image)
+	_, terminal := k.onTerminal("build")
+	mustContain(t, "terminal", terminal, "\r\x1b[Kdownloading rootfs.tar.xz  ", " / "+humanBytes(st.Size())+" ", "B/s",
+		"\r\x1b[Kimporting rootfs.tar.xz  ", "\r\x1b[Kbuilt ")
+	k.env = append(k.env, "KARAPACE_STORE="+filepath.Join(k.base, "piped"))
+	_, _, errOut := k.run("build")
+	if strings.ContainsAny(errOut, "\r\x1b") || strings.Contains(errOut, "downloading") {
+		t.Fatalf("progress on a pipe: %q", errOut)
+	}
+}
+
+// A file:// URL: imported (with progress on a terminal), run, pinned to
+// its sha256, and built again pinned to the same environment.
+func TestImageFileURL(t *testing.T) {
+	image := testRootfsTarXZ(t)
+	k := newKP(t)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"file://" + image + "\"\n")
+	stdout, terminal := k.onTerminal("build", "--name", "dev")
+	mustContain(t, "terminal", terminal, "\r\x1b[Kimporting "+filepath.Base(image)+"  ", "%")
+	id := strings.TrimSpace(stdout)
+	if v := k.ok("exec", "dev", "--", "cat", "/etc/debian_version"); !strings.HasPrefix(v, "12.") {
+		t.Fatalf("debian_version: %q", v)
+	}
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	sha := fileSHA256(t, image)
+	if err != nil || l.BaseImageURL != image || l.BaseImageDigest != "sha256:"+sha {
+		t.Fatalf("lock: %v %+v", err, l)
+	}
+	k.ok("pin")
+	if m, err := loadManifest(filepath.Join(k.dir, "karapace.toml")); err != nil || m.BaseImage != "file://"+image+"#sha256="+sha {
+		t.Fatalf("pinned: %v %+v", err, m)
+	}
+	if got := strings.TrimSpace(k.ok("build", "--require-pinned-image", "--locked")); got != id {
+		t.Fatalf("pinned build: %s, want %s", got, id)
+	}
 }

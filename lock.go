@@ -17,7 +17,7 @@ type lockFile struct {
 	EnvID, ShortID   string
 	BaseImage        string // the manifest's base.image
 	BaseImageDigest  string // "sha256:HEX" or "blake3:HEX" over every byte of the image
-	BaseImageURL     string // where those bytes came from (informational)
+	BaseImageURL     string // where those bytes came from; a relative path is relative to the lock
 	Backend          string
 	GPU, Audio       bool
 	NetworkIsolation bool

@@ -71,7 +71,9 @@ var pkgManagers = []pkgManager{
 	},
 	{
 		name: "pacman", marker: "usr/bin/pacman",
-		install: []string{"pacman", "-Sy", "--noconfirm", "--needed"},
+		// -Sy without -u would install new packages against libraries
+		// older than they were built for: a partial upgrade.
+		install: []string{"pacman", "-Syu", "--needed", "--noconfirm"},
 		query:   []string{"pacman", "-Q"},
 		parse: func(out string) map[string]string {
 			m := map[string]string{}
@@ -118,7 +120,7 @@ func (pm *pkgManager) installCommands(requested []string, locked []lockedPackage
 		return append(cmds, append(cmd, requested...)), nil
 	}
 	if pm.pin == nil {
-		return nil, fmt.Errorf("%s cannot install exact versions from its repositories, so a build from the lock (--locked or an existing karapace.lock) cannot be reproduced; build without the lock to resolve again", pm.name)
+		return nil, fmt.Errorf("--locked: %s cannot install exact versions from its repositories, so the locked packages cannot be installed here; build without --locked to resolve them again", pm.name)
 	}
 	cmd = append(cmd, pm.exact...)
 	for _, p := range locked {
@@ -150,8 +152,9 @@ func (e *engine) indexedDep(key string) (string, bool) {
 // of base and the closure that was installed: from the store when the
 // locked closure was built before, else by running the package manager
 // in a build environment and keeping its writable layer.
-// The duration returned is the package manager's own time.
-func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, offline, mock bool) (string, []lockedPackage, time.Duration, error) {
+// The duration returned is the package manager's own time. A package
+// manager that cannot pin resolves again, unless o.locked insists.
+func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, o buildOptions, mock bool) (string, []lockedPackage, time.Duration, error) {
 	if mock {
 		l, c, err := e.mockDependencyLayer(op, base, requested)
 		return l, c, 0, err
@@ -166,10 +169,14 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 			debugf("dependency layer %s from the store, no %s run", l, pm.name)
 			return l, locked, 0, nil
 		}
-		if offline {
+		if pm.pin == nil && !o.locked {
+			warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
+			locked = nil
+		} else if o.offline {
 			return "", nil, 0, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
 		}
-	} else if offline {
+	}
+	if locked == nil && o.offline {
 		return "", nil, 0, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
 	}
 	cmds, err := pm.installCommands(requested, locked)
@@ -189,12 +196,17 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	id := hashHex([]byte(dir))
 	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{baseTree}, Build: true}
 	b := nsBackend{getenv: e.getenv}
+	// On a terminal, the latest line of the install's output shows.
+	status := newStatus(pm.name)
+	defer status.finish()
 	run := func(argv []string, stdout io.Writer) error {
 		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))
+		var stderr io.Writer = logFile
 		if stdout == nil {
-			stdout = logFile
+			stdout = io.MultiWriter(logFile, status)
+			stderr = stdout
 		}
-		code, err := runCaptured(b, r, argv, pm.env, stdout, logFile)
+		code, err := runCaptured(b, r, argv, pm.env, stdout, stderr)
 		if err == nil && code != 0 {
 			err = fmt.Errorf("%s exited with status %d", argv[0], code)
 		}
@@ -222,6 +234,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 		}
 	}
 	pmTime := time.Since(start)
+	status.finish()
 	debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
 	after, err := query()
 	if err != nil {

@@ -1,25 +1,32 @@
 package main
 
 import (
+	"bytes"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
+
+	"golang.org/x/sys/unix"
 )
 
 // progress shows how a long operation advances: on a terminal one
 // updating line on stderr, elsewhere nothing at all.
 type progress struct {
 	mu      sync.Mutex
-	out     io.Writer // nil: quiet
+	out     *os.File // nil: quiet
 	label   string
 	total   int64 // 0: unknown
 	done    int64
 	start   time.Time
 	last    time.Time
 	drawn   bool
-	counted string // unit: "bytes" or "" for items
+	counted string // unit: "bytes", "" for items, "line" for a status line
+	line    string // a status line's latest line of output
+	partial []byte // a status line's output since its last line ended
 }
 
 // newProgress starts a progress line when stderr is a terminal.
@@ -42,6 +49,11 @@ func (p *progress) add(n int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.done += n
+	p.redraw()
+}
+
+// redraw draws at most ten times a second.
+func (p *progress) redraw() {
 	if p.out == nil || time.Since(p.last) < 100*time.Millisecond {
 		return
 	}
@@ -51,7 +63,12 @@ func (p *progress) add(n int64) {
 
 func (p *progress) draw() {
 	var s string
-	if p.counted == "bytes" {
+	if p.counted == "line" {
+		s = p.label
+		if p.line != "" {
+			s += ": " + p.line
+		}
+	} else if p.counted == "bytes" {
 		rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
 		if p.total > 0 {
 			s = fmt.Sprintf("%s  %s / %s  %3.0f%%  %s/s", p.label, humanBytes(p.done), humanBytes(p.total), 100*float64(p.done)/float64(p.total), humanBytes(int64(rate)))
@@ -63,8 +80,57 @@ func (p *progress) draw() {
 	} else {
 		s = fmt.Sprintf("%s  %d", p.label, p.done)
 	}
+	// One line: a longer one would wrap, and \r would not go back far
+	// enough to clear it.
+	width := 80
+	if ws, err := unix.IoctlGetWinsize(int(p.out.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+		width = int(ws.Col)
+	}
+	if r := []rune(s); len(r) >= width {
+		s = string(r[:width-1])
+	}
 	fmt.Fprintf(p.out, "\r\x1b[K%s", s)
 	p.drawn = true
+}
+
+// newStatus starts a status line that shows, after the label, the latest
+// line of the output written to it: a long command's sign of life.
+func newStatus(label string) *progress {
+	p := newProgress(label, 0, false)
+	p.counted = "line"
+	return p
+}
+
+// Write takes output for a status line; lines end at \n or \r.
+func (p *progress) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.out == nil {
+		return len(b), nil
+	}
+	p.partial = append(p.partial, b...)
+	end := bytes.LastIndexAny(p.partial, "\r\n")
+	if end < 0 {
+		if len(p.partial) > 4096 { // a line that never ends is not shown
+			p.partial = p.partial[:0]
+		}
+		return len(b), nil
+	}
+	lines := bytes.TrimRight(p.partial[:end], "\r\n")
+	if len(lines) > 0 {
+		last := lines[bytes.LastIndexAny(lines, "\r\n")+1:]
+		// Only printable text: the output's own escape sequences must
+		// not reach the terminal.
+		p.line = strings.TrimSpace(strings.Map(func(r rune) rune {
+			if unicode.IsPrint(r) {
+				return r
+			}
+			return ' '
+		}, string(last)))
+		p.redraw()
+	}
+	p.partial = append(p.partial[:0], p.partial[end+1:]...)
+	return len(b), nil
 }
 
 // finish clears the line.
@@ -76,6 +142,7 @@ func (p *progress) finish() {
 	defer p.mu.Unlock()
 	if p.out != nil && p.drawn {
 		fmt.Fprint(p.out, "\r\x1b[K")
+		p.drawn = false
 	}
 }
 

@@ -19,7 +19,7 @@ import (
 
 // verifyProblem is one bad item found by verify.
 type verifyProblem struct {
-	Kind    string `json:"kind"` // object, layer, metadata, environment, layer tree
+	Kind    string `json:"kind"` // object, layer, metadata, environment, layer tree, image
 	Name    string `json:"name"`
 	Problem string `json:"problem"`
 }
@@ -30,6 +30,7 @@ type verifyReport struct {
 	Layers   int             `json:"layers"`
 	Metadata int             `json:"metadata"`
 	EnvDirs  int             `json:"env_dirs"`
+	Images   int             `json:"images"`
 	Bytes    int64           `json:"bytes"`
 	Bad      []verifyProblem `json:"bad"`
 }
@@ -127,7 +128,10 @@ func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 			byName[m.Name] = id
 		}
 	}
-	rep.EnvDirs, err = s.verifyEnvDirs(names, bad)
+	if rep.EnvDirs, err = s.verifyEnvDirs(names, bad); err != nil {
+		return rep, err
+	}
+	rep.Images, err = s.verifyImageCache(ctx, func(name, problem string) { bad("image", name, "%s", problem) })
 	return rep, err
 }
 
@@ -413,10 +417,11 @@ func runVerifyStore(c *cli) error {
 		for _, p := range rep.Bad {
 			fmt.Fprintf(c.stdout, "bad %s %s: %s\n", p.Kind, p.Name, p.Problem)
 		}
-		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s, %s: %s\n",
+		fmt.Fprintf(c.stdout, "checked %s (%s), %s, %s, %s, %s: %s\n",
 			gcPlural(rep.Objects, "object", "objects"), humanBytes(rep.Bytes),
 			gcPlural(rep.Layers, "layer", "layers"), gcPlural(rep.Metadata, "metadata file", "metadata files"),
 			gcPlural(rep.EnvDirs, "environment directory", "environment directories"),
+			gcPlural(rep.Images, "cached image", "cached images"),
 			map[bool]string{true: "all good", false: gcPlural(len(rep.Bad), "problem", "problems")}[len(rep.Bad) == 0])
 	}
 	if len(rep.Bad) > 0 {
