@@ -202,6 +202,19 @@ func TestBootstrapDebianArchive(t *testing.T) {
 	if second.Environment.BaseLayer != first.Environment.BaseLayer {
 		t.Fatalf("two bootstraps of one archive state: base layers %s and %s", first.Environment.BaseLayer, second.Environment.BaseLayer)
 	}
+	// With no mirror configured, the snapshot mirror the lock names is
+	// where its archive state is fetched from.
+	if _, ok := snapshotTime(snap.mirror()); !ok {
+		t.Fatalf("the test mirror %s is not a snapshot URL", snap.mirror())
+	}
+	k3 := newKP(t)
+	for _, f := range []string{"karapace.toml", "karapace.lock"} {
+		data, _ := os.ReadFile(filepath.Join(k.dir, f))
+		os.WriteFile(filepath.Join(k3.dir, f), data, 0o644)
+	}
+	if out := strings.TrimSpace(k3.ok("build", "--locked")); out != id {
+		t.Fatalf("the locked rebuild from the lock's snapshot mirror gave %s, not %s", out, id)
+	}
 	k.ok("verify-store")
 }
 

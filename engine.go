@@ -230,6 +230,15 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	}
 	switch {
 	case spec != nil: // resolved by the bootstrap
+		// A lock made from a snapshot mirror names the archive state it
+		// pins: with no mirror configured, that is where to get it.
+		if lock != nil && images.cfg.Mirrors[spec.Distro] == "" {
+			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+spec.Suite); ok {
+				if _, snap := snapshotTime(mirror); snap {
+					spec.Mirror = mirror
+				}
+			}
+		}
 	case lock != nil && lock.BaseImageURL != "":
 		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
 		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
