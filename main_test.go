@@ -79,9 +79,18 @@ func TestHelpFlagsAndExitCodes(t *testing.T) {
 func TestGlobalFlagsAfterCommand(t *testing.T) {
 	dir := t.TempDir()
 	env := map[string]string{"KARAPACE_STORE": filepath.Join(dir, "default"), "KARAPACE_LOCK_WAIT": "10s"}
+	// Each store holds one environment, named after the store.
+	tinyImage(t, filepath.Join(dir, "image.tar.gz"))
+	manifest := writeFile(t, dir, "karapace.toml", strings.ReplaceAll(mockManifest(""), "[gui]\napps = [\"editor\"]\n", ""))
+	for _, s := range []string{"default", "s0", "s1", "s2"} {
+		if code, _, errOut := runCLI(t, env, "build", "--store", filepath.Join(dir, s), "--name", s, manifest); code != exitOK {
+			t.Fatalf("build in %s: %s", s, errOut)
+		}
+		os.Remove(filepath.Join(dir, "karapace.lock"))
+	}
 	code, out, errOut := runCLI(t, env, "list", "--json")
-	if code != exitOK || strings.TrimSpace(out) != "[]" {
-		t.Fatalf("list --json: exit %d, stdout %q, stderr %q", code, out, errOut)
+	if code != exitOK || !strings.Contains(out, `"name": "default"`) {
+		t.Fatalf("list --json did not use $KARAPACE_STORE: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 	for i, args := range [][]string{
 		{"list", "--store=" + filepath.Join(dir, "s0")},
@@ -92,12 +101,9 @@ func TestGlobalFlagsAfterCommand(t *testing.T) {
 		if code != exitOK {
 			t.Fatalf("%v: exit %d (%s)", args, code, errOut)
 		}
-		if _, err := os.Stat(filepath.Join(dir, fmt.Sprintf("s%d", i), "store", "version")); err != nil {
-			t.Errorf("%v did not use the store it names: %v\n%s", args, err, out)
+		if want := fmt.Sprintf("s%d", i); !strings.Contains(out, want) || strings.Contains(out, "default") {
+			t.Errorf("%v did not list the store it names:\n%s", args, out)
 		}
-	}
-	if _, err := os.Stat(filepath.Join(dir, "default", "store", "version")); err != nil {
-		t.Errorf("list --json did not use $KARAPACE_STORE: %v", err)
 	}
 
 	code, out, _ = runCLI(t, env, "pin", "--version")
