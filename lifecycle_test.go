@@ -114,31 +114,6 @@ func TestNamesAndReferences(t *testing.T) {
 	}
 }
 
-// restore changes the writable layer: not of a frozen or archived one.
-func TestRestoreRespectsState(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
-	id := strings.TrimSpace(k.ok("build"))
-	upper := filepath.Join(k.store, "env", id, "upper")
-	writeFile(t, upper, "note", "one\n")
-	snap := strings.TrimSpace(k.ok("commit", id))
-	writeFile(t, upper, "note", "two\n")
-	k.ok("freeze", id)
-	k.fails(1, "is frozen: its writable layer may not change; 'karapace unfreeze", "restore", id, snap)
-	k.ok("unfreeze", id)
-	k.ok("archive", id)
-	k.fails(1, "is archived; 'karapace unarchive", "restore", id, snap)
-	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "two\n" {
-		t.Fatalf("a refused restore changed the writable layer: %q", got)
-	}
-	k.ok("unarchive", id)
-	k.ok("restore", id, snap)
-	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "one\n" {
-		t.Fatalf("restore: %q", got)
-	}
-}
-
 // pin --write-lock pins the image, then builds, writing the lock.
 func TestPinWriteLock(t *testing.T) {
 	k := newKP(t)
