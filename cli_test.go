@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -146,8 +145,6 @@ func tinyImage(t *testing.T, path string) {
 		t.Fatal(err)
 	}
 }
-
-var envIDLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
 
 func mockManifest(pkgs string) string {
 	return fmt.Sprintf(`manifest_version = 1

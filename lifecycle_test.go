@@ -66,6 +66,8 @@ func TestCLIEnterWithTmux(t *testing.T) {
 	waitPane("karapace-exited-4")
 }
 
+var envIDLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
+
 func TestCLIMockLifecycle(t *testing.T) {
 	k := newKP(t)
 	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
