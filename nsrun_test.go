@@ -18,7 +18,8 @@ import (
 
 // These tests run the namespace backend for real, on a Debian root
 // filesystem, as root and (in the suite's rootless pass) as an ordinary
-// user with a subordinate ID range.
+// user with a subordinate ID range. The helpers below serve the runtime
+// tests beside instance.go, policy.go, cgroup.go, pty.go and userns.go too.
 
 // testEnvSpec makes an environment over the test root filesystem. Its
 // directory is removed inside a user namespace, where its files belong.
@@ -246,8 +247,8 @@ func TestNSFrozenIsReadOnly(t *testing.T) {
 	}
 }
 
-// Signals sent to karapace reach the command: the test runs exec in a
-// child process and interrupts it.
+// ns-exec runs exec in a child process of the test binary, for tests that
+// signal it or drive it through a terminal (instance_test.go, pty_test.go).
 func init() {
 	testHelpers["ns-exec"] = func() {
 		var r runSpec
