@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -147,8 +146,6 @@ func tinyImage(t *testing.T, path string) {
 	}
 }
 
-var envIDLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
-
 func mockManifest(pkgs string) string {
 	return fmt.Sprintf(`manifest_version = 1
 [base]
@@ -160,184 +157,6 @@ apps = ["editor"]
 [runtime]
 backend = "mock"
 `, pkgs)
-}
-
-func TestCLIMockLifecycle(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.ok("new", "proj", "--template", "minimal")
-	k.writeManifest(mockManifest(`"beta", "alpha"`))
-
-	out := k.ok("build", "--name", "one")
-	if !envIDLine.MatchString(out) {
-		t.Fatalf("build printed %q, want the env_id", out)
-	}
-	id := strings.TrimSpace(out)
-	lock, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
-	if err != nil || lock.EnvID != id || len(lock.Packages) != 2 || lock.Packages[0] != (lockedPackage{"alpha", "0-mock"}) {
-		t.Fatalf("lock: %v %+v", err, lock)
-	}
-	var res buildResult
-	k.jsonOut(&res, "build")
-	if res.Created || res.EnvID != id || res.Name != "one" || res.Packages != 2 {
-		t.Fatalf("second build: %+v", res)
-	}
-
-	// A launcher for the app, valid by the desktop entry specification.
-	launcher := filepath.Join(k.home, ".local/share/applications", "karapace-"+id[:12]+"-editor.desktop")
-	body, err := os.ReadFile(launcher)
-	if err != nil || !strings.Contains(string(body), "exec "+id+" -- editor") {
-		t.Fatalf("launcher: %v\n%s", err, body)
-	}
-	if out, err := exec.Command(needTool(t, "desktop-file-validate"), launcher).CombinedOutput(); err != nil || len(out) > 0 {
-		t.Fatalf("desktop-file-validate: %v\n%s", err, out)
-	}
-
-	list := k.ok("list")
-	if !regexp.MustCompile(`(?m)^SHORT_ID\s+NAME\s+STATE\s+ENV_ID\n` + id[:12] + `\s+one\s+built\s+` + id + `$`).MatchString(list) {
-		t.Fatalf("list:\n%s", list)
-	}
-	var envs []envInfo
-	k.jsonOut(&envs, "list")
-	if len(envs) != 1 || envs[0].EnvID != id || envs[0].State != stateBuilt {
-		t.Fatalf("list --json: %+v", envs)
-	}
-	var insp struct {
-		Environment envInfo        `json:"environment"`
-		Lock        map[string]any `json:"lock"`
-	}
-	k.jsonOut(&insp, "inspect", "one")
-	if insp.Environment.EnvID != id || insp.Lock["runtime_backend"] != "mock" {
-		t.Fatalf("inspect --json: %+v", insp)
-	}
-	mustContain(t, "inspect", k.ok("inspect", id[:5]), "env_id", id, "packages")
-
-	if out := k.ok("exec", "one", "--", "echo", "hi"); out != "mock["+id[:12]+"]: echo hi\n" {
-		t.Fatalf("exec: %q", out)
-	}
-	if out := k.ok("exec", id[:8], "echo", "--flag"); out != "mock["+id[:12]+"]: echo --flag\n" {
-		t.Fatalf("exec without --: %q", out)
-	}
-	if code, _, _ := k.run("exec", "one", "--", "exit", "3"); code != 3 {
-		t.Fatalf("exit status: %d", code)
-	}
-	k.fails(1, `no environment "nope"`, "exec", "nope", "--", "true")
-	k.fails(1, "exec: no command given after '--'", "exec", "one")
-	k.fails(1, "exec: unknown flag --bogus", "exec", "--bogus", "one", "--", "true")
-	k.fails(1, "inspect: expected 1 argument(s): ENV", "inspect")
-	k.fails(2, "missing.toml", "build", filepath.Join(k.dir, "missing.toml"))
-	jsonErr := k.fails(1, `"kind": "failure"`, "--json", "exec", "nope", "--", "true")
-	mustContain(t, "json error", jsonErr, `"exit_code": 1`, `"message": "no environment \"nope\"`)
-
-	// Names are unique; rename checks the syntax.
-	k.ok("rename", "one", "two")
-	k.fails(1, "invalid environment name", "rename", "two", "bad name")
-	k.writeManifest(mockManifest(`"gamma"`))
-	k.fails(1, `the name "two" is taken by environment `+id[:12], "build", "--name", "two")
-	id3 := strings.TrimSpace(k.ok("build", "--name", "three"))
-
-	// Enough environments that two share a first hex digit: ambiguous.
-	ids := []string{id, id3}
-	for i := 0; len(ids) < 17; i++ {
-		k.writeManifest(mockManifest(fmt.Sprintf(`"p%d"`, i)))
-		ids = append(ids, strings.TrimSpace(k.ok("build")))
-	}
-	byFirst := map[byte][]string{}
-	for _, x := range ids {
-		byFirst[x[0]] = append(byFirst[x[0]], x)
-	}
-	for c, same := range byFirst {
-		if len(same) > 1 {
-			msg := k.fails(1, "is ambiguous", "exec", string(c), "--", "true")
-			mustContain(t, "ambiguous", msg, "\n  "+same[0], "\n  "+same[1])
-			break
-		}
-	}
-
-	// States: frozen runs, archived does not; gc keeps archived ones.
-	k.ok("freeze", "two")
-	k.fails(1, "is already frozen", "freeze", "two")
-	k.ok("exec", "two", "--", "true")
-	k.ok("unfreeze", "two")
-	k.ok("archive", "two")
-	k.fails(1, "archived and cannot be entered", "exec", "two", "--", "true")
-	k.fails(1, "cannot freeze an archived environment; unarchive it first", "freeze", "two")
-	var gcRep gcReport
-	k.jsonOut(&gcRep, "gc")
-	if gcRep.EnvDirs != 0 {
-		t.Fatalf("gc removed environment directories: %+v", gcRep)
-	}
-	k.ok("unarchive", "two")
-	k.ok("exec", "two", "--", "true")
-
-	k.ok("destroy", "three")
-	if _, err := os.Stat(filepath.Join(k.store, "env", id3)); !os.IsNotExist(err) {
-		t.Fatalf("destroy left the directory: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+id3[:12]+"-editor.desktop")); !os.IsNotExist(err) {
-		t.Fatal("destroy left the launcher")
-	}
-	k.fails(1, "no environment", "inspect", "three")
-	k.jsonOut(&gcRep, "gc")
-	if gcRep.Objects == 0 || gcRep.Layers == 0 || gcRep.Bytes == 0 {
-		t.Fatalf("gc after destroy freed nothing: %+v", gcRep)
-	}
-	k.ok("verify-store")
-
-	// A second writer waits a little, then names the holder.
-	s, err := openStore(k.store)
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := s.lock("test-holder")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k.env = append(k.env, "KARAPACE_LOCK_WAIT=200ms")
-	k.fails(3, fmt.Sprintf("store is locked by pid %d (test-holder)", os.Getpid()), "destroy", "two")
-	l.unlock()
-	k.env = k.env[:len(k.env)-1]
-	k.ok("destroy", "two")
-}
-
-func TestCLISnapshotsMock(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
-	id := strings.TrimSpace(k.ok("build"))
-	upper := filepath.Join(k.store, "env", id, "upper")
-	if out := k.ok("diff", id); out != "" {
-		t.Fatalf("diff of a fresh environment: %q", out)
-	}
-	os.WriteFile(filepath.Join(upper, "etc", "new.conf"), nil, 0o644) // no such dir yet
-	os.MkdirAll(filepath.Join(upper, "etc"), 0o755)
-	os.WriteFile(filepath.Join(upper, "etc", "new.conf"), []byte("x\n"), 0o644)
-	os.WriteFile(filepath.Join(upper, "etc", "os-release"), []byte("ID=changed\n"), 0o644)
-	if out := k.ok("diff", id); out != "A /etc/new.conf\nM /etc/os-release\n" {
-		t.Fatalf("diff:\n%s", out)
-	}
-	snap := strings.TrimSpace(k.ok("commit", id))
-	if !validStoreHash(snap) {
-		t.Fatalf("commit printed %q", snap)
-	}
-	os.Remove(filepath.Join(upper, "etc", "new.conf"))
-	os.WriteFile(filepath.Join(upper, "later.txt"), []byte("later\n"), 0o644)
-	k.ok("restore", id, snap[:10])
-	if out := k.ok("diff", id); out != "A /etc/new.conf\nM /etc/os-release\n" {
-		t.Fatalf("diff after restore:\n%s", out)
-	}
-	var snaps struct {
-		Snapshots []struct {
-			Hash    string `json:"hash"`
-			Current bool   `json:"current"`
-		} `json:"snapshots"`
-	}
-	k.jsonOut(&snaps, "snapshots", id)
-	if len(snaps.Snapshots) != 1 || snaps.Snapshots[0].Hash != snap || !snaps.Snapshots[0].Current {
-		t.Fatalf("snapshots: %+v", snaps)
-	}
-	k.fails(1, "has no snapshot", "restore", id, "ffff")
-	k.ok("verify-store")
 }
 
 // The whole life of a real environment, on a Debian root filesystem,

@@ -317,3 +317,22 @@ func TestPinArchiveAlias(t *testing.T) {
 		}
 	}
 }
+
+// pin --write-lock pins the image, then builds, writing the lock.
+func TestPinWriteLock(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(`"alpha"`))
+	k.ok("pin", "--write-lock")
+	m, err := loadManifest(filepath.Join(k.dir, "karapace.toml"))
+	if err != nil || !strings.HasPrefix(m.BaseImage, "./image.tar.gz#sha256=") {
+		t.Fatalf("pinned manifest: %v %q", err, m.BaseImage)
+	}
+	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil || "sha256:"+strings.TrimPrefix(m.BaseImage, "./image.tar.gz#sha256=") != l.BaseImageDigest {
+		t.Fatalf("lock: %v %+v", err, l)
+	}
+	k.ok("pin", "--check")
+	k.ok("inspect", l.EnvID)
+	k.ok("build", "--locked", "--require-pinned-image")
+}

@@ -1,100 +1,15 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
-
-// rebuild builds the new environment and, in the same operation,
-// destroys the one the lock named; its name and nothing else moves on.
-func TestRebuild(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(`"alpha"`))
-	old := strings.TrimSpace(k.ok("build", "--name", "web"))
-	lockPath := filepath.Join(k.dir, "karapace.lock")
-
-	// Another project owns the name "db".
-	otherDir := filepath.Join(k.base, "other")
-	os.Mkdir(otherDir, 0o755)
-	tinyImage(t, filepath.Join(otherDir, "image.tar.gz"))
-	writeFile(t, otherDir, "karapace.toml", mockManifest(`"zeta"`))
-	db := strings.TrimSpace(k.ok("build", "--name", "db", filepath.Join(otherDir, "karapace.toml")))
-
-	// Refusals come before any work, and change nothing.
-	k.writeManifest(mockManifest(`"alpha", "beta"`))
-	before, _ := os.ReadFile(lockPath)
-	k.fails(1, `the name "db" is taken by environment `+db[:12], "rebuild", "--name", "db")
-	k.fails(1, `the name "db" is taken by environment `+db[:12], "build", "--name", "db")
-	if after, _ := os.ReadFile(lockPath); string(after) != string(before) {
-		t.Fatalf("a refused build rewrote the lock:\n%s", after)
-	}
-	var envs []envInfo
-	k.jsonOut(&envs, "list")
-	if len(envs) != 2 {
-		t.Fatalf("a refused build left environments behind: %+v", envs)
-	}
-	// A running old environment is not destroyed under its sessions.
-	markRunning(t, filepath.Join(k.store, "env", old))
-	k.fails(1, "is running; stop it before rebuilding", "rebuild")
-	os.Remove(filepath.Join(k.store, "env", old, "run", "instance.json"))
-
-	// A failed build leaves the old environment and its lock as they were.
-	writeFile(t, k.dir, "karapace.toml", strings.Replace(mockManifest(`"alpha", "beta"`), "./image.tar.gz", "./missing.tar.gz", 1))
-	k.fails(1, "missing.tar.gz", "rebuild")
-	if after, _ := os.ReadFile(lockPath); string(after) != string(before) {
-		t.Fatalf("a failed rebuild rewrote the lock:\n%s", after)
-	}
-	k.ok("exec", "web", "--", "true")
-
-	k.writeManifest(mockManifest(`"alpha", "beta"`))
-	var res buildResult
-	k.jsonOut(&res, "rebuild")
-	if res.EnvID == old || res.Replaced != old || res.Name != "web" || !res.Created {
-		t.Fatalf("rebuild: %+v (old %s)", res, old)
-	}
-	k.fails(1, "no environment", "inspect", old)
-	if _, err := os.Stat(filepath.Join(k.store, "env", old)); !os.IsNotExist(err) {
-		t.Fatalf("the old environment's directory is left: %v", err)
-	}
-	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+old[:12]+"-editor.desktop")); !os.IsNotExist(err) {
-		t.Fatal("the old environment's launcher is left")
-	}
-	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+res.ShortID+"-editor.desktop")); err != nil {
-		t.Fatalf("no launcher for the new environment: %v", err)
-	}
-	if l, err := loadLock(lockPath); err != nil || l.EnvID != res.EnvID {
-		t.Fatalf("the lock names %v (%v), want %s", l, err, res.EnvID)
-	}
-	if out := k.ok("exec", "web", "--", "true"); !strings.HasPrefix(out, "mock["+res.ShortID+"]") {
-		t.Fatalf("the name did not move: %q", out)
-	}
-	// Rebuilding what is already built replaces nothing.
-	var again buildResult
-	k.jsonOut(&again, "rebuild")
-	if again.EnvID != res.EnvID || again.Replaced != "" || again.Created || again.Name != "web" {
-		t.Fatalf("second rebuild: %+v", again)
-	}
-	k.ok("verify-store")
-}
-
-// markRunning makes an environment look running: its instance marker
-// names a live process (this test).
-func markRunning(t *testing.T, envDir string) {
-	t.Helper()
-	st, err := procStartTime(os.Getpid())
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, _ := json.Marshal(instanceMarker{Pid: os.Getpid(), StartTime: st})
-	writeFile(t, filepath.Join(envDir, "run"), "instance.json", string(data))
-}
 
 // A name may not read as the beginning of another environment's env_id.
 func TestNamesAndReferences(t *testing.T) {
@@ -112,50 +27,6 @@ func TestNamesAndReferences(t *testing.T) {
 	if out := k.ok("--json", "inspect", "first"); !strings.Contains(out, ids[0]) {
 		t.Fatalf("inspect by name: %s", out)
 	}
-}
-
-// restore changes the writable layer: not of a frozen or archived one.
-func TestRestoreRespectsState(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
-	id := strings.TrimSpace(k.ok("build"))
-	upper := filepath.Join(k.store, "env", id, "upper")
-	writeFile(t, upper, "note", "one\n")
-	snap := strings.TrimSpace(k.ok("commit", id))
-	writeFile(t, upper, "note", "two\n")
-	k.ok("freeze", id)
-	k.fails(1, "is frozen: its writable layer may not change; 'karapace unfreeze", "restore", id, snap)
-	k.ok("unfreeze", id)
-	k.ok("archive", id)
-	k.fails(1, "is archived; 'karapace unarchive", "restore", id, snap)
-	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "two\n" {
-		t.Fatalf("a refused restore changed the writable layer: %q", got)
-	}
-	k.ok("unarchive", id)
-	k.ok("restore", id, snap)
-	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "one\n" {
-		t.Fatalf("restore: %q", got)
-	}
-}
-
-// pin --write-lock pins the image, then builds, writing the lock.
-func TestPinWriteLock(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(`"alpha"`))
-	k.ok("pin", "--write-lock")
-	m, err := loadManifest(filepath.Join(k.dir, "karapace.toml"))
-	if err != nil || !strings.HasPrefix(m.BaseImage, "./image.tar.gz#sha256=") {
-		t.Fatalf("pinned manifest: %v %q", err, m.BaseImage)
-	}
-	l, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
-	if err != nil || "sha256:"+strings.TrimPrefix(m.BaseImage, "./image.tar.gz#sha256=") != l.BaseImageDigest {
-		t.Fatalf("lock: %v %+v", err, l)
-	}
-	k.ok("pin", "--check")
-	k.ok("inspect", l.EnvID)
-	k.ok("build", "--locked", "--require-pinned-image")
 }
 
 // enter through a real terminal: the user's login shell in the
@@ -193,4 +64,144 @@ func TestCLIEnterWithTmux(t *testing.T) {
 	waitPane("42 -bash karapace-")
 	tmux("send-keys", "exit 4", "Enter")
 	waitPane("karapace-exited-4")
+}
+
+var envIDLine = regexp.MustCompile(`^[0-9a-f]{64}\n$`)
+
+func TestCLIMockLifecycle(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.ok("new", "proj", "--template", "minimal")
+	k.writeManifest(mockManifest(`"beta", "alpha"`))
+
+	out := k.ok("build", "--name", "one")
+	if !envIDLine.MatchString(out) {
+		t.Fatalf("build printed %q, want the env_id", out)
+	}
+	id := strings.TrimSpace(out)
+	lock, err := loadLock(filepath.Join(k.dir, "karapace.lock"))
+	if err != nil || lock.EnvID != id || len(lock.Packages) != 2 || lock.Packages[0] != (lockedPackage{"alpha", "0-mock"}) {
+		t.Fatalf("lock: %v %+v", err, lock)
+	}
+	var res buildResult
+	k.jsonOut(&res, "build")
+	if res.Created || res.EnvID != id || res.Name != "one" || res.Packages != 2 {
+		t.Fatalf("second build: %+v", res)
+	}
+
+	// A launcher for the app, valid by the desktop entry specification.
+	launcher := filepath.Join(k.home, ".local/share/applications", "karapace-"+id[:12]+"-editor.desktop")
+	body, err := os.ReadFile(launcher)
+	if err != nil || !strings.Contains(string(body), "exec "+id+" -- editor") {
+		t.Fatalf("launcher: %v\n%s", err, body)
+	}
+	if out, err := exec.Command(needTool(t, "desktop-file-validate"), launcher).CombinedOutput(); err != nil || len(out) > 0 {
+		t.Fatalf("desktop-file-validate: %v\n%s", err, out)
+	}
+
+	list := k.ok("list")
+	if !regexp.MustCompile(`(?m)^SHORT_ID\s+NAME\s+STATE\s+ENV_ID\n` + id[:12] + `\s+one\s+built\s+` + id + `$`).MatchString(list) {
+		t.Fatalf("list:\n%s", list)
+	}
+	var envs []envInfo
+	k.jsonOut(&envs, "list")
+	if len(envs) != 1 || envs[0].EnvID != id || envs[0].State != stateBuilt {
+		t.Fatalf("list --json: %+v", envs)
+	}
+	var insp struct {
+		Environment envInfo        `json:"environment"`
+		Lock        map[string]any `json:"lock"`
+	}
+	k.jsonOut(&insp, "inspect", "one")
+	if insp.Environment.EnvID != id || insp.Lock["runtime_backend"] != "mock" {
+		t.Fatalf("inspect --json: %+v", insp)
+	}
+	mustContain(t, "inspect", k.ok("inspect", id[:5]), "env_id", id, "packages")
+
+	if out := k.ok("exec", "one", "--", "echo", "hi"); out != "mock["+id[:12]+"]: echo hi\n" {
+		t.Fatalf("exec: %q", out)
+	}
+	if out := k.ok("exec", id[:8], "echo", "--flag"); out != "mock["+id[:12]+"]: echo --flag\n" {
+		t.Fatalf("exec without --: %q", out)
+	}
+	if code, _, _ := k.run("exec", "one", "--", "exit", "3"); code != 3 {
+		t.Fatalf("exit status: %d", code)
+	}
+	k.fails(1, `no environment "nope"`, "exec", "nope", "--", "true")
+	k.fails(1, "exec: no command given after '--'", "exec", "one")
+	k.fails(1, "exec: unknown flag --bogus", "exec", "--bogus", "one", "--", "true")
+	k.fails(1, "inspect: expected 1 argument(s): ENV", "inspect")
+	k.fails(2, "missing.toml", "build", filepath.Join(k.dir, "missing.toml"))
+	jsonErr := k.fails(1, `"kind": "failure"`, "--json", "exec", "nope", "--", "true")
+	mustContain(t, "json error", jsonErr, `"exit_code": 1`, `"message": "no environment \"nope\"`)
+
+	// Names are unique; rename checks the syntax.
+	k.ok("rename", "one", "two")
+	k.fails(1, "invalid environment name", "rename", "two", "bad name")
+	k.writeManifest(mockManifest(`"gamma"`))
+	k.fails(1, `the name "two" is taken by environment `+id[:12], "build", "--name", "two")
+	id3 := strings.TrimSpace(k.ok("build", "--name", "three"))
+
+	// Enough environments that two share a first hex digit: ambiguous.
+	ids := []string{id, id3}
+	for i := 0; len(ids) < 17; i++ {
+		k.writeManifest(mockManifest(fmt.Sprintf(`"p%d"`, i)))
+		ids = append(ids, strings.TrimSpace(k.ok("build")))
+	}
+	byFirst := map[byte][]string{}
+	for _, x := range ids {
+		byFirst[x[0]] = append(byFirst[x[0]], x)
+	}
+	for c, same := range byFirst {
+		if len(same) > 1 {
+			msg := k.fails(1, "is ambiguous", "exec", string(c), "--", "true")
+			mustContain(t, "ambiguous", msg, "\n  "+same[0], "\n  "+same[1])
+			break
+		}
+	}
+
+	// States: frozen runs, archived does not; gc keeps archived ones.
+	k.ok("freeze", "two")
+	k.fails(1, "is already frozen", "freeze", "two")
+	k.ok("exec", "two", "--", "true")
+	k.ok("unfreeze", "two")
+	k.ok("archive", "two")
+	k.fails(1, "archived and cannot be entered", "exec", "two", "--", "true")
+	k.fails(1, "cannot freeze an archived environment; unarchive it first", "freeze", "two")
+	var gcRep gcReport
+	k.jsonOut(&gcRep, "gc")
+	if gcRep.EnvDirs != 0 {
+		t.Fatalf("gc removed environment directories: %+v", gcRep)
+	}
+	k.ok("unarchive", "two")
+	k.ok("exec", "two", "--", "true")
+
+	k.ok("destroy", "three")
+	if _, err := os.Stat(filepath.Join(k.store, "env", id3)); !os.IsNotExist(err) {
+		t.Fatalf("destroy left the directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(k.home, ".local/share/applications", "karapace-"+id3[:12]+"-editor.desktop")); !os.IsNotExist(err) {
+		t.Fatal("destroy left the launcher")
+	}
+	k.fails(1, "no environment", "inspect", "three")
+	k.jsonOut(&gcRep, "gc")
+	if gcRep.Objects == 0 || gcRep.Layers == 0 || gcRep.Bytes == 0 {
+		t.Fatalf("gc after destroy freed nothing: %+v", gcRep)
+	}
+	k.ok("verify-store")
+
+	// A second writer waits a little, then names the holder.
+	s, err := openStore(k.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := s.lock("test-holder")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k.env = append(k.env, "KARAPACE_LOCK_WAIT=200ms")
+	k.fails(3, fmt.Sprintf("store is locked by pid %d (test-holder)", os.Getpid()), "destroy", "two")
+	l.unlock()
+	k.env = k.env[:len(k.env)-1]
+	k.ok("destroy", "two")
 }

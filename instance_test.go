@@ -1,0 +1,179 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Concurrent commands join one instance: one pid namespace, one mount.
+// Each waits until all have started, so none can end before the last has
+// joined (or, were joining broken, started an instance of its own).
+func TestNSConcurrentExecsShareOneInstance(t *testing.T) {
+	r := testEnvSpec(t)
+	const n = 8
+	var wg sync.WaitGroup
+	results := make([]string, n)
+	errs := make([]error, n)
+	script := fmt.Sprintf(`mkdir -p /tmp/barrier; touch /tmp/barrier/$$; i=0
+while [ "$(ls /tmp/barrier | wc -l)" -lt %d ]; do i=$((i+1)); [ $i -lt 1200 ] || { echo "only $(ls /tmp/barrier | wc -l) sessions started" >&2; exit 1; }; sleep 0.05; done
+readlink /proc/self/ns/pid; grep -c ' - overlay ' /proc/self/mountinfo`, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			code, out, errOut, err := nsRunErr(r, baseEnv(), "", "/bin/sh", "-c", script)
+			if err == nil && code != 0 {
+				err = fmt.Errorf("status %d: %s", code, errOut)
+			}
+			results[i], errs[i] = out, err
+		}(i)
+	}
+	wg.Wait()
+	for i := 0; i < n; i++ {
+		if errs[i] != nil {
+			t.Fatalf("exec %d: %v", i, errs[i])
+		}
+		if results[i] != results[0] || !strings.HasSuffix(results[i], "\n1\n") {
+			t.Fatalf("exec %d saw %q, exec 0 saw %q", i, results[i], results[0])
+		}
+	}
+	// The client of the last session waits for init to exit.
+	if _, ok := r.runDir().running(); ok {
+		t.Fatal("the instance is still running after its last session")
+	}
+}
+
+// nsStart starts argv in the environment and returns once it has printed
+// its first line (its way of saying it is ready); the channel gives its
+// status and error when it ends.
+func nsStart(t *testing.T, r *runSpec, argv ...string) <-chan error {
+	t.Helper()
+	outR, outW, _ := os.Pipe()
+	null, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		b := nsBackend{getenv: os.Getenv}
+		code, err := b.exec(r, &execSpec{Argv: argv, Stdio: [3]*os.File{null, outW, os.Stderr}, Env: baseEnv()})
+		outW.Close()
+		null.Close()
+		if err == nil {
+			err = exitStatus(code)
+		}
+		done <- err
+	}()
+	line := make([]byte, 1)
+	for {
+		if _, err := outR.Read(line); err != nil {
+			t.Fatalf("%v never said it was ready: %v", argv, <-done)
+		}
+		if line[0] == '\n' {
+			break
+		}
+	}
+	go io.Copy(io.Discard, outR)
+	return done
+}
+
+func TestNSStopAndStaleMarker(t *testing.T) {
+	r := testEnvSpec(t)
+	b := nsBackend{getenv: os.Getenv}
+	// SIGTERM first: the session's TERM trap runs.
+	done := nsStart(t, r, "/bin/sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+	if _, ok := b.status(r); !ok {
+		t.Fatal("not running while a session runs")
+	}
+	if err := b.stop(r, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if code := exitCodeOf(<-done); code != 42 {
+		t.Fatalf("the session ended with %d, want 42 from its TERM trap", code)
+	}
+	if _, ok := b.status(r); ok {
+		t.Fatal("still running after stop")
+	}
+	// SIGKILL after the timeout, for a session that ignores SIGTERM.
+	done = nsStart(t, r, "/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done")
+	if err := b.stop(r, 200*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err == nil || exitCodeOf(err) == 0 {
+		t.Fatalf("the killed session ended with %v", err)
+	}
+	if _, ok := b.status(r); ok {
+		t.Fatal("still running after stop's SIGKILL")
+	}
+	// A marker left by an instance that died is detected and cleared.
+	os.WriteFile(r.runDir().marker(), []byte(`{"pid": 999999, "start_time": 1}`), 0o600)
+	if _, ok := b.status(r); ok {
+		t.Fatal("a dead pid counted as running")
+	}
+	if _, err := os.Stat(r.runDir().marker()); !os.IsNotExist(err) {
+		t.Fatal("the stale marker was not removed")
+	}
+}
+
+// An instance holds no stream of the caller that started it: with a
+// second session still running, the first one's stderr ends with it.
+func TestNSInstanceHoldsNoCallerStream(t *testing.T) {
+	r := testEnvSpec(t)
+	first := helperCmd(t, r, "/bin/sh", "-c", "echo ready; read x")
+	stdin, _ := first.StdinPipe()
+	stdout, _ := first.StdoutPipe()
+	errR, errW, _ := os.Pipe()
+	first.Stderr = errW
+	if err := first.Start(); err != nil {
+		t.Fatal(err)
+	}
+	errW.Close()
+	if _, err := io.ReadFull(stdout, make([]byte, 6)); err != nil {
+		t.Fatalf("first session: %v", err)
+	}
+	second := nsStart(t, r, "/bin/sh", "-c", "echo ready; sleep 1000")
+	stdin.Write([]byte("\n"))
+	if err := first.Wait(); err != nil {
+		t.Fatalf("first session: %v", err)
+	}
+	// Were the instance holding it, this read would wait for the second
+	// session; the deadline only bounds such a hang.
+	errR.SetReadDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.ReadAll(errR); err != nil {
+		t.Fatalf("the first session's stderr is still open after it ended: %v", err)
+	}
+	if _, ok := r.runDir().running(); !ok {
+		t.Fatal("the second session's instance is gone")
+	}
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	<-second
+}
+
+func TestNSSignalsForwarded(t *testing.T) {
+	r := testEnvSpec(t)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+		cmd := helperCmd(t, r, "/bin/sh", "-c", "echo ready; exec sleep 100")
+		out, _ := cmd.StdoutPipe()
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 6)
+		if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
+			t.Fatalf("%v: %q %v %s", sig, buf, err, errb.String())
+		}
+		cmd.Process.Signal(sig)
+		err := cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 128+int(sig) {
+			t.Fatalf("%v: exit %d (%v), want %d; stderr %s", sig, code, err, 128+int(sig), errb.String())
+		}
+	}
+}
