@@ -146,6 +146,16 @@ func tinyImage(t *testing.T, path string) {
 	}
 }
 
+// newMockKP is newKP with a project whose manifest (mockManifest(pkgs))
+// builds on the mock backend from a tiny local image.
+func newMockKP(t *testing.T, pkgs string) *kpRun {
+	t.Helper()
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	k.writeManifest(mockManifest(pkgs))
+	return k
+}
+
 func mockManifest(pkgs string) string {
 	return fmt.Sprintf(`manifest_version = 1
 [base]

@@ -29,9 +29,7 @@ func completeBash(t *testing.T, script, pathDir string, words ...string) []strin
 }
 
 func TestCompletionsBashReal(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(""))
+	k := newMockKP(t, "")
 	id := strings.TrimSpace(k.ok("build", "--name", "alpha"))
 	// "karapace" on PATH is this binary, acting as the CLI on the test store.
 	bin := t.TempDir()
@@ -62,26 +60,14 @@ func TestCompletionsBashReal(t *testing.T) {
 		{[]string{"karapace", "--store", other, "exec", ""}, []string{"beta"}, []string{"alpha"}},
 		{[]string{"karapace", "exec", "--store=" + other, ""}, []string{"beta"}, []string{"alpha"}},
 	} {
-		got := completeBash(t, script, bin, tc.words...)
-		for _, w := range tc.want {
-			if !contains(got, w) {
-				t.Errorf("%q: %v lacks %q", tc.words, got, w)
-			}
-		}
-		for _, w := range tc.not {
-			if contains(got, w) {
-				t.Errorf("%q: %v offers %q", tc.words, got, w)
-			}
-		}
+		checkOffers(t, fmt.Sprintf("%q", tc.words), completeBash(t, script, bin, tc.words...), tc.want, tc.not)
 	}
 }
 
 // fish's own completion engine, asked what it offers on a command line.
 func TestCompletionsFishReal(t *testing.T) {
 	fish := needTool(t, "fish")
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(""))
+	k := newMockKP(t, "")
 	k.ok("build", "--name", "alpha")
 	other := filepath.Join(k.base, "other-store")
 	k.ok("--store", other, "build", "--name", "beta")
@@ -110,15 +96,22 @@ func TestCompletionsFishReal(t *testing.T) {
 		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 			got = append(got, strings.SplitN(l, "\t", 2)[0])
 		}
-		for _, w := range tc.want {
-			if !contains(got, w) {
-				t.Errorf("%q: %v lacks %q", tc.line, got, w)
-			}
+		checkOffers(t, fmt.Sprintf("%q", tc.line), got, tc.want, tc.not)
+	}
+}
+
+// checkOffers fails unless a completion offered every word of want and
+// none of not.
+func checkOffers(t *testing.T, what string, got, want, not []string) {
+	t.Helper()
+	for _, w := range want {
+		if !contains(got, w) {
+			t.Errorf("%s: %v lacks %q", what, got, w)
 		}
-		for _, w := range tc.not {
-			if contains(got, w) {
-				t.Errorf("%q: %v offers %q", tc.line, got, w)
-			}
+	}
+	for _, w := range not {
+		if contains(got, w) {
+			t.Errorf("%s: %v offers %q", what, got, w)
 		}
 	}
 }

@@ -11,9 +11,7 @@ import (
 // A launcher runs its app in its environment whatever store the desktop
 // would pick (it names its own), stays valid, and follows renames.
 func TestLaunchers(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(""))
+	k := newMockKP(t, "")
 	id := strings.TrimSpace(k.ok("build", "--name", "one"))
 	launcher := filepath.Join(k.home, ".local/share/applications", "karapace-"+id[:12]+"-editor.desktop")
 	validate := func() string {

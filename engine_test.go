@@ -11,9 +11,7 @@ import (
 // rebuild builds the new environment and, in the same operation,
 // destroys the one the lock named; its name and nothing else moves on.
 func TestRebuild(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(`"alpha"`))
+	k := newMockKP(t, `"alpha"`)
 	old := strings.TrimSpace(k.ok("build", "--name", "web"))
 	lockPath := filepath.Join(k.dir, "karapace.lock")
 

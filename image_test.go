@@ -320,9 +320,7 @@ func TestPinArchiveAlias(t *testing.T) {
 
 // pin --write-lock pins the image, then builds, writing the lock.
 func TestPinWriteLock(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(`"alpha"`))
+	k := newMockKP(t, `"alpha"`)
 	k.ok("pin", "--write-lock")
 	m, err := loadManifest(filepath.Join(k.dir, "karapace.toml"))
 	if err != nil || !strings.HasPrefix(m.BaseImage, "./image.tar.gz#sha256=") {

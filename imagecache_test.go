@@ -162,6 +162,23 @@ func assertNothingHalfMade(t *testing.T, k *kpRun) {
 }
 
 // smallImage writes a tar (from entries) compressed by the real xz.
+// imageServerKP serves a small image (an os-release of size bytes) as
+// images:debian/bookworm, to a project that builds it on the mock backend.
+func imageServerKP(t *testing.T, size int64) (string, *imageServer, *kpRun) {
+	t.Helper()
+	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
+	smallImage(t, image, []*tar.Header{
+		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
+		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: size},
+	})
+	srv := newImageServer(t, image, "")
+	k := newKP(t)
+	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
+	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	return image, srv, k
+}
+
 func smallImage(t *testing.T, path string, entries []*tar.Header) {
 	t.Helper()
 	var buf bytes.Buffer
@@ -390,16 +407,7 @@ func TestImageXZCheckAfterTarEnd(t *testing.T) {
 // that names it and both digests, not a decoder's complaint; it is
 // removed and, online, downloaded again. verify-store finds it too.
 func TestImageCacheTampered(t *testing.T) {
-	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
-	smallImage(t, image, []*tar.Header{
-		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 3000},
-	})
-	srv := newImageServer(t, image, "")
-	k := newKP(t)
-	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
-	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	_, srv, k := imageServerKP(t, 3000)
 	entry := filepath.Join(k.store, "images", "sha256-"+srv.sha)
 	downloads := func() int {
 		srv.mu.Lock()
@@ -489,16 +497,7 @@ func (k *kpRun) onTerminal(args ...string) (string, string) {
 // Download and import show progress on a terminal, cleared at the end,
 // and nothing when stderr is a pipe.
 func TestImageDownloadProgress(t *testing.T) {
-	image := filepath.Join(t.TempDir(), "rootfs.tar.xz")
-	smallImage(t, image, []*tar.Header{
-		{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/", Typeflag: tar.TypeDir, Mode: 0o755},
-		{Name: "etc/os-release", Typeflag: tar.TypeReg, Mode: 0o644, Size: 100},
-	})
-	srv := newImageServer(t, image, "")
-	k := newKP(t)
-	k.env = append(k.env, "KARAPACE_IMAGE_SERVER="+srv.URL)
-	k.writeManifest("manifest_version = 1\n[base]\nimage = \"images:debian/bookworm\"\n[runtime]\nbackend = \"mock\"\n")
+	image, _, k := imageServerKP(t, 100)
 	st, _ := os.Stat(image)
 	_, terminal := k.onTerminal("build")
 	mustContain(t, "terminal", terminal, "\r\x1b[Kdownloading rootfs.tar.xz  ", " / "+humanBytes(st.Size())+" ", "B/s",

@@ -8,9 +8,7 @@ import (
 )
 
 func TestCLISnapshotsMock(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
+	k := newMockKP(t, ``)
 	id := strings.TrimSpace(k.ok("build"))
 	upper := filepath.Join(k.store, "env", id, "upper")
 	if out := k.ok("diff", id); out != "" {
@@ -49,9 +47,7 @@ func TestCLISnapshotsMock(t *testing.T) {
 
 // restore changes the writable layer: not of a frozen or archived one.
 func TestRestoreRespectsState(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
+	k := newMockKP(t, ``)
 	id := strings.TrimSpace(k.ok("build"))
 	upper := filepath.Join(k.store, "env", id, "upper")
 	writeFile(t, upper, "note", "one\n")

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -201,4 +202,48 @@ func captureLog(t testing.TB) *logCapture {
 	setLogLevel("warn", false, false, &l.b)
 	t.Cleanup(func() { setLogLevel("", false, false, os.Stderr) })
 	return l
+}
+
+// tmuxSession runs script in a detached tmux session of the given size:
+// a real terminal, driven by send-keys and read by capture-pane.
+type tmuxSession struct {
+	t    *testing.T
+	sock string
+}
+
+func newTmuxSession(t *testing.T, script string, cols, rows int) *tmuxSession {
+	t.Helper()
+	needTool(t, "tmux")
+	s := &tmuxSession{t: t, sock: filepath.Join(t.TempDir(), "tmux.sock")}
+	s.do("new-session", "-d", "-x", fmt.Sprint(cols), "-y", fmt.Sprint(rows), script)
+	t.Cleanup(func() { exec.Command("tmux", "-S", s.sock, "kill-server").Run() })
+	return s
+}
+
+func (s *tmuxSession) do(args ...string) string {
+	s.t.Helper()
+	out, err := exec.Command("tmux", append([]string{"-S", s.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		s.t.Fatalf("tmux %v: %v: %s", args, err, out)
+	}
+	return string(out)
+}
+
+// keys types keys into the terminal, as send-keys names them.
+func (s *tmuxSession) keys(keys ...string) {
+	s.t.Helper()
+	s.do(append([]string{"send-keys"}, keys...)...)
+}
+
+// waitFor waits (15 s at most) until the terminal shows want.
+func (s *tmuxSession) waitFor(want string) {
+	s.t.Helper()
+	var pane string
+	for i := 0; i < 150; i++ {
+		if pane = s.do("capture-pane", "-p"); strings.Contains(pane, want) {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s.t.Fatalf("the terminal never showed %q:\n%s", want, pane)
 }

@@ -569,9 +569,7 @@ func TestCrashInjection(t *testing.T) {
 // work directory cannot be removed) is finished by the next open, and
 // the environment has a work directory all along.
 func TestRestoreCleanupInterrupted(t *testing.T) {
-	k := newKP(t)
-	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
-	k.writeManifest(mockManifest(``))
+	k := newMockKP(t, ``)
 	id := strings.TrimSpace(k.ok("build"))
 	snap := strings.TrimSpace(k.ok("commit", id))
 	writeFile(t, filepath.Join(k.store, "env", id, "work"), "x", "overlay's")
