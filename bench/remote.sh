@@ -62,53 +62,67 @@ blobs+=("metadata/$id")
 bytes=$(du -cb "$s"/objects/* "$s"/layers/* "$s"/metadata/* | tail -1 | cut -f1)
 file_of() { case $1 in object/*) echo "$s/objects/${1#object/}" ;; layer/*) echo "$s/layers/${1#layer/}" ;; metadata/*) echo "$s/metadata/${1#metadata/}" ;; esac; }
 
+# Each measure runs ROUNDS times, the two sides alternating, into fresh
+# servers and stores; the medians count (one run of a 0.4 s transfer is
+# at the mercy of the page cache's writeback of the run before).
+rounds=${ROUNDS:-5}
+run_push() {
+	start_server "$tmp/srv-kp-$1"
+	sync
+	t0=$(now)
+	KARAPACE_STORE=$tmp/a "$kp" push bench --remote "$url" >/dev/null
+	elapsed "$t0" "$(now)"
+}
+run_curl_up() {
+	start_server "$tmp/srv-curl-$1"
+	sync
+	t0=$(now)
+	for b in "${blobs[@]}"; do
+		curl -sS -f -o /dev/null -H "Authorization: Bearer $token" -T "$(file_of "$b")" "$url/blobs/$b"
+	done
+	elapsed "$t0" "$(now)"
+}
+run_pull() {
+	rm -rf "$tmp/b"
+	sync
+	t0=$(now)
+	KARAPACE_STORE=$tmp/b "$kp" pull "$id" --remote "$kp_url" >/dev/null 2>&1
+	elapsed "$t0" "$(now)"
+}
+run_curl_down() { # durable: also sync the files, as a pull fsyncs them
+	rm -rf "$tmp/down"
+	mkdir -p "$tmp/down"
+	sync
+	t0=$(now)
+	for b in "${blobs[@]}"; do
+		curl -sS -f -H "Authorization: Bearer $token" -o "$tmp/down/${b//\//-}" "$kp_url/blobs/$b"
+	done
+	[ -z "$1" ] || sync "$tmp"/down/* "$tmp/down"
+	elapsed "$t0" "$(now)"
+}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 start_server "$tmp/srv-kp"
 kp_url=$url
-sync
-t0=$(now)
 KARAPACE_STORE=$tmp/a "$kp" push bench --remote "$kp_url" >/dev/null
-t1=$(now)
-push=$(elapsed "$t0" "$t1")
-
-start_server "$tmp/srv-curl"
-curl_url=$url
-sync
-t0=$(now)
-for b in "${blobs[@]}"; do
-	curl -sS -f -o /dev/null -H "Authorization: Bearer $token" -T "$(file_of "$b")" "$curl_url/blobs/$b"
+P=() CU=() L=() CD=() CS=()
+for r in $(seq "$rounds"); do
+	if ((r % 2)); then
+		P+=("$(run_push "$r")") CU+=("$(run_curl_up "$r")")
+		L+=("$(run_pull)") CD+=("$(run_curl_down "")") CS+=("$(run_curl_down sync)")
+	else
+		CU+=("$(run_curl_up "$r")") P+=("$(run_push "$r")")
+		CS+=("$(run_curl_down sync)") CD+=("$(run_curl_down "")") L+=("$(run_pull)")
+	fi
+	for p in "${pids[@]:1}"; do kill "$p" 2>/dev/null || true; done
+	pids=("${pids[0]}")
+	rm -rf "$tmp"/srv-kp-* "$tmp"/srv-curl-*
 done
-t1=$(now)
-curl_up=$(elapsed "$t0" "$t1")
-
-sync
-t0=$(now)
-KARAPACE_STORE=$tmp/b "$kp" pull "$id" --remote "$kp_url" >/dev/null 2>&1
-t1=$(now)
-pull=$(elapsed "$t0" "$t1")
-
-mkdir -p "$tmp/down"
-sync
-t0=$(now)
-for b in "${blobs[@]}"; do
-	curl -sS -f -H "Authorization: Bearer $token" -o "$tmp/down/${b//\//-}" "$kp_url/blobs/$b"
-done
-t1=$(now)
-curl_down=$(elapsed "$t0" "$t1")
-
-# The same, made durable as a pull is (sync FILE fsyncs each file).
-rm -rf "$tmp/down"
-mkdir -p "$tmp/down"
-sync
-t0=$(now)
-for b in "${blobs[@]}"; do
-	curl -sS -f -H "Authorization: Bearer $token" -o "$tmp/down/${b//\//-}" "$kp_url/blobs/$b"
-done
-sync "$tmp"/down/* "$tmp/down"
-t1=$(now)
-curl_durable=$(elapsed "$t0" "$t1")
-
+push=$(median "${P[@]}") curl_up=$(median "${CU[@]}") pull=$(median "${L[@]}")
+curl_down=$(median "${CD[@]}") curl_durable=$(median "${CS[@]}")
+run_pull >/dev/null
+echo "rounds (s): push ${P[*]}; curl up ${CU[*]}; pull ${L[*]}; curl down ${CD[*]}; curl down+sync ${CS[*]}"
 KARAPACE_STORE=$tmp/b "$kp" verify-store >/dev/null
-echo "environment: ${#blobs[@]} blobs, $((bytes / 1048576)) MiB; load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus"
+echo "environment: ${#blobs[@]} blobs, $((bytes / 1048576)) MiB; medians of $rounds rounds; load $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cpus"
 printf '%-28s %8ss %6s MiB/s\n' "karapace push" "$push" "$(mbps "$bytes" "$push")"
 printf '%-28s %8ss %6s MiB/s\n' "curl -T (PUT), same blobs" "$curl_up" "$(mbps "$bytes" "$curl_up")"
 printf '%-28s %8ss %6s MiB/s\n' "karapace pull" "$pull" "$(mbps "$bytes" "$pull")"
