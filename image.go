@@ -200,6 +200,12 @@ func (e *engine) pinImage(image, dir string) (string, error) {
 	if ref.Kind == imageAlias || ref.Kind == imageLXC {
 		return src.Location + "#sha256=" + src.SHA256, nil
 	}
+	// A download lands in the image cache, which gc --images empties.
+	sl, err := e.s.lock("pin")
+	if err != nil {
+		return "", err
+	}
+	defer sl.unlock()
 	var sha string
 	err = images.readImage(e.s, src, func(img *imageReader) error {
 		err := img.drain()
