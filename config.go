@@ -137,6 +137,9 @@ func loadImagesConfig(getenv func(string) string) (imagesConfig, error) {
 				if err != nil {
 					return cfg, err
 				}
+				if !isHTTPURL(m) {
+					return cfg, sc.errorf([]string{"images", d + "_mirror"}, "%q is not an http(s) URL", m)
+				}
 				cfg.Mirrors[d] = m
 			}
 		}
@@ -153,7 +156,11 @@ func loadImagesConfig(getenv func(string) string) (imagesConfig, error) {
 		return cfg, usageErrorf("KARAPACE_IMAGE_SERVER=%q is not an http(s) URL", v)
 	}
 	for _, d := range []string{"debian", "ubuntu"} {
-		if v := getenv("KARAPACE_" + strings.ToUpper(d) + "_MIRROR"); v != "" {
+		name := "KARAPACE_" + strings.ToUpper(d) + "_MIRROR"
+		if v := getenv(name); v != "" {
+			if !isHTTPURL(v) {
+				return cfg, usageErrorf("%s=%q is not an http(s) URL", name, v)
+			}
 			cfg.Mirrors[d] = v
 		}
 	}

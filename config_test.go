@@ -58,6 +58,7 @@ debian_mirror = "http://apt.example/debian"
 		{"[policy]\nmax_cpu = 1\n", "policy.max_cpu: unknown key"},
 		{"[images]\nsource = \"ftp\"\n", `images.source: "ftp": expected "archive" or "lxc"`},
 		{"[images]\nserver = \"ftp://x\"\n", `images.server: "ftp://x" is not an http(s) URL`},
+		{"[images]\ndebian_mirror = \"/srv/debian\"\n", `images.debian_mirror: "/srv/debian" is not an http(s) URL`},
 		{"[extra]\n", "extra: unknown key"},
 		{"[policy\n", "config.toml:1:"},
 	} {

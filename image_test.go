@@ -215,8 +215,8 @@ func TestImageAliasTable(t *testing.T) {
 	}
 }
 
-// KARAPACE_IMAGE_SERVER is held to what [images] server is: an http(s)
-// URL.
+// KARAPACE_IMAGE_SERVER and the mirror variables are held to what the
+// config's values are: http(s) URLs.
 func TestImageServerFromEnvironment(t *testing.T) {
 	env := map[string]string{"XDG_CONFIG_HOME": t.TempDir()}
 	getenv := func(k string) string { return env[k] }
@@ -227,6 +227,12 @@ func TestImageServerFromEnvironment(t *testing.T) {
 			t.Errorf("%s: %v", bad, err)
 		}
 	}
+	delete(env, "KARAPACE_IMAGE_SERVER")
+	env["KARAPACE_DEBIAN_MIRROR"] = "file:///srv/debian"
+	if _, err := newImageEnv(getenv, false); err == nil || !strings.Contains(err.Error(), `KARAPACE_DEBIAN_MIRROR="file:///srv/debian" is not an http(s) URL`) {
+		t.Errorf("a file mirror: %v", err)
+	}
+	delete(env, "KARAPACE_DEBIAN_MIRROR")
 	env["KARAPACE_IMAGE_SERVER"] = "https://mirror.example/lxc/"
 	if e, err := newImageEnv(getenv, false); err != nil || e.server != "https://mirror.example/lxc" {
 		t.Fatalf("%+v %v", e, err)
