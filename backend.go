@@ -41,6 +41,9 @@ type execSpec struct {
 	Env   []string // host environment, filtered by the policy
 	Set   []string // variables karapace itself sets for this command
 	Cwd   string   // host working directory, mapped through the mounts
+	// Signals to forward to the command, caught since before the
+	// environment was looked up; nil: the backend starts catching them.
+	Signals *signalCatch
 }
 
 // backend runs environments. The namespace backend is the real one; the
@@ -90,14 +93,20 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 		return 0, err
 	}
 	req := spawnRequest{Argv: e.Argv, Env: b.commandEnv(r, e), Dir: b.commandDir(r, e), TTY: e.TTY, Login: e.Login}
+	sigs := e.Signals
+	if sigs == nil {
+		sigs = catchSignals(e.TTY)
+		defer sigs.stop()
+	}
 	for attempt := 0; ; attempt++ {
+		conn := -1
 		if _, ok := r.runDir().running(); !ok {
 			cfg, mapping, flags, err := b.initConfig(r)
 			if err != nil {
 				return 0, err
 			}
 			cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
-			err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir)
+			conn, err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, &req, e.Stdio)
 			for _, f := range cgroups {
 				f.Close()
 			}
@@ -105,7 +114,7 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 				return 0, err
 			}
 		}
-		code, err := r.runDir().spawnIn(req, e.Stdio)
+		code, err := r.runDir().spawnIn(conn, req, e.Stdio, sigs.c)
 		// An instance that was just ending sends us to start a new one,
 		// once it is gone.
 		if errors.Is(err, errInstanceGone) && attempt < 3 {

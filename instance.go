@@ -104,32 +104,33 @@ func sendMsg(fd int, v any, files ...int) error {
 // recvMsg reads one message and the descriptors that came with it. At end
 // of stream it returns io.EOF-like errEOF.
 func recvMsg(fd int, v any) ([]int, error) {
-	buf := make([]byte, maxInstanceMsg)
-	oob := make([]byte, unix.CmsgSpace(4*4))
+	var oob [64]byte // room for the 4 descriptors a message may carry
 	for {
-		n, oobn, _, _, err := unix.Recvmsg(fd, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		// Peek at the size first: most messages are a few bytes, and a
+		// buffer of the largest size would cost more than all the rest.
+		size, _, _, _, err := unix.Recvmsg(fd, make([]byte, 1), nil, unix.MSG_PEEK|unix.MSG_TRUNC)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
+		buf := make([]byte, min(max(size, 1), maxInstanceMsg))
+		n, oobn, flags, _, err := unix.Recvmsg(fd, buf, oob[:unix.CmsgSpace(4*4)], unix.MSG_CMSG_CLOEXEC)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if flags&unix.MSG_TRUNC != 0 {
+			closeAll(parseRights(oob[:oobn]))
+			return nil, fmt.Errorf("bad message: longer than %d bytes", maxInstanceMsg)
+		}
 		if n == 0 && oobn == 0 {
 			return nil, errEOF
 		}
-		var fds []int
-		if oobn > 0 {
-			msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-			if err != nil {
-				return nil, err
-			}
-			for _, m := range msgs {
-				got, err := unix.ParseUnixRights(&m)
-				if err == nil {
-					fds = append(fds, got...)
-				}
-			}
-		}
+		fds := parseRights(oob[:oobn])
 		if err := json.Unmarshal(buf[:n], v); err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("bad message: %w", err)
@@ -139,6 +140,21 @@ func recvMsg(fd int, v any) ([]int, error) {
 }
 
 var errEOF = errors.New("connection closed")
+
+// parseRights returns the descriptors a message's control data carries.
+func parseRights(oob []byte) []int {
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil
+	}
+	var fds []int
+	for _, m := range msgs {
+		if got, err := unix.ParseUnixRights(&m); err == nil {
+			fds = append(fds, got...)
+		}
+	}
+	return fds
+}
 
 func closeAll(fds []int) {
 	for _, fd := range fds {
@@ -206,12 +222,17 @@ func (s *instanceServer) serve() {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
-		s.mu.Lock()
-		s.active++
-		s.served = true
-		s.mu.Unlock()
-		go s.handle(conn)
+		s.adopt(conn)
 	}
+}
+
+// adopt serves conn, a connection made before init started.
+func (s *instanceServer) adopt(conn int) {
+	s.mu.Lock()
+	s.active++
+	s.served = true
+	s.mu.Unlock()
+	go s.handle(conn)
 }
 
 // handle serves one connection: one command, from start to exit status.
@@ -653,72 +674,97 @@ func procStartTime(pid int) (uint64, error) {
 }
 
 // ensureInstance starts the environment's init unless one is running.
-// Concurrent callers serialize on a lock in the run directory.
-func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool) error {
+// Concurrent callers serialize on a lock in the run directory. The init it
+// starts runs req as its first session, on a connection made beforehand:
+// it returns our end, or -1 when an instance was running after all.
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool, req *spawnRequest, stdio [3]*os.File) (int, error) {
 	if _, ok := d.running(); ok {
-		return nil
+		return -1, nil
 	}
 	if err := os.MkdirAll(string(d), 0o700); err != nil {
-		return fmt.Errorf("creating %s: %w", d, err)
+		return -1, fmt.Errorf("creating %s: %w", d, err)
 	}
 	lock, err := os.OpenFile(d.startLock(), os.O_CREATE|os.O_RDWR|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", d.startLock(), err)
+		return -1, fmt.Errorf("opening %s: %w", d.startLock(), err)
 	}
 	defer lock.Close()
 	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX); err != nil {
-		return fmt.Errorf("locking %s: %w", d.startLock(), err)
+		return -1, fmt.Errorf("locking %s: %w", d.startLock(), err)
 	}
 	if _, ok := d.running(); ok {
-		return nil
+		return -1, nil
+	}
+	// The request waits in the connection while init sets up, which then
+	// starts the command at once, while we write the marker.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("making the first session's connection: %w", err)
+	}
+	conn, peer := pair[0], os.NewFile(uintptr(pair[1]), "session")
+	defer peer.Close()
+	ok := false
+	defer func() {
+		if !ok {
+			unix.Close(conn)
+		}
+	}()
+	if err := sendRequest(conn, req, stdio); err != nil {
+		return -1, err
 	}
 	rr, rw, err := os.Pipe()
 	if err != nil {
-		return err
+		return -1, err
 	}
 	defer rr.Close()
 	log, err := os.OpenFile(d.log(), os.O_CREATE|os.O_TRUNC|os.O_WRONLY|os.O_APPEND|unix.O_CLOEXEC, 0o600)
 	if err != nil {
-		return fmt.Errorf("opening %s: %w", d.log(), err)
+		return -1, fmt.Errorf("opening %s: %w", d.log(), err)
 	}
 	defer log.Close()
 	cfg.Socket = d.socket()
 	cfg.Cgroups, cfg.CgroupDir = len(cgroups), cgroupDir
-	p, err := startStage("init", cfg, m, stageOptions{
-		cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: append([]*os.File{rw, log}, cgroups...), detach: true,
-	})
+	files := append(append([]*os.File{rw, log}, cgroups...), peer)
+	p, err := startStage("init", cfg, m, stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: files, detach: true})
 	rw.Close()
+	peer.Close()
 	if err != nil {
-		return err
+		return -1, err
 	}
 	// init writes one zero byte when it is ready, or its error.
 	msg, _ := readAllLimited(rr, 64<<10)
 	if len(msg) != 1 || msg[0] != 0 {
 		p.wait()
 		if len(msg) == 0 {
-			return errors.New("the environment's init exited during setup")
+			return -1, errors.New("the environment's init exited during setup")
 		}
-		return fmt.Errorf("setting up the environment: %s", msg)
+		return -1, fmt.Errorf("setting up the environment: %s", msg)
 	}
+	// init is our child: until we reap it, its pid is not reused. If the
+	// first session ended it already, there is nothing to mark.
+	ok = true
 	pid := p.cmd.Process.Pid
 	st, err := procStartTime(pid)
 	if err != nil {
-		return fmt.Errorf("reading the start time of init (pid %d): %w", pid, err)
+		go p.cmd.Wait()
+		return conn, nil
 	}
 	// The marker is checked against the live process on every read, so it
 	// needs no fsync: a rename keeps readers from seeing half of it.
 	data, _ := json.Marshal(instanceMarker{Pid: pid, StartTime: st})
 	tmp := d.marker() + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, d.marker()); err != nil {
-		return err
+	err = os.WriteFile(tmp, data, 0o600)
+	if err == nil {
+		err = os.Rename(tmp, d.marker())
 	}
 	// init may outlive us (other sessions join it); while we live, we
 	// reap it, so a long-running caller leaves no zombie behind.
 	go p.cmd.Wait()
-	return nil
+	if err != nil {
+		// Nobody could join it: our session runs, but say why.
+		warnf("recording the running environment in %s: %v", d.marker(), err)
+	}
+	return conn, nil
 }
 
 func readAllLimited(f *os.File, limit int) ([]byte, error) {
@@ -738,51 +784,95 @@ func readAllLimited(f *os.File, limit int) ([]byte, error) {
 // caller may start a new one and try again.
 var errInstanceGone = errors.New("the environment's instance exited")
 
-// spawnIn runs a command in the running instance and returns its exit
-// status. Without a TTY the command gets our stdio itself; with one, it
-// runs on a new pseudo-terminal we relay to ours.
-func (d instanceDir) spawnIn(req spawnRequest, stdio [3]*os.File) (int, error) {
-	// Catch signals from the start: one that arrives while the command is
-	// starting is forwarded once it runs, never lost or fatal to us.
-	sigs := make(chan os.Signal, 8)
+// signalCatch holds the signals a session forwards to its command. One
+// that arrives while the command is starting is forwarded once it runs,
+// never lost or fatal to us.
+type signalCatch struct {
+	c     chan os.Signal
+	ready chan struct{}
+}
+
+// catchSignals starts catching them. signal.Notify starts a thread and
+// waits for it, so it runs beside the rest of our start-up.
+func catchSignals(tty bool) *signalCatch {
+	sc := &signalCatch{c: make(chan os.Signal, 8), ready: make(chan struct{})}
 	forwarded := []os.Signal{unix.SIGINT, unix.SIGTERM, unix.SIGHUP, unix.SIGQUIT}
-	if req.TTY {
+	if tty {
 		forwarded = append(forwarded, unix.SIGWINCH)
 	}
-	signal.Notify(sigs, forwarded...)
-	defer signal.Stop(sigs)
-	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return 0, err
-	}
-	defer unix.Close(fd)
-	addr, done, err := socketAddr(d.socket())
-	if err != nil {
-		if errors.Is(err, unix.ENOENT) {
-			return 0, errInstanceGone
-		}
-		return 0, err
-	}
-	err = unix.Connect(fd, addr)
-	done()
-	if err != nil {
-		if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT) {
-			return 0, errInstanceGone
-		}
-		return 0, fmt.Errorf("connecting to %s: %w", d.socket(), err)
-	}
+	go func() {
+		signal.Notify(sc.c, forwarded...)
+		close(sc.ready)
+	}()
+	return sc
+}
+
+func (sc *signalCatch) stop() {
+	<-sc.ready
+	signal.Stop(sc.c)
+}
+
+// sendRequest sends req on conn: without a TTY, the command gets our
+// stdio itself; with one, it runs on a new pseudo-terminal of our size.
+func sendRequest(conn int, req *spawnRequest, stdio [3]*os.File) error {
 	var fds []int
 	if !req.TTY {
 		fds = []int{int(stdio[0].Fd()), int(stdio[1].Fd()), int(stdio[2].Fd())}
 	} else if ws, err := unix.IoctlGetWinsize(int(stdio[0].Fd()), unix.TIOCGWINSZ); err == nil {
 		req.Rows, req.Cols = ws.Row, ws.Col
 	}
-	if err := sendMsg(fd, req, fds...); err != nil {
+	if err := sendMsg(conn, req, fds...); err != nil {
 		if errors.Is(err, unix.EPIPE) || errors.Is(err, unix.ECONNRESET) {
-			return 0, errInstanceGone
+			return errInstanceGone
 		}
-		return 0, fmt.Errorf("sending the command: %w", err)
+		return fmt.Errorf("sending the command: %w", err)
 	}
+	return nil
+}
+
+// dial connects to the running instance.
+func (d instanceDir) dial() (int, error) {
+	fd, err := unix.Socket(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return -1, err
+	}
+	addr, done, err := socketAddr(d.socket())
+	if err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.ENOENT) {
+			return -1, errInstanceGone
+		}
+		return -1, err
+	}
+	err = unix.Connect(fd, addr)
+	done()
+	if err != nil {
+		unix.Close(fd)
+		if errors.Is(err, unix.ECONNREFUSED) || errors.Is(err, unix.ENOENT) {
+			return -1, errInstanceGone
+		}
+		return -1, fmt.Errorf("connecting to %s: %w", d.socket(), err)
+	}
+	return fd, nil
+}
+
+// spawnIn runs a command in the running instance and returns its exit
+// status: on conn, where the request was sent already (see
+// ensureInstance), or on a new connection when conn is -1. Signals that
+// sigs receives go to the command.
+func (d instanceDir) spawnIn(conn int, req spawnRequest, stdio [3]*os.File, sigs <-chan os.Signal) (int, error) {
+	fd := conn
+	if fd < 0 {
+		var err error
+		if fd, err = d.dial(); err != nil {
+			return 0, err
+		}
+		if err := sendRequest(fd, &req, stdio); err != nil {
+			unix.Close(fd)
+			return 0, err
+		}
+	}
+	defer unix.Close(fd)
 	var started instanceMsg
 	got, err := recvMsg(fd, &started)
 	if err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -10,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Concurrent commands join one instance: one pid namespace, one mount.
@@ -175,5 +178,61 @@ func TestNSSignalsForwarded(t *testing.T) {
 		if code := cmd.ProcessState.ExitCode(); code != 128+int(sig) {
 			t.Fatalf("%v: exit %d (%v), want %d; stderr %s", sig, code, err, 128+int(sig), errb.String())
 		}
+	}
+}
+
+// Messages come out as they went in, descriptors with them, each read
+// with a buffer of its own size; one over the limit is refused whole.
+func TestInstanceMessages(t *testing.T) {
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	if err := unix.SetsockoptInt(pair[0], unix.SOL_SOCKET, unix.SO_SNDBUF, 2*maxInstanceMsg); err != nil {
+		t.Fatal(err)
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	big := strings.Repeat("x", maxInstanceMsg/2)
+	if err := sendMsg(pair[0], spawnRequest{Argv: []string{"echo", big}, Dir: "/"}, int(w.Fd())); err != nil {
+		t.Fatal(err)
+	}
+	code := 3
+	if err := sendMsg(pair[0], instanceMsg{Exit: &code, Last: true}); err != nil {
+		t.Fatal(err)
+	}
+	var req spawnRequest
+	fds, err := recvMsg(pair[1], &req)
+	if err != nil || len(req.Argv) != 2 || req.Argv[1] != big || len(fds) != 1 {
+		t.Fatalf("request: %d fds, %v", len(fds), err)
+	}
+	// The descriptor that came is the pipe's write end.
+	if _, err := unix.Write(fds[0], []byte("ok")); err != nil {
+		t.Fatal(err)
+	}
+	unix.Close(fds[0])
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(r, buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("read %q, %v through the passed descriptor", buf, err)
+	}
+	var m instanceMsg
+	if fds, err := recvMsg(pair[1], &m); err != nil || len(fds) != 0 || m.Exit == nil || *m.Exit != 3 || !m.Last {
+		t.Fatalf("exit message: %+v, %d fds, %v", m, len(fds), err)
+	}
+	if err := unix.Sendmsg(pair[0], make([]byte, maxInstanceMsg+1), unix.UnixRights(int(w.Fd())), nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := recvMsg(pair[1], &m); err == nil || !strings.Contains(err.Error(), "longer than") {
+		t.Fatalf("an oversized message: %v", err)
+	}
+	unix.Close(pair[0])
+	if _, err := recvMsg(pair[1], &m); !errors.Is(err, errEOF) {
+		t.Fatalf("at the end: %v, want errEOF", err)
 	}
 }

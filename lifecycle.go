@@ -384,12 +384,16 @@ func cmdExec(c *cli) error {
 }
 
 func cmdEnter(c *cli) error {
+	tty := isTerminal(c.stdin) || (c.stdin == nil && isTerminal(os.Stdin))
+	sigs := catchSignals(tty)
+	defer sigs.stop()
 	e, err := c.engine()
 	if err != nil {
 		return err
 	}
-	tty := isTerminal(c.stdin) || (c.stdin == nil && isTerminal(os.Stdin))
-	code, err := e.run(c.args[0], c.execSpec(c.rest, len(c.rest) == 0, tty))
+	es := c.execSpec(c.rest, len(c.rest) == 0, tty)
+	es.Signals = sigs
+	code, err := e.run(c.args[0], es)
 	if err != nil {
 		return err
 	}

@@ -38,6 +38,8 @@ type initConfig struct {
 	User        string      // the host user's name, made known inside as root's alias
 	Cgroups     int         // fds 6, 7...: where every command goes (see cgroupLimits.open)
 	CgroupDir   bool        // fd 6 is a cgroup v2 directory to clone commands into
+	// The fd after the cgroups' is the first session's connection, its
+	// request already in it.
 }
 
 // bindMount binds a host path at a path inside the environment.
@@ -73,6 +75,8 @@ func initStage(raw []byte) int {
 		cgroups = append(cgroups, 6+i)
 		unix.CloseOnExec(6 + i) // for init only, not the commands it starts
 	}
+	first := 6 + cfg.Cgroups
+	unix.CloseOnExec(first)
 	ln, err := setupEnvironment(&cfg)
 	if err != nil {
 		fmt.Fprintf(ready, "%v", err)
@@ -95,6 +99,7 @@ func initStage(raw []byte) int {
 		return exitFailure
 	}
 	unix.Close(5)
+	srv.adopt(first)
 	ready.Write([]byte{0})
 	ready.Close()
 	srv.serve()
@@ -175,14 +180,11 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 	if strings.ContainsAny(name, ":\n") {
 		return "", nil
 	}
-	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("clearing %s: %w", dir, err)
-	}
 	search := cfg.Lower
 	if cfg.Upper != "" {
 		search = append([]string{cfg.Upper}, search...)
 	}
-	wrote := false
+	var entries []genEntry
 	for _, f := range []struct{ file, line string }{
 		{"etc/passwd", name + ":x:0:0:" + name + " (host user):/root:/bin/sh\n"},
 		{"etc/group", name + ":x:0:\n"},
@@ -201,18 +203,9 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 		if len(data) > 0 && data[len(data)-1] != '\n' {
 			data = append(data, '\n')
 		}
-		if err := os.MkdirAll(filepath.Join(dir, "etc"), 0o755); err != nil {
-			return "", fmt.Errorf("creating %s: %w", dir, err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f.file), append(data, f.line...), 0o644); err != nil {
-			return "", fmt.Errorf("writing %s: %w", f.file, err)
-		}
-		wrote = true
+		entries = append(entries, genEntry{path: f.file, data: append(data, f.line...)})
 	}
-	if !wrote {
-		return "", nil
-	}
-	return dir, nil
+	return writeGenLayer(dir, entries)
 }
 
 // writeMountpointLayer makes the mount points the environment lacks in a
@@ -222,9 +215,6 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 // attributes of a directory a real layer has. It returns "" when nothing
 // is missing.
 func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
-	if err := os.RemoveAll(dir); err != nil {
-		return "", fmt.Errorf("clearing %s: %w", dir, err)
-	}
 	layers := cfg.Lower
 	if cfg.Upper != "" {
 		layers = append([]string{cfg.Upper}, layers...)
@@ -238,28 +228,69 @@ func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
 		return false
 	}
 	targets := []bindMount{{Target: "/dev", Dir: true}, {Target: "/proc", Dir: true}, {Target: "/sys", Dir: true}}
-	made := false
+	var entries []genEntry
 	for _, b := range append(targets, cfg.Binds...) {
-		if exists(b.Target) {
-			continue
+		if !exists(b.Target) {
+			entries = append(entries, genEntry{path: b.Target, dir: b.Dir})
 		}
-		p := filepath.Join(dir, b.Target)
+	}
+	return writeGenLayer(dir, entries)
+}
+
+// genEntry is a directory or file of a layer init makes for itself.
+type genEntry struct {
+	path string // inside the layer
+	dir  bool
+	data []byte
+}
+
+// writeGenLayer makes dir a layer of exactly entries, or removes it and
+// returns "" when there are none. The layer the last start made is kept
+// when its description (dir + ".layer", written last) is the same:
+// removing and remaking it cost more than the rest of the setup.
+func writeGenLayer(dir string, entries []genEntry) (string, error) {
+	var desc strings.Builder
+	for _, e := range entries {
+		if e.dir {
+			fmt.Fprintf(&desc, "dir %q\n", e.path)
+		} else {
+			fmt.Fprintf(&desc, "file %q %d\n%s", e.path, len(e.data), e.data)
+		}
+	}
+	descPath := dir + ".layer"
+	if len(entries) > 0 {
+		if old, err := os.ReadFile(descPath); err == nil && string(old) == desc.String() {
+			if fi, err := os.Lstat(dir); err == nil && fi.IsDir() {
+				return dir, nil
+			}
+		}
+	}
+	if err := os.Remove(descPath); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("clearing %s: %w", descPath, err)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return "", fmt.Errorf("clearing %s: %w", dir, err)
+	}
+	if len(entries) == 0 {
+		return "", nil
+	}
+	for _, e := range entries {
+		p := filepath.Join(dir, e.path)
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return "", fmt.Errorf("creating mount point %s: %w", b.Target, err)
+			return "", fmt.Errorf("creating %s: %w", p, err)
 		}
 		var err error
-		if b.Dir {
+		if e.dir {
 			err = os.Mkdir(p, 0o755)
 		} else {
-			err = os.WriteFile(p, nil, 0o644)
+			err = os.WriteFile(p, e.data, 0o644)
 		}
 		if err != nil && !os.IsExist(err) {
-			return "", fmt.Errorf("creating mount point %s: %w", b.Target, err)
+			return "", fmt.Errorf("creating %s: %w", p, err)
 		}
-		made = true
 	}
-	if !made {
-		return "", nil
+	if err := os.WriteFile(descPath, []byte(desc.String()), 0o600); err != nil {
+		return "", fmt.Errorf("writing %s: %w", descPath, err)
 	}
 	return dir, nil
 }

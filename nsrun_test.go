@@ -283,3 +283,61 @@ func jsonMarshalString(v any) (string, error) {
 }
 
 func jsonUnmarshalString(s string, v any) error { return json.Unmarshal([]byte(s), v) }
+
+// The layers init makes for itself are kept from one start to the next
+// while they would come out the same, and remade when not.
+func TestGeneratedLayerReuse(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "mountpoints")
+	entries := []genEntry{{path: "/srv/data", dir: true}, {path: "/etc/hosts"}, {path: "etc/passwd", data: []byte("root:x:0:0::/root:/bin/sh\n")}}
+	got, err := writeGenLayer(dir, entries)
+	if err != nil || got != dir {
+		t.Fatalf("writeGenLayer = %q, %v; want %q", got, err, dir)
+	}
+	if data, err := os.ReadFile(filepath.Join(dir, "etc/passwd")); err != nil || string(data) != "root:x:0:0::/root:/bin/sh\n" {
+		t.Fatalf("etc/passwd = %q, %v", data, err)
+	}
+	if fi, err := os.Stat(filepath.Join(dir, "srv/data")); err != nil || !fi.IsDir() {
+		t.Fatalf("srv/data: %v", err)
+	}
+	before, err := os.Stat(filepath.Join(dir, "etc/hosts"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same entries: the layer is kept, file for file.
+	if got, err := writeGenLayer(dir, entries); err != nil || got != dir {
+		t.Fatalf("second writeGenLayer = %q, %v", got, err)
+	}
+	after, err := os.Stat(filepath.Join(dir, "etc/hosts"))
+	if err != nil || !os.SameFile(before, after) {
+		t.Fatalf("an unchanged layer was remade (%v)", err)
+	}
+	// Other contents, or a damaged layer: made again, exactly.
+	entries[2].data = []byte("root:x:0:0::/root:/bin/bash\n")
+	if _, err := writeGenLayer(dir, entries[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "srv")); !os.IsNotExist(err) {
+		t.Fatalf("srv survived a layer without it: %v", err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, "etc/passwd")); string(data) != "root:x:0:0::/root:/bin/bash\n" {
+		t.Fatalf("etc/passwd = %q after a change", data)
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := writeGenLayer(dir, entries[1:]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "etc/hosts")); err != nil {
+		t.Fatalf("a removed layer was not made again: %v", err)
+	}
+	// No entries: no layer, and no description left behind.
+	if got, err := writeGenLayer(dir, nil); err != nil || got != "" {
+		t.Fatalf("writeGenLayer(nil) = %q, %v", got, err)
+	}
+	for _, p := range []string{dir, dir + ".layer"} {
+		if _, err := os.Lstat(p); !os.IsNotExist(err) {
+			t.Fatalf("%s left behind: %v", p, err)
+		}
+	}
+}

@@ -117,10 +117,7 @@ func (m idMapping) apply(pid int) error {
 // with the full ID mapping. The child reads its configuration from fd 3;
 // the parent writes it only after the ID mapping is in place, so the
 // child's first read doubles as the wait for the mapping.
-const (
-	stageEnv       = "_KARAPACE_STAGE"
-	stageReexecEnv = "_KARAPACE_STAGE_REEXEC"
-)
+const stageEnv = "_KARAPACE_STAGE"
 
 // stageFuncs are the stages by name, registered by the files that
 // implement them.
@@ -159,9 +156,16 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 	switch {
 	case m.helper:
 		// The child execs before newuidmap has mapped it, and an exec by
-		// an unmapped user drops every capability: it execs itself once
-		// more when mapped.
-		cmd.Env = append(cmd.Env, stageReexecEnv+"=1")
+		// an unmapped user keeps only its ambient capabilities: raising
+		// them all keeps the child root of its namespace across that exec.
+		// It drops them once mapped (see runStageIfChild).
+		caps, err := allCapabilities()
+		if err != nil {
+			pr.Close()
+			pw.Close()
+			return nil, fmt.Errorf("stage %s: %w", name, err)
+		}
+		cmd.SysProcAttr.AmbientCaps = caps
 	default:
 		// Go writes these maps before the child execs.
 		for _, r := range m.uids {
@@ -219,7 +223,6 @@ func runStageIfChild() {
 		return
 	}
 	os.Unsetenv(stageEnv)
-	defer os.Unsetenv(stageReexecEnv)
 	setLogLevel(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
 	f, ok := stageFuncs[name]
 	if !ok {
@@ -233,36 +236,51 @@ func runStageIfChild() {
 		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
-	if os.Getenv(stageReexecEnv) != "" {
-		err := reexecMapped(name, cfg)
+	if err := dropInheritedCapabilities(); err != nil {
 		fmt.Fprintf(os.Stderr, "karapace-%s: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
 	os.Exit(f(cfg))
 }
 
-// reexecMapped execs this stage again now that its user is mapped, so it
-// starts as root of its namespace with full capabilities. The
-// configuration travels in a memfd on fd 3; other fds stay as they are.
-func reexecMapped(name string, cfg []byte) error {
-	fd, err := unix.MemfdCreate("karapace-stage", 0)
+// allCapabilities lists every capability the running kernel knows.
+func allCapabilities() ([]uintptr, error) {
+	data, err := os.ReadFile("/proc/sys/kernel/cap_last_cap")
 	if err != nil {
-		return fmt.Errorf("re-executing mapped: memfd: %w", err)
+		return nil, fmt.Errorf("reading the kernel's last capability: %w", err)
 	}
-	if _, err := unix.Write(fd, cfg); err != nil {
-		return fmt.Errorf("re-executing mapped: %w", err)
+	last, err := strconv.Atoi(strings.TrimSpace(string(data)))
+	if err != nil || last < 0 || last > 63 {
+		return nil, fmt.Errorf("/proc/sys/kernel/cap_last_cap: unexpected %q", data)
 	}
-	if _, err := unix.Seek(fd, 0, 0); err != nil {
-		return fmt.Errorf("re-executing mapped: %w", err)
+	caps := make([]uintptr, last+1)
+	for i := range caps {
+		caps[i] = uintptr(i)
 	}
-	// fd 3 was closed after reading, so the memfd is usually fd 3 itself.
-	if fd != 3 {
-		if err := unix.Dup2(fd, 3); err != nil {
-			return fmt.Errorf("re-executing mapped: %w", err)
-		}
+	return caps, nil
+}
+
+// dropInheritedCapabilities clears the ambient and inheritable sets a
+// stage started by newuidmap's path was given to survive its exec: the
+// programs it runs get capabilities as root of the namespace does, never
+// through those sets.
+func dropInheritedCapabilities() error {
+	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
+		return fmt.Errorf("clearing ambient capabilities: %w", err)
 	}
-	env := []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
-	return unix.Exec("/proc/self/exe", []string{"karapace-" + name}, env)
+	hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+	var data [2]unix.CapUserData
+	if err := unix.Capget(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("reading capabilities: %w", err)
+	}
+	if data[0].Inheritable == 0 && data[1].Inheritable == 0 {
+		return nil
+	}
+	data[0].Inheritable, data[1].Inheritable = 0, 0
+	if err := unix.Capset(&hdr, &data[0]); err != nil {
+		return fmt.Errorf("clearing inheritable capabilities: %w", err)
+	}
+	return nil
 }
 
 // treeJob is work on a tree whose files belong to the environment's IDs:
