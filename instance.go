@@ -184,18 +184,12 @@ type session struct {
 	last bool          // it was the last session: the instance ends
 }
 
-// newInstanceServer is init's service, ready to start commands.
+// newInstanceServer is init's service, ready to start commands: its
+// reaper hears of every child that exits from then on.
 func newInstanceServer(ln int, cgroups []int, intoDir bool) (*instanceServer, error) {
 	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, intoDir: intoDir, forks: make(chan forkJob)}
 	ready := make(chan error)
 	go s.forker(ready)
-	return s, <-ready
-}
-
-// serve runs init's service loop until the last connection ends.
-func (s *instanceServer) serve() {
-	ln := s.ln
-	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	go func() {
@@ -207,6 +201,13 @@ func (s *instanceServer) serve() {
 			}
 		}
 	}()
+	return s, <-ready
+}
+
+// serve runs init's service loop until the last connection ends.
+func (s *instanceServer) serve() {
+	ln := s.ln
+	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
 	for {
 		conn, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC)
 		if errors.Is(err, unix.EINTR) || errors.Is(err, unix.ECONNABORTED) {

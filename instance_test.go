@@ -236,3 +236,29 @@ func TestInstanceMessages(t *testing.T) {
 		t.Fatalf("at the end: %v, want errEOF", err)
 	}
 }
+
+// On one processor (GOMAXPROCS=1, which Go picks under a one-CPU quota)
+// a command that exits at once still has its status delivered: init
+// hears of its children from before it starts the first one.
+func TestNSOneProcessor(t *testing.T) {
+	r := testEnvSpec(t)
+	t.Setenv("GOMAXPROCS", "1")
+	for i := 0; i < 100; i++ {
+		done := make(chan error, 1)
+		go func() {
+			code, _, _, err := nsRunErr(r, baseEnv(), "", "true")
+			if err == nil && code != 0 {
+				err = fmt.Errorf("exit status %d", code)
+			}
+			done <- err
+		}()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("run %d: %v", i, err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatalf("run %d: no exit status after 20 s", i)
+		}
+	}
+}

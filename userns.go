@@ -150,6 +150,12 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"karapace-" + name}
 	cmd.Env = []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
+	// Limits set on Go's runtime hold for our own processes too.
+	for _, k := range []string{"GOMAXPROCS", "GOGC", "GOMEMLIMIT", "GODEBUG"} {
+		if v, ok := os.LookupEnv(k); ok {
+			cmd.Env = append(cmd.Env, k+"="+v)
+		}
+	}
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = o.stdin, o.stdout, o.stderr
 	cmd.ExtraFiles = append([]*os.File{pr}, o.extraFiles...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWUSER | o.cloneFlags}
