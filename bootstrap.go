@@ -130,11 +130,11 @@ func archiveSourceDrift(ref imageRef, spec *archiveSpec, lock *lockFile) string 
 // snapshotURL recognizes timestamped mirrors (snapshot.debian.org style):
 // their Release files are old on purpose, so they are judged at the
 // URL's time rather than now, signatures at the archive's date.
-var snapshotURL = regexp.MustCompile(`/(\d{8}T\d{6}Z)(/|$)`)
+var snapshotURL = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`/(\d{8}T\d{6}Z)(/|$)`) })
 
 // snapshotTime is the time a snapshot mirror URL shows the archive at.
 func snapshotTime(mirror string) (time.Time, bool) {
-	m := snapshotURL.FindStringSubmatch(mirror)
+	m := snapshotURL().FindStringSubmatch(mirror)
 	if m == nil {
 		return time.Time{}, false
 	}

@@ -19,28 +19,28 @@ import (
 
 // An instance is a running environment: its init (see nsrun.go) serves
 // requests on a unix socket to start commands inside. The protocol is a
-// few JSON messages over SOCK_SEQPACKET, with the caller's stdio (or the
-// pseudo-terminal it gets back) passed as file descriptors.
+// few messages (see wire.go) over SOCK_SEQPACKET, with the caller's stdio
+// (or the pseudo-terminal it gets back) passed as file descriptors.
 
 // spawnRequest asks the instance to run a command.
 type spawnRequest struct {
-	Argv  []string `json:"argv"`
-	Env   []string `json:"env"`
-	Dir   string   `json:"dir"`
-	TTY   bool     `json:"tty"`   // run on a new pseudo-terminal; its master comes back
-	Login bool     `json:"login"` // no Argv: start the login shell
-	Rows  uint16   `json:"rows,omitempty"`
-	Cols  uint16   `json:"cols,omitempty"`
+	Argv  []string
+	Env   []string
+	Dir   string
+	TTY   bool // run on a new pseudo-terminal; its master comes back
+	Login bool // no Argv: start the login shell
+	Rows  uint16
+	Cols  uint16
 }
 
 // instanceMsg is every message after the request, in both directions.
 type instanceMsg struct {
-	Pid    int    `json:"pid,omitempty"`    // started
-	Error  string `json:"error,omitempty"`  // could not start
-	Status int    `json:"status,omitempty"` // with Error: the status a shell gives for it (126, 127)
-	Exit   *int   `json:"exit,omitempty"`   // finished: status, or 128+signal
-	Signal int    `json:"signal,omitempty"` // client → instance: forward this signal
-	Last   bool   `json:"last,omitempty"`   // with Exit: the instance ends now; wait for it
+	Pid    int    // started
+	Error  string // could not start
+	Status int    // with Error: the status a shell gives for it (126, 127)
+	Exit   *int   // finished: status, or 128+signal
+	Signal int    // client → instance: forward this signal
+	Last   bool   // with Exit: the instance ends now; wait for it
 }
 
 // exitingMsg tells a client that reached an instance as it was ending to
@@ -89,11 +89,8 @@ func listenControl(path string) (int, error) {
 	return fd, nil
 }
 
-func sendMsg(fd int, v any, files ...int) error {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
+func sendMsg(fd int, m wireMsg, files ...int) error {
+	data := marshalWire(m)
 	var oob []byte
 	if len(files) > 0 {
 		oob = unix.UnixRights(files...)
@@ -103,7 +100,7 @@ func sendMsg(fd int, v any, files ...int) error {
 
 // recvMsg reads one message and the descriptors that came with it. At end
 // of stream it returns io.EOF-like errEOF.
-func recvMsg(fd int, v any) ([]int, error) {
+func recvMsg(fd int, m wireMsg) ([]int, error) {
 	var oob [64]byte // room for the 4 descriptors a message may carry
 	for {
 		// Peek at the size first: most messages are a few bytes, and a
@@ -131,7 +128,7 @@ func recvMsg(fd int, v any) ([]int, error) {
 			return nil, errEOF
 		}
 		fds := parseRights(oob[:oobn])
-		if err := json.Unmarshal(buf[:n], v); err != nil {
+		if err := unmarshalWire(buf[:n], m); err != nil {
 			closeAll(fds)
 			return nil, fmt.Errorf("bad message: %w", err)
 		}
@@ -243,7 +240,7 @@ func (s *instanceServer) handle(conn int) {
 	cred, err := unix.GetsockoptUcred(conn, unix.SOL_SOCKET, unix.SO_PEERCRED)
 	if err != nil || cred.Uid != 0 {
 		// Only the environment's owner, who is root in here, may run commands.
-		sendMsg(conn, instanceMsg{Error: "permission denied: not the owner of this environment"})
+		sendMsg(conn, &instanceMsg{Error: "permission denied: not the owner of this environment"})
 		return
 	}
 	var req spawnRequest
@@ -259,14 +256,14 @@ func (s *instanceServer) handle(conn int) {
 		if errors.As(err, &ce) {
 			msg.Status = ce.code
 		}
-		sendMsg(conn, msg)
+		sendMsg(conn, &msg)
 		return
 	}
 	if master >= 0 {
-		sendMsg(conn, instanceMsg{Pid: pid}, master)
+		sendMsg(conn, &instanceMsg{Pid: pid}, master)
 		unix.Close(master)
 	} else {
-		sendMsg(conn, instanceMsg{Pid: pid})
+		sendMsg(conn, &instanceMsg{Pid: pid})
 	}
 	readerDone := make(chan struct{})
 	go func() {
@@ -296,7 +293,7 @@ func (s *instanceServer) handle(conn int) {
 	// Only this goroutine writes to conn, so the exit status always
 	// follows the start message.
 	code := sess.code
-	sendMsg(conn, instanceMsg{Exit: &code, Last: sess.last})
+	sendMsg(conn, &instanceMsg{Exit: &code, Last: sess.last})
 	unix.Shutdown(conn, unix.SHUT_RDWR) // wakes the reader
 	<-readerDone
 }
@@ -398,11 +395,16 @@ type forkResult struct {
 }
 
 // forker starts every command, from one OS thread whose capability
-// bounding set lacks CAP_SYS_PTRACE: a forked child inherits the bounding
-// set of the thread that forked it, and so no command may ptrace init or
-// reach its executable (see initStage).
+// bounding set lacks CAP_SYS_PTRACE, with no inheritable or ambient
+// capabilities: a forked child inherits the sets of the thread that
+// forked it, and so no command may ptrace init or reach its executable
+// (see initStage).
 func (s *instanceServer) forker(ready chan<- error) {
 	runtime.LockOSThread() // for good: this thread is never reused
+	if err := dropInheritedCapabilities(); err != nil {
+		ready <- err
+		return
+	}
 	if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_SYS_PTRACE, 0, 0, 0); err != nil {
 		ready <- fmt.Errorf("dropping CAP_SYS_PTRACE from the commands' bounding set: %w", err)
 		return
@@ -930,7 +932,7 @@ func (d instanceDir) spawnIn(conn int, req spawnRequest, stdio [3]*os.File, sigs
 				resizeFrom(stdio[0], got[0])
 				continue
 			}
-			sendMsg(fd, instanceMsg{Signal: int(sig.(unix.Signal))})
+			sendMsg(fd, &instanceMsg{Signal: int(sig.(unix.Signal))})
 		case m, ok := <-result:
 			if !ok {
 				return 0, errors.New("lost the connection to the environment before the command finished")

@@ -200,11 +200,11 @@ func TestInstanceMessages(t *testing.T) {
 	defer r.Close()
 	defer w.Close()
 	big := strings.Repeat("x", maxInstanceMsg/2)
-	if err := sendMsg(pair[0], spawnRequest{Argv: []string{"echo", big}, Dir: "/"}, int(w.Fd())); err != nil {
+	if err := sendMsg(pair[0], &spawnRequest{Argv: []string{"echo", big}, Dir: "/"}, int(w.Fd())); err != nil {
 		t.Fatal(err)
 	}
 	code := 3
-	if err := sendMsg(pair[0], instanceMsg{Exit: &code, Last: true}); err != nil {
+	if err := sendMsg(pair[0], &instanceMsg{Exit: &code, Last: true}); err != nil {
 		t.Fatal(err)
 	}
 	var req spawnRequest

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Manual pages in mdoc, written from the command table: karapace(1) and
@@ -56,7 +57,7 @@ func roffText(s string) string {
 	var out []string
 	for _, para := range strings.Split(strings.TrimSpace(s), "\n\n") {
 		text := strings.Join(strings.Fields(para), " ")
-		sentences := sentenceEnd.ReplaceAllString(text, "$1\n")
+		sentences := sentenceEnd().ReplaceAllString(text, "$1\n")
 		var lines []string
 		for _, sentence := range strings.Split(sentences, "\n") {
 			for _, l := range wrapWords(sentence, 78) {
@@ -88,7 +89,7 @@ func wrapWords(text string, width int) []string {
 	return append(lines, line)
 }
 
-var sentenceEnd = regexp.MustCompile(`([a-z0-9)][.;:]) `)
+var sentenceEnd = sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(`([a-z0-9)][.;:]) `) })
 
 // synopsisMacros renders a synopsis like "ENV [-- CMD...]" with mdoc macros.
 func synopsisMacros(syn string) string {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -44,13 +43,13 @@ type initConfig struct {
 
 // bindMount binds a host path at a path inside the environment.
 type bindMount struct {
-	Source   string `json:"source"`
-	Target   string `json:"target"` // absolute, inside the environment
-	ReadOnly bool   `json:"ro"`
-	Dir      bool   `json:"dir"`                // the source is a directory (else a file or socket)
-	Tmpfs    bool   `json:"tmpfs"`              // no source: a fresh tmpfs at Target
-	Why      string `json:"why"`                // for error messages: "mount workspace", "gpu"...
-	Resolved bool   `json:"resolved,omitempty"` // Source was checked with its symlinks resolved: one appearing since is refused
+	Source   string
+	Target   string // absolute, inside the environment
+	ReadOnly bool
+	Dir      bool   // the source is a directory (else a file or socket)
+	Tmpfs    bool   // no source: a fresh tmpfs at Target
+	Why      string // for error messages: "mount workspace", "gpu"...
+	Resolved bool   // Source was checked with its symlinks resolved: one appearing since is refused
 }
 
 func init() { stageFuncs["init"] = initStage }
@@ -66,7 +65,7 @@ func initStage(raw []byte) int {
 	}
 	ready := os.NewFile(4, "ready")
 	var cfg initConfig
-	if err := json.Unmarshal(raw, &cfg); err != nil {
+	if err := unmarshalWire(raw, &cfg); err != nil {
 		fmt.Fprintf(ready, "reading configuration: %v", err)
 		return exitFailure
 	}

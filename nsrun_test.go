@@ -136,7 +136,7 @@ mknod /tmp/null c 1 3 2>/dev/null && echo mknod-done || echo mknod-refused
 (echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-written || echo sysrq-refused
 readlink /proc/1/exe >/dev/null 2>&1 && echo init-exe-reachable || echo init-exe-hidden
 cat /proc/1/environ >/dev/null 2>&1 && echo init-env-readable || echo init-env-hidden
-grep ^CapBnd /proc/self/status
+grep -E '^Cap(Inh|Prm|Bnd|Amb)' /proc/self/status
 cat /etc/resolv.conf /etc/hosts | md5sum`)
 	host, _ := exec.Command("sh", "-c", "cat /etc/resolv.conf /etc/hosts | md5sum").Output()
 	want := "fd full null ptmx pts random shm stderr stdin stdout tty urandom zero \nkarapace-init \n" +
@@ -144,9 +144,13 @@ cat /etc/resolv.conf /etc/hosts | md5sum`)
 	if code != 0 || !strings.HasPrefix(out, want) || !strings.HasSuffix(out, string(host)) {
 		t.Fatalf("status %d\n%s\nwant it to begin with:\n%s\nand end with %s(stderr %s)", code, out, want, host, errOut)
 	}
-	var bnd uint64
-	if _, err := fmt.Sscanf(out[strings.Index(out, "CapBnd:"):], "CapBnd: %x", &bnd); err != nil || bnd&(1<<19) != 0 {
-		t.Fatalf("CAP_SYS_PTRACE (19) is in the commands' bounding set: %v\n%s", err, out)
+	// No command holds CAP_SYS_PTRACE (19), nor a way to it: the
+	// inheritable and ambient sets are empty (rootless init is given
+	// ambient capabilities to survive its exec; commands must not be).
+	var inh, prm, bnd, amb uint64
+	if _, err := fmt.Sscanf(out[strings.Index(out, "CapInh:"):], "CapInh: %x\nCapPrm: %x\nCapBnd: %x\nCapAmb: %x", &inh, &prm, &bnd, &amb); err != nil ||
+		bnd&(1<<19) != 0 || prm&(1<<19) != 0 || inh != 0 || amb != 0 {
+		t.Fatalf("the commands' capabilities (CAP_SYS_PTRACE is 19): %v\n%s", err, out)
 	}
 	// Isolated, the environment has neither of the host's files.
 	r.Isolated = true

@@ -139,7 +139,14 @@ type stageOptions struct {
 
 // startStage starts stage name in a new user namespace with mapping m.
 func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, error) {
-	data, err := json.Marshal(cfg)
+	// init's configuration has a wire form: it is on every cold exec's way.
+	var data []byte
+	var err error
+	if m, ok := cfg.(wireMsg); ok {
+		data = marshalWire(m)
+	} else {
+		data, err = json.Marshal(cfg)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: encoding configuration: %w", name, err)
 	}
@@ -164,7 +171,9 @@ func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, 
 		// The child execs before newuidmap has mapped it, and an exec by
 		// an unmapped user keeps only its ambient capabilities: raising
 		// them all keeps the child root of its namespace across that exec.
-		// It drops them once mapped (see runStageIfChild).
+		// They are per thread, and every thread of the stage has them: a
+		// stage that starts programs clears them on the thread that forks
+		// (see instanceServer.forker), or the programs keep them all.
 		caps, err := allCapabilities()
 		if err != nil {
 			pr.Close()
@@ -242,10 +251,6 @@ func runStageIfChild() {
 		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
-	if err := dropInheritedCapabilities(); err != nil {
-		fmt.Fprintf(os.Stderr, "karapace-%s: %v\n", name, err)
-		os.Exit(exitFailure)
-	}
 	os.Exit(f(cfg))
 }
 
@@ -266,10 +271,10 @@ func allCapabilities() ([]uintptr, error) {
 	return caps, nil
 }
 
-// dropInheritedCapabilities clears the ambient and inheritable sets a
-// stage started by newuidmap's path was given to survive its exec: the
-// programs it runs get capabilities as root of the namespace does, never
-// through those sets.
+// dropInheritedCapabilities clears, for the calling thread, the ambient
+// and inheritable sets a stage mapped by newuidmap was given to survive
+// its exec: the programs it forks get the capabilities root of the
+// namespace gets from the bounding set, never through those sets.
 func dropInheritedCapabilities() error {
 	if err := unix.Prctl(unix.PR_CAP_AMBIENT, unix.PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0); err != nil {
 		return fmt.Errorf("clearing ambient capabilities: %w", err)

@@ -23,6 +23,7 @@ import (
 	"hash/crc64"
 	"io"
 	"slices"
+	"sync"
 )
 
 // xzMaxDict bounds the dictionary a block may ask for (xz -9 uses 64 MiB).
@@ -39,7 +40,9 @@ const (
 var (
 	xzMagic       = []byte{0xFD, '7', 'z', 'X', 'Z', 0}
 	xzFooterMagic = []byte{'Y', 'Z'}
-	xzCRC64Table  = crc64.MakeTable(crc64.ECMA)
+	// Made on first use: every start of the binary, an environment's
+	// init among them, would pay for it otherwise.
+	xzCRC64Table = sync.OnceValue(func() *crc64.Table { return crc64.MakeTable(crc64.ECMA) })
 )
 
 func xzErrorf(off int64, format string, a ...any) error {
@@ -155,7 +158,7 @@ func (x *xzReader) streamHeader() error {
 	case 0x01:
 		x.check = crc32.NewIEEE()
 	case 0x04:
-		x.check = crc64.New(xzCRC64Table)
+		x.check = crc64.New(xzCRC64Table())
 	case 0x0A:
 		x.check = sha256.New()
 	default:

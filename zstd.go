@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"math/bits"
+	"sync"
 )
 
 const (
@@ -87,6 +88,7 @@ func newZstdReader(r io.Reader) (io.Reader, error) {
 	if m := binary.LittleEndian.Uint32(head); m != zstdMagic && m&zstdSkippableMask != zstdSkippableBase {
 		return nil, fmt.Errorf("zstd: input is not Zstandard data (magic %#08x)", m)
 	}
+	zstdPredefined()
 	return &zstdReader{r: br}, nil
 }
 
@@ -951,7 +953,9 @@ var (
 	zstdOF = &zstdSeqKind{name: "offset", maxSym: zstdMaxOFCode, maxLog: zstdMaxOFLog, base: zstdOFBase, extra: zstdOFExtra, predefLog: 5}
 )
 
-func init() {
+// zstdPredefined builds the predefined tables, on first use rather than
+// in every start of the binary.
+var zstdPredefined = sync.OnceFunc(func() {
 	var fse [1 << zstdMaxLLLog]zstdFSEEntry
 	for _, k := range []struct {
 		kind *zstdSeqKind
@@ -962,7 +966,7 @@ func init() {
 		zstdBuildFSE(k.norm, k.kind.predefLog, fse[:])
 		k.kind.fill(k.kind.predefined, fse[:1<<k.kind.predefLog])
 	}
-}
+})
 
 // fill turns an FSE table over codes into a sequence table over values.
 func (k *zstdSeqKind) fill(t *zstdSeqTable, fse []zstdFSEEntry) {

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// The wire format of what an environment's init and its clients pass each
+// other: init's configuration and the messages of its socket. Both ends
+// are this binary, so the format is its own: the fields of a message in a
+// fixed order, each a varint or a length-prefixed string. It is here
+// because every exec pays for its messages: encoding/json, on its first
+// use in a process, costs more than setting up the sandbox's /dev.
+// Decoding checks every length; a malformed message is an error.
+
+// wireMsg is a message with a wire form.
+type wireMsg interface {
+	encode(w *wireWriter)
+	decode(r *wireReader)
+}
+
+func marshalWire(m wireMsg) []byte {
+	var w wireWriter
+	m.encode(&w)
+	return w.b
+}
+
+func unmarshalWire(data []byte, m wireMsg) error {
+	r := wireReader{b: data}
+	m.decode(&r)
+	if r.err == nil && len(r.b) > 0 {
+		r.err = fmt.Errorf("%d bytes after the end", len(r.b))
+	}
+	return r.err
+}
+
+type wireWriter struct{ b []byte }
+
+func (w *wireWriter) int(v int) { w.b = binary.AppendVarint(w.b, int64(v)) }
+
+func (w *wireWriter) bool(v bool) {
+	if v {
+		w.b = append(w.b, 1)
+	} else {
+		w.b = append(w.b, 0)
+	}
+}
+
+func (w *wireWriter) str(s string) {
+	w.b = binary.AppendUvarint(w.b, uint64(len(s)))
+	w.b = append(w.b, s...)
+}
+
+func (w *wireWriter) strs(ss []string) {
+	w.b = binary.AppendUvarint(w.b, uint64(len(ss)))
+	for _, s := range ss {
+		w.str(s)
+	}
+}
+
+// wireReader reads fields until the first error, which it keeps; the
+// fields after it read as zero.
+type wireReader struct {
+	b   []byte
+	err error
+}
+
+var errWireShort = errors.New("message ends early")
+
+func (r *wireReader) int() int {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Varint(r.b)
+	if n <= 0 || v != int64(int(v)) {
+		r.err = errWireShort
+		return 0
+	}
+	r.b = r.b[n:]
+	return int(v)
+}
+
+func (r *wireReader) uint16() uint16 {
+	v := r.int()
+	if v < 0 || v > 0xffff {
+		r.err = fmt.Errorf("%d is out of range", v)
+		return 0
+	}
+	return uint16(v)
+}
+
+func (r *wireReader) bool() bool {
+	if r.err != nil {
+		return false
+	}
+	if len(r.b) == 0 || r.b[0] > 1 {
+		r.err = errors.New("bad boolean")
+		return false
+	}
+	v := r.b[0] == 1
+	r.b = r.b[1:]
+	return v
+}
+
+// count reads a length, which cannot exceed what is left: every element
+// takes a byte at least.
+func (r *wireReader) count() int {
+	if r.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(r.b)
+	if n <= 0 || v > uint64(len(r.b)-n) {
+		r.err = errWireShort
+		return 0
+	}
+	r.b = r.b[n:]
+	return int(v)
+}
+
+func (r *wireReader) str() string {
+	n := r.count()
+	s := string(r.b[:n])
+	r.b = r.b[n:]
+	return s
+}
+
+func (r *wireReader) strs() []string {
+	n := r.count()
+	if n == 0 {
+		return nil
+	}
+	ss := make([]string, n)
+	for i := range ss {
+		ss[i] = r.str()
+	}
+	return ss
+}
+
+func (q *spawnRequest) encode(w *wireWriter) {
+	w.strs(q.Argv)
+	w.strs(q.Env)
+	w.str(q.Dir)
+	w.bool(q.TTY)
+	w.bool(q.Login)
+	w.int(int(q.Rows))
+	w.int(int(q.Cols))
+}
+
+func (q *spawnRequest) decode(r *wireReader) {
+	q.Argv, q.Env, q.Dir = r.strs(), r.strs(), r.str()
+	q.TTY, q.Login = r.bool(), r.bool()
+	q.Rows, q.Cols = r.uint16(), r.uint16()
+}
+
+func (m *instanceMsg) encode(w *wireWriter) {
+	w.int(m.Pid)
+	w.str(m.Error)
+	w.int(m.Status)
+	w.bool(m.Exit != nil)
+	if m.Exit != nil {
+		w.int(*m.Exit)
+	}
+	w.int(m.Signal)
+	w.bool(m.Last)
+}
+
+func (m *instanceMsg) decode(r *wireReader) {
+	m.Pid, m.Error, m.Status = r.int(), r.str(), r.int()
+	if r.bool() {
+		code := r.int()
+		m.Exit = &code
+	}
+	m.Signal, m.Last = r.int(), r.bool()
+}
+
+func (c *initConfig) encode(w *wireWriter) {
+	w.strs(c.Lower)
+	w.str(c.Upper)
+	w.str(c.Work)
+	w.str(c.Merged)
+	w.str(c.Hostname)
+	w.int(len(c.Binds))
+	for _, b := range c.Binds {
+		w.str(b.Source)
+		w.str(b.Target)
+		w.bool(b.ReadOnly)
+		w.bool(b.Dir)
+		w.bool(b.Tmpfs)
+		w.str(b.Why)
+		w.bool(b.Resolved)
+	}
+	w.bool(c.Isolated)
+	w.str(c.Socket)
+	w.str(c.FuseOverlay)
+	w.bool(c.OnlyFuse)
+	w.bool(c.FullIDMap)
+	w.bool(c.Direct)
+	w.str(c.User)
+	w.int(c.Cgroups)
+	w.bool(c.CgroupDir)
+}
+
+func (c *initConfig) decode(r *wireReader) {
+	c.Lower, c.Upper, c.Work, c.Merged, c.Hostname = r.strs(), r.str(), r.str(), r.str(), r.str()
+	n := r.int()
+	if n < 0 || n > len(r.b) {
+		r.err = errWireShort
+		return
+	}
+	for range n {
+		var b bindMount
+		b.Source, b.Target = r.str(), r.str()
+		b.ReadOnly, b.Dir, b.Tmpfs = r.bool(), r.bool(), r.bool()
+		b.Why, b.Resolved = r.str(), r.bool()
+		c.Binds = append(c.Binds, b)
+	}
+	c.Isolated, c.Socket, c.FuseOverlay = r.bool(), r.str(), r.str()
+	c.OnlyFuse, c.FullIDMap, c.Direct = r.bool(), r.bool(), r.bool()
+	c.User, c.Cgroups, c.CgroupDir = r.str(), r.int(), r.bool()
+}
