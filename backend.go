@@ -99,22 +99,21 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 		defer sigs.stop()
 	}
 	for attempt := 0; ; attempt++ {
-		conn := -1
-		if _, ok := r.runDir().running(); !ok {
-			cfg, mapping, flags, err := b.initConfig(r)
-			if err != nil {
+		// A running instance is joined: its socket answers. Only when
+		// none does is one started.
+		conn, err := r.runDir().join(&req, e.Stdio)
+		if errors.Is(err, errInstanceGone) {
+			if conn, err = b.start(r, &req, e.Stdio); err != nil {
 				return 0, err
 			}
-			cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
-			conn, err = r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, &req, e.Stdio)
-			for _, f := range cgroups {
-				f.Close()
-			}
-			if err != nil {
-				return 0, err
+			if conn < 0 { // another exec started one meanwhile
+				conn, err = r.runDir().join(&req, e.Stdio)
 			}
 		}
-		code, err := r.runDir().spawnIn(conn, req, e.Stdio, sigs.c)
+		code := 0
+		if err == nil {
+			code, err = r.runDir().spawnIn(conn, req.TTY, e.Stdio, sigs.c)
+		}
 		// An instance that was just ending sends us to start a new one,
 		// once it is gone.
 		if errors.Is(err, errInstanceGone) && attempt < 3 {
@@ -124,6 +123,23 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 		r.cleanUp()
 		return code, err
 	}
+}
+
+// start starts the environment's instance with req as its first session
+// and returns the connection of that session, or -1 when an instance is
+// running after all.
+func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int, error) {
+	cfg, mapping, flags, err := b.initConfig(r)
+	if err != nil {
+		return -1, err
+	}
+	cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
+	defer func() {
+		for _, f := range cgroups {
+			f.Close()
+		}
+	}()
+	return r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, req, stdio)
 }
 
 // cleanUp removes what an instance leaves behind on the host once it has

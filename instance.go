@@ -859,22 +859,25 @@ func (d instanceDir) dial() (int, error) {
 	return fd, nil
 }
 
-// spawnIn runs a command in the running instance and returns its exit
-// status: on conn, where the request was sent already (see
-// ensureInstance), or on a new connection when conn is -1. Signals that
-// sigs receives go to the command.
-func (d instanceDir) spawnIn(conn int, req spawnRequest, stdio [3]*os.File, sigs <-chan os.Signal) (int, error) {
-	fd := conn
-	if fd < 0 {
-		var err error
-		if fd, err = d.dial(); err != nil {
-			return 0, err
-		}
-		if err := sendRequest(fd, &req, stdio); err != nil {
-			unix.Close(fd)
-			return 0, err
-		}
+// join connects to the running instance and sends it req.
+func (d instanceDir) join(req *spawnRequest, stdio [3]*os.File) (int, error) {
+	fd, err := d.dial()
+	if err != nil {
+		return -1, err
 	}
+	if err := sendRequest(fd, req, stdio); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// spawnIn follows the command a request on conn started to its exit
+// status, which it returns; it closes conn. With tty, the command runs on
+// the pseudo-terminal that comes back, relayed to stdio. Signals that sigs
+// receives go to the command.
+func (d instanceDir) spawnIn(conn int, tty bool, stdio [3]*os.File, sigs <-chan os.Signal) (int, error) {
+	fd := conn
 	defer unix.Close(fd)
 	var started instanceMsg
 	got, err := recvMsg(fd, &started)
@@ -896,7 +899,7 @@ func (d instanceDir) spawnIn(conn int, req spawnRequest, stdio [3]*os.File, sigs
 		return 0, errors.New(started.Error)
 	}
 	var relay *termRelay
-	if req.TTY {
+	if tty {
 		if len(got) != 1 {
 			closeAll(got)
 			return 0, errors.New("the instance sent no pseudo-terminal")
