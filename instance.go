@@ -911,42 +911,45 @@ func (d instanceDir) spawnIn(conn int, tty bool, stdio [3]*os.File, sigs <-chan 
 		}
 		defer relay.finish()
 	}
-	result := make(chan instanceMsg, 1)
+	// Signals go to the command from beside us; we wait for its status.
+	done := make(chan struct{})
+	forwarded := make(chan struct{})
 	go func() {
+		defer close(forwarded)
 		for {
-			var m instanceMsg
-			got, err := recvMsg(fd, &m)
-			closeAll(got)
-			if err != nil {
-				close(result)
-				return
-			}
-			if m.Exit != nil {
-				result <- m
+			select {
+			case sig := <-sigs:
+				if sig == unix.SIGWINCH {
+					// relayTerminal's master gets the new size; see resizeFrom.
+					resizeFrom(stdio[0], got[0])
+					continue
+				}
+				sendMsg(fd, &instanceMsg{Signal: int(sig.(unix.Signal))})
+			case <-done:
 				return
 			}
 		}
 	}()
+	defer func() {
+		close(done)
+		<-forwarded // fd stays open for as long as signals may go out on it
+	}()
 	for {
-		select {
-		case sig := <-sigs:
-			if sig == unix.SIGWINCH {
-				// relayTerminal's master gets the new size; see resizeFrom.
-				resizeFrom(stdio[0], got[0])
-				continue
-			}
-			sendMsg(fd, &instanceMsg{Signal: int(sig.(unix.Signal))})
-		case m, ok := <-result:
-			if !ok {
-				return 0, errors.New("lost the connection to the environment before the command finished")
-			}
-			if relay != nil {
-				relay.finish()
-			}
-			if m.Last {
-				d.waitGone(5 * time.Second)
-			}
-			return *m.Exit, nil
+		var m instanceMsg
+		fds, err := recvMsg(fd, &m)
+		closeAll(fds)
+		if err != nil {
+			return 0, errors.New("lost the connection to the environment before the command finished")
 		}
+		if m.Exit == nil {
+			continue
+		}
+		if relay != nil {
+			relay.finish()
+		}
+		if m.Last {
+			d.waitGone(5 * time.Second)
+		}
+		return *m.Exit, nil
 	}
 }

@@ -372,11 +372,15 @@ func envNames(getenv func(string) string) []string {
 }
 
 func cmdExec(c *cli) error {
+	sigs := catchSignals(false)
+	defer sigs.stop()
 	e, err := c.engine()
 	if err != nil {
 		return err
 	}
-	code, err := e.run(c.args[0], c.execSpec(c.rest, false, false))
+	es := c.execSpec(c.rest, false, false)
+	es.Signals = sigs
+	code, err := e.run(c.args[0], es)
 	if err != nil {
 		return err
 	}

@@ -564,7 +564,17 @@ func (s *store) openObject(hash string) (io.ReadCloser, error) {
 		}
 		return nil, fmt.Errorf("opening object %s: %w", hash, err)
 	}
-	return &objectVerifyingReader{f: f, want: hash, h: blake3.New(32, nil), buf: storeBufPool.Get().(*[]byte)}, nil
+	// A small object (a lock, a manifest) gets a buffer of its size: one
+	// from the pool, fresh in a short-lived process, costs more to zero
+	// than the object does to read.
+	var buf *[]byte
+	if fi, err := f.Stat(); err == nil && fi.Size() < storeBufSize/4 {
+		b := make([]byte, fi.Size()+1)
+		buf = &b
+	} else {
+		buf = storeBufPool.Get().(*[]byte)
+	}
+	return &objectVerifyingReader{f: f, want: hash, h: blake3.New(32, nil), buf: buf}, nil
 }
 
 // objectVerifyingReader hashes the file in large blocks (fast for blake3) and
@@ -611,7 +621,9 @@ func (v *objectVerifyingReader) Close() error {
 		return nil
 	}
 	v.closed = true
-	storeBufPool.Put(v.buf)
+	if len(*v.buf) == storeBufSize {
+		storeBufPool.Put(v.buf)
+	}
 	return v.f.Close()
 }
 
