@@ -48,12 +48,12 @@ func (w *wireWriter) bool(v bool) {
 }
 
 func (w *wireWriter) str(s string) {
-	w.b = binary.AppendUvarint(w.b, uint64(len(s)))
+	w.int(len(s))
 	w.b = append(w.b, s...)
 }
 
 func (w *wireWriter) strs(ss []string) {
-	w.b = binary.AppendUvarint(w.b, uint64(len(ss)))
+	w.int(len(ss))
 	for _, s := range ss {
 		w.str(s)
 	}
@@ -106,16 +106,12 @@ func (r *wireReader) bool() bool {
 // count reads a length, which cannot exceed what is left: every element
 // takes a byte at least.
 func (r *wireReader) count() int {
-	if r.err != nil {
-		return 0
-	}
-	v, n := binary.Uvarint(r.b)
-	if n <= 0 || v > uint64(len(r.b)-n) {
+	n := r.int()
+	if r.err == nil && (n < 0 || n > len(r.b)) {
 		r.err = errWireShort
 		return 0
 	}
-	r.b = r.b[n:]
-	return int(v)
+	return n
 }
 
 func (r *wireReader) str() string {
@@ -203,12 +199,7 @@ func (c *initConfig) encode(w *wireWriter) {
 
 func (c *initConfig) decode(r *wireReader) {
 	c.Lower, c.Upper, c.Work, c.Merged, c.Hostname = r.strs(), r.str(), r.str(), r.str(), r.str()
-	n := r.int()
-	if n < 0 || n > len(r.b) {
-		r.err = errWireShort
-		return
-	}
-	for range n {
+	for range r.count() {
 		var b bindMount
 		b.Source, b.Target = r.str(), r.str()
 		b.ReadOnly, b.Dir, b.Tmpfs = r.bool(), r.bool(), r.bool()
