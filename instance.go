@@ -245,6 +245,11 @@ func (s *instanceServer) handle(conn int) {
 	}
 	var req spawnRequest
 	fds, err := recvMsg(conn, &req)
+	if errors.Is(err, errOlderPeer) {
+		// Answered in its own terms, an older client says why it failed.
+		msg, _ := json.Marshal(map[string]string{"error": "this environment's instance was started by a newer karapace; stop it ('karapace stop') or use that version"})
+		unix.Sendmsg(conn, msg, nil, nil, 0)
+	}
 	if err != nil {
 		return
 	}
@@ -884,7 +889,12 @@ func (d instanceDir) spawnIn(conn int, tty bool, stdio [3]*os.File, sigs <-chan 
 	if err != nil {
 		closeAll(got)
 		if errors.Is(err, errEOF) || errors.Is(err, unix.ECONNRESET) {
-			return 0, errInstanceGone
+			// An instance that is ending drops us; one that goes on
+			// running did not understand us.
+			if d.waitGone(time.Second) {
+				return 0, errInstanceGone
+			}
+			return 0, errors.New("the environment's running instance did not take the command (started by another version of karapace?); 'karapace stop' the environment and try again")
 		}
 		return 0, fmt.Errorf("waiting for the command to start: %w", err)
 	}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -260,5 +262,77 @@ func TestNSOneProcessor(t *testing.T) {
 		case <-time.After(20 * time.Second):
 			t.Fatalf("run %d: no exit status after 20 s", i)
 		}
+	}
+}
+
+// A running instance and a client of another karapace version (one
+// upgraded while an environment runs) tell the user so: an older client
+// reads the instance's refusal in its own JSON, and this client, dropped
+// by an instance that goes on running, says what to do.
+func TestNSInstanceOfAnotherVersion(t *testing.T) {
+	r := testEnvSpec(t)
+	started := make(chan error, 1)
+	go func() {
+		_, _, _, err := nsRunErr(r, baseEnv(), "", "/bin/sh", "-c", "touch /tmp/up; sleep 30")
+		started <- err
+	}()
+	defer func() {
+		nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+		<-started
+	}()
+	for i := 0; ; i++ {
+		if _, err := os.Stat(filepath.Join(r.Dir, "upper/tmp/up")); err == nil {
+			break
+		}
+		if i == 400 {
+			t.Fatal("the first session did not start")
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	d := r.runDir()
+	fd, err := d.dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Sendmsg(fd, []byte(`{"argv":["true"],"env":[],"dir":"/"}`), nil, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, _, _, _, err := unix.Recvmsg(fd, buf, nil, 0)
+	var reply struct{ Error string }
+	if err != nil || json.Unmarshal(buf[:n], &reply) != nil || !strings.Contains(reply.Error, "started by a newer karapace") {
+		t.Fatalf("an older client's request got %q, %v", buf[:n], err)
+	}
+
+	// This client, facing an instance that drops it and runs on.
+	dir := t.TempDir()
+	fake := instanceDir(dir)
+	ln, err := listenControl(fake.socket())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ln)
+	st, err := procStartTime(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "instance.json", fmt.Sprintf(`{"pid":%d,"start_time":%d}`, os.Getpid(), st))
+	go func() {
+		// As an older init does: read the request, fail to decode it, hang up.
+		if c, _, err := unix.Accept4(ln, unix.SOCK_CLOEXEC); err == nil {
+			unix.Recvmsg(c, make([]byte, 4096), nil, 0)
+			unix.Close(c)
+		}
+	}()
+	null, _ := os.Open(os.DevNull)
+	defer null.Close()
+	conn, err := fake.join(&spawnRequest{Argv: []string{"true"}}, [3]*os.File{null, null, null})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = fake.spawnIn(conn, false, [3]*os.File{null, null, null}, nil)
+	if err == nil || !strings.Contains(err.Error(), "started by another version of karapace?") {
+		t.Fatalf("an instance that drops the request: %v", err)
 	}
 }

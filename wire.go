@@ -20,14 +20,29 @@ type wireMsg interface {
 	decode(r *wireReader)
 }
 
+// wireVersion opens every message: a running instance outlives upgrades
+// of karapace, and either end then says so instead of misreading.
+const wireVersion = 1
+
+// errOlderPeer is a message in the JSON of karapace before wireVersion.
+var errOlderPeer = errors.New("a message from an older karapace")
+
 func marshalWire(m wireMsg) []byte {
-	var w wireWriter
+	w := wireWriter{b: []byte{wireVersion}}
 	m.encode(&w)
 	return w.b
 }
 
 func unmarshalWire(data []byte, m wireMsg) error {
-	r := wireReader{b: data}
+	switch {
+	case len(data) > 0 && data[0] == '{':
+		return errOlderPeer
+	case len(data) == 0:
+		return errWireShort
+	case data[0] != wireVersion:
+		return fmt.Errorf("a message of another karapace (protocol %d; this one speaks %d)", data[0], wireVersion)
+	}
+	r := wireReader{b: data[1:]}
 	m.decode(&r)
 	if r.err == nil && len(r.b) > 0 {
 		r.err = fmt.Errorf("%d bytes after the end", len(r.b))
