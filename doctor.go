@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -103,8 +102,8 @@ func init() { stageFuncs["probe"] = probeStage }
 
 // probeStage mounts an overlay the way an environment's init does.
 func probeStage(raw []byte) int {
-	var dir string
-	if err := json.Unmarshal(raw, &dir); err != nil {
+	var job probeJob
+	if err := unmarshalWire(raw, &job); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitFailure
 	}
@@ -112,6 +111,7 @@ func probeStage(raw []byte) int {
 		fmt.Fprintf(os.Stderr, "making mounts private: %v\n", err)
 		return exitFailure
 	}
+	dir := job.Dir
 	opts := fmt.Sprintf("lowerdir=%s/l,upperdir=%s/u,workdir=%s/w,userxattr", dir, dir, dir)
 	if err := unix.Mount("overlay", dir+"/m", "overlay", 0, opts); err != nil {
 		fmt.Fprintf(os.Stderr, "mounting overlayfs with userxattr: %v\n", err)
@@ -132,7 +132,7 @@ func probeOverlay() error {
 		}
 	}
 	var errb strings.Builder
-	p, err := startStage("probe", dir, planIDMapping(), stageOptions{cloneFlags: unix.CLONE_NEWNS, stderr: &errb})
+	p, err := startStage("probe", &probeJob{Dir: dir}, planIDMapping(), stageOptions{cloneFlags: unix.CLONE_NEWNS, stderr: &errb})
 	if err != nil {
 		return err
 	}

@@ -90,11 +90,8 @@ func overlayOpaque(p string) bool {
 func init() { stageFuncs["diff"] = diffStage }
 
 func diffStage(raw []byte) int {
-	var job struct {
-		Upper string
-		Lower []string
-	}
-	if err := json.Unmarshal(raw, &job); err != nil {
+	var job diffJob
+	if err := unmarshalWire(raw, &job); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return exitFailure
 	}
@@ -122,8 +119,8 @@ func (e *engine) diff(ref string) (*envMeta, []change, error) {
 	}
 	var out strings.Builder
 	var errb strings.Builder
-	cfg := map[string]any{"Upper": filepath.Join(e.envDir(m.EnvID), "upper"), "Lower": lower}
-	p, err := startStage("diff", cfg, planIDMapping(), stageOptions{stdout: &out, stderr: &errb})
+	job := &diffJob{Upper: filepath.Join(e.envDir(m.EnvID), "upper"), Lower: lower}
+	p, err := startStage("diff", job, planIDMapping(), stageOptions{stdout: &out, stderr: &errb})
 	if err != nil {
 		return nil, nil, err
 	}

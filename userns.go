@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -138,18 +137,8 @@ type stageOptions struct {
 }
 
 // startStage starts stage name in a new user namespace with mapping m.
-func startStage(name string, cfg any, m idMapping, o stageOptions) (*stageProc, error) {
-	// init's configuration has a wire form: it is on every cold exec's way.
-	var data []byte
-	var err error
-	if m, ok := cfg.(wireMsg); ok {
-		data = marshalWire(m)
-	} else {
-		data, err = json.Marshal(cfg)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("stage %s: encoding configuration: %w", name, err)
-	}
+func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stageProc, error) {
+	data := marshalWire(cfg)
 	pr, pw, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", name, err)
@@ -298,18 +287,18 @@ func dropInheritedCapabilities() error {
 // only a process with the full mapping may create them with their owners,
 // read every one of them, or remove them.
 type treeJob struct {
-	Op      string   `json:"op"` // "unpack" (stdin → Dir), "pack" (Dir → stdout), "remove", "clean"
-	Dir     string   `json:"dir"`
-	Paths   []string `json:"paths,omitempty"`   // clean: globs under Dir to remove
-	Overlay bool     `json:"overlay,omitempty"` // unpack whiteouts as overlay whiteouts
-	Image   bool     `json:"image,omitempty"`   // a base image: leave out its device nodes
+	Op      string   // "unpack" (stdin → Dir), "pack" (Dir → stdout), "remove", "clean"
+	Dir     string   //
+	Paths   []string // clean: globs under Dir to remove
+	Overlay bool     // unpack whiteouts as overlay whiteouts
+	Image   bool     // a base image: leave out its device nodes
 }
 
 func init() { stageFuncs["tree"] = treeStage }
 
 func treeStage(raw []byte) int {
 	var job treeJob
-	err := json.Unmarshal(raw, &job)
+	err := unmarshalWire(raw, &job)
 	if err == nil {
 		switch job.Op {
 		case "unpack":
@@ -360,7 +349,7 @@ func cleanTree(dir string, globs []string) error {
 // treeInNS runs a tree job in a new user namespace with the full mapping.
 func treeInNS(job treeJob, stdin io.Reader, stdout io.Writer) error {
 	var errb strings.Builder
-	p, err := startStage("tree", job, planIDMapping(), stageOptions{stdin: stdin, stdout: stdout, stderr: &errb})
+	p, err := startStage("tree", &job, planIDMapping(), stageOptions{stdin: stdin, stdout: stdout, stderr: &errb})
 	if err != nil {
 		return err
 	}

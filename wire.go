@@ -6,13 +6,14 @@ import (
 	"fmt"
 )
 
-// The wire format of what an environment's init and its clients pass each
-// other: init's configuration and the messages of its socket. Both ends
-// are this binary, so the format is its own: the fields of a message in a
-// fixed order, each a varint or a length-prefixed string. It is here
-// because every exec pays for its messages: encoding/json, on its first
-// use in a process, costs more than setting up the sandbox's /dev.
-// Decoding checks every length; a malformed message is an error.
+// The wire format of what karapace's own processes pass each other: the
+// configuration of every stage (userns.go) and the messages of an
+// instance's socket. Both ends are this binary, so the format is its own:
+// the fields of a message in a fixed order, each a varint or a
+// length-prefixed string. It is here because every exec pays for its
+// messages: encoding/json, on its first use in a process, costs more than
+// setting up the sandbox's /dev. Decoding checks every length; a
+// malformed message is an error.
 
 // wireMsg is a message with a wire form.
 type wireMsg interface {
@@ -225,3 +226,36 @@ func (c *initConfig) decode(r *wireReader) {
 	c.OnlyFuse, c.FullIDMap, c.Direct = r.bool(), r.bool(), r.bool()
 	c.User, c.Cgroups, c.CgroupDir = r.str(), r.int(), r.bool()
 }
+
+// diffJob is the diff stage's configuration (see snapshot.go).
+type diffJob struct {
+	Upper string
+	Lower []string
+}
+
+// probeJob is the overlay probe's configuration (see doctor.go).
+type probeJob struct{ Dir string }
+
+func (j *treeJob) encode(w *wireWriter) {
+	w.str(j.Op)
+	w.str(j.Dir)
+	w.strs(j.Paths)
+	w.bool(j.Overlay)
+	w.bool(j.Image)
+}
+
+func (j *treeJob) decode(r *wireReader) {
+	j.Op, j.Dir, j.Paths = r.str(), r.str(), r.strs()
+	j.Overlay, j.Image = r.bool(), r.bool()
+}
+
+func (j *diffJob) encode(w *wireWriter) {
+	w.str(j.Upper)
+	w.strs(j.Lower)
+}
+
+func (j *diffJob) decode(r *wireReader) { j.Upper, j.Lower = r.str(), r.strs() }
+
+func (j *probeJob) encode(w *wireWriter) { w.str(j.Dir) }
+
+func (j *probeJob) decode(r *wireReader) { j.Dir = r.str() }
