@@ -752,27 +752,28 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	// first session ended it already, there is nothing to mark.
 	ok = true
 	pid := p.cmd.Process.Pid
-	st, err := procStartTime(pid)
-	if err != nil {
-		go p.cmd.Wait()
-		return conn, nil
-	}
-	// The marker is checked against the live process on every read, so it
-	// needs no fsync: a rename keeps readers from seeing half of it.
-	data, _ := json.Marshal(instanceMarker{Pid: pid, StartTime: st})
-	tmp := d.marker() + ".tmp"
-	err = os.WriteFile(tmp, data, 0o600)
-	if err == nil {
-		err = os.Rename(tmp, d.marker())
+	if st, err := procStartTime(pid); err == nil {
+		if err := d.mark(instanceMarker{Pid: pid, StartTime: st}); err != nil {
+			// Nobody could join it: our session runs, but say why.
+			warnf("recording the running environment in %s: %v", d.marker(), err)
+		}
 	}
 	// init may outlive us (other sessions join it); while we live, we
 	// reap it, so a long-running caller leaves no zombie behind.
 	go p.cmd.Wait()
-	if err != nil {
-		// Nobody could join it: our session runs, but say why.
-		warnf("recording the running environment in %s: %v", d.marker(), err)
-	}
 	return conn, nil
+}
+
+// mark writes the marker of a running instance. It is checked against
+// the live process on every read, so it needs no fsync: a rename keeps
+// readers from seeing half of it.
+func (d instanceDir) mark(m instanceMarker) error {
+	data, _ := json.Marshal(m)
+	tmp := d.marker() + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, d.marker())
 }
 
 func readAllLimited(f *os.File, limit int) ([]byte, error) {
@@ -877,12 +878,11 @@ func (d instanceDir) join(req *spawnRequest, stdio [3]*os.File) (int, error) {
 	return fd, nil
 }
 
-// spawnIn follows the command a request on conn started to its exit
-// status, which it returns; it closes conn. With tty, the command runs on
+// spawnIn follows the command a request on fd started to its exit
+// status, which it returns; it closes fd. With tty, the command runs on
 // the pseudo-terminal that comes back, relayed to stdio. Signals that sigs
 // receives go to the command.
-func (d instanceDir) spawnIn(conn int, tty bool, stdio [3]*os.File, sigs <-chan os.Signal) (int, error) {
-	fd := conn
+func (d instanceDir) spawnIn(fd int, tty bool, stdio [3]*os.File, sigs <-chan os.Signal) (int, error) {
 	defer unix.Close(fd)
 	var started instanceMsg
 	got, err := recvMsg(fd, &started)

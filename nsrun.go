@@ -170,6 +170,15 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 	return ln, nil
 }
 
+// layers are the environment's layer trees, top first: what a file seen
+// inside is looked up in before the root is mounted.
+func (c *initConfig) layers() []string {
+	if c.Upper == "" {
+		return c.Lower
+	}
+	return append([]string{c.Upper}, c.Lower...)
+}
+
 // writeUserLayer makes a small layer, above the environment's layers and
 // below its writable one, whose /etc/passwd and /etc/group also name the
 // host user, as an alias of root: inside, the user is root. The layers
@@ -179,17 +188,14 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 	if strings.ContainsAny(name, ":\n") {
 		return "", nil
 	}
-	search := cfg.Lower
-	if cfg.Upper != "" {
-		search = append([]string{cfg.Upper}, search...)
-	}
+	layers := cfg.layers()
 	var entries []genEntry
 	for _, f := range []struct{ file, line string }{
 		{"etc/passwd", name + ":x:0:0:" + name + " (host user):/root:/bin/sh\n"},
 		{"etc/group", name + ":x:0:\n"},
 	} {
 		var data []byte
-		for _, l := range search {
+		for _, l := range layers {
 			b, err := os.ReadFile(filepath.Join(l, f.file))
 			if err == nil {
 				data = b
@@ -214,10 +220,7 @@ func writeUserLayer(dir string, cfg *initConfig, name string) (string, error) {
 // attributes of a directory a real layer has. It returns "" when nothing
 // is missing.
 func writeMountpointLayer(dir string, cfg *initConfig) (string, error) {
-	layers := cfg.Lower
-	if cfg.Upper != "" {
-		layers = append([]string{cfg.Upper}, layers...)
-	}
+	layers := cfg.layers()
 	exists := func(target string) bool {
 		for _, l := range layers {
 			if _, err := os.Lstat(filepath.Join(l, target)); err == nil {
