@@ -27,8 +27,10 @@ type runSpec struct {
 	Isolated    bool
 	CPUShares   int64
 	MemoryMB    int64
+	PidsLimit   int64       // 0: the policy's default
 	Direct      bool        // Lower[0] is the root itself, written in place (archive bootstrap)
 	Build       bool        // a build step: nothing of the host's session or user goes in
+	Sockets     []string    // the host's session sockets it gets (see hostSocketsOf)
 	Binds       []bindMount // more binds, already checked (the bootstrap's package cache)
 }
 
@@ -129,43 +131,127 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 // and returns the connection of that session, or -1 when an instance is
 // running after all.
 func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int, error) {
-	cfg, mapping, flags, err := b.initConfig(r)
+	cfg, mapping, flags, pids, err := b.initConfig(r)
 	if err != nil {
 		return -1, err
 	}
-	cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB}.open(r.ShortID)
+	// As root, the environment's root owns its directory, writable layer
+	// and run directory (see stageDirs).
+	if err := mapping.own(cfg.Dir, cfg.run(), cfg.merged(), cfg.upper(), cfg.work()); err != nil {
+		return -1, err
+	}
+	cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB, Pids: pids}.open(r.ShortID)
 	defer func() {
 		for _, f := range cgroups {
 			f.Close()
 		}
 	}()
-	return r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, req, stdio)
+	if len(cgroups) == 0 {
+		cfg.PidsLimit = int(pids)
+	}
+	var made func(int) ([]int, error)
+	if cfg.BindsMade {
+		made = bindMounts(cfg.Binds)
+	}
+	return r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, made, req, stdio)
+}
+
+// bindMounts makes, as root, in the mount namespace of a starting init,
+// the mount of every bind: init, which runs as an ID of the range, may not
+// reach every source (one under /root, say), and only a process with
+// privilege over the source's filesystem may make an idmapped mount (see
+// bindMount.Idmap), through init's user namespace. Only a mount of init's
+// own mount namespace may be attached there, so they are made from inside.
+func bindMounts(binds []bindMount) func(pid int) ([]int, error) {
+	return func(pid int) ([]int, error) {
+		userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			return nil, fmt.Errorf("opening the environment's user namespace: %w", err)
+		}
+		defer unix.Close(userns)
+		var fds []int
+		for _, b := range binds {
+			if b.Tmpfs {
+				continue
+			}
+			fd, err := bindMountOf(b, userns)
+			if err != nil {
+				closeAll(fds)
+				return nil, err
+			}
+			fds = append(fds, fd)
+		}
+		return fds, nil
+	}
+}
+
+// bindMountOf is one bind's mount, detached, read-only and idmapped as
+// asked. On a filesystem that cannot be idmapped it is a plain bind, and
+// says what that means.
+func bindMountOf(b bindMount, userns int) (int, error) {
+	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
+	if b.Resolved {
+		how.Resolve = unix.RESOLVE_NO_SYMLINKS
+	}
+	src, err := unix.Openat2(unix.AT_FDCWD, b.Source, how)
+	if err != nil {
+		return -1, fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)
+	}
+	defer unix.Close(src)
+	mnt, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
+	if err != nil {
+		return -1, fmt.Errorf("%s: copying the mount of %s: %w", b.Why, b.Source, err)
+	}
+	var ro uint64
+	if b.ReadOnly {
+		ro = unix.MOUNT_ATTR_RDONLY
+	}
+	attr := &unix.MountAttr{Attr_set: ro}
+	if b.Idmap {
+		attr = &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | ro, Userns_fd: uint64(userns)}
+	}
+	err = unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
+	if b.Idmap && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
+		if !b.ReadOnly {
+			warnf("%s: %s is on a filesystem that cannot be idmapped (%v): inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source, err)
+		}
+		attr = &unix.MountAttr{Attr_set: ro}
+		err = unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
+	}
+	if err != nil {
+		unix.Close(mnt)
+		return -1, fmt.Errorf("%s: setting the attributes of the mount of %s: %w", b.Why, b.Source, err)
+	}
+	return mnt, nil
 }
 
 // cleanUp removes what an instance leaves behind on the host once it has
 // ended: its cgroups.
 func (r *runSpec) cleanUp() {
-	if r.CPUShares == 0 && r.MemoryMB == 0 {
-		return
-	}
 	if _, ok := r.runDir().running(); !ok {
 		removeCgroups(r.ShortID)
 	}
 }
 
 // initConfig resolves everything init needs, checking the policy before
-// anything is mounted.
-func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, error) {
+// anything is mounted. It returns the pids limit too, for a cgroup or
+// init to hold.
+func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int64, error) {
+	fail := func(err error) (*initConfig, idMapping, uintptr, int64, error) { return nil, idMapping{}, 0, 0, err }
 	pol, err := loadPolicy(b.getenv)
 	if err != nil {
-		return nil, idMapping{}, 0, err
+		return fail(err)
 	}
-	if err := pol.checkLimits(r.CPUShares, r.MemoryMB); err != nil {
-		return nil, idMapping{}, 0, err
+	pids := r.PidsLimit
+	if pids == 0 {
+		pids = pol.DefaultPids
+	}
+	if err := pol.checkLimits(r.CPUShares, r.MemoryMB, r.PidsLimit); err != nil {
+		return fail(err)
 	}
 	cfg := &initConfig{
 		Lower:    r.Lower,
-		Merged:   filepath.Join(r.Dir, "merged"),
+		Dir:      r.Dir,
 		Hostname: "karapace-" + r.ShortID,
 		Isolated: r.Isolated,
 	}
@@ -176,25 +262,25 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 		// A frozen environment's writable layer becomes one more lower layer.
 		cfg.Lower = append([]string{filepath.Join(r.Dir, "upper")}, r.Lower...)
 	default:
-		cfg.Upper, cfg.Work = filepath.Join(r.Dir, "upper"), filepath.Join(r.Dir, "work")
+		cfg.Writable = true
 	}
 	switch overlay := b.getenv("KARAPACE_OVERLAY"); overlay {
 	case "", "auto", "fuse":
 		if p, err := exec.LookPath("fuse-overlayfs"); err == nil {
 			cfg.FuseOverlay = p
 		} else if overlay == "fuse" {
-			return nil, idMapping{}, 0, fmt.Errorf("KARAPACE_OVERLAY=fuse: fuse-overlayfs is not installed (sudo apt install fuse-overlayfs)")
+			return fail(fmt.Errorf("KARAPACE_OVERLAY=fuse: fuse-overlayfs is not installed (sudo apt install fuse-overlayfs)"))
 		}
 		cfg.OnlyFuse = overlay == "fuse"
 	case "kernel":
 	default:
-		return nil, idMapping{}, 0, fmt.Errorf("KARAPACE_OVERLAY=%q: expected auto, kernel or fuse", overlay)
+		return fail(fmt.Errorf("KARAPACE_OVERLAY=%q: expected auto, kernel or fuse", overlay))
 	}
 	home := b.getenv("HOME")
 	for _, m := range r.Mounts {
 		bm, err := pol.resolveMount(m.Label, m.Source, m.Container, m.ReadOnly, r.ManifestDir, home)
 		if err != nil {
-			return nil, idMapping{}, 0, manifestErrorf("%v", err)
+			return fail(manifestErrorf("%v", err))
 		}
 		cfg.Binds = append(cfg.Binds, bm)
 	}
@@ -211,24 +297,38 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, erro
 	}
 	// What a build step writes goes into shared layers: nothing of the
 	// host's session may go in.
-	sockets, _ := hostSockets(b.getenv)
+	sockets, _ := hostSockets(b.getenv, r.Sockets)
 	if len(sockets) > 0 && !r.Build {
 		cfg.Binds = append(cfg.Binds, bindMount{Tmpfs: true, Target: hostSession, Dir: true, Why: "host session sockets"})
 		cfg.Binds = append(cfg.Binds, sockets...)
+	}
+	if os.Geteuid() == 0 {
+		// The host's files keep their owners inside (see bindMount.Idmap).
+		for i := range cfg.Binds {
+			cfg.Binds[i].Idmap = true
+		}
+		cfg.BindsMade = true
 	}
 	mapping := planIDMapping()
 	if mapping.reduced != "" {
 		warnf("%s", mapping.reduced)
 	}
 	cfg.FullIDMap = mapping.reduced == ""
-	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
+	if os.Geteuid() == 0 {
+		// The host's root is not mapped inside: it connects as the
+		// kernel's overflow uid there.
+		if cfg.Owner, err = readIntFile("/proc/sys/kernel/overflowuid"); err != nil {
+			return fail(fmt.Errorf("reading the kernel's overflow uid: %w", err))
+		}
+	}
+	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWCGROUP)
 	if r.Isolated {
 		flags |= unix.CLONE_NEWNET
 	}
 	if !r.Build {
 		cfg.User = hostUserName()
 	}
-	return cfg, mapping, flags, nil
+	return cfg, mapping, flags, pids, nil
 }
 
 func hostUserName() string {
@@ -256,7 +356,7 @@ func (b nsBackend) commandEnv(r *runSpec, e *execSpec) []string {
 	}
 	env = append(env, pol.filterEnv(e.Env)...)
 	if !r.Build {
-		_, sockEnv := hostSockets(b.getenv)
+		_, sockEnv := hostSockets(b.getenv, r.Sockets)
 		env = append(env, sockEnv...)
 	}
 	env = append(env, e.Set...)

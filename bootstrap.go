@@ -540,6 +540,10 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 			return err
 		}
 	}
+	// The skeleton is the environment's root's, as what dpkg makes is.
+	if err := planIDMapping().ownTree(tree); err != nil {
+		return err
+	}
 	// dpkg needs a shell, itself and its libraries before it can run:
 	// unpack the Essential packages' files, as one stream.
 	prog := newProgress("unpacking the essential packages", int64(len(essential)), false)
@@ -731,5 +735,9 @@ func finishArchiveTree(tree string, spec *archiveSpec) error {
 		return err
 	}
 	// systemd's convention: an empty machine-id is filled in on first boot.
-	return os.WriteFile(filepath.Join(tree, "etc/machine-id"), nil, 0o444)
+	if err := os.WriteFile(filepath.Join(tree, "etc/machine-id"), nil, 0o444); err != nil {
+		return err
+	}
+	return planIDMapping().own(filepath.Join(tree, "etc/apt/sources.list.d"), filepath.Join(tree, "etc/apt/sources.list.d", spec.Distro+".sources"),
+		filepath.Join(tree, "etc/machine-id"))
 }

@@ -12,11 +12,27 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// cgroupLimits are an environment's resource limits, applied to its init
-// (and so to everything inside) through a cgroup of its own.
+// cgroupLimits are an environment's resource limits, applied to every
+// command inside through a cgroup of its own.
 type cgroupLimits struct {
 	CPUShares int64
 	MemoryMB  int64
+	Pids      int64
+}
+
+// controllers are the cgroup controllers the limits need.
+func (l cgroupLimits) controllers() []string {
+	var c []string
+	if l.MemoryMB > 0 {
+		c = append(c, "memory")
+	}
+	if l.CPUShares > 0 {
+		c = append(c, "cpu")
+	}
+	if l.Pids > 0 {
+		c = append(c, "pids")
+	}
+	return c
 }
 
 // open prepares the environment's cgroup(s) for init to start every
@@ -27,14 +43,18 @@ type cgroupLimits struct {
 // init enters the environment's cgroups only while it forks a command.
 // init stays outside otherwise, so the OOM killer never takes it for a
 // command's excess. Where no cgroup can be used it warns and returns
-// none: the environment runs unlimited rather than not at all.
+// none: the environment runs without memory and CPU limits rather than
+// not at all, and its pids limit falls back to RLIMIT_NPROC (see
+// instanceServer.forker), which is no reason to warn.
 func (l cgroupLimits) open(name string) (files []*os.File, intoDir bool) {
-	if l.CPUShares == 0 && l.MemoryMB == 0 {
+	if len(l.controllers()) == 0 {
 		return nil, false
 	}
 	dirs, v2, err := l.prepare(cgroupName(name))
 	if err != nil {
-		warnf("resource limits are not applied: %v", err)
+		if l.CPUShares > 0 || l.MemoryMB > 0 {
+			warnf("resource limits are not applied: %v", err)
+		}
 		return nil, false
 	}
 	if v2 {
@@ -89,7 +109,7 @@ func cgroupName(shortID string) string { return "karapace-" + shortID }
 // them; a busy or missing one is left alone.
 func removeCgroups(shortID string) {
 	name := cgroupName(shortID)
-	dirs := []string{"/sys/fs/cgroup/memory/karapace/" + name, "/sys/fs/cgroup/cpu/karapace/" + name}
+	dirs := []string{"/sys/fs/cgroup/memory/karapace/" + name, "/sys/fs/cgroup/cpu/karapace/" + name, "/sys/fs/cgroup/pids/karapace/" + name}
 	if parent, _ := cgroup2Location(); parent != "" {
 		dirs = append(dirs, filepath.Join(parent, name))
 	}
@@ -105,7 +125,7 @@ func removeCgroups(shortID string) {
 func cpuWeight(shares int64) int64 { return 1 + ((shares-2)*9999)/262142 }
 
 func (l cgroupLimits) prepare(name string) ([]string, bool, error) {
-	v2, why2 := cgroup2Parent()
+	v2, why2 := cgroup2Parent(l.controllers())
 	if v2 != "" {
 		dir := filepath.Join(v2, name)
 		files := map[string]string{}
@@ -116,32 +136,38 @@ func (l cgroupLimits) prepare(name string) ([]string, bool, error) {
 		if l.CPUShares > 0 {
 			files["cpu.weight"] = strconv.FormatInt(cpuWeight(l.CPUShares), 10)
 		}
+		if l.Pids > 0 {
+			files["pids.max"] = strconv.FormatInt(l.Pids, 10)
+		}
 		if err := makeCgroup(dir, files); err != nil {
 			return nil, false, err
 		}
 		return []string{dir}, true, nil
 	}
-	// A hybrid hierarchy keeps memory and cpu on cgroup v1, which only
+	// A hybrid hierarchy keeps the controllers on cgroup v1, which only
 	// root may use.
-	if os.Geteuid() == 0 {
-		var dirs []string
-		if l.MemoryMB > 0 {
-			dir := "/sys/fs/cgroup/memory/karapace/" + name
-			if err := makeCgroup(dir, map[string]string{"memory.limit_in_bytes": strconv.FormatInt(l.MemoryMB<<20, 10)}); err != nil {
-				return nil, false, fmt.Errorf("%s; cgroup v1: %v", why2, err)
-			}
-			dirs = append(dirs, dir)
-		}
-		if l.CPUShares > 0 {
-			dir := "/sys/fs/cgroup/cpu/karapace/" + name
-			if err := makeCgroup(dir, map[string]string{"cpu.shares": strconv.FormatInt(l.CPUShares, 10)}); err != nil {
-				return nil, false, fmt.Errorf("%s; cgroup v1: %v", why2, err)
-			}
-			dirs = append(dirs, dir)
-		}
-		return dirs, false, nil
+	if os.Geteuid() != 0 {
+		return nil, false, errors.New(why2)
 	}
-	return nil, false, errors.New(why2)
+	var dirs []string
+	for _, c := range []struct {
+		controller, file string
+		value            int64
+	}{
+		{"memory", "memory.limit_in_bytes", l.MemoryMB << 20},
+		{"cpu", "cpu.shares", l.CPUShares},
+		{"pids", "pids.max", l.Pids},
+	} {
+		if c.value == 0 {
+			continue
+		}
+		dir := "/sys/fs/cgroup/" + c.controller + "/karapace/" + name
+		if err := makeCgroup(dir, map[string]string{c.file: strconv.FormatInt(c.value, 10)}); err != nil {
+			return nil, false, fmt.Errorf("%s; cgroup v1: %v", why2, err)
+		}
+		dirs = append(dirs, dir)
+	}
+	return dirs, false, nil
 }
 
 // makeCgroup creates dir and writes the limit files.
@@ -162,10 +188,10 @@ func makeCgroup(dir string, files map[string]string) error {
 }
 
 // cgroup2Parent finds a cgroup v2 directory we may create children in
-// with the memory and cpu controllers enabled: the parent of our own
-// cgroup when it is delegated to us (a systemd user session), or the
-// root when we are root. It says why when there is none.
-func cgroup2Parent() (string, string) {
+// with the controllers enabled: the parent of our own cgroup when it is
+// delegated to us (a systemd user session), or the root when we are root.
+// It says why when there is none.
+func cgroup2Parent(controllers []string) (string, string) {
 	parent, why := cgroup2Location()
 	if parent == "" {
 		return "", why
@@ -175,7 +201,7 @@ func cgroup2Parent() (string, string) {
 		return "", fmt.Sprintf("reading %s/cgroup.controllers: %v", parent, err)
 	}
 	have := strings.Fields(string(ctrl))
-	for _, c := range []string{"memory", "cpu"} {
+	for _, c := range controllers {
 		if !contains(have, c) {
 			return "", fmt.Sprintf("the cgroup v2 controller %q is not available in %s (controllers there: %q); on a hybrid hierarchy it is bound to cgroup v1, and systemd delegates it to user sessions only with cgroup v2", c, parent, strings.TrimSpace(string(ctrl)))
 		}
@@ -183,8 +209,9 @@ func cgroup2Parent() (string, string) {
 	if unix.Access(filepath.Join(parent, "cgroup.subtree_control"), unix.W_OK) != nil {
 		return "", fmt.Sprintf("%s is not delegated to this user (not writable); run inside a systemd user session with delegation, e.g. systemd-run --user --scope -p Delegate=yes", parent)
 	}
-	if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte("+memory +cpu"), 0); err != nil {
-		return "", fmt.Sprintf("enabling memory and cpu controllers in %s: %v", parent, err)
+	enable := "+" + strings.Join(controllers, " +")
+	if err := os.WriteFile(filepath.Join(parent, "cgroup.subtree_control"), []byte(enable), 0); err != nil {
+		return "", fmt.Sprintf("enabling the %s controllers in %s: %v", strings.Join(controllers, ", "), parent, err)
 	}
 	return parent, ""
 }

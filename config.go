@@ -55,7 +55,8 @@ func loadPolicy(getenv func(string) string) (policy, error) {
 	if !ok {
 		return p, nil
 	}
-	t, err := sc.table([]string{"policy"}, v, "allowed_mount_prefixes", "env_allow", "env_deny", "max_memory_mb", "max_cpu_shares")
+	t, err := sc.table([]string{"policy"}, v, "allowed_mount_prefixes", "denied_mount_paths", "env_allow", "env_deny",
+		"max_memory_mb", "max_cpu_shares", "max_pids", "default_pids_limit")
 	if err != nil {
 		return p, err
 	}
@@ -67,6 +68,18 @@ func loadPolicy(getenv func(string) string) (policy, error) {
 		for i, pre := range p.MountPrefixes {
 			if !filepath.IsAbs(pre) {
 				return p, sc.errorf(append(path, strconv.Itoa(i)), "%q is not an absolute path", pre)
+			}
+		}
+	}
+	if v, ok := t["denied_mount_paths"]; ok {
+		// The whole list, replaced: what it leaves out, the user allows.
+		path := []string{"policy", "denied_mount_paths"}
+		if p.MountDeny, err = sc.strings(path, v); err != nil {
+			return p, err
+		}
+		for i, d := range p.MountDeny {
+			if !filepath.IsAbs(d) && d != "~" && !strings.HasPrefix(d, "~/") {
+				return p, sc.errorf(append(path, strconv.Itoa(i)), "%q is neither an absolute path nor one under ~/", d)
 			}
 		}
 	}
@@ -91,6 +104,19 @@ func loadPolicy(getenv func(string) string) (policy, error) {
 		if p.MaxCPUShares, err = sc.integer([]string{"policy", "max_cpu_shares"}, v, 2, 262144); err != nil {
 			return p, err
 		}
+	}
+	if v, ok := t["max_pids"]; ok {
+		if p.MaxPids, err = sc.integer([]string{"policy", "max_pids"}, v, pidsLimitMin, pidsLimitMax); err != nil {
+			return p, err
+		}
+	}
+	if v, ok := t["default_pids_limit"]; ok {
+		if p.DefaultPids, err = sc.integer([]string{"policy", "default_pids_limit"}, v, pidsLimitMin, pidsLimitMax); err != nil {
+			return p, err
+		}
+	}
+	if p.MaxPids > 0 && p.DefaultPids > p.MaxPids {
+		p.DefaultPids = p.MaxPids
 	}
 	return p, nil
 }

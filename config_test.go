@@ -26,7 +26,7 @@ debian_mirror = "http://apt.example/debian"
 	if strings.Join(p.MountPrefixes, ",") != "/srv,/home" || p.MaxMemoryMB != 2048 || !contains(p.EnvAllow, "MY_*") || !contains(p.EnvAllow, "TERM") {
 		t.Fatalf("policy: %+v", p)
 	}
-	if err := p.checkLimits(0, 4096); err == nil || !strings.Contains(err.Error(), "exceeds the policy maximum 2048") {
+	if err := p.checkLimits(0, 4096, 0); err == nil || !strings.Contains(err.Error(), "exceeds the policy maximum 2048") {
 		t.Fatalf("limit: %v", err)
 	}
 	c, err := loadImagesConfig(getenv)

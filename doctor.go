@@ -80,7 +80,7 @@ func runtimeChecks() []check {
 	} else {
 		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
 	}
-	if _, why := cgroup2Parent(); why == "" {
+	if _, why := cgroup2Parent([]string{"memory", "cpu", "pids"}); why == "" {
 		add("cgroup delegation", "ok", "memory and cpu limits can be applied (cgroup v2)", "")
 	} else if os.Geteuid() == 0 {
 		add("cgroup delegation", "ok", "running as root: limits use cgroup v1 where v2 lacks the controllers ("+why+")", "")
@@ -98,15 +98,15 @@ func readIntFile(path string) (int, error) {
 	return strconv.Atoi(strings.TrimSpace(string(data)))
 }
 
-func init() { stageFuncs["probe"] = probeStage }
+func init() {
+	stages["probe"] = stage{func() wireMsg { return &probeJob{} }, probeStage}
+}
+
+func (j *probeJob) dirs() []*string { return []*string{&j.Dir} }
 
 // probeStage mounts an overlay the way an environment's init does.
-func probeStage(raw []byte) int {
-	var job probeJob
-	if err := unmarshalWire(raw, &job); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return exitFailure
-	}
+func probeStage(cfg wireMsg, _ []int) int {
+	job := cfg.(*probeJob)
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		fmt.Fprintf(os.Stderr, "making mounts private: %v\n", err)
 		return exitFailure
@@ -131,8 +131,13 @@ func probeOverlay() error {
 			return err
 		}
 	}
+	m := planIDMapping()
+	if err := m.own(dir, filepath.Join(dir, "u"), filepath.Join(dir, "w")); err != nil {
+		return err
+	}
 	var errb strings.Builder
-	p, err := startStage("probe", &probeJob{Dir: dir}, planIDMapping(), stageOptions{cloneFlags: unix.CLONE_NEWNS, stderr: &errb})
+	job := &probeJob{Dir: dir}
+	p, err := startStage("probe", job, m, stageOptions{cloneFlags: unix.CLONE_NEWNS, stderr: &errb})
 	if err != nil {
 		return err
 	}

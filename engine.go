@@ -158,6 +158,17 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if m.Backend == "oci" {
 		return nil, manifestErrorf("%s: runtime.backend \"oci\" is not available in this version of karapace; use \"namespace\"", manifestPath)
 	}
+	// What exec would refuse, build refuses, pointing at the manifest.
+	pol, err := loadPolicy(e.getenv)
+	if err != nil {
+		return nil, err
+	}
+	if err := pol.checkMounts(m, e.getenv("HOME")); err != nil {
+		return nil, err
+	}
+	if key, msg := pol.limitOver(m.CPUShares, m.MemoryLimitMB, m.PidsLimit); key != "" {
+		return nil, m.src.errorf([]string{"runtime", "resource_limits", key}, "%s (the policy in %s)", msg, configPath(e.getenv))
+	}
 	lp := lockPath(manifestPath) // as the user spelled it, for messages
 	var lock *lockFile
 	if _, err := os.Stat(lp); err == nil {

@@ -40,6 +40,11 @@ func (l *lockFile) identityDocument() []byte {
 	}
 	j.close(']')
 	j.key("network_isolation").bool(l.NetworkIsolation)
+	// Fields that came after lock v2 count only when set: a lock without
+	// them keeps the identity it had.
+	if l.PidsLimit != 0 {
+		j.key("pids_limit").int(l.PidsLimit)
+	}
 	if l.Requested != nil {
 		j.key("requested_packages").strs(l.Requested)
 	}
@@ -52,7 +57,13 @@ func (l *lockFile) identityDocument() []byte {
 		j.close('}')
 	}
 	j.close(']')
+	if l.HostSockets != nil {
+		j.key("runtime_host_sockets").strs(l.HostSockets)
+	}
 	j.key("runtime_backend").str(l.Backend)
+	if l.SessionBus {
+		j.key("session_bus").bool(true)
+	}
 	j.close('}')
 	return j.b
 }

@@ -8,6 +8,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -172,7 +173,9 @@ type instanceServer struct {
 	ln       int
 	forks    chan forkJob
 	cgroups  []int // where each command starts: see cgroupLimits.open
-	intoDir  bool  // cgroups[0] is a cgroup v2 directory to clone into
+	intoDir  bool  // cgroups[0] is a cgroup v2 directory to clone commands into
+	owner    int   // the uid the environment's owner connects as
+	pids     int   // RLIMIT_NPROC of each command, when no cgroup limits them
 }
 
 type session struct {
@@ -181,10 +184,135 @@ type session struct {
 	last bool          // it was the last session: the instance ends
 }
 
-// newInstanceServer is init's service, ready to start commands: its
-// reaper hears of every child that exits from then on.
-func newInstanceServer(ln int, cgroups []int, intoDir bool) (*instanceServer, error) {
-	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, intoDir: intoDir, forks: make(chan forkJob)}
+// The service: the process that starts and follows every command of an
+// environment. init makes it, before it sets up, in a user namespace of
+// its own below init's, with the same IDs (as bubblewrap runs what it
+// sandboxes): the mounts init makes belong to init's namespace, so
+// nothing the service or a command does (umount, remount, mount over,
+// move) can change them, whatever capabilities it has in its own. It
+// waits for init to finish the setup, then serves.
+
+// serviceConfig is the serve stage's configuration. Its descriptors: 4
+// closes (or brings a byte) when init's setup ends, 5 is the control
+// socket, 6... the cgroups, then the first session's connection.
+type serviceConfig struct {
+	Owner     int  // the uid the environment's owner connects as, seen from inside
+	PidsLimit int  // RLIMIT_NPROC of every command, where no cgroup holds a pids limit
+	Cgroups   int  // how many cgroup descriptors (see cgroupLimits.open)
+	CgroupDir bool // the first is a cgroup v2 directory to clone commands into
+}
+
+func init() {
+	stages["serve"] = stage{func() wireMsg { return &serviceConfig{} }, serveStage}
+}
+
+// startService starts the service, listening on ln, for init to release
+// once it has set up; init's descriptors it is given are closed here.
+func startService(cfg *initConfig, ln int) (*stageProc, *os.File, error) {
+	m, err := nestedMapping()
+	if err != nil {
+		return nil, nil, err
+	}
+	goR, goW, err := os.Pipe()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer goR.Close()
+	files := []*os.File{goR, os.NewFile(uintptr(ln), "control")}
+	for i := 0; i <= cfg.Cgroups; i++ { // the cgroups, then the first session
+		files = append(files, os.NewFile(uintptr(6+i), "init"))
+	}
+	defer func() {
+		for _, f := range files[1:] {
+			f.Close()
+		}
+	}()
+	sc := &serviceConfig{Owner: cfg.Owner, PidsLimit: cfg.PidsLimit, Cgroups: cfg.Cgroups, CgroupDir: cfg.CgroupDir}
+	log := os.NewFile(5, "log") // the instance's log, init's stderr once it has set up
+	p, err := startStage("serve", sc, m, stageOptions{extraFiles: files, stdout: log, stderr: log})
+	if err != nil {
+		goW.Close()
+		return nil, nil, err
+	}
+	return p, goW, nil
+}
+
+// nestedMapping maps a user namespace below ours to the same IDs.
+func nestedMapping() (idMapping, error) {
+	var m idMapping
+	var err error
+	if m.uids, err = nestedIDMap("/proc/self/uid_map"); err == nil {
+		m.gids, err = nestedIDMap("/proc/self/gid_map")
+	}
+	if err != nil {
+		return m, err
+	}
+	sg, err := os.ReadFile("/proc/self/setgroups")
+	if err != nil {
+		return m, fmt.Errorf("reading /proc/self/setgroups: %w", err)
+	}
+	m.setgroups = strings.TrimSpace(string(sg)) == "allow"
+	return m, nil
+}
+
+// nestedIDMap is the identity over the IDs a user namespace maps, read
+// from its uid_map or gid_map.
+func nestedIDMap(file string) ([]idRange, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %w", file, err)
+	}
+	var out []idRange
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var inside, outside, count int
+		if _, err := fmt.Sscan(line, &inside, &outside, &count); err != nil {
+			return nil, fmt.Errorf("%s: %q: %w", file, line, err)
+		}
+		out = append(out, idRange{inside, inside, count})
+	}
+	return out, nil
+}
+
+// serveStage is the service. Nothing inside may reach its memory,
+// descriptors or executable (this binary, on the host): it is not
+// dumpable, and the commands lack CAP_SYS_PTRACE (see forker), which
+// would override that. It reaps what its commands leave (a subreaper),
+// and ends with the last session: init then ends the environment.
+func serveStage(c wireMsg, _ []int) int {
+	cfg := c.(*serviceConfig)
+	fail := func(what string, err error) int {
+		fmt.Fprintf(os.Stderr, "karapace-serve: %s: %v\n", what, err)
+		return exitFailure
+	}
+	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
+		return fail("making the service undumpable", err)
+	}
+	if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+		return fail("becoming the subreaper of the commands", err)
+	}
+	var cgroups []int
+	for i := 0; i < cfg.Cgroups; i++ {
+		cgroups = append(cgroups, 6+i)
+	}
+	srv, err := newInstanceServer(5, cgroups, cfg)
+	if err != nil {
+		return fail("starting", err)
+	}
+	var b [1]byte
+	if n, _ := unix.Read(4, b[:]); n != 1 {
+		return exitFailure // init's setup failed, and init says why
+	}
+	unix.Close(4)
+	srv.adopt(6 + cfg.Cgroups)
+	srv.serve()
+	return exitOK
+}
+
+// newInstanceServer is the environment's service, ready to start
+// commands: its reaper hears of every child that exits from then on.
+func newInstanceServer(ln int, cgroups []int, cfg *serviceConfig) (*instanceServer, error) {
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, intoDir: cfg.CgroupDir, forks: make(chan forkJob),
+		owner: cfg.Owner, pids: cfg.PidsLimit}
 	ready := make(chan error)
 	go s.forker(ready)
 	sigs := make(chan os.Signal, 16)
@@ -201,7 +329,7 @@ func newInstanceServer(ln int, cgroups []int, intoDir bool) (*instanceServer, er
 	return s, <-ready
 }
 
-// serve runs init's service loop until the last connection ends.
+// serve runs the service loop until the last connection ends.
 func (s *instanceServer) serve() {
 	ln := s.ln
 	time.AfterFunc(instanceIdle, func() { s.maybeExit(true) })
@@ -238,7 +366,7 @@ func (s *instanceServer) handle(conn int) {
 	exited := false
 	defer func() { s.finish(conn, exited) }()
 	cred, err := unix.GetsockoptUcred(conn, unix.SOL_SOCKET, unix.SO_PEERCRED)
-	if err != nil || cred.Uid != 0 {
+	if err != nil || int(cred.Uid) != s.owner {
 		// Only the environment's owner, who is root in here, may run commands.
 		sendMsg(conn, &instanceMsg{Error: "permission denied: not the owner of this environment"})
 		return
@@ -399,26 +527,75 @@ type forkResult struct {
 	err error
 }
 
-// forker starts every command, from one OS thread whose capability
-// bounding set lacks CAP_SYS_PTRACE, with no inheritable or ambient
-// capabilities: a forked child inherits the sets of the thread that
-// forked it, and so no command may ptrace init or reach its executable
-// (see initStage).
+// forker starts every command, from one OS thread set up as commands
+// must be: a forked child inherits the credentials and filter of the
+// thread that forked it. That thread has no inheritable or ambient
+// capabilities and a bounding set of only what a container's root needs
+// (commandCapabilities: no CAP_SYS_PTRACE, so no command may trace init
+// or reach its executable, see initStage), no_new_privs and the seccomp
+// filter. With a pids limit and no cgroup to hold it, the thread raises
+// RLIMIT_NPROC for the fork alone: the limit counts processes of the
+// command's new user namespace, and init itself stays free to make threads.
 func (s *instanceServer) forker(ready chan<- error) {
 	runtime.LockOSThread() // for good: this thread is never reused
 	if err := dropInheritedCapabilities(); err != nil {
 		ready <- err
 		return
 	}
-	if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_SYS_PTRACE, 0, 0, 0); err != nil {
-		ready <- fmt.Errorf("dropping CAP_SYS_PTRACE from the commands' bounding set: %w", err)
+	if err := limitBoundingSet(); err != nil {
+		ready <- err
 		return
 	}
+	if err := installSeccomp(); err != nil {
+		ready <- err
+		return
+	}
+	var open unix.Rlimit
+	if err := unix.Prlimit(0, unix.RLIMIT_NPROC, nil, &open); err != nil {
+		ready <- fmt.Errorf("reading RLIMIT_NPROC: %w", err)
+		return
+	}
+	limited := unix.Rlimit{Cur: uint64(s.pids), Max: uint64(s.pids)}
 	close(ready)
 	for j := range s.forks {
+		if s.pids > 0 {
+			if err := unix.Prlimit(0, unix.RLIMIT_NPROC, &limited, nil); err != nil {
+				j.done <- forkResult{0, fmt.Errorf("setting RLIMIT_NPROC: %w", err)}
+				continue
+			}
+		}
 		pid, err := syscall.ForkExec(j.path, j.argv, j.attr)
+		if s.pids > 0 {
+			unix.Prlimit(0, unix.RLIMIT_NPROC, &open, nil)
+		}
 		j.done <- forkResult{pid, err}
 	}
+}
+
+// commandCapabilities are the capabilities a command may hold, in its own
+// user namespace: those container runtimes leave root by default.
+var commandCapabilities = []uintptr{
+	unix.CAP_CHOWN, unix.CAP_DAC_OVERRIDE, unix.CAP_FOWNER, unix.CAP_FSETID, unix.CAP_KILL,
+	unix.CAP_SETGID, unix.CAP_SETUID, unix.CAP_SETPCAP, unix.CAP_NET_BIND_SERVICE, unix.CAP_NET_RAW,
+	unix.CAP_SYS_CHROOT, unix.CAP_MKNOD, unix.CAP_AUDIT_WRITE, unix.CAP_SETFCAP,
+}
+
+// limitBoundingSet drops every other capability from the calling thread's
+// bounding set, so no program it starts can gain them.
+func limitBoundingSet() error {
+	all, err := allCapabilities()
+	if err != nil {
+		return err
+	}
+	for _, c := range all {
+		if slices.Contains(commandCapabilities, c) {
+			continue
+		}
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, c, 0, 0, 0); err != nil {
+			return fmt.Errorf("dropping capability %d from the commands' bounding set: %w", c, err)
+		}
+	}
+	return nil
 }
 
 func (s *instanceServer) fork(path string, argv []string, attr *syscall.ProcAttr) (int, error) {
@@ -478,7 +655,7 @@ func (s *instanceServer) maybeExit(idle bool) {
 }
 
 // stop terminates every session: SIGTERM, then SIGKILL after the grace
-// time. As pid 1, init's exit takes the whole namespace with it.
+// time. init then ends, and its exit takes the whole namespace with it.
 func (s *instanceServer) stop() {
 	s.mu.Lock()
 	if s.stopping {
@@ -685,7 +862,7 @@ func procStartTime(pid int) (uint64, error) {
 // Concurrent callers serialize on a lock in the run directory. The init it
 // starts runs req as its first session, on a connection made beforehand:
 // it returns our end, or -1 when an instance was running after all.
-func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool, req *spawnRequest, stdio [3]*os.File) (int, error) {
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool, made func(int) ([]int, error), req *spawnRequest, stdio [3]*os.File) (int, error) {
 	if _, ok := d.running(); ok {
 		return -1, nil
 	}
@@ -730,10 +907,9 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 		return -1, fmt.Errorf("opening %s: %w", d.log(), err)
 	}
 	defer log.Close()
-	cfg.Socket = d.socket()
 	cfg.Cgroups, cfg.CgroupDir = len(cgroups), cgroupDir
 	files := append(append([]*os.File{rw, log}, cgroups...), peer)
-	p, err := startStage("init", cfg, m, stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: files, detach: true})
+	p, err := startStage("init", cfg, m, stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: files, detach: true, made: made})
 	rw.Close()
 	peer.Close()
 	if err != nil {

@@ -132,7 +132,8 @@ func (e *engine) runSpecFor(m *envMeta) (*runSpec, *lockFile, error) {
 	return &runSpec{
 		ID: m.EnvID, ShortID: m.ShortID, Dir: e.envDir(m.EnvID), Lower: lower, ReadOnly: m.State == stateFrozen,
 		Mounts: l.Mounts, ManifestDir: dir, GPU: l.GPU, Audio: l.Audio, Isolated: l.NetworkIsolation,
-		CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB,
+		CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB, PidsLimit: l.PidsLimit,
+		Sockets: hostSocketsOf(l),
 	}, l, nil
 }
 
@@ -574,5 +575,6 @@ func lockSummary(l *lockFile) map[string]any {
 		"base_image": l.BaseImage, "base_image_digest": l.BaseImageDigest, "base_image_url": l.BaseImageURL,
 		"runtime_backend": l.Backend, "hardware_gpu": l.GPU, "hardware_audio": l.Audio,
 		"network_isolation": l.NetworkIsolation, "resolved_packages": pkgs,
+		"session_bus": l.SessionBus, "host_sockets": hostSocketsOf(l), "pids_limit": l.PidsLimit,
 	}
 }

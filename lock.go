@@ -21,10 +21,13 @@ type lockFile struct {
 	Backend          string
 	GPU, Audio       bool
 	NetworkIsolation bool
+	SessionBus       bool
+	HostSockets      []string
 	Apps             []string
 	Mounts           []lockMount
 	CPUShares        int64
 	MemoryLimitMB    int64
+	PidsLimit        int64
 	// Requested is system.packages as the manifest asked for them, sorted;
 	// nil in a lock written before karapace recorded them.
 	Requested []string
@@ -54,6 +57,7 @@ func newLock(m *manifest, digest, imageURL string, pkgs []lockedPackage) *lockFi
 		BaseImage: m.BaseImage, BaseImageDigest: digest, BaseImageURL: imageURL,
 		Backend: m.Backend, GPU: m.GPU, Audio: m.Audio, NetworkIsolation: m.NetworkIsolation,
 		Apps: append([]string(nil), m.Apps...), CPUShares: m.CPUShares, MemoryLimitMB: m.MemoryLimitMB,
+		SessionBus: m.SessionBus, HostSockets: m.HostSockets, PidsLimit: m.PidsLimit,
 		Requested: append([]string{}, m.Packages...), Packages: append([]lockedPackage(nil), pkgs...),
 	}
 	for _, mt := range m.Mounts {
@@ -82,6 +86,14 @@ func (l *lockFile) encode() ([]byte, error) {
 		tomlKV{"hardware_audio", l.Audio},
 		tomlKV{"network_isolation", l.NetworkIsolation},
 	)
+	// Fields added after lock v2 appeared are written only when set, so
+	// that a lock without them reads, and hashes, as it always did.
+	if l.SessionBus {
+		doc = append(doc, tomlKV{"session_bus", true})
+	}
+	if l.HostSockets != nil {
+		doc = append(doc, tomlKV{"host_sockets", stringsToAny(l.HostSockets)})
+	}
 	if l.Requested != nil {
 		doc = append(doc, tomlKV{"requested_packages", stringsToAny(l.Requested)})
 	}
@@ -91,6 +103,9 @@ func (l *lockFile) encode() ([]byte, error) {
 	}
 	if l.MemoryLimitMB != 0 {
 		doc = append(doc, tomlKV{"memory_limit_mb", l.MemoryLimitMB})
+	}
+	if l.PidsLimit != 0 {
+		doc = append(doc, tomlKV{"pids_limit", l.PidsLimit})
 	}
 	if len(l.Mounts) > 0 {
 		var ms []any
@@ -243,6 +258,26 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	if v, ok := top["memory_limit_mb"]; ok {
 		if l.MemoryLimitMB, err = sc.integer([]string{"memory_limit_mb"}, v, 16, 1<<30); err != nil {
 			return nil, err
+		}
+	}
+	if v, ok := top["session_bus"]; ok {
+		if l.SessionBus, err = sc.boolean([]string{"session_bus"}, v); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["pids_limit"]; ok {
+		if l.PidsLimit, err = sc.integer([]string{"pids_limit"}, v, pidsLimitMin, pidsLimitMax); err != nil {
+			return nil, err
+		}
+	}
+	if v, ok := top["host_sockets"]; ok {
+		if l.HostSockets, err = sc.strings([]string{"host_sockets"}, v); err != nil {
+			return nil, err
+		}
+		for i, s := range l.HostSockets {
+			if !contains(hostSocketKinds, s) {
+				return nil, sc.errorf([]string{"host_sockets", strconv.Itoa(i)}, "unknown host socket %q", s)
+			}
 		}
 	}
 	if v, ok := top["mounts"]; ok {
@@ -443,6 +478,9 @@ func (l *lockFile) verifyIntent(m *manifest) error {
 	diff("hardware.gpu", strconv.FormatBool(l.GPU), strconv.FormatBool(m.GPU))
 	diff("hardware.audio", strconv.FormatBool(l.Audio), strconv.FormatBool(m.Audio))
 	diff("runtime.network_isolation", strconv.FormatBool(l.NetworkIsolation), strconv.FormatBool(m.NetworkIsolation))
+	diff("runtime.session_bus", strconv.FormatBool(l.SessionBus), strconv.FormatBool(m.SessionBus))
+	diff("runtime.host_sockets", strings.Join(l.HostSockets, ","), strings.Join(m.HostSockets, ","))
+	diff("runtime.resource_limits.pids_limit", strconv.FormatInt(l.PidsLimit, 10), strconv.FormatInt(m.PidsLimit, 10))
 	diff("gui.apps", strings.Join(l.Apps, ","), strings.Join(m.Apps, ","))
 	diff("runtime.resource_limits.cpu_shares", strconv.FormatInt(l.CPUShares, 10), strconv.FormatInt(m.CPUShares, 10))
 	diff("runtime.resource_limits.memory_limit_mb", strconv.FormatInt(l.MemoryLimitMB, 10), strconv.FormatInt(m.MemoryLimitMB, 10))

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,8 +30,11 @@ type manifest struct {
 	Mounts           []mount // sorted by label
 	Backend          string  // namespace | oci | mock
 	NetworkIsolation bool
-	CPUShares        int64 // 0: not set
-	MemoryLimitMB    int64 // 0: not set
+	SessionBus       bool     // bind the host's session D-Bus (runtime.session_bus)
+	HostSockets      []string // host sockets named explicitly (runtime.host_sockets), sorted, unique
+	CPUShares        int64    // 0: not set
+	MemoryLimitMB    int64    // 0: not set
+	PidsLimit        int64    // 0: not set (the policy's default)
 }
 
 // mount is one [mounts] entry, "host:container[:ro]".
@@ -488,7 +492,7 @@ func parseMountSpec(spec, dir string) (mount, error) {
 
 // runtime reads [runtime] and [runtime.resource_limits].
 func (sc *schemaChecker) runtime(v any, m *manifest) error {
-	t, err := sc.table([]string{"runtime"}, v, "backend", "network_isolation", "resource_limits")
+	t, err := sc.table([]string{"runtime"}, v, "backend", "network_isolation", "session_bus", "host_sockets", "resource_limits")
 	if err != nil {
 		return err
 	}
@@ -507,8 +511,27 @@ func (sc *schemaChecker) runtime(v any, m *manifest) error {
 			return err
 		}
 	}
+	if n, ok := t["session_bus"]; ok {
+		if m.SessionBus, err = sc.boolean([]string{"runtime", "session_bus"}, n); err != nil {
+			return err
+		}
+	}
+	if hs, ok := t["host_sockets"]; ok {
+		path := []string{"runtime", "host_sockets"}
+		list, err := sc.strings(path, hs)
+		if err != nil {
+			return err
+		}
+		for i, s := range list {
+			if !contains(hostSocketKinds, s) {
+				return sc.errorf(append(path, strconv.Itoa(i)), "unknown host socket %q (expected some of: %s)", s, strings.Join(hostSocketKinds, ", "))
+			}
+		}
+		sort.Strings(list)
+		m.HostSockets = slices.Compact(list)
+	}
 	if rl, ok := t["resource_limits"]; ok {
-		lim, err := sc.table([]string{"runtime", "resource_limits"}, rl, "cpu_shares", "memory_limit_mb")
+		lim, err := sc.table([]string{"runtime", "resource_limits"}, rl, "cpu_shares", "memory_limit_mb", "pids_limit")
 		if err != nil {
 			return err
 		}
@@ -520,6 +543,11 @@ func (sc *schemaChecker) runtime(v any, m *manifest) error {
 		}
 		if mem, ok := lim["memory_limit_mb"]; ok {
 			if m.MemoryLimitMB, err = sc.integer([]string{"runtime", "resource_limits", "memory_limit_mb"}, mem, 16, 1<<30); err != nil {
+				return err
+			}
+		}
+		if p, ok := lim["pids_limit"]; ok {
+			if m.PidsLimit, err = sc.integer([]string{"runtime", "resource_limits", "pids_limit"}, p, pidsLimitMin, pidsLimitMax); err != nil {
 				return err
 			}
 		}
@@ -551,11 +579,27 @@ func (m *manifest) canonicalJSON() []byte {
 	}
 	j.close(']')
 	j.key("network_isolation").bool(m.NetworkIsolation)
+	if m.PidsLimit != 0 {
+		j.key("pids_limit").int(m.PidsLimit)
+	}
+	if m.HostSockets != nil {
+		j.key("runtime_host_sockets").strs(m.HostSockets)
+	}
 	j.key("runtime_backend").str(m.Backend)
+	if m.SessionBus {
+		j.key("session_bus").bool(true)
+	}
 	j.key("system_packages").strs(m.Packages)
 	j.close('}')
 	return j.b
 }
+
+// The range of runtime.resource_limits.pids_limit: enough for a shell and
+// a package manager at least, and the kernel's maximum at most.
+const (
+	pidsLimitMin = 32
+	pidsLimitMax = 4194304
+)
 
 // canonJSON writes the canonical JSON that identities hash: what
 // encoding/json writes for maps (keys sorted) without HTML escaping and

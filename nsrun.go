@@ -5,8 +5,11 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,12 +27,11 @@ import (
 // checked against the policy by the parent.
 type initConfig struct {
 	Lower       []string    // layer trees, top first
-	Upper, Work string      // writable layer; empty when the root is read-only
-	Merged      string      // where the root is assembled
+	Dir         string      // the environment's directory: upper/, work/, merged/, run/
+	Writable    bool        // upper/ is the writable layer (else the root is read-only)
 	Hostname    string      //
 	Binds       []bindMount // manifest mounts, devices, host sockets, resolv.conf...
 	Isolated    bool        // own network namespace: bring up loopback only
-	Socket      string      // control socket to listen on
 	FuseOverlay string      // fuse-overlayfs to fall back on, if found
 	OnlyFuse    bool        // use it without trying kernel overlayfs first
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
@@ -37,9 +39,19 @@ type initConfig struct {
 	User        string      // the host user's name, made known inside as root's alias
 	Cgroups     int         // fds 6, 7...: where every command goes (see cgroupLimits.open)
 	CgroupDir   bool        // fd 6 is a cgroup v2 directory to clone commands into
+	Owner       int         // the uid the environment's owner connects as, seen from inside
+	PidsLimit   int         // RLIMIT_NPROC of every command, where no cgroup holds a pids limit
+	// BindsMade: the mounts of Binds (but tmpfs ones) come with the
+	// configuration, in their order, made by the parent (see bindMounts).
+	BindsMade bool
 	// The fd after the cgroups' is the first session's connection, its
 	// request already in it.
 }
+
+func (c *initConfig) upper() string  { return c.Dir + "/upper" }
+func (c *initConfig) work() string   { return c.Dir + "/work" }
+func (c *initConfig) merged() string { return c.Dir + "/merged" }
+func (c *initConfig) run() string    { return c.Dir + "/run" }
 
 // bindMount binds a host path at a path inside the environment.
 type bindMount struct {
@@ -50,72 +62,119 @@ type bindMount struct {
 	Tmpfs    bool   // no source: a fresh tmpfs at Target
 	Why      string // for error messages: "mount workspace", "gpu"...
 	Resolved bool   // Source was checked with its symlinks resolved: one appearing since is refused
+	// Idmap: as root, files of the host appear inside with the owners
+	// they have (host root as the environment's root), and what root
+	// inside writes belongs to the host's root, through an idmapped mount
+	// (see bindMounts).
+	Idmap bool
 }
 
-func init() { stageFuncs["init"] = initStage }
+func init() {
+	stages["init"] = stage{func() wireMsg { return &initConfig{} }, initStage}
+}
+
+// dirs: the environment's directory rather than merged/ itself, so that
+// merged/ seen through it is the root mounted on it.
+func (c *initConfig) dirs() []*string {
+	d := []*string{&c.Dir}
+	for i := range c.Lower {
+		d = append(d, &c.Lower[i])
+	}
+	return d
+}
 
 // initStage is the environment's pid 1. It reports setup errors through
 // the ready pipe (fd 4) so the user sees them; afterwards its stderr is
 // the instance's log (fd 5), so that no caller's terminal or pipe stays
 // open for as long as the instance runs.
-func initStage(raw []byte) int {
-	// Programs init runs during setup (fuse-overlayfs) get none of these.
-	for fd := 4; fd <= 5; fd++ {
-		unix.CloseOnExec(fd)
-	}
+func initStage(c wireMsg, mounts []int) int {
 	ready := os.NewFile(4, "ready")
-	var cfg initConfig
-	if err := unmarshalWire(raw, &cfg); err != nil {
-		fmt.Fprintf(ready, "reading configuration: %v", err)
+	cfg := c.(*initConfig)
+	fail := func(err error) int {
+		fmt.Fprintf(ready, "%s", stagePaths.Replace(err.Error()))
 		return exitFailure
 	}
-	var cgroups []int
-	for i := 0; i < cfg.Cgroups; i++ {
-		cgroups = append(cgroups, 6+i)
-		unix.CloseOnExec(6 + i) // for init only, not the commands it starts
+	// Nothing we mount may propagate back to the host. The service's ID
+	// maps are written through /proc/PID, with PID as our pid namespace
+	// knows it: its own /proc comes first.
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fail(fmt.Errorf("making mounts private: %w", err))
 	}
-	first := 6 + cfg.Cgroups
-	unix.CloseOnExec(first)
-	ln, err := setupEnvironment(&cfg)
+	if err := unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+		return fail(fmt.Errorf("mounting the pid namespace's /proc: %w", err))
+	}
+	// The socket lives on the host side; its fd outlives pivot_root. The
+	// service starts now, its start beside the setup, and waits for it.
+	ln, err := listenControl(filepath.Join(cfg.run(), "ctl.sock"))
 	if err != nil {
-		fmt.Fprintf(ready, "%v", err)
-		return exitFailure
+		return fail(err)
+	}
+	svc, release, err := startService(cfg, ln)
+	if err != nil {
+		return fail(err)
 	}
 	// Nothing inside may reach init's memory, descriptors or executable
-	// (this binary, on the host): init is not dumpable, and the commands
-	// it starts lack CAP_SYS_PTRACE (see forker), which would override that.
+	// (this binary, on the host). (A process that is not dumpable may
+	// not exec /proc/self/exe: this comes after the service's start.)
 	if err := unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0); err != nil {
-		fmt.Fprintf(ready, "making init undumpable: %v", err)
-		return exitFailure
+		svc.cmd.Process.Kill()
+		return fail(fmt.Errorf("making init undumpable: %w", err))
 	}
-	srv, err := newInstanceServer(ln, cgroups, cfg.CgroupDir)
-	if err != nil {
-		fmt.Fprintf(ready, "%v", err)
-		return exitFailure
+	if err := setupEnvironment(cfg, mounts); err != nil {
+		release.Close()
+		svc.cmd.Process.Kill()
+		svc.cmd.Wait()
+		return fail(err)
 	}
 	if err := unix.Dup3(5, 2, 0); err != nil {
-		fmt.Fprintf(ready, "redirecting init's stderr to its log: %v", err)
-		return exitFailure
+		svc.cmd.Process.Kill()
+		return fail(fmt.Errorf("redirecting init's stderr to its log: %w", err))
 	}
 	unix.Close(5)
-	srv.adopt(first)
+	release.Write([]byte{1})
+	release.Close()
 	ready.Write([]byte{0})
 	ready.Close()
-	srv.serve()
-	return exitOK
+	return superviseService(svc)
+}
+
+// superviseService waits for the service to end, passing on a request
+// to stop (from 'karapace stop'), and takes what is left with it. As pid
+// 1, init is the one process inside that no command can kill.
+func superviseService(p *stageProc) int {
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		p.cmd.Wait()
+		close(done)
+	}()
+	for {
+		select {
+		case <-sigs:
+			p.cmd.Process.Signal(unix.SIGTERM)
+			time.AfterFunc(instanceStopGrace+time.Second, func() {
+				unix.Kill(-1, unix.SIGKILL)
+				os.Exit(exitOK)
+			})
+		case <-done:
+			unix.Kill(-1, unix.SIGKILL)
+			return exitOK
+		}
+	}
 }
 
 // setupEnvironment assembles the root filesystem and enters it. It runs
-// as root of the new user namespace, in its own mount namespace.
-func setupEnvironment(cfg *initConfig) (int, error) {
-	// Nothing we mount may propagate back to the host.
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		return -1, fmt.Errorf("making mounts private: %w", err)
-	}
+// as root of the new user namespace, in its own mount namespace. mounts
+// are the idmapped binds' mounts, made by the parent.
+func setupEnvironment(cfg *initConfig, mounts []int) error {
+	// The directories init was given as descriptors (see stageDirs) are
+	// needed only while it sets up.
+	defer closeAll(stageFDs(append([]string{cfg.Dir}, cfg.Lower...)...))
 	if cfg.User != "" && cfg.User != "root" {
-		layer, err := writeUserLayer(filepath.Join(filepath.Dir(cfg.Socket), "user-layer"), cfg, cfg.User)
+		layer, err := writeUserLayer(filepath.Join(cfg.run(), "user-layer"), cfg, cfg.User)
 		if err != nil {
-			return -1, err
+			return err
 		}
 		if layer != "" {
 			cfg.Lower = append([]string{layer}, cfg.Lower...)
@@ -123,60 +182,61 @@ func setupEnvironment(cfg *initConfig) (int, error) {
 	}
 	if cfg.Direct {
 		// The root is written directly: no layer to add anything to.
-	} else if layer, err := writeMountpointLayer(filepath.Join(filepath.Dir(cfg.Socket), "mountpoints"), cfg); err != nil {
-		return -1, err
+	} else if layer, err := writeMountpointLayer(filepath.Join(cfg.run(), "mountpoints"), cfg); err != nil {
+		return err
 	} else if layer != "" {
 		cfg.Lower = append(cfg.Lower, layer)
 	}
 	if err := mountRoot(cfg); err != nil {
-		return -1, err
+		return err
 	}
-	root, err := unix.Open(cfg.Merged, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	root, err := unix.Open(cfg.merged(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return -1, fmt.Errorf("opening the root %s: %w", cfg.Merged, err)
+		return fmt.Errorf("opening the root %s: %w", cfg.merged(), err)
 	}
 	defer unix.Close(root)
 	if err := mountDev(root, cfg.FullIDMap); err != nil {
-		return -1, err
+		return err
 	}
 	if err := mountProc(root); err != nil {
-		return -1, err
+		return err
 	}
 	if err := mountSys(root, cfg.Isolated); err != nil {
-		return -1, err
+		return err
 	}
 	for _, b := range cfg.Binds {
-		if err := bindInto(root, b); err != nil {
-			return -1, err
+		var err error
+		if cfg.BindsMade && !b.Tmpfs {
+			if len(mounts) == 0 {
+				return fmt.Errorf("%s: the mount of %s did not come", b.Why, b.Source)
+			}
+			err = attachInto(root, b, mounts[0])
+			mounts = mounts[1:]
+		} else {
+			err = bindInto(root, b)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	if err := unix.Sethostname([]byte(cfg.Hostname)); err != nil {
-		return -1, fmt.Errorf("setting hostname %s: %w", cfg.Hostname, err)
+		return fmt.Errorf("setting hostname %s: %w", cfg.Hostname, err)
 	}
 	if cfg.Isolated {
 		if err := loopbackUp(); err != nil {
-			return -1, err
+			return err
 		}
 	}
-	// The socket lives on the host side; its fd outlives pivot_root.
-	ln, err := listenControl(cfg.Socket)
-	if err != nil {
-		return -1, err
-	}
-	if err := enterRoot(cfg.Merged); err != nil {
-		unix.Close(ln)
-		return -1, err
-	}
-	return ln, nil
+	return enterRoot(root)
 }
 
 // layers are the environment's layer trees, top first: what a file seen
 // inside is looked up in before the root is mounted.
 func (c *initConfig) layers() []string {
-	if c.Upper == "" {
+	if !c.Writable {
 		return c.Lower
 	}
-	return append([]string{c.Upper}, c.Lower...)
+	return append([]string{c.upper()}, c.Lower...)
 }
 
 // writeUserLayer makes a small layer, above the environment's layers and
@@ -302,40 +362,48 @@ func writeGenLayer(dir string, entries []genEntry) (string, error) {
 // xattrs, which a user namespace may write; without it dpkg fails with
 // EXDEV when it renames directories), else fuse-overlayfs.
 func mountRoot(cfg *initConfig) error {
+	merged := cfg.merged()
 	if cfg.Direct {
-		tracef("bind %s on %s", cfg.Lower[0], cfg.Merged)
-		if err := unix.Mount(cfg.Lower[0], cfg.Merged, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-			return fmt.Errorf("binding the root %s at %s: %w", cfg.Lower[0], cfg.Merged, err)
+		tracef("bind %s on %s", cfg.Lower[0], merged)
+		if err := unix.Mount(cfg.Lower[0], merged, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("binding the root %s at %s: %w", cfg.Lower[0], merged, err)
 		}
 		return nil
 	}
 	lower := strings.Join(escapeOverlayPaths(cfg.Lower), ":")
 	var opts string
 	var flags uintptr
-	if cfg.Upper == "" {
+	if !cfg.Writable {
 		opts = "lowerdir=" + lower + ",userxattr"
 		flags = unix.MS_RDONLY
 	} else {
-		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", lower, escapeOverlayPath(cfg.Upper), escapeOverlayPath(cfg.Work))
+		opts = fmt.Sprintf("lowerdir=%s,upperdir=%s,workdir=%s,userxattr", lower, escapeOverlayPath(cfg.upper()), escapeOverlayPath(cfg.work()))
 	}
 	err := errors.New("not tried (KARAPACE_OVERLAY=fuse)")
 	if !cfg.OnlyFuse {
-		tracef("mount overlay on %s: %s", cfg.Merged, opts)
-		if err = unix.Mount("overlay", cfg.Merged, "overlay", flags, opts); err == nil {
+		tracef("mount overlay on %s: %s", merged, opts)
+		if err = unix.Mount("overlay", merged, "overlay", flags, opts); err == nil {
 			return nil
 		}
 		if cfg.FuseOverlay == "" {
-			return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", cfg.Merged, err)
+			return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", merged, err)
 		}
 		debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
 	}
 	fuseOpts := strings.Replace(opts, ",userxattr", "", 1)
-	if cfg.Upper == "" {
+	if !cfg.Writable {
 		fuseOpts += ",ro"
 	}
-	out, ferr := exec.Command(cfg.FuseOverlay, "-o", fuseOpts, cfg.Merged).CombinedOutput()
+	// fuse-overlayfs reaches directories init was given as descriptors
+	// through init's own, by the pid the host's /proc knows init by.
+	target := merged
+	if self, err := os.Readlink("/proc/self"); err == nil {
+		r := strings.NewReplacer("/proc/self/fd/", "/proc/"+self+"/fd/")
+		fuseOpts, target = r.Replace(fuseOpts), r.Replace(target)
+	}
+	out, ferr := exec.Command(cfg.FuseOverlay, "-o", fuseOpts, target).CombinedOutput()
 	if ferr != nil {
-		return fmt.Errorf("mounting the overlay root at %s: kernel overlayfs: %v; fuse-overlayfs: %v: %s", cfg.Merged, err, ferr, strings.TrimSpace(string(out)))
+		return fmt.Errorf("mounting the overlay root at %s: kernel overlayfs: %v; fuse-overlayfs: %v: %s", merged, err, ferr, strings.TrimSpace(string(out)))
 	}
 	return nil
 }
@@ -453,6 +521,38 @@ func bindInto(root int, b bindMount) error {
 	return nil
 }
 
+// attachInto puts a mount the parent made (see bindMounts) at the bind's
+// target inside the root.
+func attachInto(root int, b bindMount, mnt int) error {
+	dst, err := openInRoot(root, b.Target, true, b.Dir)
+	if err != nil {
+		return fmt.Errorf("%s: %w", b.Why, err)
+	}
+	defer unix.Close(dst)
+	tracef("attach the mount of %s on %s (%s, read-only %v, idmapped %v)", b.Source, b.Target, b.Why, b.ReadOnly, b.Idmap)
+	if err := unix.MoveMount(mnt, "", dst, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
+		return fmt.Errorf("%s: attaching the mount of %s at %s: %w", b.Why, b.Source, b.Target, err)
+	}
+	return nil
+}
+
+// stageFDs are the descriptors behind paths a stage was given (see
+// stageDirs).
+func stageFDs(paths ...string) []int {
+	var fds []int
+	for _, p := range paths {
+		rest, ok := strings.CutPrefix(p, "/proc/self/fd/")
+		if !ok {
+			continue
+		}
+		n, _, _ := strings.Cut(rest, "/")
+		if fd, err := strconv.Atoi(n); err == nil {
+			fds = append(fds, fd)
+		}
+	}
+	return fds
+}
+
 // mountDev gives the environment a minimal /dev: a few host device nodes
 // bound onto files of a tmpfs (a user namespace cannot mknod), a private
 // devpts instance and a shared-memory tmpfs.
@@ -559,14 +659,14 @@ func loopbackUp() error {
 }
 
 // enterRoot makes the assembled tree the root and detaches the host's.
-func enterRoot(merged string) error {
-	if err := unix.Chdir(merged); err != nil {
-		return fmt.Errorf("entering %s: %w", merged, err)
+func enterRoot(root int) error {
+	if err := unix.Fchdir(root); err != nil {
+		return fmt.Errorf("entering the assembled root: %w", err)
 	}
 	// pivot_root(".", ".") stacks the old root under the new one; the
 	// detach then removes it without needing a directory for it.
 	if err := unix.PivotRoot(".", "."); err != nil {
-		return fmt.Errorf("pivot_root into %s: %w", merged, err)
+		return fmt.Errorf("pivot_root into the assembled root: %w", err)
 	}
 	if err := unix.Unmount(".", unix.MNT_DETACH); err != nil {
 		return fmt.Errorf("detaching the host's root: %w", err)

@@ -35,7 +35,15 @@ func TestNSHostSockets(t *testing.T) {
 	}
 	env := append(baseEnv(), "XDG_RUNTIME_DIR="+run, "WAYLAND_DISPLAY=wayland-1",
 		"DBUS_SESSION_BUS_ADDRESS=unix:path="+filepath.Join(run, "bus")+",guid=x")
+	// Not asked for, none is there, nor a variable naming one.
 	code, out, errOut := nsRun(t, r, env, "", "/bin/sh", "-c", `
+env | grep -E '^(WAYLAND_DISPLAY|XDG_RUNTIME_DIR|PULSE_SERVER|PIPEWIRE_REMOTE|DBUS_SESSION_BUS_ADDRESS)='; ls /run/host-session`)
+	if code == 0 || out != "" || !strings.Contains(errOut, "No such file or directory") {
+		t.Fatalf("no sockets asked for: status %d, %q, %s", code, out, errOut)
+	}
+	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	r.Sockets = hostSocketKinds
+	code, out, errOut = nsRun(t, r, env, "", "/bin/sh", "-c", `
 env | grep -E '^(WAYLAND_DISPLAY|XDG_RUNTIME_DIR|PULSE_SERVER|PIPEWIRE_REMOTE|DBUS_SESSION_BUS_ADDRESS)=' | sort
 perl -MIO::Socket::UNIX -e 'for (@ARGV) { $s = IO::Socket::UNIX->new(Peer => $_) or die "$_: $!"; print scalar <$s> }' $WAYLAND_DISPLAY /run/host-session/pipewire-0 /run/host-session/pulse-native /run/host-session/bus`)
 	want := "DBUS_SESSION_BUS_ADDRESS=unix:path=/run/host-session/bus\nPIPEWIRE_REMOTE=/run/host-session/pipewire-0\n" +

@@ -43,7 +43,10 @@ func diffTree(upper string, lower []string, w io.Writer) error {
 		if p == upper {
 			return nil
 		}
-		rel := strings.TrimPrefix(p, upper+"/")
+		rel, err := filepath.Rel(upper, p)
+		if err != nil {
+			return err
+		}
 		var st unix.Stat_t
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
@@ -87,21 +90,27 @@ func overlayOpaque(p string) bool {
 	return false
 }
 
-func init() { stageFuncs["diff"] = diffStage }
+func init() {
+	stages["diff"] = stage{func() wireMsg { return &diffJob{} }, diffStage}
+}
 
-func diffStage(raw []byte) int {
-	var job diffJob
-	if err := unmarshalWire(raw, &job); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return exitFailure
+func (j *diffJob) dirs() []*string {
+	d := []*string{&j.Upper}
+	for i := range j.Lower {
+		d = append(d, &j.Lower[i])
 	}
+	return d
+}
+
+func diffStage(cfg wireMsg, _ []int) int {
+	job := cfg.(*diffJob)
 	w := bufio.NewWriter(os.Stdout)
 	err := diffTree(job.Upper, job.Lower, w)
 	if err == nil {
 		err = w.Flush()
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, stagePaths.Replace(err.Error()))
 		return exitFailure
 	}
 	return exitOK

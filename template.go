@@ -207,12 +207,21 @@ func formatManifest(m *manifest) ([]byte, error) {
 	if m.NetworkIsolation {
 		rt = append(rt, tomlKV{"network_isolation", true})
 	}
+	if m.SessionBus {
+		rt = append(rt, tomlKV{"session_bus", true})
+	}
+	if m.HostSockets != nil {
+		rt = append(rt, tomlKV{"host_sockets", stringsToAny(m.HostSockets)})
+	}
 	var lim []tomlKV
 	if m.CPUShares != 0 {
 		lim = append(lim, tomlKV{"cpu_shares", m.CPUShares})
 	}
 	if m.MemoryLimitMB != 0 {
 		lim = append(lim, tomlKV{"memory_limit_mb", m.MemoryLimitMB})
+	}
+	if m.PidsLimit != 0 {
+		lim = append(lim, tomlKV{"pids_limit", m.PidsLimit})
 	}
 	if lim != nil {
 		rt = append(rt, tomlKV{"resource_limits", lim})

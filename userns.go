@@ -2,15 +2,19 @@ package main
 
 import (
 	"bufio"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -21,6 +25,12 @@ import (
 // and those owners must survive on disk.
 const subordinateIDs = 65536
 
+// rootRangeStart is where an environment's IDs lie on the host when root
+// runs it and /etc/subuid gives root no range of its own: above every
+// range systemd hands out to containers (which end at 1879048191), far
+// from any distribution's users.
+const rootRangeStart = 1879048192
+
 // idRange is one line of /proc/PID/uid_map or gid_map.
 type idRange struct{ inside, outside, count int }
 
@@ -29,18 +39,31 @@ type idMapping struct {
 	uids, gids []idRange
 	helper     bool   // written by newuidmap/newgidmap (setuid helpers)
 	reduced    string // why only root is mapped, with the fix; empty when fully mapped
+	setgroups  bool   // the namespace may allow setgroups (see user_namespaces(7))
+	rootRange  string // root only: where its range comes from, for doctor
 }
 
-// planIDMapping decides the mapping for the current user: for root, IDs
-// 0..65536 as themselves; for everyone else, root as the user and the
-// subordinate range through newuidmap/newgidmap, or root alone when those
-// are missing. Root gets a user namespace too: its capabilities then hold
-// only over the environment, so nothing inside can make device nodes,
-// write the host's sysctls or remount /sys.
+// planIDMapping decides the mapping for the current user: root inside is
+// the user, 1..65536 the subordinate range through newuidmap/newgidmap,
+// or root alone when those are missing. Root itself is no exception: its
+// environments' IDs 0..65536 lie in root's /etc/subuid range, or in a
+// fixed one, so that no capability inside is one on the host and no file
+// inside is owned by the host's root.
 func planIDMapping() idMapping {
 	uid, gid := os.Getuid(), os.Getgid()
 	if uid == 0 {
-		return idMapping{uids: []idRange{{0, 0, 1 + subordinateIDs}}, gids: []idRange{{0, 0, 1 + subordinateIDs}}}
+		m := idMapping{rootRange: fmt.Sprintf("the fixed range %d-%d (root has none in /etc/subuid)", rootRangeStart, rootRangeStart+subordinateIDs)}
+		u := idRange{0, rootRangeStart, 1 + subordinateIDs}
+		g := u
+		subU, okU := subordinateRange("/etc/subuid", "root", 0)
+		subG, okG := subordinateRange("/etc/subgid", "root", 0)
+		if okU && okG {
+			u = idRange{0, subU.outside, min(subU.count, 1+subordinateIDs)}
+			g = idRange{0, subG.outside, min(subG.count, 1+subordinateIDs)}
+			m.rootRange = fmt.Sprintf("root's range in /etc/subuid, %d-%d", u.outside, u.outside+u.count-1)
+		}
+		m.uids, m.gids, m.setgroups = []idRange{u}, []idRange{g}, true
+		return m
 	}
 	m := idMapping{uids: []idRange{{0, uid, 1}}, gids: []idRange{{0, gid, 1}}}
 	name := strconv.Itoa(uid)
@@ -63,6 +86,41 @@ func planIDMapping() idMapping {
 		m.gids = append(m.gids, idRange{1, subG.outside, min(subG.count, subordinateIDs)})
 	}
 	return m
+}
+
+// ownTree is own for every file of a tree that the host's root owns.
+func (m idMapping) ownTree(dir string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if st.Uid != 0 {
+			return nil
+		}
+		return m.own(p)
+	})
+}
+
+// own gives the directories a stage writes in to the environment's root,
+// when that is not the caller: as root, the stage runs as the first ID of
+// the range, and a directory made by the host's root is closed to it.
+func (m idMapping) own(paths ...string) error {
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	for _, p := range paths {
+		if err := os.Lchown(p, m.uids[0].outside, m.gids[0].outside); err != nil {
+			return fmt.Errorf("giving %s to the environment's root: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // subordinateRange finds the first range of name (or its numeric uid) in
@@ -113,14 +171,34 @@ func (m idMapping) apply(pid int) error {
 
 // A stage is this binary started again inside new namespaces to do one
 // job there: be an environment's init, or pack, unpack or remove a tree
-// with the full ID mapping. The child reads its configuration from fd 3;
-// the parent writes it only after the ID mapping is in place, so the
-// child's first read doubles as the wait for the mapping.
+// with the full ID mapping. The child reads its configuration from fd 3, a
+// socket that also brings descriptors made for it once it runs (its
+// directories, mounts in its namespace); the parent writes it only after
+// the ID mapping is in place, so the child's first read doubles as the
+// wait for the mapping.
 const stageEnv = "_KARAPACE_STAGE"
 
-// stageFuncs are the stages by name, registered by the files that
-// implement them.
-var stageFuncs = map[string]func(cfg []byte) int{}
+// stage is a job a stage can do, registered by the file that implements it.
+type stage struct {
+	config func() wireMsg                   // a new, empty configuration
+	run    func(cfg wireMsg, fds []int) int // fds: those made for it (stageOptions.made)
+}
+
+var stages = map[string]stage{}
+
+// stageDirs is a configuration naming directories its stage works in. As
+// root, a stage runs as an ID of the range, which may not search the
+// directories above them (root's store is under /root, mode 0700): the
+// parent opens them, inside the stage's mount namespace, and the stage
+// reaches them through those descriptors.
+type stageDirs interface{ dirs() []*string }
+
+// stagePaths turns a stage's names of its directories back into the
+// host's, for its messages.
+var stagePaths = strings.NewReplacer()
+
+// maxStageFDs bounds the descriptors that come with a configuration.
+const maxStageFDs = 64
 
 // stageProc is a started stage.
 type stageProc struct {
@@ -134,15 +212,20 @@ type stageOptions struct {
 	stdout, stderr io.Writer
 	extraFiles     []*os.File // become fds 4, 5, ...
 	detach         bool       // new session, survives its starter (an environment's init)
+	// made, if set, makes descriptors for the started child, in its mount
+	// namespace, before it is sent its configuration (they go with it).
+	made func(pid int) ([]int, error)
 }
 
 // startStage starts stage name in a new user namespace with mapping m.
 func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stageProc, error) {
 	data := marshalWire(cfg)
-	pr, pw, err := os.Pipe()
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("stage %s: %w", name, err)
 	}
+	pw, pr := os.NewFile(uintptr(pair[0]), "stage-config"), os.NewFile(uintptr(pair[1]), "stage-config")
+	defer pw.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"karapace-" + name}
 	cmd.Env = []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
@@ -166,7 +249,6 @@ func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stagePr
 		caps, err := allCapabilities()
 		if err != nil {
 			pr.Close()
-			pw.Close()
 			return nil, fmt.Errorf("stage %s: %w", name, err)
 		}
 		cmd.SysProcAttr.AmbientCaps = caps
@@ -178,19 +260,24 @@ func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stagePr
 		for _, r := range m.gids {
 			cmd.SysProcAttr.GidMappings = append(cmd.SysProcAttr.GidMappings, syscall.SysProcIDMap{ContainerID: r.inside, HostID: r.outside, Size: r.count})
 		}
-		cmd.SysProcAttr.GidMappingsEnableSetgroups = os.Getuid() == 0
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = m.setgroups
+		if os.Getuid() == 0 {
+			// Root of the host is not mapped inside: the child becomes
+			// the namespace's root before its exec, or it would exec as
+			// nobody, with no capabilities.
+			cmd.SysProcAttr.Credential = &syscall.Credential{}
+		}
 	}
 	if o.detach {
 		cmd.SysProcAttr.Setsid = true
 	} else {
 		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
 	}
-	if err := cmd.Start(); err != nil {
-		pr.Close()
-		pw.Close()
+	err = startOnStarter(cmd)
+	pr.Close()
+	if err != nil {
 		return nil, fmt.Errorf("stage %s: starting a process in new namespaces: %w (are user namespaces enabled? see 'karapace doctor')", name, err)
 	}
-	pr.Close()
 	p := &stageProc{cmd: cmd}
 	fail := func(err error) (*stageProc, error) {
 		pw.Close()
@@ -203,11 +290,152 @@ func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stagePr
 			return fail(err)
 		}
 	}
-	if _, err := pw.Write(data); err != nil {
+	var dirs []string
+	if d, ok := cfg.(stageDirs); ok && os.Geteuid() == 0 {
+		for _, p := range d.dirs() {
+			dirs = append(dirs, *p)
+		}
+	}
+	fds, err := stageFDsFor(cmd.Process.Pid, o.cloneFlags&unix.CLONE_NEWNS != 0, dirs, o.made)
+	if err != nil {
+		return fail(err)
+	}
+	defer closeAll(fds)
+	if err := sendStageConfig(pw, len(dirs), data, fds); err != nil {
 		return fail(fmt.Errorf("sending configuration: %w", err))
 	}
-	pw.Close()
 	return p, nil
+}
+
+// stageStarter is the one OS thread every stage is started from, which
+// never exits: a stage's parent-death signal comes when the thread that
+// forked it exits, and threads that change namespace (see stageFDsFor)
+// do exit, wherever Go's scheduler had a stage started before.
+var stageStarter = sync.OnceValue(func() chan func() {
+	starts := make(chan func())
+	go func() {
+		runtime.LockOSThread()
+		for start := range starts {
+			start()
+		}
+	}()
+	return starts
+})
+
+func startOnStarter(cmd *exec.Cmd) error {
+	done := make(chan error, 1)
+	stageStarter() <- func() { done <- cmd.Start() }
+	return <-done
+}
+
+// stageFDsFor opens the directories of a started stage and makes what
+// made makes for it, in the stage's own mount namespace when it has one
+// (a mount needs its mount point there), on a thread of our own that dies
+// with it.
+func stageFDsFor(pid int, newNS bool, dirs []string, made func(int) ([]int, error)) ([]int, error) {
+	if len(dirs) == 0 && made == nil {
+		return nil, nil
+	}
+	work := func() ([]int, error) {
+		var fds []int
+		for _, d := range dirs {
+			fd, err := unix.Open(d, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				closeAll(fds)
+				return nil, fmt.Errorf("opening %s: %w", d, err)
+			}
+			fds = append(fds, fd)
+		}
+		if made != nil {
+			more, err := made(pid)
+			if err != nil {
+				closeAll(fds)
+				return nil, err
+			}
+			fds = append(fds, more...)
+		}
+		return fds, nil
+	}
+	if !newNS {
+		return work()
+	}
+	type result struct {
+		fds []int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		// Never unlocked: the thread, whose namespace changes, ends with
+		// this goroutine.
+		runtime.LockOSThread()
+		ns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/mnt", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			done <- result{err: fmt.Errorf("opening the stage's mount namespace: %w", err)}
+			return
+		}
+		defer unix.Close(ns)
+		if err := unix.Unshare(unix.CLONE_FS); err != nil {
+			done <- result{err: fmt.Errorf("unsharing a thread's filesystem attributes: %w", err)}
+			return
+		}
+		if err := unix.Setns(ns, unix.CLONE_NEWNS); err != nil {
+			done <- result{err: fmt.Errorf("entering the stage's mount namespace: %w", err)}
+			return
+		}
+		fds, err := work()
+		done <- result{fds, err}
+	}()
+	r := <-done
+	return r.fds, r.err
+}
+
+// sendStageConfig writes the number of directory descriptors and a
+// stage's configuration, the descriptors going with the first bytes.
+func sendStageConfig(w *os.File, ndirs int, data []byte, fds []int) error {
+	msg := append(binary.AppendUvarint(nil, uint64(ndirs)), data...)
+	var rights []byte
+	if len(fds) > 0 {
+		rights = unix.UnixRights(fds...)
+	}
+	n, err := unix.SendmsgN(int(w.Fd()), msg, rights, nil, 0)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(msg[n:])
+	return err
+}
+
+// readStageConfig reads what the parent sends on fd 3 until it closes its
+// end: the configuration, the directories' descriptors, and the rest.
+func readStageConfig() (data []byte, dirs, fds []int, err error) {
+	defer unix.Close(3)
+	buf := make([]byte, 16<<10)
+	for {
+		oob := make([]byte, unix.CmsgSpace(maxStageFDs*4))
+		n, oobn, flags, _, err := unix.Recvmsg(3, buf, oob, unix.MSG_CMSG_CLOEXEC)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			closeAll(fds)
+			return nil, nil, nil, err
+		}
+		fds = append(fds, parseRights(oob[:oobn])...)
+		if flags&unix.MSG_CTRUNC != 0 {
+			closeAll(fds)
+			return nil, nil, nil, fmt.Errorf("more than %d descriptors", maxStageFDs)
+		}
+		if n == 0 && oobn == 0 {
+			break
+		}
+		data = append(data, buf[:n]...)
+	}
+	ndirs, k := binary.Uvarint(data)
+	if k <= 0 || ndirs > uint64(len(fds)) {
+		closeAll(fds)
+		return nil, nil, nil, errors.New("bad count of directories")
+	}
+	return data[k:], fds[:ndirs], fds[ndirs:], nil
 }
 
 // wait waits for the stage and turns a failure into an error.
@@ -227,20 +455,48 @@ func runStageIfChild() {
 		return
 	}
 	os.Unsetenv(stageEnv)
+	// Nothing a stage was given passes on to what it starts (commands,
+	// fuse-overlayfs).
+	if err := unix.CloseRange(3, ^uint(0), unix.CLOSE_RANGE_CLOEXEC); err != nil {
+		fmt.Fprintf(os.Stderr, "karapace-%s: marking inherited descriptors close-on-exec: %v\n", name, err)
+		os.Exit(exitFailure)
+	}
 	setLogLevel(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
-	f, ok := stageFuncs[name]
+	st, ok := stages[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "karapace: unknown stage %q\n", name)
 		os.Exit(exitFailure)
 	}
-	cfgFile := os.NewFile(3, "stage-config")
-	cfg, err := io.ReadAll(cfgFile)
-	cfgFile.Close()
+	data, dirs, fds, err := readStageConfig()
+	cfg := st.config()
+	if err == nil {
+		err = unmarshalWire(data, cfg)
+	}
+	if d, ok := cfg.(stageDirs); ok && err == nil && len(dirs) > 0 {
+		err = useStageDirs(d, dirs)
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
-	os.Exit(f(cfg))
+	os.Exit(st.run(cfg, fds))
+}
+
+// useStageDirs points the configuration's directories at the descriptors
+// the parent opened for them.
+func useStageDirs(d stageDirs, fds []int) error {
+	ps := d.dirs()
+	if len(ps) != len(fds) {
+		return fmt.Errorf("%d directories, %d descriptors", len(ps), len(fds))
+	}
+	var names []string
+	for i, p := range ps {
+		fdPath := "/proc/self/fd/" + strconv.Itoa(fds[i])
+		names = append(names, fdPath+"/", *p+"/")
+		*p = fdPath + "/."
+	}
+	stagePaths = strings.NewReplacer(names...)
+	return nil
 }
 
 // allCapabilities lists every capability the running kernel knows.
@@ -294,30 +550,39 @@ type treeJob struct {
 	Image   bool     // a base image: leave out its device nodes
 }
 
-func init() { stageFuncs["tree"] = treeStage }
+func init() {
+	stages["tree"] = stage{func() wireMsg { return &treeJob{} }, treeStage}
+}
 
-func treeStage(raw []byte) int {
-	var job treeJob
-	err := unmarshalWire(raw, &job)
-	if err == nil {
-		switch job.Op {
-		case "unpack":
-			_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image})
-		case "pack":
-			w := bufio.NewWriterSize(os.Stdout, 256<<10)
-			if _, err = packLayer(job.Dir, w); err == nil {
-				err = w.Flush()
-			}
-		case "remove":
-			err = os.RemoveAll(job.Dir)
-		case "clean":
-			err = cleanTree(job.Dir, job.Paths)
-		default:
-			err = fmt.Errorf("unknown tree operation %q", job.Op)
+// dirs: removing needs the directory's parent, which is the user's own
+// (root removes trees itself).
+func (j *treeJob) dirs() []*string {
+	if j.Op == "remove" {
+		return nil
+	}
+	return []*string{&j.Dir}
+}
+
+func treeStage(cfg wireMsg, _ []int) int {
+	job := cfg.(*treeJob)
+	var err error
+	switch job.Op {
+	case "unpack":
+		_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image})
+	case "pack":
+		w := bufio.NewWriterSize(os.Stdout, 256<<10)
+		if _, err = packLayer(job.Dir, w); err == nil {
+			err = w.Flush()
 		}
+	case "remove":
+		err = os.RemoveAll(job.Dir)
+	case "clean":
+		err = cleanTree(filepath.Clean(job.Dir), job.Paths)
+	default:
+		err = fmt.Errorf("unknown tree operation %q", job.Op)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
+		fmt.Fprintln(os.Stderr, stagePaths.Replace(err.Error()))
 		return exitFailure
 	}
 	return exitOK
@@ -347,9 +612,22 @@ func cleanTree(dir string, globs []string) error {
 }
 
 // treeInNS runs a tree job in a new user namespace with the full mapping.
+// Root removes a tree itself: every file of the range is root's to remove.
 func treeInNS(job treeJob, stdin io.Reader, stdout io.Writer) error {
+	if job.Op == "remove" && os.Geteuid() == 0 {
+		return os.RemoveAll(job.Dir)
+	}
+	m := planIDMapping()
+	o := stageOptions{stdin: stdin, stdout: stdout}
+	if job.Op == "unpack" {
+		if err := m.own(job.Dir); err != nil {
+			return err
+		}
+	}
 	var errb strings.Builder
-	p, err := startStage("tree", &job, planIDMapping(), stageOptions{stdin: stdin, stdout: stdout, stderr: &errb})
+	o.stderr = &errb
+	what := job.Op + " " + job.Dir
+	p, err := startStage("tree", &job, m, o)
 	if err != nil {
 		return err
 	}
@@ -357,7 +635,7 @@ func treeInNS(job treeJob, stdin io.Reader, stdout io.Writer) error {
 		if msg := strings.TrimSpace(errb.String()); msg != "" {
 			return errors.New(msg)
 		}
-		return fmt.Errorf("%s %s: %w", job.Op, job.Dir, err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }

@@ -188,9 +188,8 @@ func (m *instanceMsg) decode(r *wireReader) {
 
 func (c *initConfig) encode(w *wireWriter) {
 	w.strs(c.Lower)
-	w.str(c.Upper)
-	w.str(c.Work)
-	w.str(c.Merged)
+	w.str(c.Dir)
+	w.bool(c.Writable)
 	w.str(c.Hostname)
 	w.int(len(c.Binds))
 	for _, b := range c.Binds {
@@ -201,9 +200,10 @@ func (c *initConfig) encode(w *wireWriter) {
 		w.bool(b.Tmpfs)
 		w.str(b.Why)
 		w.bool(b.Resolved)
+		w.bool(b.Idmap)
 	}
 	w.bool(c.Isolated)
-	w.str(c.Socket)
+
 	w.str(c.FuseOverlay)
 	w.bool(c.OnlyFuse)
 	w.bool(c.FullIDMap)
@@ -211,20 +211,35 @@ func (c *initConfig) encode(w *wireWriter) {
 	w.str(c.User)
 	w.int(c.Cgroups)
 	w.bool(c.CgroupDir)
+	w.int(c.Owner)
+	w.int(c.PidsLimit)
+	w.bool(c.BindsMade)
 }
 
 func (c *initConfig) decode(r *wireReader) {
-	c.Lower, c.Upper, c.Work, c.Merged, c.Hostname = r.strs(), r.str(), r.str(), r.str(), r.str()
+	c.Lower, c.Dir, c.Writable, c.Hostname = r.strs(), r.str(), r.bool(), r.str()
 	for range r.count() {
 		var b bindMount
 		b.Source, b.Target = r.str(), r.str()
 		b.ReadOnly, b.Dir, b.Tmpfs = r.bool(), r.bool(), r.bool()
-		b.Why, b.Resolved = r.str(), r.bool()
+		b.Why, b.Resolved, b.Idmap = r.str(), r.bool(), r.bool()
 		c.Binds = append(c.Binds, b)
 	}
-	c.Isolated, c.Socket, c.FuseOverlay = r.bool(), r.str(), r.str()
+	c.Isolated, c.FuseOverlay = r.bool(), r.str()
 	c.OnlyFuse, c.FullIDMap, c.Direct = r.bool(), r.bool(), r.bool()
 	c.User, c.Cgroups, c.CgroupDir = r.str(), r.int(), r.bool()
+	c.Owner, c.PidsLimit, c.BindsMade = r.int(), r.int(), r.bool()
+}
+
+func (c *serviceConfig) encode(w *wireWriter) {
+	w.int(c.Owner)
+	w.int(c.PidsLimit)
+	w.int(c.Cgroups)
+	w.bool(c.CgroupDir)
+}
+
+func (c *serviceConfig) decode(r *wireReader) {
+	c.Owner, c.PidsLimit, c.Cgroups, c.CgroupDir = r.int(), r.int(), r.int(), r.bool()
 }
 
 // diffJob is the diff stage's configuration (see snapshot.go).
