@@ -88,7 +88,7 @@ var hostileWants = []string{
 // hostState is what an escape would change on the host.
 type hostState struct {
 	swappiness, corePattern, thp, hosts, mounts string
-	ro                                         []string
+	ro                                          []string
 }
 
 func readHostState(t *testing.T, roDir string) hostState {
