@@ -174,10 +174,13 @@ func bindMounts(binds []bindMount) func(pid int) ([]int, error) {
 			if b.Tmpfs {
 				continue
 			}
-			fd, err := bindMountOf(b, userns)
+			fd, idmapped, err := bindMountOf(b, userns)
 			if err != nil {
 				closeAll(fds)
 				return nil, err
+			}
+			if b.Idmap && !idmapped && !b.ReadOnly {
+				warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
 			}
 			fds = append(fds, fd)
 		}
@@ -187,20 +190,20 @@ func bindMounts(binds []bindMount) func(pid int) ([]int, error) {
 
 // bindMountOf is one bind's mount, detached, read-only and idmapped as
 // asked. On a filesystem that cannot be idmapped it is a plain bind, and
-// says what that means.
-func bindMountOf(b bindMount, userns int) (int, error) {
+// idmapped says so.
+func bindMountOf(b bindMount, userns int) (fd int, idmapped bool, err error) {
 	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
 	if b.Resolved {
 		how.Resolve = unix.RESOLVE_NO_SYMLINKS
 	}
 	src, err := unix.Openat2(unix.AT_FDCWD, b.Source, how)
 	if err != nil {
-		return -1, fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)
+		return -1, false, fmt.Errorf("%s: opening %s: %w", b.Why, b.Source, err)
 	}
 	defer unix.Close(src)
 	mnt, err := unix.OpenTree(src, "", unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_EMPTY_PATH|unix.AT_RECURSIVE)
 	if err != nil {
-		return -1, fmt.Errorf("%s: copying the mount of %s: %w", b.Why, b.Source, err)
+		return -1, false, fmt.Errorf("%s: copying the mount of %s: %w", b.Why, b.Source, err)
 	}
 	var ro uint64
 	if b.ReadOnly {
@@ -211,18 +214,16 @@ func bindMountOf(b bindMount, userns int) (int, error) {
 		attr = &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_IDMAP | ro, Userns_fd: uint64(userns)}
 	}
 	err = unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
+	idmapped = b.Idmap && err == nil
 	if b.Idmap && (errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM)) {
-		if !b.ReadOnly {
-			warnf("%s: %s is on a filesystem that cannot be idmapped (%v): inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source, err)
-		}
 		attr = &unix.MountAttr{Attr_set: ro}
 		err = unix.MountSetattr(mnt, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr)
 	}
 	if err != nil {
 		unix.Close(mnt)
-		return -1, fmt.Errorf("%s: setting the attributes of the mount of %s: %w", b.Why, b.Source, err)
+		return -1, false, fmt.Errorf("%s: setting the attributes of the mount of %s: %w", b.Why, b.Source, err)
 	}
-	return mnt, nil
+	return mnt, idmapped, nil
 }
 
 // cleanUp removes what an instance leaves behind on the host once it has

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -48,7 +49,11 @@ func runtimeChecks() []check {
 	m := planIDMapping()
 	switch {
 	case os.Geteuid() == 0:
-		add("ID mapping", "ok", fmt.Sprintf("running as root: IDs 0-%d map to themselves, in a user namespace", subordinateIDs), "")
+		fix := ""
+		if !strings.HasPrefix(m.rootRange, "root's") {
+			fix = "to choose the range: sudo usermod --add-subuids N-M --add-subgids N-M root (65537 IDs, unused by any user)"
+		}
+		add("ID mapping", "ok", fmt.Sprintf("running as root: an environment's IDs 0-%d are %s, no user of the host", subordinateIDs, m.rootRange), fix)
 	case m.reduced == "":
 		add("ID mapping", "ok", fmt.Sprintf("root -> uid %d, 1-%d -> %d-%d (newuidmap/newgidmap)", m.uids[0].outside, m.uids[1].count, m.uids[1].outside, m.uids[1].outside+m.uids[1].count-1), "")
 	default:
@@ -67,7 +72,15 @@ func runtimeChecks() []check {
 	}
 
 	if userns {
-		if err := probeOverlay(); err != nil {
+		overlayErr, idmapErr := probeSandbox()
+		if os.Geteuid() == 0 {
+			if idmapErr != nil {
+				add("idmapped mounts", "warn", idmapErr.Error(), "Linux 5.12 or newer with idmapped mounts for the workspace's filesystem (ext4, xfs, btrfs, tmpfs); without them, a workspace's files belong to nobody inside")
+			} else {
+				add("idmapped mounts", "ok", "the workspace keeps its owners inside and is written as root (probed)", "")
+			}
+		}
+		if err := overlayErr; err != nil {
 			add("overlayfs in a user namespace", "fail", err.Error(), "Linux 5.11 or newer is needed for kernel overlayfs in a user namespace; install fuse-overlayfs as a fallback")
 		} else {
 			add("overlayfs in a user namespace", "ok", "kernel overlayfs with userxattr mounts", "")
@@ -80,6 +93,7 @@ func runtimeChecks() []check {
 	} else {
 		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
 	}
+	out = append(out, confinementChecks()...)
 	if _, why := cgroup2Parent([]string{"memory", "cpu", "pids"}); why == "" {
 		add("cgroup delegation", "ok", "memory and cpu limits can be applied (cgroup v2)", "")
 	} else if os.Geteuid() == 0 {
@@ -88,6 +102,78 @@ func runtimeChecks() []check {
 		add("cgroup delegation", "warn", "resource limits cannot be applied: "+why, "boot with systemd's unified cgroup hierarchy (systemd.unified_cgroup_hierarchy=1) and run in a user session with delegation")
 	}
 	return out
+}
+
+// confinementChecks say which of the sandbox's protections hold here,
+// beyond the namespaces and the mapping.
+func confinementChecks() []check {
+	var out []check
+	if _, err := unix.PrctlRetInt(unix.PR_GET_SECCOMP, 0, 0, 0, 0); err != nil {
+		out = append(out, check{"commands", "fail", "this kernel has no seccomp filters (" + err.Error() + ")", "a kernel built with CONFIG_SECCOMP_FILTER"})
+	} else {
+		out = append(out, check{"commands", "ok", fmt.Sprintf("run in a user namespace below init's (no mount set up can be changed), with %d capabilities, no_new_privs and a seccomp filter refusing %d system calls", len(commandCapabilities), len(seccompDenied)), ""})
+	}
+	if mech, ok := pidsMechanism(); ok {
+		out = append(out, check{"pids limit", "ok", mech, ""})
+	} else {
+		out = append(out, check{"pids limit", "warn", mech, "Linux 5.14 or newer, or a cgroup with the pids controller delegated to this user"})
+	}
+	pol, err := loadPolicy(os.Getenv)
+	if err != nil {
+		out = append(out, check{"mount policy", "fail", err.Error(), "fix the karapace config"})
+	} else {
+		out = append(out, check{"mount policy", "ok", fmt.Sprintf("mounts only from the manifest's directory and %s, never from %s", strings.Join(pol.MountPrefixes, ", "), strings.Join(pol.MountDeny, ", ")), ""})
+	}
+	sockets := "host session sockets only when a manifest asks (runtime.host_sockets, runtime.session_bus, [gui] apps, hardware.audio)"
+	if abstract := abstractSessionSockets(); abstract != "" {
+		out = append(out, check{"host sockets", "warn", sockets + "; but " + abstract + " listens on an abstract socket, which every environment sharing the host's network reaches", "runtime.network_isolation = true in manifests that must not reach it"})
+	} else {
+		out = append(out, check{"host sockets", "ok", sockets, ""})
+	}
+	return out
+}
+
+// pidsMechanism says what holds an environment's pids limit here, and
+// whether it holds for the environment alone.
+func pidsMechanism() (string, bool) {
+	if _, why := cgroup2Parent([]string{"pids"}); why == "" {
+		return "the cgroup v2 pids controller", true
+	}
+	if os.Geteuid() == 0 {
+		if _, err := os.Stat("/sys/fs/cgroup/pids/cgroup.procs"); err == nil {
+			return "the cgroup v1 pids controller", true
+		}
+	}
+	var u unix.Utsname
+	unix.Uname(&u)
+	var major, minor int
+	fmt.Sscanf(unix.ByteSliceToString(u.Release[:]), "%d.%d", &major, &minor)
+	if major > 5 || major == 5 && minor >= 14 {
+		return "RLIMIT_NPROC, counted in each environment's user namespace (no pids cgroup is delegated to this user)", true
+	}
+	return fmt.Sprintf("RLIMIT_NPROC, which Linux %d.%d counts over all of this user's processes", major, minor), false
+}
+
+// abstractSessionSockets names a display or session bus of the host
+// listening on an abstract socket, which no mount can hide.
+func abstractSessionSockets() string {
+	data, err := os.ReadFile("/proc/net/unix")
+	if err != nil {
+		return ""
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 8 {
+			continue
+		}
+		switch path := f[len(f)-1]; {
+		case strings.HasPrefix(path, "@/tmp/.X11-unix/"):
+			return "an X server (" + path + ")"
+		case strings.HasPrefix(path, "@/tmp/dbus-"):
+			return "a D-Bus bus (" + path + ")"
+		}
+	}
+	return ""
 }
 
 func readIntFile(path string) (int, error) {
@@ -104,50 +190,108 @@ func init() {
 
 func (j *probeJob) dirs() []*string { return []*string{&j.Dir} }
 
-// probeStage mounts an overlay the way an environment's init does.
-func probeStage(cfg wireMsg, _ []int) int {
+// probeStage mounts an overlay the way an environment's init does and,
+// given a mount the parent made of dir/i (as root), attaches it at dir/a
+// and checks that its file, the host root's, is the namespace's root's,
+// and that a file written there comes out the host root's.
+func probeStage(cfg wireMsg, mounts []int) int {
 	job := cfg.(*probeJob)
-	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
-		fmt.Fprintf(os.Stderr, "making mounts private: %v\n", err)
+	fail := func(format string, a ...any) int {
+		fmt.Fprintf(os.Stderr, format+"\n", a...)
 		return exitFailure
+	}
+	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
+		return fail("making mounts private: %v", err)
 	}
 	dir := job.Dir
 	opts := fmt.Sprintf("lowerdir=%s/l,upperdir=%s/u,workdir=%s/w,userxattr", dir, dir, dir)
 	if err := unix.Mount("overlay", dir+"/m", "overlay", 0, opts); err != nil {
-		fmt.Fprintf(os.Stderr, "mounting overlayfs with userxattr: %v\n", err)
-		return exitFailure
+		return fail("mounting overlayfs with userxattr: %v", err)
+	}
+	if len(mounts) == 0 {
+		return exitOK
+	}
+	dst, err := unix.Open(dir+"/a", unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = unix.MoveMount(mounts[0], "", dst, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH)
+	}
+	if err != nil {
+		return fail("attaching an idmapped mount: %v", err)
+	}
+	var st unix.Stat_t
+	if err := unix.Stat(dir+"/a/f", &st); err != nil || st.Uid != 0 {
+		return fail("through an idmapped mount, a file of the host's root is %d's inside (%v), not root's", st.Uid, err)
+	}
+	if err := os.WriteFile(dir+"/a/g", nil, 0o600); err != nil {
+		return fail("writing through an idmapped mount: %v", err)
 	}
 	return exitOK
 }
 
-func probeOverlay() error {
+// probeSandbox does what an environment's setup does that the kernel may
+// refuse: the overlay in a user namespace, and as root an idmapped mount.
+// It returns the overlay's error and the idmapped mount's.
+func probeSandbox() (overlayErr, idmapErr error) {
 	dir, err := os.MkdirTemp("", "karapace-probe-")
 	if err != nil {
-		return err
+		return err, nil
 	}
 	defer os.RemoveAll(dir)
-	for _, d := range []string{"l", "u", "w", "m"} {
+	for _, d := range []string{"l", "u", "w", "m", "i", "a"} {
 		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-			return err
+			return err, nil
 		}
 	}
 	m := planIDMapping()
-	if err := m.own(dir, filepath.Join(dir, "u"), filepath.Join(dir, "w")); err != nil {
-		return err
+	if err := m.own(dir, filepath.Join(dir, "u"), filepath.Join(dir, "w"), filepath.Join(dir, "a")); err != nil {
+		return err, nil
+	}
+	o := stageOptions{cloneFlags: unix.CLONE_NEWNS}
+	if os.Geteuid() == 0 {
+		if err := os.WriteFile(filepath.Join(dir, "i", "f"), nil, 0o600); err != nil {
+			return err, nil
+		}
+		o.made = func(pid int) ([]int, error) {
+			userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				return nil, err
+			}
+			defer unix.Close(userns)
+			fd, idmapped, err := bindMountOf(bindMount{Source: filepath.Join(dir, "i"), Idmap: true, Why: "probe"}, userns)
+			if err == nil && !idmapped {
+				unix.Close(fd)
+				err = errors.New("the kernel refused an idmapped mount of " + dir)
+			}
+			if err != nil {
+				idmapErr = err
+				return nil, nil
+			}
+			return []int{fd}, nil
+		}
 	}
 	var errb strings.Builder
-	job := &probeJob{Dir: dir}
-	p, err := startStage("probe", job, m, stageOptions{cloneFlags: unix.CLONE_NEWNS, stderr: &errb})
+	o.stderr = &errb
+	p, err := startStage("probe", &probeJob{Dir: dir}, m, o)
 	if err != nil {
-		return err
+		return err, idmapErr
 	}
 	if err := p.wait(); err != nil {
-		if msg := strings.TrimSpace(errb.String()); msg != "" {
-			return fmt.Errorf("%s", msg)
+		msg := strings.TrimSpace(errb.String())
+		if msg == "" {
+			msg = err.Error()
 		}
-		return err
+		if strings.Contains(msg, "idmapped") {
+			return nil, errors.New(msg)
+		}
+		return errors.New(msg), idmapErr
 	}
-	return nil
+	if os.Geteuid() == 0 && idmapErr == nil {
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(dir, "i", "g"), &st); err != nil || st.Uid != 0 {
+			idmapErr = fmt.Errorf("a file written through an idmapped mount belongs to %d on the host, not root (%v)", st.Uid, err)
+		}
+	}
+	return nil, idmapErr
 }
 
 // cmdDoctor prints one line per check, with the fix for each problem, and

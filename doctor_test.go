@@ -43,7 +43,12 @@ func TestDoctorOnThisMachine(t *testing.T) {
 	if code != 0 || !rep.OK {
 		t.Fatalf("doctor failed on a prepared machine: %+v", rep)
 	}
-	for _, name := range []string{"user namespaces", "ID mapping", "overlayfs in a user namespace", "fuse-overlayfs", "cgroup delegation", "store"} {
+	names := []string{"user namespaces", "ID mapping", "overlayfs in a user namespace", "fuse-overlayfs", "cgroup delegation", "store",
+		"commands", "pids limit", "mount policy", "host sockets"}
+	if os.Geteuid() == 0 {
+		names = append(names, "idmapped mounts")
+	}
+	for _, name := range names {
 		c := findCheck(rep, name)
 		if c == nil {
 			t.Fatalf("no %q check in %+v", name, rep.Checks)
@@ -54,6 +59,12 @@ func TestDoctorOnThisMachine(t *testing.T) {
 	}
 	if c := findCheck(rep, "overlayfs in a user namespace"); c.Status != "ok" {
 		t.Errorf("overlay probe: %+v", *c)
+	}
+	if c := findCheck(rep, "idmapped mounts"); c != nil && (c.Status != "ok" || !strings.Contains(c.Detail, "(probed)")) {
+		t.Errorf("idmapped mount probe: %+v", *c)
+	}
+	if c := findCheck(rep, "commands"); c.Status != "ok" || !strings.Contains(c.Detail, "no_new_privs and a seccomp filter") {
+		t.Errorf("commands: %+v", *c)
 	}
 	if c := findCheck(rep, "store"); !strings.Contains(c.Detail, "not created yet") {
 		t.Errorf("store: %+v", *c)

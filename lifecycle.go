@@ -542,10 +542,19 @@ func cmdInspect(c *cli) error {
 	}
 	i := e.info(m)
 	l, lerr := e.lockOf(m)
+	var prot [][2]string
+	if lerr == nil {
+		prot = protections(l, e.getenv)
+	}
 	if c.json {
 		v := map[string]any{"environment": i}
 		if lerr == nil {
 			v["lock"] = lockSummary(l)
+			p := map[string]string{}
+			for _, r := range prot {
+				p[r[0]] = r[1]
+			}
+			v["protections"] = p
 		}
 		return writeJSON(c.stdout, v)
 	}
@@ -561,9 +570,67 @@ func cmdInspect(c *cli) error {
 	if lerr == nil {
 		rows = append(rows, []string{"base_image", l.BaseImage}, []string{"image_digest", l.BaseImageDigest},
 			[]string{"backend", l.Backend}, []string{"packages", fmt.Sprint(len(l.Packages))})
+		for _, r := range prot {
+			rows = append(rows, []string{r[0], r[1]})
+		}
 	}
 	writeTable(c.stdout, nil, rows)
 	return lerr
+}
+
+// protections say how the sandbox holds an environment on this machine:
+// what its IDs are on the host, what limits it and how, what of the host
+// it reaches.
+func protections(l *lockFile, getenv func(string) string) [][2]string {
+	m := planIDMapping()
+	ids := "root inside is you; the other IDs are your subordinate range"
+	switch {
+	case os.Geteuid() == 0:
+		ids = "IDs 0-65536 are " + m.rootRange
+	case m.reduced != "":
+		ids = "only root is mapped (you): " + m.reduced
+	}
+	pol, _ := loadPolicy(getenv)
+	pids := l.PidsLimit
+	if pids == 0 {
+		pids = pol.DefaultPids
+	}
+	mech, _ := pidsMechanism()
+	limits := "none"
+	if l.MemoryLimitMB > 0 || l.CPUShares > 0 {
+		limits = fmt.Sprintf("memory %d MB, cpu shares %d", l.MemoryLimitMB, l.CPUShares)
+		if _, why := cgroup2Parent(cgroupLimits{CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB}.controllers()); why != "" && os.Geteuid() != 0 {
+			limits += " (not applied here: " + why + ")"
+		}
+	}
+	network := "shared with the host"
+	if l.NetworkIsolation {
+		network = "isolated (loopback only)"
+	}
+	sockets := strings.Join(hostSocketsOf(l), ", ")
+	if sockets == "" {
+		sockets = "none"
+	}
+	var mounts []string
+	for _, mt := range l.Mounts {
+		rw := "rw"
+		if mt.ReadOnly {
+			rw = "ro"
+		}
+		mounts = append(mounts, fmt.Sprintf("%s %s:%s (%s)", mt.Label, mt.Source, mt.Container, rw))
+	}
+	if mounts == nil {
+		mounts = []string{"none"}
+	}
+	return [][2]string{
+		{"ids", ids},
+		{"commands", fmt.Sprintf("nested user namespace, %d capabilities, no_new_privs, seccomp", len(commandCapabilities))},
+		{"pids_limit", fmt.Sprintf("%d (%s)", pids, mech)},
+		{"resource_limits", limits},
+		{"network", network},
+		{"host_sockets", sockets},
+		{"mounts", strings.Join(mounts, "; ")},
+	}
 }
 
 func lockSummary(l *lockFile) map[string]any {

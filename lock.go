@@ -162,7 +162,8 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	}
 	top, err := sc.table(nil, doc, "lock_version", "env_id", "short_id", "base_image", "base_image_digest",
 		"base_image_url", "runtime_backend", "hardware_gpu", "hardware_audio", "network_isolation",
-		"requested_packages", "resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages")
+		"requested_packages", "resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages",
+		"session_bus", "host_sockets", "pids_limit")
 	if err != nil {
 		return nil, err
 	}

@@ -362,3 +362,39 @@ func readFile(t testing.TB, path string) string {
 	}
 	return string(data)
 }
+
+// The sandbox's manifest fields (session_bus, host_sockets, pids_limit)
+// go through the lock into the identity when set, and a lock without
+// them keeps the bytes and identity it had.
+func TestLockSandboxFields(t *testing.T) {
+	m, plain := sampleLock(t)
+	before, _ := plain.encode()
+	m2 := *m
+	m2.SessionBus, m2.HostSockets, m2.PidsLimit = true, []string{"pipewire", "wayland"}, 256
+	l := newLock(&m2, plain.BaseImageDigest, plain.BaseImageURL, plain.Packages)
+	got := reread(t, l)
+	if !got.SessionBus || strings.Join(got.HostSockets, ",") != "pipewire,wayland" || got.PidsLimit != 256 || got.verifyIntegrity() != nil {
+		t.Fatalf("read back: %+v", got)
+	}
+	if l.EnvID == plain.EnvID {
+		t.Fatal("the sandbox fields do not count in the identity")
+	}
+	for _, change := range []func(*manifest){
+		func(m *manifest) { m.SessionBus = false },
+		func(m *manifest) { m.HostSockets = []string{"wayland"} },
+		func(m *manifest) { m.PidsLimit = 512 },
+	} {
+		m3 := m2
+		change(&m3)
+		if err := got.verifyIntent(&m3); err == nil {
+			t.Errorf("a changed sandbox field is not drift: %+v", m3)
+		}
+	}
+	if after, _ := reread(t, plain).encode(); !bytes.Equal(before, after) {
+		t.Fatalf("a lock without the fields changed:\n%s\n%s", before, after)
+	}
+	bad := strings.Replace(fullManifest, "[runtime]", "[runtime]\nhost_sockets = [\"wayland\", \"ssh-agent\"]", 1)
+	if _, err := parseManifest("k.toml", "/w/k.toml", []byte(bad)); err == nil || !strings.Contains(err.Error(), `runtime.host_sockets[1]: unknown host socket "ssh-agent"`) {
+		t.Fatalf("an unknown host socket: %v", err)
+	}
+}

@@ -149,3 +149,130 @@ func TestNSEnvFiltering(t *testing.T) {
 		}
 	}
 }
+
+// The deny-list wins over every allowed place, the manifest's directory
+// included: a credentials directory, anything in one, anything holding
+// one, and the home directory itself, symlinks resolved; a project under
+// home is fine. Only the user's config changes the list.
+func TestMountDenyList(t *testing.T) {
+	base := t.TempDir()
+	home := filepath.Join(base, "home", "u")
+	for _, d := range []string{".ssh", ".gnupg/private", "proj/src", ".config/gcloud"} {
+		os.MkdirAll(filepath.Join(home, d), 0o700)
+	}
+	os.Symlink(filepath.Join(home, ".ssh"), filepath.Join(home, "proj", "keys"))
+	p := defaultPolicy()
+	p.MountPrefixes = []string{base}
+	for _, tc := range []struct{ source, manifestDir, want string }{
+		{"~/.ssh", "", "is " + filepath.Join(home, ".ssh")},
+		{"~/.gnupg/private", "", "lies in " + filepath.Join(home, ".gnupg")},
+		{"~/", "", "is " + home},
+		{"~", "", "is " + home},
+		{filepath.Join(base, "home"), "", "holds " + home},
+		{"./", home, "is " + home},
+		{"keys", filepath.Join(home, "proj"), "is " + filepath.Join(home, ".ssh")},
+		{"~/.config", "", "holds " + filepath.Join(home, ".config", "gcloud")},
+	} {
+		_, err := p.resolveMount("m", tc.source, "/x", false, tc.manifestDir, home)
+		if err == nil || !strings.Contains(err.Error(), tc.want) || !strings.Contains(err.Error(), "denied_mount_paths") {
+			t.Errorf("%s (from %s): %v, want %q", tc.source, tc.manifestDir, err, tc.want)
+		}
+	}
+	for _, ok := range []struct{ source, manifestDir string }{{"~/proj", ""}, {"src", filepath.Join(home, "proj")}, {"./", filepath.Join(home, "proj")}} {
+		if _, err := p.resolveMount("m", ok.source, "/x", false, ok.manifestDir, home); err != nil {
+			t.Errorf("%s: %v", ok.source, err)
+		}
+	}
+	// The user's config, and only it, replaces the list.
+	cfgHome := t.TempDir()
+	writeFile(t, cfgHome, "karapace/config.toml", "[policy]\ndenied_mount_paths = [\"~/.gnupg\"]\nallowed_mount_prefixes = [\""+base+"\"]\n")
+	pol, err := loadPolicy(func(k string) string { return map[string]string{"XDG_CONFIG_HOME": cfgHome}[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pol.resolveMount("m", "~/.ssh", "/x", false, "", home); err != nil {
+		t.Errorf("allowed by the config: %v", err)
+	}
+	writeFile(t, cfgHome, "karapace/config.toml", "[policy]\ndenied_mount_paths = [\"relative/x\"]\n")
+	if _, err := loadPolicy(func(k string) string { return map[string]string{"XDG_CONFIG_HOME": cfgHome}[k] }); err == nil || !strings.Contains(err.Error(), `policy.denied_mount_paths[0]: "relative/x" is neither an absolute path nor one under ~/`) {
+		t.Errorf("a relative denied path: %v", err)
+	}
+}
+
+// An environment from pull or import has no manifest directory: a
+// relative mount is refused with the way out, never read as the current
+// directory.
+func TestRelativeMountNeedsManifestDir(t *testing.T) {
+	for _, src := range []string{"./", ".", "src", "../x"} {
+		_, err := defaultPolicy().resolveMount("workspace", src, "/workspace", false, "", t.TempDir())
+		if err == nil || !strings.Contains(err.Error(), "mounts.workspace: \""+src+"\" is relative to the manifest's directory, and this environment has none (it came from pull or import): run 'karapace build --locked' in a directory holding its karapace.toml") {
+			t.Errorf("%q: %v", src, err)
+		}
+	}
+}
+
+// pathWithin decides only on absolute, clean paths.
+func TestPathWithin(t *testing.T) {
+	for _, tc := range []struct {
+		path, dir string
+		want      bool
+	}{
+		{"/a/b", "/a", true}, {"/a", "/a", true}, {"/ab", "/a", false}, {"/a/b", "/", true},
+		{"a/b", "a", false}, {"/a/../etc", "/a", false}, {"/a/b/", "/a", false}, {"/a/b", "/a/", false}, {"", "/", false},
+	} {
+		if got := pathWithin(tc.path, tc.dir); got != tc.want {
+			t.Errorf("pathWithin(%q, %q) = %v", tc.path, tc.dir, got)
+		}
+	}
+}
+
+// build refuses what exec would, at the manifest's line and column, and
+// builds nothing: no lock, no environment.
+func TestBuildChecksPolicy(t *testing.T) {
+	k := newMockKP(t, "")
+	os.MkdirAll(filepath.Join(k.home, ".ssh"), 0o700)
+	writeFile(t, k.home, ".config/karapace/config.toml", "[policy]\nmax_pids = 100\n")
+	base := mockManifest("")
+	for _, tc := range []struct{ extra, want string }{
+		{"[mounts]\nkeys = \"~/.ssh:/keys\"\n", "karapace.toml:11:1: mounts.keys: host path " + filepath.Join(k.home, ".ssh") + " (from \"~/.ssh\") is " + filepath.Join(k.home, ".ssh") + ", which the policy keeps out"},
+		{"[mounts]\nall = \"../:/all\"\n", "karapace.toml:11:1: mounts.all: host path " + k.base + " (from \"..\") holds " + k.home},
+		{"[mounts]\netc = \"/etc:/host-etc\"\n", "karapace.toml:11:1: mounts.etc: host path /etc (from \"/etc\") is outside the allowed places"},
+		{"[runtime.resource_limits]\npids_limit = 200\n", "karapace.toml:11:1: runtime.resource_limits.pids_limit: 200 exceeds the policy maximum 100"},
+	} {
+		k.writeManifest(base + tc.extra)
+		k.fails(exitManifest, tc.want, "build")
+		if _, err := os.Stat(filepath.Join(k.dir, "karapace.lock")); !os.IsNotExist(err) {
+			t.Errorf("%s: a lock was written (%v)", tc.extra, err)
+		}
+		if out := k.ok("list", "--quiet"); out != "" {
+			t.Errorf("%s: an environment was built: %s", tc.extra, out)
+		}
+	}
+}
+
+// inspect says how the sandbox holds an environment: its limits and what
+// of the host it reaches; implied host sockets are dropped by isolation,
+// named ones kept.
+func TestInspectProtections(t *testing.T) {
+	k := newMockKP(t, "")
+	k.writeManifest(mockManifest("") + "network_isolation = true\nsession_bus = true\nhost_sockets = [\"wayland\"]\n[runtime.resource_limits]\npids_limit = 128\n")
+	k.ok("build", "--name", "p")
+	var v struct {
+		Protections map[string]string `json:"protections"`
+	}
+	k.jsonOut(&v, "inspect", "p")
+	p := v.Protections
+	if !strings.HasPrefix(p["pids_limit"], "128 (") || p["network"] != "isolated (loopback only)" || p["host_sockets"] != "session-bus, wayland" ||
+		p["mounts"] != "none" || !strings.Contains(p["commands"], "seccomp") || p["ids"] == "" {
+		t.Fatalf("protections: %+v", p)
+	}
+	out := k.ok("inspect", "p")
+	mustContain(t, "inspect", out, "pids_limit", "host_sockets", "session-bus, wayland")
+	// Without isolation, [gui] apps bring the display servers.
+	k.writeManifest(mockManifest(""))
+	k.ok("build", "--name", "q")
+	k.jsonOut(&v, "inspect", "q")
+	if v.Protections["host_sockets"] != "wayland, x11" || !strings.HasPrefix(v.Protections["pids_limit"], "4096 (") {
+		t.Fatalf("protections: %+v", v.Protections)
+	}
+}

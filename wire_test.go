@@ -38,7 +38,7 @@ func fillAll(t *testing.T, v reflect.Value, seed int) {
 }
 
 func TestWireRoundTrip(t *testing.T) {
-	for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}} {
+	for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}, &serviceConfig{}} {
 		fillAll(t, reflect.ValueOf(m).Elem(), 1)
 		data := marshalWire(m)
 		got := reflect.New(reflect.TypeOf(m).Elem()).Interface().(wireMsg)
@@ -59,7 +59,7 @@ func TestWireRoundTrip(t *testing.T) {
 		}
 	}
 	// Zero values survive too (nil, not empty, slices; no exit status).
-	for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}} {
+	for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}, &serviceConfig{}} {
 		got := reflect.New(reflect.TypeOf(m).Elem()).Interface().(wireMsg)
 		if err := unmarshalWire(marshalWire(m), got); err != nil || !reflect.DeepEqual(got, m) {
 			t.Fatalf("%T zero value: %+v, %v", m, got, err)
@@ -75,7 +75,7 @@ func FuzzWireDecode(f *testing.F) {
 	f.Add(marshalWire(&initConfig{Binds: []bindMount{{Source: "/a", Target: "/b"}}}))
 	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f})
 	f.Fuzz(func(t *testing.T, data []byte) {
-		for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}} {
+		for _, m := range []wireMsg{&spawnRequest{}, &instanceMsg{}, &initConfig{}, &treeJob{}, &diffJob{}, &probeJob{}, &serviceConfig{}} {
 			if unmarshalWire(data, m) != nil {
 				continue
 			}
