@@ -322,7 +322,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 			return fail(fmt.Errorf("reading the kernel's overflow uid: %w", err))
 		}
 	}
-	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC | unix.CLONE_NEWCGROUP)
+	flags := uintptr(unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC)
 	if r.Isolated {
 		flags |= unix.CLONE_NEWNET
 	}

@@ -35,13 +35,15 @@ func (l cgroupLimits) controllers() []string {
 	return c
 }
 
-// open prepares the environment's cgroup(s) for init to start every
-// command in, so that not even a command's first child escapes them. With
-// cgroup v2 it is the directory itself, which commands are cloned into
-// (CLONE_INTO_CGROUP). With cgroup v1 (root only) they are pairs of
-// cgroup.procs files: the environment's, and init's own to return to, for
-// init enters the environment's cgroups only while it forks a command.
-// init stays outside otherwise, so the OOM killer never takes it for a
+// open prepares the environment's cgroup(s), so that not even a command's
+// first child escapes them. With cgroup v2 it is the directory itself,
+// which init is started in (CLONE_INTO_CGROUP), and everything inside
+// with it: a process of the environment's IDs (root's are a subordinate
+// range) may move nothing across cgroups it does not own. With cgroup v1
+// (root only) they are pairs of cgroup.procs files, by descriptors opened
+// here: the environment's, and the service's own to return to, for the
+// service enters the environment's cgroups only while it forks a command
+// and stays outside otherwise, so the OOM killer never takes it for a
 // command's excess. Where no cgroup can be used it warns and returns
 // none: the environment runs without memory and CPU limits rather than
 // not at all, and its pids limit falls back to RLIMIT_NPROC (see

@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -26,23 +27,29 @@ func TestNSResourceLimits(t *testing.T) {
 		t.Logf("limits not applicable here (%s): checked the warning, and that the environment still runs", why)
 		return
 	}
-	// The command's first child (cat) is in the cgroup too.
-	if !strings.Contains(out, "karapace-"+r.ShortID) {
-		t.Fatalf("not in the environment's cgroup:\n%s", out)
+	// The command sees its cgroups as the root of its cgroup namespace,
+	// on cgroup v1 the environment's (the OOM kill below shows the first
+	// child, cat, is in it).
+	own, _ := os.ReadFile("/proc/self/cgroup")
+	for _, line := range strings.Split(strings.TrimSpace(string(own)), "\n") {
+		if !strings.HasSuffix(line, ":/") && strings.Contains(out, line+"\n") {
+			t.Fatalf("the command sees the host's cgroup %s: not namespaced:\n%s", line, out)
+		}
+	}
+	if os.Geteuid() == 0 && !strings.Contains(out, ":memory:/\n") {
+		t.Fatalf("the command's memory cgroup is not the root of its namespace:\n%s", out)
 	}
 	if code != 128+int(syscall.SIGKILL) {
 		t.Fatalf("300 MB under a 64 MB limit: status %d, want the OOM kill's %d: %q %q", code, 128+int(syscall.SIGKILL), out, errOut)
 	}
 	// The instance has ended with its last session: its cgroups are gone.
-	for _, line := range strings.Split(strings.TrimSpace(out), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 || !strings.Contains(f[2], "karapace-"+r.ShortID) {
-			continue
-		}
-		for _, mnt := range []string{"/sys/fs/cgroup/" + strings.Split(f[1], ",")[0], "/sys/fs/cgroup", "/sys/fs/cgroup/unified"} {
-			if _, err := os.Stat(mnt + f[2]); !os.IsNotExist(err) {
-				t.Errorf("cgroup %s is left behind (%v)", mnt+f[2], err)
-			}
+	dirs := []string{"/sys/fs/cgroup/memory/karapace", "/sys/fs/cgroup/cpu/karapace", "/sys/fs/cgroup/pids/karapace"}
+	if parent, _ := cgroup2Location(); parent != "" {
+		dirs = append(dirs, parent)
+	}
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, cgroupName(r.ShortID))); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s is left behind (%v)", filepath.Join(d, cgroupName(r.ShortID)), err)
 		}
 	}
 }

@@ -221,6 +221,9 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		}
 	}
 
+	if err := checkStoreIDs(e.s.root); err != nil {
+		return nil, err
+	}
 	images, err := newImageEnv(e.getenv, o.offline)
 	if err != nil {
 		return nil, err
@@ -603,6 +606,9 @@ func (e *engine) unpackTree(layerHash string) error {
 // layerTrees lists the lower directories of an environment, top first,
 // re-creating any tree that is missing.
 func (e *engine) layerTrees(m *envMeta) ([]string, error) {
+	if err := checkStoreIDs(e.s.root); err != nil {
+		return nil, err
+	}
 	layers := append([]string{}, m.DependencyLayers...)
 	for i, j := 0, len(layers)-1; i < j; i, j = i+1, j-1 {
 		layers[i], layers[j] = layers[j], layers[i]

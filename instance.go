@@ -173,7 +173,6 @@ type instanceServer struct {
 	ln       int
 	forks    chan forkJob
 	cgroups  []int // where each command starts: see cgroupLimits.open
-	intoDir  bool  // cgroups[0] is a cgroup v2 directory to clone commands into
 	owner    int   // the uid the environment's owner connects as
 	pids     int   // RLIMIT_NPROC of each command, when no cgroup limits them
 }
@@ -196,10 +195,9 @@ type session struct {
 // closes (or brings a byte) when init's setup ends, 5 is the control
 // socket, 6... the cgroups, then the first session's connection.
 type serviceConfig struct {
-	Owner     int  // the uid the environment's owner connects as, seen from inside
-	PidsLimit int  // RLIMIT_NPROC of every command, where no cgroup holds a pids limit
-	Cgroups   int  // how many cgroup descriptors (see cgroupLimits.open)
-	CgroupDir bool // the first is a cgroup v2 directory to clone commands into
+	Owner     int // the uid the environment's owner connects as, seen from inside
+	PidsLimit int // RLIMIT_NPROC of every command, where no cgroup holds a pids limit
+	Cgroups   int // how many cgroup v1 descriptors (see cgroupLimits.open)
 }
 
 func init() {
@@ -227,7 +225,7 @@ func startService(cfg *initConfig, ln int) (*stageProc, *os.File, error) {
 			f.Close()
 		}
 	}()
-	sc := &serviceConfig{Owner: cfg.Owner, PidsLimit: cfg.PidsLimit, Cgroups: cfg.Cgroups, CgroupDir: cfg.CgroupDir}
+	sc := &serviceConfig{Owner: cfg.Owner, PidsLimit: cfg.PidsLimit, Cgroups: cfg.Cgroups}
 	log := os.NewFile(5, "log") // the instance's log, init's stderr once it has set up
 	p, err := startStage("serve", sc, m, stageOptions{extraFiles: files, stdout: log, stderr: log})
 	if err != nil {
@@ -311,7 +309,7 @@ func serveStage(c wireMsg, _ []int) int {
 // newInstanceServer is the environment's service, ready to start
 // commands: its reaper hears of every child that exits from then on.
 func newInstanceServer(ln int, cgroups []int, cfg *serviceConfig) (*instanceServer, error) {
-	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, intoDir: cfg.CgroupDir, forks: make(chan forkJob),
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, forks: make(chan forkJob),
 		owner: cfg.Owner, pids: cfg.PidsLimit}
 	ready := make(chan error)
 	go s.forker(ready)
@@ -451,7 +449,10 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int
 	if err != nil {
 		return 0, nil, -1, commandErr(127, err)
 	}
-	attr := &syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Sys: &syscall.SysProcAttr{Setsid: true}}
+	// A cgroup namespace of its own: the command sees its cgroups, on
+	// cgroup v1 the environment's, as the root (it cannot leave them:
+	// cgroupfs is read-only and locked).
+	attr := &syscall.ProcAttr{Dir: req.Dir, Env: req.Env, Sys: &syscall.SysProcAttr{Setsid: true, Cloneflags: unix.CLONE_NEWCGROUP}}
 	master := -1
 	if req.TTY {
 		m, slave, err := openPTYInside(req.Rows, req.Cols)
@@ -483,9 +484,7 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int
 	if s.closing {
 		return fail(errors.New(exitingMsg))
 	}
-	if s.intoDir {
-		attr.Sys.UseCgroupFD, attr.Sys.CgroupFD = true, s.cgroups[0]
-	} else if len(s.cgroups) > 0 {
+	if len(s.cgroups) > 0 {
 		// cgroup v1: fork from inside the environment's cgroups, then go
 		// back home. (s.mu keeps spawns from overlapping.)
 		for i := 0; i < len(s.cgroups); i += 2 {
@@ -907,9 +906,15 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 		return -1, fmt.Errorf("opening %s: %w", d.log(), err)
 	}
 	defer log.Close()
-	cfg.Cgroups, cfg.CgroupDir = len(cgroups), cgroupDir
-	files := append(append([]*os.File{rw, log}, cgroups...), peer)
-	p, err := startStage("init", cfg, m, stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, extraFiles: files, detach: true, made: made})
+	o := stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, detach: true, made: made}
+	if cgroupDir {
+		// cgroup v2: init starts in the environment's cgroup, and all it
+		// starts stays there, with no move that needs a permission.
+		o.cgroup, cgroups = cgroups[0], nil
+	}
+	cfg.Cgroups = len(cgroups)
+	o.extraFiles = append(append([]*os.File{rw, log}, cgroups...), peer)
+	p, err := startStage("init", cfg, m, o)
 	rw.Close()
 	peer.Close()
 	if err != nil {

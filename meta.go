@@ -433,6 +433,8 @@ type migrateReport struct {
 	Layers      int  `json:"layers"`
 	WAL         int  `json:"wal"`
 	Current     bool `json:"already_current"`
+	// IDs: the environments' trees given to the IDs they map to now.
+	IDs *idsMigration `json:"ids,omitempty"`
 }
 
 // hasLegacyMeta reports whether some metadata file is in the original

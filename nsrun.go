@@ -37,8 +37,7 @@ type initConfig struct {
 	FullIDMap   bool        // gid 5 (tty) exists inside: devpts may use it
 	Direct      bool        // the root is Lower[0] itself, writable, no overlay (bootstrap)
 	User        string      // the host user's name, made known inside as root's alias
-	Cgroups     int         // fds 6, 7...: where every command goes (see cgroupLimits.open)
-	CgroupDir   bool        // fd 6 is a cgroup v2 directory to clone commands into
+	Cgroups     int         // fds 6, 7...: the cgroup v1 pairs every command is forked in (see cgroupLimits.open)
 	Owner       int         // the uid the environment's owner connects as, seen from inside
 	PidsLimit   int         // RLIMIT_NPROC of every command, where no cgroup holds a pids limit
 	// BindsMade: the mounts of Binds (but tmpfs ones) come with the

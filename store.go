@@ -873,11 +873,24 @@ func runMigrate(c *cli) error {
 			return err
 		}
 	}
+	if rep.IDs, err = migrateStoreIDs(s.root); err != nil {
+		return err
+	}
+	if rep.IDs != nil {
+		rep.Current = false
+	}
 	if c.json {
 		return writeJSON(c.stdout, rep)
 	}
+	if ids := rep.IDs; ids != nil {
+		fmt.Fprintf(c.stdout, "gave the environments of %s to host IDs %s (were %s): %d files moved, %d layer trees to be remade from their layers\n",
+			s.root, ids.To, ids.From, ids.Files, ids.TreesPruned)
+	}
 	if rep.Current {
 		fmt.Fprintf(c.stdout, "store %s is already at format %d\n", s.dir, storeFormatVersion)
+		return nil
+	}
+	if rep.FromVersion == rep.ToVersion {
 		return nil
 	}
 	fmt.Fprintf(c.stdout, "migrated store %s from format %d to %d: %s, %s converted\n", s.dir, v, storeFormatVersion,

@@ -212,6 +212,7 @@ type stageOptions struct {
 	stdout, stderr io.Writer
 	extraFiles     []*os.File // become fds 4, 5, ...
 	detach         bool       // new session, survives its starter (an environment's init)
+	cgroup         *os.File   // a cgroup v2 directory to start the stage in, if set
 	// made, if set, makes descriptors for the started child, in its mount
 	// namespace, before it is sent its configuration (they go with it).
 	made func(pid int) ([]int, error)
@@ -267,6 +268,9 @@ func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stagePr
 			// nobody, with no capabilities.
 			cmd.SysProcAttr.Credential = &syscall.Credential{}
 		}
+	}
+	if o.cgroup != nil {
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, int(o.cgroup.Fd())
 	}
 	if o.detach {
 		cmd.SysProcAttr.Setsid = true

@@ -210,7 +210,6 @@ func (c *initConfig) encode(w *wireWriter) {
 	w.bool(c.Direct)
 	w.str(c.User)
 	w.int(c.Cgroups)
-	w.bool(c.CgroupDir)
 	w.int(c.Owner)
 	w.int(c.PidsLimit)
 	w.bool(c.BindsMade)
@@ -227,7 +226,7 @@ func (c *initConfig) decode(r *wireReader) {
 	}
 	c.Isolated, c.FuseOverlay = r.bool(), r.str()
 	c.OnlyFuse, c.FullIDMap, c.Direct = r.bool(), r.bool(), r.bool()
-	c.User, c.Cgroups, c.CgroupDir = r.str(), r.int(), r.bool()
+	c.User, c.Cgroups = r.str(), r.int()
 	c.Owner, c.PidsLimit, c.BindsMade = r.int(), r.int(), r.bool()
 }
 
@@ -235,11 +234,10 @@ func (c *serviceConfig) encode(w *wireWriter) {
 	w.int(c.Owner)
 	w.int(c.PidsLimit)
 	w.int(c.Cgroups)
-	w.bool(c.CgroupDir)
 }
 
 func (c *serviceConfig) decode(r *wireReader) {
-	c.Owner, c.PidsLimit, c.Cgroups, c.CgroupDir = r.int(), r.int(), r.int(), r.bool()
+	c.Owner, c.PidsLimit, c.Cgroups = r.int(), r.int(), r.int()
 }
 
 // diffJob is the diff stage's configuration (see snapshot.go).
