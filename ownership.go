@@ -176,7 +176,9 @@ func migrateStoreIDs(root string) (*idsMigration, error) {
 				if err := os.RemoveAll(filepath.Join(p, sub)); err != nil {
 					return nil, err
 				}
-				if err := os.Mkdir(filepath.Join(p, sub), 0o700); err != nil {
+			}
+			for _, sub := range []string{"work", "run", "merged"} {
+				if err := os.MkdirAll(filepath.Join(p, sub), 0o700); err != nil {
 					return nil, err
 				}
 			}

@@ -262,6 +262,10 @@ func (s *store) create() error {
 	if _, err := s.readVersion(); err == nil {
 		return nil // another process was quicker
 	}
+	// A new store's trees are made with this user's IDs (see ownership.go).
+	if err := writeFileAtomic(filepath.Join(s.root, idsFile), []byte(idsRecord(planIDMapping())), 0o600); err != nil {
+		return fmt.Errorf("creating store: %w", err)
+	}
 	return s.writeVersion(storeFormatVersion)
 }
 
