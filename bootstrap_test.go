@@ -139,6 +139,7 @@ func (d *debSnapshot) serve(w http.ResponseWriter, r *http.Request) {
 // bootstrap of the same archive state, in another store, from the lock,
 // gives the very same Base layer.
 func TestBootstrapDebianArchive(t *testing.T) {
+	needReal(t)
 	needTool(t, "dpkg")
 	snap := newDebSnapshot(t)
 	k := newKP(t)
@@ -660,6 +661,7 @@ func TestBootstrapLockSource(t *testing.T) {
 // The bootstrap verifies it all, unpacks the essential packages through
 // our zstd decoder, and dpkg configures the set inside the sandbox.
 func TestBootstrapUbuntuArchive(t *testing.T) {
+	needReal(t)
 	needTool(t, "dpkg")
 	xz := needTool(t, "xz")
 	key := newTestArchiveKey(t, "ed25519", "rsa2048")

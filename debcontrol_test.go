@@ -36,6 +36,7 @@ func debTestCache(t testing.TB) string {
 // already (or refresh is set), and returns its path.
 func debTestFetch(t testing.TB, url, name string, refresh bool) string {
 	t.Helper()
+	needReal(t)
 	p := filepath.Join(debTestCache(t), name)
 	if _, err := os.Stat(p); err == nil && !refresh {
 		return p

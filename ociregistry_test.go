@@ -304,6 +304,7 @@ func startOCITokenServer(t *testing.T, user, password string) *ociTokenServer {
 // registry: anonymous, with basic auth (htpasswd), and with the bearer
 // token flow.
 func TestOCIRegistry(t *testing.T) {
+	needReal(t)
 	const user, password = "karapace", "registry-test-password" // testdata/remote/htpasswd
 	htpasswd, err := filepath.Abs("testdata/remote/htpasswd")
 	if err != nil {

@@ -709,6 +709,7 @@ func remotePeakRSS(t *testing.T, pid int) int64 {
 // same time. Every blob arrives verified, nothing is lost, and the
 // server's memory stays flat.
 func TestRemoteLoad(t *testing.T) {
+	needReal(t)
 	const clients, envs = 16, 200
 	dir := t.TempDir()
 	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))

@@ -33,6 +33,18 @@ func need(t testing.TB, ok bool, what string) {
 	t.Skipf("skipped: prerequisite missing: %s (install it, or run the README's test command)", what)
 }
 
+// needReal runs a test of the real thing (a root filesystem, namespaces,
+// the Debian archive, servers) where the README's test command runs the
+// suite, or KARAPACE_TEST_ROOTFS_TAR or KARAPACE_TEST_STRICT is set; else
+// 'go test .' is the fast tier of unit and mock tests, and it skips.
+func needReal(t testing.TB) {
+	t.Helper()
+	if strictTests() || os.Getenv("KARAPACE_TEST_ROOTFS_TAR") != "" {
+		return
+	}
+	t.Skip("a test of the real thing, skipped in the fast tier: ./test.sh runs it (or set KARAPACE_TEST_ROOTFS_TAR to a Debian root filesystem tarball)")
+}
+
 // needTool requires an executable on PATH and returns its path.
 func needTool(t testing.TB, name string) string {
 	t.Helper()
@@ -122,6 +134,7 @@ var testRootfs struct {
 // user's cache directory.
 func testRootfsTar(t testing.TB) string {
 	t.Helper()
+	needReal(t)
 	if p := os.Getenv("KARAPACE_TEST_ROOTFS_TAR"); p != "" {
 		if _, err := os.Stat(p); err != nil {
 			t.Fatalf("KARAPACE_TEST_ROOTFS_TAR: %v", err)

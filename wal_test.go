@@ -367,6 +367,7 @@ func waitGroupGone(t *testing.T, pgid int) {
 // the old layer with the old metadata or the snapshot with the new, a
 // destroy leaves everything or nothing, the others change no environment.
 func TestCrashInjection(t *testing.T) {
+	needReal(t)
 	kills := 200
 	if testing.Short() {
 		kills = 30

@@ -166,6 +166,7 @@ func TestXZVectors(t *testing.T) {
 }
 
 func TestXZAgainstXZ(t *testing.T) {
+	needReal(t)
 	needTool(t, "xz")
 	mixed := xzMixed(3<<20, 1)
 	text := xzMixed(1<<20, 2)

@@ -88,6 +88,7 @@ func zstdMixed(n int, seed int64) []byte {
 }
 
 func TestZstdAgainstReferenceEncoder(t *testing.T) {
+	needReal(t)
 	mixed := zstdMixed(3<<20, 1)
 	random := make([]byte, 1<<20)
 	rand.New(rand.NewSource(2)).Read(random)
