@@ -66,17 +66,6 @@ func (c *cli) envArgShared(op string) (*engine, *envMeta, *storeLock, error) {
 }
 
 func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
-	// Trees hold files of the environment's IDs; rootless, only a process
-	// with the full mapping may remove them.
-	s.removeAll = func(p string) error {
-		if os.Geteuid() == 0 {
-			return os.RemoveAll(p)
-		}
-		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		return treeInNS(treeJob{Op: "remove", Dir: p}, nil, nil)
-	}
 	return &engine{s: s, getenv: getenv, log: log}
 }
 

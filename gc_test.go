@@ -1,6 +1,8 @@
 package main
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -323,4 +325,54 @@ func TestGCSIGINT(t *testing.T) {
 		}
 	}
 	t.Logf("stopped with %d of 40 garbage env dirs left", left-1)
+}
+
+// What an environment makes may belong to its subordinate IDs, in
+// directories only they may enter (apt's partial/ is _apt's, mode 0700):
+// destroy, gc and a crashed operation's rollback remove it all the same,
+// rootless too, and the store verifies clean after.
+func TestRemoveSubordinateTrees(t *testing.T) {
+	need(t, os.Geteuid() == 0 || planIDMapping().reduced == "", "a subordinate ID range and newuidmap/newgidmap for this user")
+	rootfs := testRootfsTar(t)
+	k := newKP(t)
+	k.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n", rootfs))
+	k.ok("build", "--name", "sub")
+	k.ok("exec", "sub", "--", "sh", "-c", "mkdir -p /var/lib/apt/lists/partial/x && touch /var/lib/apt/lists/partial/x/f && chown -R _apt /var/lib/apt/lists/partial && chmod -R 700 /var/lib/apt/lists/partial")
+	k.ok("destroy", "sub")
+	var rep gcReport
+	k.jsonOut(&rep, "gc")
+	if rep.Layers == 0 {
+		t.Fatalf("gc: %+v", rep)
+	}
+	k.ok("verify-store")
+
+	// A build that died with such a tree in its working directory: the
+	// next opening of the store rolls it back.
+	s, err := openStore(k.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := mustLock(t, s, "build")
+	op, err := s.beginOp("build", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(k.store, "env", ".build-crashed")
+	must(t, op.mkdir(dir))
+	var tarball bytes.Buffer
+	tw := tar.NewWriter(&tarball)
+	for _, h := range []*tar.Header{
+		{Name: "partial/", Typeflag: tar.TypeDir, Mode: 0o700, Uid: 42, Gid: 42},
+		{Name: "partial/f", Typeflag: tar.TypeReg, Mode: 0o600, Uid: 42, Gid: 42},
+	} {
+		must(t, tw.WriteHeader(h))
+	}
+	tw.Close()
+	must(t, treeInNS(treeJob{Op: "unpack", Dir: dir}, &tarball, nil))
+	l.unlock() // "crash": the entry stays
+	k.ok("list")
+	if _, err := os.Lstat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the crashed build's tree survived recovery: %v", err)
+	}
+	k.ok("verify-store")
 }

@@ -592,6 +592,18 @@ func treeStage(cfg wireMsg, _ []int) int {
 	return exitOK
 }
 
+// removeOwnedTree removes a file or a tree that may hold files of an
+// environment's IDs: what the user may remove goes at once, and, rootless,
+// a directory of a subordinate ID (apt's partial/ is _apt's, mode 0700)
+// needs a stage with the full mapping.
+func removeOwnedTree(p string) error {
+	err := os.RemoveAll(p)
+	if err == nil || os.Geteuid() == 0 || !(errors.Is(err, fs.ErrPermission)) {
+		return err
+	}
+	return treeInNS(treeJob{Op: "remove", Dir: p}, nil, nil)
+}
+
 // cleanTree removes what the globs match under dir. Matches are checked
 // to stay under dir.
 func cleanTree(dir string, globs []string) error {

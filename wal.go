@@ -413,14 +413,8 @@ func (s *store) undo(st walStep) error {
 	return fmt.Errorf("unknown operation %q", st.Op)
 }
 
-// removeTree removes a file or tree; the runtime may replace it to remove
-// trees whose files belong to subordinate ids.
-func (s *store) removeTree(p string) error {
-	if s.removeAll != nil {
-		return s.removeAll(p)
-	}
-	return os.RemoveAll(p)
-}
+// removeTree removes a file or tree with the store's remover.
+func (s *store) removeTree(p string) error { return s.removeAll(p) }
 
 // recoverWAL rolls back every leftover entry, newest first, and returns
 // how many it handled. A corrupt entry is reported and removed.
