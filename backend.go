@@ -18,7 +18,7 @@ import (
 // from the store and the lock.
 type runSpec struct {
 	ID, ShortID string
-	Dir         string   // <root>/env/<env_id>: upper/, work/, merged/, run/
+	Dir         envDir   // where it lives: upper/, work/, merged/, run/
 	Lower       []string // layer trees, top first
 	ReadOnly    bool     // frozen: the root is mounted read-only
 	Mounts      []lockMount
@@ -74,16 +74,13 @@ type nsBackend struct {
 
 func (nsBackend) name() string { return "namespace" }
 
-func (r *runSpec) runDir() instanceDir { return instanceDir(filepath.Join(r.Dir, "run")) }
+func (r *runSpec) runDir() instanceDir { return r.Dir.run() }
 
 func (nsBackend) prepare(r *runSpec) error {
-	for _, d := range []string{"upper", "work", "merged", "run"} {
-		if err := os.MkdirAll(filepath.Join(r.Dir, d), 0o700); err != nil {
-			return fmt.Errorf("preparing %s: %w", r.Dir, err)
-		}
+	if err := r.Dir.prepare(); err != nil {
+		return fmt.Errorf("preparing %s: %w", r.Dir, err)
 	}
-	// The writable layer's own directory is the environment's "/".
-	return os.Chmod(filepath.Join(r.Dir, "upper"), 0o755)
+	return nil
 }
 
 func (nsBackend) status(r *runSpec) (int, bool) { return r.runDir().running() }
@@ -252,7 +249,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 	}
 	cfg := &initConfig{
 		Lower:    r.Lower,
-		Dir:      r.Dir,
+		Dir:      string(r.Dir),
 		Hostname: "karapace-" + r.ShortID,
 		Isolated: r.Isolated,
 	}
@@ -261,7 +258,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 		cfg.Direct = true
 	case r.ReadOnly:
 		// A frozen environment's writable layer becomes one more lower layer.
-		cfg.Lower = append([]string{filepath.Join(r.Dir, "upper")}, r.Lower...)
+		cfg.Lower = append([]string{r.Dir.upper()}, r.Lower...)
 	default:
 		cfg.Writable = true
 	}
@@ -440,7 +437,7 @@ type mockBackend struct{}
 func (mockBackend) name() string { return "mock" }
 
 func (mockBackend) prepare(r *runSpec) error {
-	return os.MkdirAll(filepath.Join(r.Dir, "upper"), 0o700)
+	return os.MkdirAll(r.Dir.upper(), 0o700)
 }
 
 func (mockBackend) exec(r *runSpec, e *execSpec) (int, error) {

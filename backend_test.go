@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"path/filepath"
 	"reflect"
 	"strings"
 	"testing"
@@ -51,12 +50,12 @@ func TestCommandEnv(t *testing.T) {
 // The mock backend prints its argv, ends with N on "exit N", and gives a
 // login its shell.
 func TestMockBackend(t *testing.T) {
-	r := &runSpec{ShortID: "abcdef012345", Dir: t.TempDir()}
+	r := &runSpec{ShortID: "abcdef012345", Dir: envDir(t.TempDir())}
 	var b backend = mockBackend{}
 	if err := b.prepare(r); err != nil {
 		t.Fatal(err)
 	}
-	if st, err := os.Stat(filepath.Join(r.Dir, "upper")); err != nil || !st.IsDir() {
+	if st, err := os.Stat(r.Dir.upper()); err != nil || !st.IsDir() {
 		t.Fatalf("prepare made no writable layer: %v", err)
 	}
 	for _, tc := range []struct {

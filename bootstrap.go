@@ -431,7 +431,7 @@ func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, l
 	if err != nil {
 		return "", "", err
 	}
-	tree, err := e.stagingDir(op, "bootstrap")
+	tree, err := e.s.envs().staging(op, "bootstrap")
 	if err != nil {
 		return "", "", err
 	}
@@ -583,9 +583,9 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 		}
 	}
 	id := hashHex([]byte(tree))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: tree + ".run", Lower: []string{tree}, Direct: true, Build: true, Isolated: true,
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(tree + ".run"), Lower: []string{tree}, Direct: true, Build: true, Isolated: true,
 		Binds: []bindMount{{Source: view, Target: "/var/cache/karapace-debs", Dir: true, ReadOnly: true, Why: "package cache"}}}
-	defer os.RemoveAll(r.Dir)
+	defer e.s.removeTree(string(r.Dir))
 	env := []string{"DEBIAN_FRONTEND=noninteractive", "DEBCONF_NONINTERACTIVE_SEEN=true", "LC_ALL=C.UTF-8",
 		fmt.Sprintf("SOURCE_DATE_EPOCH=%d", ar.rel.Date.Unix())}
 	logPath := tree + ".log"

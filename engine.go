@@ -2,8 +2,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -67,27 +65,6 @@ func (c *cli) envArgShared(op string) (*engine, *envMeta, *storeLock, error) {
 
 func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
 	return &engine{s: s, getenv: getenv, log: log}
-}
-
-// Directories of the engine under the store root. Layer trees are the
-// layers unpacked, the lower directories of the overlays.
-func (e *engine) envDir(id string) string     { return filepath.Join(e.s.root, "env", id) }
-func (e *engine) treesDir() string            { return filepath.Join(e.s.root, "env", ".layers") }
-func (e *engine) treeDir(layer string) string { return filepath.Join(e.treesDir(), layer) }
-
-// stagingDir makes a fresh working directory under env/ within op; a
-// rollback removes it.
-func (e *engine) stagingDir(op *walOp, kind string) (string, error) {
-	var b [8]byte
-	rand.Read(b[:])
-	p := filepath.Join(e.s.root, "env", "."+kind+"-"+hex.EncodeToString(b[:]))
-	if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
-		return "", err
-	}
-	if err := op.mkdir(p); err != nil {
-		return "", err
-	}
-	return p, nil
 }
 
 func (e *engine) infof(format string, a ...any) {
@@ -264,7 +241,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		return nil, op.abandon(err)
 	}
 	if res.Replaced != "" {
-		err = op.finish(e.envDir(res.Replaced))
+		err = op.finish(string(e.s.envs().env(res.Replaced)))
 	} else {
 		err = op.done()
 	}
@@ -377,20 +354,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if err != nil {
 			return nil, err
 		}
-		dir := e.envDir(l.EnvID)
-		if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
-			return nil, err
-		}
-		if err := op.mkdir(dir); err != nil {
-			return nil, err
-		}
-		for _, sub := range []string{"upper", "work", "merged", "run"} {
-			if err := os.Mkdir(filepath.Join(dir, sub), 0o700); err != nil {
-				return nil, err
-			}
-		}
-		// The writable layer's own directory is the environment's "/".
-		if err := os.Chmod(filepath.Join(dir, "upper"), 0o755); err != nil {
+		if err := e.s.envs().env(l.EnvID).create(op); err != nil {
 			return nil, err
 		}
 		meta = &envMeta{
@@ -461,7 +425,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 			}
 		}
 		var err error
-		if tree, err = e.stagingDir(op, "import"); err != nil {
+		if tree, err = e.s.envs().staging(op, "import"); err != nil {
 			return err
 		}
 		dec, err := decompress(prog.reader(img), name)
@@ -523,7 +487,7 @@ func (e *engine) indexedLayer(index string) (string, bool) {
 	if !validStoreHash(l) || !e.s.hasLayer(l) {
 		return "", false
 	}
-	if _, err := os.Stat(e.treeDir(l)); err != nil {
+	if _, err := os.Stat(e.s.envs().tree(l)); err != nil {
 		if err := e.unpackTree(l); err != nil {
 			warnf("re-creating the tree of layer %s: %v", l, err)
 			return "", false
@@ -546,11 +510,11 @@ func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string
 	if err != nil {
 		return "", err
 	}
-	final := e.treeDir(lh)
+	final := e.s.envs().tree(lh)
 	if _, err := os.Stat(final); err == nil {
 		return lh, e.s.removeTree(tree)
 	}
-	if err := os.MkdirAll(e.treesDir(), 0o700); err != nil {
+	if err := os.MkdirAll(e.s.envs().trees(), 0o700); err != nil {
 		return "", err
 	}
 	if err := op.rename(tree, final); err != nil {
@@ -571,7 +535,7 @@ func (e *engine) unpackTree(layerHash string) error {
 		return err
 	}
 	defer rc.Close()
-	tmp := e.treeDir(layerHash) + unpackPartialSuffix
+	tmp := e.s.envs().tree(layerHash) + unpackPartialSuffix
 	if err := e.s.removeTree(tmp); err != nil {
 		return err
 	}
@@ -583,7 +547,7 @@ func (e *engine) unpackTree(layerHash string) error {
 		_, err = io.Copy(io.Discard, rc) // the hash is checked at the end
 	}
 	if err == nil {
-		err = os.Rename(tmp, e.treeDir(layerHash))
+		err = os.Rename(tmp, e.s.envs().tree(layerHash))
 	}
 	if err != nil {
 		e.s.removeTree(tmp)
@@ -605,12 +569,12 @@ func (e *engine) layerTrees(m *envMeta) ([]string, error) {
 	layers = append(layers, m.BaseLayer)
 	var out []string
 	for _, l := range layers {
-		if _, err := os.Stat(e.treeDir(l)); err != nil {
+		if _, err := os.Stat(e.s.envs().tree(l)); err != nil {
 			if err := e.unpackTree(l); err != nil {
 				return nil, err
 			}
 		}
-		out = append(out, e.treeDir(l))
+		out = append(out, e.s.envs().tree(l))
 	}
 	return out, nil
 }

@@ -140,19 +140,17 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 	}
 	steps := []func() error{
 		func() error {
-			return sweep(filepath.Join(s.root, "env"), liveEnv, validStoreHash, &rep.EnvDirs)
+			return sweep(string(s.envs()), liveEnv, validStoreHash, &rep.EnvDirs)
 		},
 		func() error {
 			// Layer trees (the runtime's unpacked layers) go with their
 			// layers; their bytes count, the layers are counted once below.
 			var trees int
-			return sweep(filepath.Join(s.root, "env", ".layers"), liveLayer, validStoreHash, &trees)
+			return sweep(s.envs().trees(), liveLayer, validStoreHash, &trees)
 		},
 		func() error {
 			// Working directories of imports and builds that did not finish.
-			return sweep(filepath.Join(s.root, "env"), nil, func(n string) bool {
-				return strings.HasPrefix(n, ".") && n != ".layers"
-			}, &rep.Staging)
+			return sweep(string(s.envs()), nil, s.envs().isStaging, &rep.Staging)
 		},
 		func() error {
 			names, err := gcListNames(s.path("layers"))

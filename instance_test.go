@@ -281,7 +281,7 @@ func TestNSInstanceOfAnotherVersion(t *testing.T) {
 		<-started
 	}()
 	for i := 0; ; i++ {
-		if _, err := os.Stat(filepath.Join(r.Dir, "upper/tmp/up")); err == nil {
+		if _, err := os.Stat(filepath.Join(r.Dir.upper(), "tmp/up")); err == nil {
 			break
 		}
 		if i == 400 {

@@ -91,7 +91,7 @@ func isHexPrefix(s string) bool {
 // state is an environment's state as the user sees it: running while its
 // instance runs, which the metadata does not need to record.
 func (e *engine) state(m *envMeta) envState {
-	if _, ok := instanceDir(e.envDir(m.EnvID) + "/run").running(); ok {
+	if _, ok := e.s.envs().env(m.EnvID).run().running(); ok {
 		return stateRunning
 	}
 	return m.State
@@ -130,7 +130,7 @@ func (e *engine) runSpecFor(m *envMeta) (*runSpec, *lockFile, error) {
 		dir = filepath.Dir(m.ManifestPath)
 	}
 	return &runSpec{
-		ID: m.EnvID, ShortID: m.ShortID, Dir: e.envDir(m.EnvID), Lower: lower, ReadOnly: m.State == stateFrozen,
+		ID: m.EnvID, ShortID: m.ShortID, Dir: e.s.envs().env(m.EnvID), Lower: lower, ReadOnly: m.State == stateFrozen,
 		Mounts: l.Mounts, ManifestDir: dir, GPU: l.GPU, Audio: l.Audio, Isolated: l.NetworkIsolation,
 		CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB, PidsLimit: l.PidsLimit,
 		Sockets: hostSocketsOf(l),
@@ -214,7 +214,7 @@ func (e *engine) destroy(ref string) (*envMeta, error) {
 	if err := e.s.deleteMeta(m.EnvID); err != nil {
 		return nil, op.abandon(err)
 	}
-	if err := op.finish(e.envDir(m.EnvID)); err != nil {
+	if err := op.finish(string(e.s.envs().env(m.EnvID))); err != nil {
 		return nil, err
 	}
 	removeLaunchers(e.getenv, m.ShortID)
@@ -267,7 +267,7 @@ type envInfo struct {
 
 func (e *engine) info(m *envMeta) envInfo {
 	state := m.State
-	pid, running := instanceDir(e.envDir(m.EnvID) + "/run").running()
+	pid, running := e.s.envs().env(m.EnvID).run().running()
 	if running {
 		state = stateRunning
 	}
@@ -417,7 +417,7 @@ func cmdStop(c *cli) error {
 		}
 	}
 	was := e.state(m) == stateRunning
-	r := &runSpec{ID: m.EnvID, ShortID: m.ShortID, Dir: e.envDir(m.EnvID)}
+	r := &runSpec{ID: m.EnvID, ShortID: m.ShortID, Dir: e.s.envs().env(m.EnvID)}
 	if err := (nsBackend{getenv: c.getenv}).stop(r, timeout); err != nil {
 		return err
 	}

@@ -680,9 +680,9 @@ func (s *store) migrateMeta(id string, layerMap map[string]string, snaps []legac
 	// writable layer and work directory in place (verify-store holds it to
 	// that): made before the metadata, which marks it converted.
 	err = s.checkMetaRefs(m)
-	for _, sub := range []string{"upper", "work"} {
+	for _, p := range s.envs().env(m.EnvID).kept() {
 		if err == nil {
-			err = os.MkdirAll(filepath.Join(s.root, "env", m.EnvID, sub), 0o700)
+			err = os.MkdirAll(p, 0o700)
 		}
 	}
 	if err == nil {

@@ -31,7 +31,7 @@ func testEnvSpec(t *testing.T) *runSpec {
 		t.Fatal(err)
 	}
 	id := hashHex([]byte(dir))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{lower}, ManifestDir: t.TempDir()}
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{lower}, ManifestDir: t.TempDir()}
 	t.Cleanup(func() {
 		nsBackend{getenv: os.Getenv}.stop(r, 5*time.Second)
 		if err := treeInNS(treeJob{Op: "remove", Dir: dir}, nil, nil); err != nil {
@@ -116,7 +116,7 @@ func TestNSExecBasics(t *testing.T) {
 	if _, out, _ := nsRun(t, r, baseEnv(), "", "cat", "/root/note"); out != "kept\n" {
 		t.Fatalf("note: %q", out)
 	}
-	if _, err := os.Stat(filepath.Join(r.Dir, "upper", "root", "note")); err != nil {
+	if _, err := os.Stat(filepath.Join(r.Dir.upper(), "root", "note")); err != nil {
 		t.Fatalf("not in the writable layer: %v", err)
 	}
 }
@@ -178,7 +178,7 @@ func TestNSFuseOverlay(t *testing.T) {
 	if code != 0 || out != "1\nrenamed\nroot:shadow\n" {
 		t.Fatalf("status %d: %q %s", code, out, errOut)
 	}
-	if _, err := os.Lstat(filepath.Join(r.Dir, "upper", "var", "lib", "x", "e")); err != nil {
+	if _, err := os.Lstat(filepath.Join(r.Dir.upper(), "var", "lib", "x", "e")); err != nil {
 		t.Fatalf("not in the writable layer: %v", err)
 	}
 	nsBackend{getenv: os.Getenv}.stop(r, time.Second)

@@ -151,43 +151,42 @@ func migrateStoreIDs(root string) (*idsMigration, error) {
 		return nil, checkStoreIDs(root)
 	}
 	rep := &idsMigration{From: idsString(was), To: idsString(now)}
-	envs, err := os.ReadDir(filepath.Join(root, "env"))
+	envs := envDirs(filepath.Join(root, "env"))
+	entries, err := os.ReadDir(string(envs))
 	if err != nil {
 		return nil, err
 	}
-	for _, e := range envs {
-		p := filepath.Join(root, "env", e.Name())
+	for _, e := range entries {
 		switch {
 		case !e.IsDir():
 			continue
-		case e.Name() == ".layers":
-			trees, err := os.ReadDir(p)
+		case e.Name() == filepath.Base(envs.trees()):
+			trees, err := os.ReadDir(envs.trees())
 			if err != nil {
 				return nil, err
 			}
 			for _, t := range trees {
-				if err := os.RemoveAll(filepath.Join(p, t.Name())); err != nil {
+				if err := os.RemoveAll(envs.tree(t.Name())); err != nil {
 					return nil, err
 				}
 				rep.TreesPruned++
 			}
 		case validStoreHash(e.Name()):
-			for _, sub := range []string{"work", "run"} {
-				if err := os.RemoveAll(filepath.Join(p, sub)); err != nil {
+			d := envs.env(e.Name())
+			for _, p := range []string{d.work(), string(d.run())} {
+				if err := os.RemoveAll(p); err != nil {
 					return nil, err
 				}
 			}
-			for _, sub := range []string{"work", "run", "merged"} {
-				if err := os.MkdirAll(filepath.Join(p, sub), 0o700); err != nil {
-					return nil, err
-				}
+			if err := d.prepare(); err != nil {
+				return nil, err
 			}
-			n, err := shiftTree(filepath.Join(p, "upper"), was, now)
+			n, err := shiftTree(d.upper(), was, now)
 			rep.Files += n
 			if err != nil {
 				return nil, err
 			}
-			if err := now.own(p, filepath.Join(p, "work"), filepath.Join(p, "run"), filepath.Join(p, "merged")); err != nil {
+			if err := now.own(append([]string{string(d)}, d.subdirs()...)...); err != nil {
 				return nil, err
 			}
 		}

@@ -159,7 +159,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 		l, c, err := e.mockDependencyLayer(op, base, requested)
 		return l, c, 0, err
 	}
-	baseTree := e.treeDir(base)
+	baseTree := e.s.envs().tree(base)
 	pm, err := detectPackageManager([]string{baseTree})
 	if err != nil {
 		return "", nil, 0, err
@@ -183,7 +183,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	if err != nil {
 		return "", nil, 0, err
 	}
-	dir, err := e.stagingDir(op, "build")
+	dir, err := e.s.envs().staging(op, "build")
 	if err != nil {
 		return "", nil, 0, err
 	}
@@ -194,7 +194,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	}
 	defer logFile.Close()
 	id := hashHex([]byte(dir))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: dir, Lower: []string{baseTree}, Build: true}
+	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{baseTree}, Build: true}
 	b := nsBackend{getenv: e.getenv}
 	// On a terminal, the latest line of the install's output shows.
 	status := newStatus(pm.name)
@@ -244,10 +244,10 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	if locked != nil && !sameClosure(closure, locked) {
 		return "", nil, 0, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
 	}
-	if err := treeInNS(treeJob{Op: "clean", Dir: filepath.Join(dir, "upper"), Paths: pm.junk}, nil, nil); err != nil {
+	if err := treeInNS(treeJob{Op: "clean", Dir: r.Dir.upper(), Paths: pm.junk}, nil, nil); err != nil {
 		return "", nil, 0, fmt.Errorf("removing package caches: %w", err)
 	}
-	layer, err := e.storeTree(op, filepath.Join(dir, "upper"), layerDependency, base)
+	layer, err := e.storeTree(op, r.Dir.upper(), layerDependency, base)
 	if err != nil {
 		return "", nil, 0, err
 	}
@@ -361,7 +361,7 @@ func tailFile(path string, lines int) string {
 // backend: every requested package "installs" as one file, at version
 // 0-mock, deterministically and without namespaces or network.
 func (e *engine) mockDependencyLayer(op *walOp, base string, requested []string) (string, []lockedPackage, error) {
-	dir, err := e.stagingDir(op, "mock")
+	dir, err := e.s.envs().staging(op, "mock")
 	if err != nil {
 		return "", nil, err
 	}

@@ -278,7 +278,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 	// undone newest first (metadata, directory, layers, objects). Nothing
 	// they name is in the store yet, and under the lock nothing else
 	// can put it there.
-	dir := e.envDir(m.EnvID)
+	dir := string(e.s.envs().env(m.EnvID))
 	if _, err := os.Lstat(dir); err == nil {
 		// No metadata names it: what a failed operation left, gc's to take.
 		if err := e.s.removeTree(dir); err != nil {
@@ -373,7 +373,7 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 // makeEnvDir creates a received environment's directory, its writable
 // layer the snapshot upper_layer names, else empty.
 func (e *engine) makeEnvDir(m *envMeta) error {
-	dir := e.envDir(m.EnvID)
+	dir := string(e.s.envs().env(m.EnvID))
 	if err := os.MkdirAll(filepath.Dir(dir), 0o700); err != nil {
 		return err
 	}

@@ -128,7 +128,7 @@ func (e *engine) diff(ref string) (*envMeta, []change, error) {
 	}
 	var out strings.Builder
 	var errb strings.Builder
-	job := &diffJob{Upper: filepath.Join(e.envDir(m.EnvID), "upper"), Lower: lower}
+	job := &diffJob{Upper: e.s.envs().env(m.EnvID).upper(), Lower: lower}
 	p, err := startStage("diff", job, planIDMapping(), stageOptions{stdout: &out, stderr: &errb})
 	if err != nil {
 		return nil, nil, err
@@ -173,7 +173,7 @@ func (e *engine) commit(ref string) (*envMeta, string, error) {
 	h, err := func() (string, error) {
 		pr, pw := io.Pipe()
 		go func() {
-			pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: filepath.Join(e.envDir(m.EnvID), "upper")}, nil, pw))
+			pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: e.s.envs().env(m.EnvID).upper()}, nil, pw))
 		}()
 		obj, _, err := op.putObject(pr)
 		pr.CloseWithError(io.ErrClosedPipe)
@@ -246,9 +246,9 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	dir := e.envDir(m.EnvID)
-	upper, fresh, old := filepath.Join(dir, "upper"), filepath.Join(dir, restoreNewUpper), filepath.Join(dir, restoreOldUpper)
-	work, oldWork := filepath.Join(dir, "work"), filepath.Join(dir, restoreOldWork)
+	dir := e.s.envs().env(m.EnvID)
+	upper, fresh, old := dir.upper(), filepath.Join(string(dir), restoreNewUpper), filepath.Join(string(dir), restoreOldUpper)
+	work, oldWork := dir.work(), filepath.Join(string(dir), restoreOldWork)
 	for _, p := range []string{fresh, old, oldWork} {
 		if err := e.s.removeTree(p); err != nil {
 			return nil, "", err

@@ -47,9 +47,9 @@ type store struct {
 	inProc chan struct{}
 	holder atomic.Pointer[storeLock]
 
-	// removeAll removes a tree for WAL rollback and gc; nil means
-	// os.RemoveAll. The runtime sets it when trees hold files of
-	// subordinate ids that only a user namespace can remove.
+	// removeAll removes a file or tree for WAL rollback, gc, destroy and
+	// rebuild; nil is removeOwnedTree, which can remove what environments
+	// made (tests set it to inject failures).
 	removeAll func(string) error
 }
 

@@ -151,25 +151,25 @@ func (s *store) verifyEnvDirs(metaNames []string, bad func(kind, name, format st
 			continue
 		}
 		hasMeta[id] = true
-		dir := filepath.Join(envRoot, id)
+		dir := s.envs().env(id)
 		if served {
 			continue // a server keeps environments, it does not run them
 		}
-		for _, sub := range []string{"", "upper", "work"} {
-			if fi, err := os.Lstat(filepath.Join(dir, sub)); err != nil || !fi.IsDir() {
-				bad("environment", id, "%s is missing or not a directory", filepath.Join(dir, sub))
-				if sub == "" {
+		for _, p := range append([]string{string(dir)}, dir.kept()...) {
+			if fi, err := os.Lstat(p); err != nil || !fi.IsDir() {
+				bad("environment", id, "%s is missing or not a directory", p)
+				if p == string(dir) {
 					break
 				}
 			}
 		}
-		names, err := gcListNames(dir)
+		names, err := gcListNames(string(dir))
 		if err != nil {
 			return 0, err
 		}
 		for _, n := range names {
 			if n == restoreNewUpper || n == restoreOldUpper || n == restoreOldWork || strings.HasSuffix(n, unpackPartialSuffix) {
-				bad("environment", id, "%s is left over from an interrupted operation", filepath.Join(dir, n))
+				bad("environment", id, "%s is left over from an interrupted operation", filepath.Join(string(dir), n))
 			}
 		}
 	}

@@ -414,7 +414,12 @@ func (s *store) undo(st walStep) error {
 }
 
 // removeTree removes a file or tree with the store's remover.
-func (s *store) removeTree(p string) error { return s.removeAll(p) }
+func (s *store) removeTree(p string) error {
+	if s.removeAll == nil {
+		return removeOwnedTree(p)
+	}
+	return s.removeAll(p)
+}
 
 // recoverWAL rolls back every leftover entry, newest first, and returns
 // how many it handled. A corrupt entry is reported and removed.

@@ -577,12 +577,11 @@ func TestRestoreCleanupInterrupted(t *testing.T) {
 	s, err := openStore(k.store)
 	must(t, err)
 	e := newEngine(s, func(string) string { return "" }, io.Discard)
-	remove := s.removeAll
 	s.removeAll = func(p string) error {
 		if _, err := os.Lstat(p); err == nil && strings.Contains(filepath.Base(p), "work") {
 			return fmt.Errorf("injected failure removing %s", p)
 		}
-		return remove(p)
+		return removeOwnedTree(p)
 	}
 	if _, _, err := e.restore(id, snap); err == nil || !strings.Contains(err.Error(), "injected failure") {
 		t.Fatalf("restore: %v", err)
