@@ -5,8 +5,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -14,54 +12,44 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// runSpec is an environment as a backend sees it: assembled by the engine
-// from the store and the lock.
-type runSpec struct {
-	ID, ShortID string
-	Dir         envDir   // where it lives: upper/, work/, merged/, run/
-	Lower       []string // layer trees, top first
-	ReadOnly    bool     // frozen: the root is mounted read-only
-	Mounts      []lockMount
-	ManifestDir string // relative mounts resolve here
-	GPU, Audio  bool
-	Isolated    bool
-	CPUShares   int64
-	MemoryMB    int64
-	PidsLimit   int64       // 0: the policy's default
-	Direct      bool        // Lower[0] is the root itself, written in place (archive bootstrap)
-	Build       bool        // a build step: nothing of the host's session or user goes in
-	Sockets     []string    // the host's session sockets it gets (see hostSocketsOf)
-	Binds       []bindMount // more binds, already checked (the bootstrap's package cache)
-}
-
-// execSpec is one command to run in an environment.
-type execSpec struct {
-	Argv  []string // nil with Login: the login shell
-	Login bool
-	TTY   bool // on a new pseudo-terminal relayed to Stdio (enter)
-	Stdio [3]*os.File
-	Env   []string // host environment, filtered by the policy
-	Set   []string // variables karapace itself sets for this command
-	Cwd   string   // host working directory, mapped through the mounts
-	// Signals to forward to the command, caught since before the
-	// environment was looked up; nil: the backend starts catching them.
-	Signals *signalCatch
-}
-
-// backend runs environments. The namespace backend is the real one; the
-// mock one stands in for it in tests of the engine and the command line.
+// backend runs environments: every way the engine starts, stops or asks
+// about an environment's processes goes through one. The namespace
+// backend is the real one; the mock one stands in for it in tests of the
+// engine and the command line.
 type backend interface {
 	name() string
-	prepare(r *runSpec) error
+	// exec runs one command (or, with e.Login, the login shell) in the
+	// environment, joining its running instance or starting one; it
+	// forwards signals and returns the command's exit status (128+N when
+	// signal N ended it). An error means the command did not run: a
+	// refused mount or limit (a manifest error), a command that could not
+	// start (status 126 or 127, see commandErr), an instance that failed.
 	exec(r *runSpec, e *execSpec) (int, error)
-	stop(r *runSpec, timeout time.Duration) error
+	// stop ends the running instance, if any: SIGTERM to every session,
+	// SIGKILL after timeout. It returns once the instance is gone.
+	stop(r *runSpec, timeout time.Duration) (stopResult, error)
+	// status reports the running instance's pid. list asks it of every
+	// environment: it is cheap and starts nothing.
 	status(r *runSpec) (pid int, running bool)
+	// packages makes (or finds in the store) the layer of the requested
+	// packages on top of base, and returns it with the installed closure
+	// and the package manager's own time; locked, when set, is the closure
+	// to install exactly.
+	packages(e *engine, op *walOp, base string, requested []string, locked []lockedPackage, o buildOptions) (string, []lockedPackage, time.Duration, error)
 }
 
-func backendFor(name string) (backend, error) {
+// stopResult is what stop did.
+type stopResult struct {
+	WasRunning bool // an instance ran
+	Killed     bool // it outlived the timeout and was killed
+}
+
+// backendFor is the backend of a lock's runtime.backend, in the caller's
+// environment (getenv: its config, HOME, session).
+func backendFor(name string, getenv func(string) string) (backend, error) {
 	switch name {
 	case "namespace":
-		return nsBackend{getenv: os.Getenv}, nil
+		return nsBackend{getenv: getenv}, nil
 	case "mock":
 		return mockBackend{}, nil
 	}
@@ -76,22 +64,21 @@ func (nsBackend) name() string { return "namespace" }
 
 func (r *runSpec) runDir() instanceDir { return r.Dir.run() }
 
-func (nsBackend) prepare(r *runSpec) error {
-	if err := r.Dir.prepare(); err != nil {
-		return fmt.Errorf("preparing %s: %w", r.Dir, err)
-	}
-	return nil
-}
-
 func (nsBackend) status(r *runSpec) (int, bool) { return r.runDir().running() }
+
+// packages runs the image's package manager in a build environment (see
+// engine.dependencyLayer).
+func (nsBackend) packages(e *engine, op *walOp, base string, requested []string, locked []lockedPackage, o buildOptions) (string, []lockedPackage, time.Duration, error) {
+	return e.dependencyLayer(op, base, requested, locked, o)
+}
 
 // exec runs a command in the environment's instance, starting the
 // instance first when none is running.
 func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
-	if err := b.prepare(r); err != nil {
-		return 0, err
+	if err := r.Dir.prepare(); err != nil {
+		return 0, fmt.Errorf("preparing %s: %w", r.Dir, err)
 	}
-	req := spawnRequest{Argv: e.Argv, Env: b.commandEnv(r, e), Dir: b.commandDir(r, e), TTY: e.TTY, Login: e.Login}
+	req := spawnRequest{Argv: e.Argv, Env: commandEnv(r, e, b.getenv), Dir: commandDir(r, e, b.getenv), TTY: e.TTY, Login: e.Login}
 	sigs := e.Signals
 	if sigs == nil {
 		sigs = catchSignals(e.TTY)
@@ -128,7 +115,11 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 // and returns the connection of that session, or -1 when an instance is
 // running after all.
 func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int, error) {
-	cfg, mapping, flags, pids, err := b.initConfig(r)
+	acc, err := resolveAccess(r, b.getenv)
+	if err != nil {
+		return -1, err
+	}
+	cfg, mapping, flags, err := b.initConfig(r, acc)
 	if err != nil {
 		return -1, err
 	}
@@ -137,14 +128,14 @@ func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int,
 	if err := mapping.own(cfg.Dir, cfg.run(), cfg.merged(), cfg.upper(), cfg.work()); err != nil {
 		return -1, err
 	}
-	cgroups, intoDir := cgroupLimits{CPUShares: r.CPUShares, MemoryMB: r.MemoryMB, Pids: pids}.open(r.ShortID)
+	cgroups, intoDir := acc.Limits.open(r.ShortID)
 	defer func() {
 		for _, f := range cgroups {
 			f.Close()
 		}
 	}()
 	if len(cgroups) == 0 {
-		cfg.PidsLimit = int(pids)
+		cfg.PidsLimit = int(acc.Limits.Pids)
 	}
 	var made func(int) ([]int, error)
 	if cfg.BindsMade {
@@ -231,27 +222,17 @@ func (r *runSpec) cleanUp() {
 	}
 }
 
-// initConfig resolves everything init needs, checking the policy before
-// anything is mounted. It returns the pids limit too, for a cgroup or
-// init to hold.
-func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int64, error) {
-	fail := func(err error) (*initConfig, idMapping, uintptr, int64, error) { return nil, idMapping{}, 0, 0, err }
-	pol, err := loadPolicy(b.getenv)
-	if err != nil {
-		return fail(err)
-	}
-	pids := r.PidsLimit
-	if pids == 0 {
-		pids = pol.DefaultPids
-	}
-	if err := pol.checkLimits(r.CPUShares, r.MemoryMB, r.PidsLimit); err != nil {
-		return fail(err)
-	}
+// initConfig is what init needs to set up the environment r describes,
+// with what of the host it reaches (resolveAccess), the ID mapping and the
+// namespaces.
+func (b nsBackend) initConfig(r *runSpec, acc *hostAccess) (*initConfig, idMapping, uintptr, error) {
+	fail := func(err error) (*initConfig, idMapping, uintptr, error) { return nil, idMapping{}, 0, err }
 	cfg := &initConfig{
 		Lower:    r.Lower,
 		Dir:      string(r.Dir),
 		Hostname: "karapace-" + r.ShortID,
 		Isolated: r.Isolated,
+		Binds:    acc.Binds,
 	}
 	switch {
 	case r.Direct:
@@ -274,32 +255,6 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 	default:
 		return fail(fmt.Errorf("KARAPACE_OVERLAY=%q: expected auto, kernel or fuse", overlay))
 	}
-	home := b.getenv("HOME")
-	for _, m := range r.Mounts {
-		bm, err := pol.resolveMount(m.Label, m.Source, m.Container, m.ReadOnly, r.ManifestDir, home)
-		if err != nil {
-			return fail(manifestErrorf("%v", err))
-		}
-		cfg.Binds = append(cfg.Binds, bm)
-	}
-	cfg.Binds = append(cfg.Binds, r.Binds...)
-	if !r.Build {
-		cfg.Binds = append(cfg.Binds, deviceBinds(r.GPU, r.Audio)...)
-	}
-	if !r.Isolated {
-		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
-			if _, err := os.Stat(f); err == nil {
-				cfg.Binds = append(cfg.Binds, bindMount{Source: f, Target: f, ReadOnly: true, Why: "host " + f})
-			}
-		}
-	}
-	// What a build step writes goes into shared layers: nothing of the
-	// host's session may go in.
-	sockets, _ := hostSockets(b.getenv, r.Sockets)
-	if len(sockets) > 0 && !r.Build {
-		cfg.Binds = append(cfg.Binds, bindMount{Tmpfs: true, Target: hostSession, Dir: true, Why: "host session sockets"})
-		cfg.Binds = append(cfg.Binds, sockets...)
-	}
 	if os.Geteuid() == 0 {
 		// The host's files keep their owners inside (see bindMount.Idmap).
 		for i := range cfg.Binds {
@@ -315,6 +270,7 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 	if os.Geteuid() == 0 {
 		// The host's root is not mapped inside: it connects as the
 		// kernel's overflow uid there.
+		var err error
 		if cfg.Owner, err = readIntFile("/proc/sys/kernel/overflowuid"); err != nil {
 			return fail(fmt.Errorf("reading the kernel's overflow uid: %w", err))
 		}
@@ -326,107 +282,30 @@ func (b nsBackend) initConfig(r *runSpec) (*initConfig, idMapping, uintptr, int6
 	if !r.Build {
 		cfg.User = hostUserName()
 	}
-	return cfg, mapping, flags, pids, nil
-}
-
-func hostUserName() string {
-	if u, err := user.Current(); err == nil {
-		return u.Username
-	}
-	return ""
-}
-
-// containerPath is the standard PATH inside; the host's PATH names host
-// directories that mean nothing there.
-const containerPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// commandEnv is the environment of a command inside: our own variables
-// first, then what the policy lets through from the host.
-func (b nsBackend) commandEnv(r *runSpec, e *execSpec) []string {
-	env := []string{
-		"PATH=" + containerPath, "HOME=/root", "USER=root", "LOGNAME=root",
-		"HOSTNAME=karapace-" + r.ShortID, "container=karapace",
-		"KARAPACE_ENV=1", "KARAPACE_ENV_ID=" + r.ID,
-	}
-	pol, err := loadPolicy(b.getenv)
-	if err != nil {
-		pol = defaultPolicy()
-	}
-	env = append(env, pol.filterEnv(e.Env)...)
-	if !r.Build {
-		_, sockEnv := hostSockets(b.getenv, r.Sockets)
-		env = append(env, sockEnv...)
-	}
-	env = append(env, e.Set...)
-	if e.TTY && !hasEnv(env, "TERM") {
-		env = append(env, "TERM=xterm-256color")
-	}
-	return lastWins(env)
-}
-
-// lastWins keeps one value per variable, the last one given (the host's
-// WAYLAND_DISPLAY, say, gives way to the socket's path inside), in the
-// order the variables first appear.
-func lastWins(env []string) []string {
-	at := map[string]int{}
-	var out []string
-	for _, kv := range env {
-		name, _, _ := strings.Cut(kv, "=")
-		if i, ok := at[name]; ok {
-			out[i] = kv
-			continue
-		}
-		at[name] = len(out)
-		out = append(out, kv)
-	}
-	return out
-}
-
-func hasEnv(env []string, name string) bool {
-	for _, kv := range env {
-		if strings.HasPrefix(kv, name+"=") {
-			return true
-		}
-	}
-	return false
-}
-
-// commandDir maps the host working directory into the environment when a
-// mount covers it, so "karapace exec" in a project runs in the project.
-func (b nsBackend) commandDir(r *runSpec, e *execSpec) string {
-	if e.Cwd != "" {
-		cwd, err := filepath.EvalSymlinks(e.Cwd)
-		if err == nil {
-			for _, m := range r.Mounts {
-				bm, err := policy{}.resolveMountPath(m.Source, r.ManifestDir, b.getenv("HOME"))
-				if err == nil && pathWithin(cwd, bm) {
-					return filepath.Join(m.Container, strings.TrimPrefix(cwd, bm))
-				}
-			}
-		}
-	}
-	return "/root"
+	return cfg, mapping, flags, nil
 }
 
 // stop asks init to end the environment (SIGTERM to every session), then
 // kills it after timeout.
-func (nsBackend) stop(r *runSpec, timeout time.Duration) error {
+func (nsBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) {
 	pid, ok := r.runDir().running()
 	if !ok {
-		return nil
+		return stopResult{}, nil
 	}
+	res := stopResult{WasRunning: true}
 	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
-		return fmt.Errorf("stopping pid %d: %w", pid, err)
+		return res, fmt.Errorf("stopping pid %d: %w", pid, err)
 	}
 	defer r.cleanUp()
 	if r.runDir().waitGone(timeout) {
-		return nil
+		return res, nil
 	}
+	res.Killed = true
 	unix.Kill(pid, syscall.SIGKILL)
 	if r.runDir().waitGone(5 * time.Second) {
-		return nil
+		return res, nil
 	}
-	return fmt.Errorf("the environment's init (pid %d) did not exit after SIGKILL", pid)
+	return res, fmt.Errorf("the environment's init (pid %d) did not exit after SIGKILL", pid)
 }
 
 // mockBackend runs nothing. It answers deterministically so the engine
@@ -435,10 +314,6 @@ func (nsBackend) stop(r *runSpec, timeout time.Duration) error {
 type mockBackend struct{}
 
 func (mockBackend) name() string { return "mock" }
-
-func (mockBackend) prepare(r *runSpec) error {
-	return os.MkdirAll(r.Dir.upper(), 0o700)
-}
 
 func (mockBackend) exec(r *runSpec, e *execSpec) (int, error) {
 	argv := e.Argv
@@ -455,5 +330,11 @@ func (mockBackend) exec(r *runSpec, e *execSpec) (int, error) {
 	return 0, nil
 }
 
-func (mockBackend) stop(*runSpec, time.Duration) error { return nil }
-func (mockBackend) status(*runSpec) (int, bool)        { return 0, false }
+func (mockBackend) stop(*runSpec, time.Duration) (stopResult, error) { return stopResult{}, nil }
+func (mockBackend) status(*runSpec) (int, bool)                      { return 0, false }
+
+// packages stands in for a package manager: see engine.mockDependencyLayer.
+func (mockBackend) packages(e *engine, op *walOp, base string, requested []string, _ []lockedPackage, _ buildOptions) (string, []lockedPackage, time.Duration, error) {
+	l, closure, err := e.mockDependencyLayer(op, base, requested)
+	return l, closure, 0, err
+}

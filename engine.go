@@ -301,7 +301,11 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		if lock != nil {
 			want = lock.Packages
 		}
-		dep, closure, pmTime, err := e.dependencyLayer(op, base, m.Packages, want, o, m.Backend == "mock")
+		b, err := e.backend(m.Backend)
+		if err != nil {
+			return nil, err
+		}
+		dep, closure, pmTime, err := b.packages(e, op, base, m.Packages, want, o)
 		pmSeconds = pmTime.Seconds()
 		if err != nil {
 			return nil, err

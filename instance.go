@@ -761,6 +761,21 @@ func (d instanceDir) log() string       { return string(d) + "/init.log" }
 type instanceMarker struct {
 	Pid       int    `json:"pid"`
 	StartTime uint64 `json:"start_time"`
+	Backend   string `json:"backend,omitempty"` // the backend running it; none: namespace
+}
+
+// markerBackend names the backend whose instance the marker records, or
+// "" when there is no marker: nothing runs.
+func (d instanceDir) markerBackend() string {
+	data, err := os.ReadFile(d.marker())
+	if err != nil {
+		return ""
+	}
+	var m instanceMarker
+	if json.Unmarshal(data, &m) != nil || m.Backend == "" {
+		return "namespace"
+	}
+	return m.Backend
 }
 
 // running reports the live init of the environment, if any. A marker of
@@ -934,7 +949,7 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	ok = true
 	pid := p.cmd.Process.Pid
 	if st, err := procStartTime(pid); err == nil {
-		if err := d.mark(instanceMarker{Pid: pid, StartTime: st}); err != nil {
+		if err := d.mark(instanceMarker{Pid: pid, StartTime: st, Backend: "namespace"}); err != nil {
 			// Nobody could join it: our session runs, but say why.
 			warnf("recording the running environment in %s: %v", d.marker(), err)
 		}

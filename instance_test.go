@@ -97,8 +97,8 @@ func TestNSStopAndStaleMarker(t *testing.T) {
 	if _, ok := b.status(r); !ok {
 		t.Fatal("not running while a session runs")
 	}
-	if err := b.stop(r, 5*time.Second); err != nil {
-		t.Fatal(err)
+	if res, err := b.stop(r, 5*time.Second); err != nil || res != (stopResult{WasRunning: true}) {
+		t.Fatal(res, err)
 	}
 	if code := exitCodeOf(<-done); code != 42 {
 		t.Fatalf("the session ended with %d, want 42 from its TERM trap", code)
@@ -108,8 +108,8 @@ func TestNSStopAndStaleMarker(t *testing.T) {
 	}
 	// SIGKILL after the timeout, for a session that ignores SIGTERM.
 	done = nsStart(t, r, "/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done")
-	if err := b.stop(r, 200*time.Millisecond); err != nil {
-		t.Fatal(err)
+	if res, err := b.stop(r, 200*time.Millisecond); err != nil || res != (stopResult{WasRunning: true, Killed: true}) {
+		t.Fatal(res, err)
 	}
 	if err := <-done; err == nil || exitCodeOf(err) == 0 {
 		t.Fatalf("the killed session ended with %v", err)

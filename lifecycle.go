@@ -91,10 +91,52 @@ func isHexPrefix(s string) bool {
 // state is an environment's state as the user sees it: running while its
 // instance runs, which the metadata does not need to record.
 func (e *engine) state(m *envMeta) envState {
-	if _, ok := e.s.envs().env(m.EnvID).run().running(); ok {
+	if _, ok := e.running(m); ok {
 		return stateRunning
 	}
 	return m.State
+}
+
+// backend is the backend of that name, in the engine's environment.
+func (e *engine) backend(name string) (backend, error) { return backendFor(name, e.getenv) }
+
+// instanceOf is the backend running m's instance, when one runs (its
+// marker names it), with the little a backend needs to reach it.
+func (e *engine) instanceOf(m *envMeta) (backend, *runSpec, bool) {
+	dir := e.s.envs().env(m.EnvID)
+	name := dir.run().markerBackend()
+	if name == "" {
+		return nil, nil, false
+	}
+	b, err := e.backend(name)
+	if err != nil {
+		return nil, nil, false
+	}
+	return b, &runSpec{ID: m.EnvID, ShortID: m.ShortID, Dir: dir}, true
+}
+
+// running asks the backend of m's instance, if any, for its pid.
+func (e *engine) running(m *envMeta) (int, bool) {
+	b, r, ok := e.instanceOf(m)
+	if !ok {
+		return 0, false
+	}
+	return b.status(r)
+}
+
+// stop ends an environment's instance through its backend: SIGTERM to
+// every session, SIGKILL after timeout.
+func (e *engine) stop(ref string, timeout time.Duration) (*envMeta, stopResult, error) {
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return nil, stopResult{}, err
+	}
+	b, r, ok := e.instanceOf(m)
+	if !ok {
+		return m, stopResult{}, nil
+	}
+	res, err := b.stop(r, timeout)
+	return m, res, err
 }
 
 // lockOf reads the lock an environment was built from, kept in the store.
@@ -153,7 +195,7 @@ func (e *engine) run(ref string, es *execSpec) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	b, err := backendFor(l.Backend)
+	b, err := e.backend(l.Backend)
 	if err != nil {
 		return 0, err
 	}
@@ -267,7 +309,7 @@ type envInfo struct {
 
 func (e *engine) info(m *envMeta) envInfo {
 	state := m.State
-	pid, running := e.s.envs().env(m.EnvID).run().running()
+	pid, running := e.running(m)
 	if running {
 		state = stateRunning
 	}
@@ -406,24 +448,30 @@ func cmdEnter(c *cli) error {
 }
 
 func cmdStop(c *cli) error {
-	e, m, err := c.envArg()
-	if err != nil {
-		return err
-	}
 	timeout := 10 * time.Second
 	if v := c.flag("timeout"); v != "" {
+		var err error
 		if timeout, err = time.ParseDuration(v); err != nil || timeout < 0 {
 			return usageErrorf("--timeout %q: not a duration like 10s", v)
 		}
 	}
-	was := e.state(m) == stateRunning
-	r := &runSpec{ID: m.EnvID, ShortID: m.ShortID, Dir: e.s.envs().env(m.EnvID)}
-	if err := (nsBackend{getenv: c.getenv}).stop(r, timeout); err != nil {
+	e, err := c.engine()
+	if errors.Is(err, errNoStore) {
+		return fmt.Errorf("no environment %q: %w", c.args[0], err)
+	}
+	if err != nil {
 		return err
 	}
-	return c.report(map[string]any{"env_id": m.EnvID, "stopped": was}, func() string {
-		if !was {
+	m, res, err := e.stop(c.args[0], timeout)
+	if err != nil {
+		return err
+	}
+	return c.report(map[string]any{"env_id": m.EnvID, "stopped": res.WasRunning, "killed": res.Killed}, func() string {
+		switch {
+		case !res.WasRunning:
 			return m.ShortID + " was not running"
+		case res.Killed:
+			return "stopped " + m.ShortID + " (killed after " + timeout.String() + ")"
 		}
 		return "stopped " + m.ShortID
 	})

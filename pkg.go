@@ -154,11 +154,7 @@ func (e *engine) indexedDep(key string) (string, bool) {
 // in a build environment and keeping its writable layer.
 // The duration returned is the package manager's own time. A package
 // manager that cannot pin resolves again, unless o.locked insists.
-func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, o buildOptions, mock bool) (string, []lockedPackage, time.Duration, error) {
-	if mock {
-		l, c, err := e.mockDependencyLayer(op, base, requested)
-		return l, c, 0, err
-	}
+func (e *engine) dependencyLayer(op *walOp, base string, requested []string, locked []lockedPackage, o buildOptions) (string, []lockedPackage, time.Duration, error) {
 	baseTree := e.s.envs().tree(base)
 	pm, err := detectPackageManager([]string{baseTree})
 	if err != nil {
