@@ -175,4 +175,3 @@ func commandDir(r *runSpec, e *execSpec, getenv func(string) string) string {
 	}
 	return "/root"
 }
-

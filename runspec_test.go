@@ -32,4 +32,3 @@ func TestCommandEnv(t *testing.T) {
 		t.Fatalf("TERM set without a terminal: %q", got)
 	}
 }
-
