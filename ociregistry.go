@@ -404,12 +404,20 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		return err
 	}
 	scope := ociScope(repo, true)
+	byID, err := o.checkPublished(ctx, c)
+	if err != nil {
+		return err
+	}
 	// The manifest already under the tag knows the sha256 of what it
 	// shares with this environment: no need to read those objects twice.
 	hints := map[string]ociDescriptor{}
-	if old, err := o.manifest(ctx, repo, otag, scope); err != nil {
-		return err
-	} else if old != nil {
+	old := byID
+	if repo != o.repo || otag != c.meta.EnvID {
+		if old, err = o.manifest(ctx, repo, otag, scope); err != nil {
+			return err
+		}
+	}
+	if old != nil {
 		for _, d := range old.Layers {
 			hints[ociKey(d.Annotations[ociAnnKind], d.Annotations[ociAnnBlake3])] = d
 		}
@@ -483,6 +491,28 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		}
 	}
 	return nil
+}
+
+// checkPublished returns the manifest under the environment's env_id in
+// the repository, if there is one, and refuses to push when it names
+// other layers. A registry moves any tag it is told to: the pushing
+// client keeps the rule a karapace server keeps for itself (see
+// binding.go).
+func (o *ociRemote) checkPublished(ctx context.Context, c *envClosure) (*ociManifest, error) {
+	scope := ociScope(o.repo, false)
+	man, err := o.manifest(ctx, o.repo, c.meta.EnvID, scope)
+	if err != nil || man == nil {
+		return nil, err
+	}
+	b, err := (&ociSource{o: o, ctx: ctx, repo: o.repo, scope: scope}).get(man.Config, remoteMaxMeta)
+	if err != nil {
+		return nil, err
+	}
+	theirs, err := remoteParseMeta(c.meta.EnvID, b)
+	if err != nil {
+		return nil, fmt.Errorf("the metadata in %s:%s on %s is invalid: %v; refusing to replace it", o.repo, c.meta.EnvID, o.host, err)
+	}
+	return man, remoteLayersPublished(c.meta, theirs, o.display)
 }
 
 // ociPush puts one environment, its manifest made, into repositories.
@@ -818,6 +848,9 @@ func (o *ociRemote) source(ctx context.Context, ref string, prog *progress) (env
 	if src.m, err = remoteParseMeta(want, b); err != nil {
 		return nil, fmt.Errorf("the metadata in %s:%s on %s is invalid: %v; refusing it", repo, tag, o.host, err)
 	}
+	if id := man.Annotations[ociAnnEnvID]; id != "" && id != src.m.EnvID {
+		return nil, fmt.Errorf("%s:%s on %s is annotated as environment %s but holds the metadata of %s; refusing it", repo, tag, o.host, id, src.m.EnvID)
+	}
 	return src, nil
 }
 
@@ -860,6 +893,8 @@ func (s *ociSource) get(d ociDescriptor, limit int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+func (s *ociSource) origin() string { return s.o.display }
 
 func (s *ociSource) meta() (*envMeta, error) { return s.m, nil }
 

@@ -462,3 +462,54 @@ func ociTestDo(t *testing.T, reg *ociTestRegistry, k *kpRun, method, path string
 	}
 	return buf.Bytes()
 }
+
+// A registry moves any tag it is told to, so the clients keep an env_id's
+// layers fixed: push refuses to replace what the registry holds under the
+// env_id with other layers, and a pull refuses what another writer put
+// there, both for a client that holds the environment and for one that
+// held it once.
+func TestOCILayersFixed(t *testing.T) {
+	reg := startOCIRegistry(t, "")
+	team, elsewhere := "oci://"+reg.host+"/team", "oci://"+reg.host+"/elsewhere"
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.ok("push", "demo", "--remote", team)
+	b := newKP(t)
+	b.ok("pull", id, "--remote", team)
+	c := newKP(t)
+	c.ok("pull", id, "--remote", team)
+	c.ok("destroy", id)
+	c.ok("gc")
+
+	writeFile(t, filepath.Join(a.store, "env", id, "upper"), "etc/changed", "x\n")
+	snap := strings.TrimSpace(a.ok("commit", "demo"))
+	before := ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil)
+	mustContain(t, "refused push", a.fails(1, "environment "+id+" is on "+team+" with other layers", "push", "demo", "--remote", team, "--tag", "demo@v2"),
+		"snapshots none (on "+team+") vs "+snap+" (here)")
+	if after := ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil); !bytes.Equal(after, before) {
+		t.Fatal("a refused push replaced the manifest")
+	}
+
+	// Another writer, without these checks, puts the changed environment
+	// under the env_id: its blobs mounted from a repository where it was
+	// pushed, then its manifest.
+	a.ok("push", "demo", "--remote", elsewhere)
+	man := ociTestDo(t, reg, a, "GET", "/v2/elsewhere/manifests/"+id, nil)
+	var m ociManifest
+	if err := json.Unmarshal(man, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append(m.Layers, m.Config) {
+		ociTestDo(t, reg, a, "POST", "/v2/team/blobs/uploads/?mount="+d.Digest+"&from=elsewhere", nil)
+	}
+	ociTestDo(t, reg, a, "PUT", "/v2/team/manifests/"+id, man)
+
+	for _, cl := range []*kpRun{b, c} {
+		state := remoteStoreState(t, cl)
+		cl.fails(1, "snapshots none (here) vs "+snap+" (in "+team+")", "pull", id, "--remote", team)
+		if remoteStoreState(t, cl) != state {
+			t.Fatal("a refused pull changed the store")
+		}
+		cl.ok("verify-store")
+	}
+}

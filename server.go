@@ -45,7 +45,10 @@ import (
 // a tag naming an environment it lacks are refused with 409: the server
 // never holds a reference to nothing, so clients send metadata last. A
 // blob the server has is answered 200 and not rewritten (201 when stored);
-// metadata alone may be replaced by a newer version of the environment.
+// metadata alone may be replaced by a newer version of the environment,
+// but only one that names the same layers: an env_id's layers are fixed
+// once stored, and metadata naming others is refused with 409 (which
+// names the layers that differ). Tags stay movable.
 // ETag: the hash for objects and layers, the blake3 of the file for
 // metadata and the registry. PUT /registry honours If-Match (412 when the
 // registry changed since it was read), so two pushes cannot lose a tag.
@@ -85,6 +88,7 @@ type kpServer struct {
 	wait    time.Duration // how long an upload waits for a slot before 503
 	io      time.Duration // how long one read or write of a connection may take
 	regMu   sync.Mutex
+	metaMu  sync.Mutex // metadata writes, one at a time
 }
 
 // loadServerTokens reads a token file; a bad line stops the server.
@@ -429,6 +433,15 @@ func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash s
 		k.fail(w, r, http.StatusConflict, "%s refers to %s, which the server does not hold; upload it first", what, strings.Join(missing, ", "))
 		return
 	}
+	if kind == blobMetadata {
+		// The check and the write go together: of two pushes of one
+		// env_id with other layers, one gets 409.
+		k.metaMu.Lock()
+		defer k.metaMu.Unlock()
+		if !k.sameLayers(w, r, hash, b) {
+			return
+		}
+	}
 	if old, err := os.ReadFile(k.s.path(dir, hash)); err == nil && bytes.Equal(old, b) {
 		w.WriteHeader(http.StatusOK)
 		return
@@ -439,6 +452,27 @@ func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash s
 		return
 	}
 	w.WriteHeader(http.StatusCreated)
+}
+
+// sameLayers refuses (409) metadata of an environment the server holds
+// with other layers: an env_id's layers never change once stored, though
+// the rest of its metadata (state, name, times) may.
+func (k *kpServer) sameLayers(w http.ResponseWriter, r *http.Request, envID string, b []byte) bool {
+	old, err := k.s.getMeta(envID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true
+	}
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "metadata %s: cannot read the stored one", envID)
+		return false
+	}
+	m, _ := remoteParseMeta(envID, b) // checked by the caller
+	if d := layerDiff(layersOf(old), layersOf(m), "stored", "pushed"); d != "" {
+		k.fail(w, r, http.StatusConflict, "metadata %s: the server holds environment %s with other layers, and an env_id's layers never change once stored: %s", envID, envID, d)
+		return false
+	}
+	return true
 }
 
 func (k *kpServer) registryPath() string { return filepath.Join(k.s.root, "registry.json") }

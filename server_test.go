@@ -29,8 +29,9 @@ const (
 
 // testRemoteEnv makes an environment in s through the store's own API:
 // a base layer shared by every environment of the same baseSeed, a
-// dependency layer of its own, and manifest and lock objects. The
-// objects are random bytes; nothing here runs them.
+// dependency layer of its own, a manifest object and the lock its env_id
+// is computed from. The layers' objects are random bytes; nothing here
+// runs them.
 func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSize int) *envMeta {
 	t.Helper()
 	l, err := s.lock("test")
@@ -54,14 +55,31 @@ func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSi
 	}
 	base := layerOf(layerBase, "", put(1000000+baseSeed, baseSize))
 	dep := layerOf(layerDependency, base, put(seed, depSize))
-	id := storeBlake3Hex([]byte(fmt.Sprintf("test environment %d", seed)))
+	lock, id := testLock(t, seed)
+	lh, _, err := s.putObject(bytes.NewReader(lock))
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now().UTC().Format(time.RFC3339)
-	m := &envMeta{EnvID: id, ShortID: id[:12], State: stateBuilt, ManifestHash: put(2000000+seed, 300), LockHash: put(3000000+seed, 500),
+	m := &envMeta{EnvID: id, ShortID: id[:12], State: stateBuilt, ManifestHash: put(2000000+seed, 300), LockHash: lh,
 		BaseLayer: base, DependencyLayers: []string{dep}, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1}
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// testLock is a lock of its own for every seed, and its env_id.
+func testLock(t testing.TB, seed int64) ([]byte, string) {
+	t.Helper()
+	l := &lockFile{BaseImage: "./image.tar", BaseImageDigest: "sha256:" + strings.Repeat("0", 64), Backend: "mock", Requested: []string{"pkg"},
+		Packages: []lockedPackage{{"pkg", fmt.Sprint(seed)}}}
+	l.EnvID, l.ShortID = l.computeID()
+	b, err := l.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, l.EnvID
 }
 
 // newTestKP makes a server of a fresh store, holding its lock until the

@@ -255,6 +255,8 @@ func openExport(r io.Reader, prog *progress) (*exportSource, error) {
 	return a, nil
 }
 
+func (a *exportSource) origin() string { return "the archive" }
+
 func (a *exportSource) meta() (*envMeta, error) { return a.m, nil }
 
 func (a *exportSource) layer(hash string) (*layer, error) {
