@@ -5,6 +5,7 @@ var buildFlags = []flagDef{
 	{"locked", "", "", "build exactly what karapace.lock pins; fail if it is missing or differs"},
 	{"offline", "", "", "use no network at all (image and packages must be in the store)"},
 	{"require-pinned-image", "", "", "refuse a base.image that is not pinned to a digest"},
+	{"allow-insecure", "", "", "allow an http:// base.image that no digest pins (anyone on the network path could swap it)"},
 }
 
 func init() {
@@ -57,6 +58,7 @@ karapace.lock (build --locked) with a snapshot mirror such as
 			flags: []flagDef{
 				{"check", "", "", "only check that base.image is pinned"},
 				{"write-lock", "", "", "then build, writing karapace.lock"},
+				{"allow-insecure", "", "", "pin an http:// base.image from what the download gives (anyone on the network path could swap it)"},
 			},
 			maxArgs: 1, complete: "file", run: cmdPin,
 		},

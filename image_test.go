@@ -108,7 +108,13 @@ func TestPinFileAndURL(t *testing.T) {
 	}))
 	defer srv.Close()
 	mp2 := writeFile(t, dir, "url/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/img.tar", 1))
-	if code, _, errOut := runCLI(t, env, "pin", mp2); code != exitOK {
+	// Plain http pins only what the download gave: on request.
+	code, _, errOut = runCLI(t, env, "pin", mp2)
+	if code != exitManifest {
+		t.Fatalf("pin of a plain http URL: exit %d: %s", code, errOut)
+	}
+	mustContain(t, "stderr", errOut, mp2+`: base.image "`+srv.URL+`/img.tar" is downloaded over plain http and pinned to no digest`, "--allow-insecure")
+	if code, _, errOut := runCLI(t, env, "pin", "--allow-insecure", mp2); code != exitOK {
 		t.Fatalf("pin URL: %d %s", code, errOut)
 	}
 	m, err := loadManifest(mp2)
@@ -116,7 +122,7 @@ func TestPinFileAndURL(t *testing.T) {
 		t.Fatalf("pinned URL manifest: %v %+v", err, m)
 	}
 	mp3 := writeFile(t, dir, "404/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/missing.tar", 1))
-	code, _, errOut = runCLI(t, env, "pin", mp3)
+	code, _, errOut = runCLI(t, env, "pin", "--allow-insecure", mp3)
 	if code != exitFailure {
 		t.Fatalf("404: exit %d", code)
 	}

@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"lukechampine.com/blake3"
@@ -327,7 +328,7 @@ func imagesDir(s *store) string { return filepath.Join(s.root, "images") }
 // at the end when they differ; its digests are known after EOF.
 func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	if !isHTTPURL(src.Location) {
-		f, err := os.Open(src.Location)
+		f, err := openImageFile(src.Location)
 		if err != nil {
 			return nil, fmt.Errorf("opening image %s: %w", src.Location, err)
 		}
@@ -349,6 +350,43 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	}
 	src.SHA256 = sha
 	return openCached(s, src)
+}
+
+// openImageFile opens a local image, which must be a regular file: a
+// device or a FIFO would never end, or never begin. It opens without
+// waiting (a FIFO without a writer would block the open) and checks what
+// it opened, not what the path named a moment before.
+func openImageFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is %s, not an image file", path, fileKind(fi.Mode()))
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// fileKind names what a file that is not a regular file is.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "not a regular file"
 }
 
 func isHTTPURL(s string) bool {

@@ -526,7 +526,11 @@ func (e *engine) makeEnvDir(m *envMeta) error {
 		return err
 	}
 	defer rc.Close()
-	if err := treeInNS(treeJob{Op: "unpack", Dir: upper, Overlay: true}, rc, nil); err != nil {
+	job, err := e.unpackJob(upper)
+	if err != nil {
+		return err
+	}
+	if err := treeInNS(job, rc, nil); err != nil {
 		return fmt.Errorf("unpacking snapshot %s as the writable layer: %w", m.UpperLayer, err)
 	}
 	_, err = io.Copy(io.Discard, rc) // the object's hash is checked at its end
@@ -1214,7 +1218,7 @@ func (v *v1Source) objects(need map[string]bool, got func(string, io.Reader) err
 		if resp.ContentLength > v.r.maxObj {
 			return remoteTooBig("object "+h+" on "+v.r.base, v.r.maxObj)
 		}
-		body := &remoteLimitReader{r: resp.Body, max: v.r.maxObj, what: "object " + h}
+		body := &limitReader{r: resp.Body, max: v.r.maxObj, over: func() error { return remoteTooBig("object "+h, v.r.maxObj) }}
 		if err := got(h, v.prog.reader(body)); err != nil {
 			return fmt.Errorf("%v (from %s)", err, v.r.base)
 		}
@@ -1227,17 +1231,18 @@ func remoteTooBig(what string, limit int64) error {
 	return fmt.Errorf("%s is larger than %s, the most a pull accepts (--max-object-size); refusing it", what, humanBytes(limit))
 }
 
-// remoteLimitReader fails once more than max bytes come through it.
-type remoteLimitReader struct {
+// limitReader fails, with the error over gives, once more than max
+// bytes come through it.
+type limitReader struct {
 	r      io.Reader
 	n, max int64
-	what   string
+	over   func() error
 }
 
-func (l *remoteLimitReader) Read(p []byte) (int, error) {
+func (l *limitReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p[:min(int64(len(p)), l.max-l.n+1)])
 	if l.n += int64(n); l.n > l.max {
-		return 0, remoteTooBig(l.what, l.max)
+		return 0, l.over()
 	}
 	return n, err
 }

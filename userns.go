@@ -292,6 +292,23 @@ type treeJob struct {
 	Paths   []string // clean: globs under Dir to remove
 	Overlay bool     // unpack whiteouts as overlay whiteouts
 	Image   bool     // a base image: leave out its device nodes
+	// unpack: what the stream may create at most, 0 for the default, and
+	// the configuration file that sets it, for messages.
+	MaxSize, MaxEntries int64
+	Config              string
+}
+
+// limits are an unpack job's bounds, the defaults where it sets none.
+func (j *treeJob) limits() inputLimits {
+	l := defaultLimits()
+	if j.MaxSize > 0 {
+		l.TreeSize = j.MaxSize
+	}
+	if j.MaxEntries > 0 {
+		l.TreeEntries = j.MaxEntries
+	}
+	l.file = j.Config
+	return l
 }
 
 func init() { stageFuncs["tree"] = treeStage }
@@ -302,7 +319,7 @@ func treeStage(raw []byte) int {
 	if err == nil {
 		switch job.Op {
 		case "unpack":
-			_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image})
+			_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image, limits: job.limits()})
 		case "pack":
 			w := bufio.NewWriterSize(os.Stdout, 256<<10)
 			if _, err = packLayer(job.Dir, w); err == nil {
