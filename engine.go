@@ -215,6 +215,9 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err != nil {
 		return nil, err
 	}
+	if _, err := loadLimits(e.getenv); err != nil { // checked before any work, needed or not
+		return nil, err
+	}
 	var src imageSource
 	spec, err := archiveFor(ref, images.cfg)
 	if err != nil {
