@@ -20,6 +20,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -70,7 +71,7 @@ type imageEnv struct {
 }
 
 func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
-	e := &imageEnv{server: defaultImageServer, idle: 60 * time.Second, offline: offline}
+	e := &imageEnv{server: defaultImageServer, offline: offline}
 	cfg, err := loadImagesConfig(getenv)
 	if err != nil {
 		return nil, err
@@ -80,12 +81,8 @@ func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
 		e.server = cfg.Server
 	}
 	e.server = strings.TrimRight(e.server, "/")
-	if v := getenv("KARAPACE_HTTP_TIMEOUT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return nil, usageErrorf("KARAPACE_HTTP_TIMEOUT=%q: not a duration like 30s", v)
-		}
-		e.idle = d
+	if e.idle, err = httpIdleTimeout(getenv); err != nil {
+		return nil, err
 	}
 	e.client = &http.Client{Transport: &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -281,34 +278,48 @@ func isNotFound(err error) bool {
 	return errors.As(err, &se) && se.code == http.StatusNotFound
 }
 
-// idleReader cancels a download that makes no progress for a while.
+// httpIdleTimeout is how long a download may wait for data:
+// KARAPACE_HTTP_TIMEOUT, else a minute.
+func httpIdleTimeout(getenv func(string) string) (time.Duration, error) {
+	v := getenv("KARAPACE_HTTP_TIMEOUT")
+	if v == "" {
+		return time.Minute, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, usageErrorf("KARAPACE_HTTP_TIMEOUT=%q: not a duration like 30s", v)
+	}
+	return d, nil
+}
+
+// idleReader cancels a download when one read waits for data longer
+// than idle. Only the waits count: a reader that takes its time between
+// reads is not the server's fault.
 type idleReader struct {
 	rc     io.ReadCloser
 	timer  *time.Timer
 	idle   time.Duration
 	url    string
-	fired  chan struct{}
+	fired  atomic.Bool
 	cancel func()
 }
 
 func newIdleReader(rc io.ReadCloser, idle time.Duration, cancel func(), url string) *idleReader {
-	r := &idleReader{rc: rc, idle: idle, url: url, fired: make(chan struct{}), cancel: cancel}
-	r.timer = time.AfterFunc(idle, func() { close(r.fired); cancel() })
+	r := &idleReader{rc: rc, idle: idle, url: url, cancel: cancel}
+	r.timer = time.AfterFunc(idle, func() { r.fired.Store(true); cancel() })
+	r.timer.Stop()
 	return r
 }
 
 func (r *idleReader) Read(p []byte) (int, error) {
+	r.timer.Reset(r.idle)
 	n, err := r.rc.Read(p)
-	if n > 0 {
-		r.timer.Reset(r.idle)
-	}
+	r.timer.Stop()
 	if err != nil && err != io.EOF {
-		select {
-		case <-r.fired:
+		if r.fired.Load() {
 			return n, fmt.Errorf("downloading %s: no data for %s", r.url, r.idle)
-		default:
-			return n, fmt.Errorf("downloading %s: %w", r.url, err)
 		}
+		return n, fmt.Errorf("downloading %s: %w", r.url, err)
 	}
 	return n, err
 }

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Any registry that speaks the OCI distribution API can be the remote:
@@ -77,7 +78,8 @@ type ociRemote struct {
 	user      string
 	password  string
 	hc        *http.Client
-	maxObj    int64 // the largest object a pull accepts
+	maxObj    int64         // the largest object a pull accepts
+	idle      time.Duration // how long a response may keep the client waiting for data
 
 	mu     sync.Mutex
 	scheme string // https, or http once the registry turned out to speak it
@@ -139,7 +141,7 @@ func newOCIRemote(rs *remoteSettings) (*ociRemote, error) {
 		return nil, err
 	}
 	return &ociRemote{display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
-		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj}, nil
+		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj, idle: rs.idle}, nil
 }
 
 // target is where an environment lives in the registry.
@@ -170,8 +172,9 @@ func (o *ociRemote) base() string {
 // settle finds out whether the registry speaks https, or plain http
 // where that is allowed.
 func (o *ociRemote) settle(ctx context.Context) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+o.host+"/v2/", nil)
-	resp, err := o.hc.Do(req)
+	rctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "https://"+o.host+"/v2/", nil)
+	resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 	if err == nil {
 		resp.Body.Close()
 		return nil
@@ -202,8 +205,10 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 				return nil, err
 			}
 		}
-		req, err := http.NewRequestWithContext(ctx, method, rawURL, rc)
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, method, rawURL, rc)
 		if err != nil {
+			cancel()
 			if rc != nil {
 				rc.Close()
 			}
@@ -219,7 +224,7 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 			req.Header.Set("Authorization", o.authz)
 		}
 		o.mu.Unlock()
-		resp, err := o.hc.Do(req)
+		resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 		if err != nil {
 			return nil, remoteNetError(what, o.display, err)
 		}
@@ -319,12 +324,13 @@ func (o *ociRemote) authenticate(ctx context.Context, challenge, scope string) e
 	}
 	q["scope"] = scopes
 	realm.RawQuery = q.Encode()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, realm.String(), nil)
+	rctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, realm.String(), nil)
 	req.Header.Set("User-Agent", "karapace/"+version)
 	if o.user != "" {
 		req.SetBasicAuth(o.user, o.password)
 	}
-	resp, err := o.hc.Do(req)
+	resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 	if err != nil {
 		return remoteNetError("getting a registry token", realm.Host, err)
 	}
@@ -874,6 +880,10 @@ func (s *ociSource) open(ctx context.Context, d ociDescriptor) (io.ReadCloser, e
 	if resp.StatusCode != http.StatusOK {
 		defer resp.Body.Close()
 		return nil, s.o.statusError("fetching blob "+d.Digest, resp)
+	}
+	if resp.ContentLength > d.Size {
+		resp.Body.Close()
+		return nil, fmt.Errorf("blob %s on %s comes as %d bytes, more than the %d its manifest says; refusing it", d.Digest, s.o.host, resp.ContentLength, d.Size)
 	}
 	return remoteReadCloser{&ociVerifyReader{r: resp.Body, h: sha256.New(), d: d}, resp.Body}, nil
 }

@@ -544,8 +544,9 @@ type remoteSettings struct {
 	caCert   string // extra CA certificate (PEM) to trust
 	user     string // OCI registry credentials
 	password string
-	insecure bool  // OCI: plain http allowed for any host
-	maxObj   int64 // pull: the largest object accepted
+	insecure bool          // OCI: plain http allowed for any host
+	maxObj   int64         // pull: the largest object accepted
+	idle     time.Duration // how long a response may keep the client waiting for data
 }
 
 // remoteSettings reads --remote, the environment and [remote] of the
@@ -603,6 +604,9 @@ func (c *cli) remoteSettings() (*remoteSettings, error) {
 	if rs.url == "" {
 		return nil, usageErrorf("no remote given: pass --remote URL, set KARAPACE_REMOTE, or set url in [remote] of %s", configPath(c.getenv))
 	}
+	if rs.idle, err = httpIdleTimeout(c.getenv); err != nil {
+		return nil, err
+	}
 	return rs, nil
 }
 
@@ -652,7 +656,64 @@ func remoteHTTPClient(caCert string) (*http.Client, error) {
 		WriteBufferSize:       256 << 10,
 		ReadBufferSize:        256 << 10,
 	}
-	return &http.Client{Transport: tr}, nil
+	return &http.Client{Transport: tr, CheckRedirect: remoteRedirect}, nil
+}
+
+// remoteRedirect follows a redirect without the credentials when it
+// leads to another origin or from https to http: a server may send the
+// client elsewhere (a registry to its storage), but not its token.
+// net/http itself keeps them for another port of the same host.
+func remoteRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	prev := via[len(via)-1].URL
+	if remoteOrigin(req.URL) != remoteOrigin(via[0].URL) || (prev.Scheme == "https" && req.URL.Scheme != "https") {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// remoteOrigin is a URL's scheme, host and port.
+func remoteOrigin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// remoteRoundTrip sends req, whose context cancel ends, so that a
+// stalled server fails it instead of hanging it: the answer to a GET or
+// a HEAD must begin within idle (an upload may keep a server busy longer),
+// and every read of the response's body must see data within idle (a
+// minute if unset).
+func remoteRoundTrip(hc *http.Client, req *http.Request, cancel context.CancelFunc, idle time.Duration) (*http.Response, error) {
+	if idle <= 0 {
+		idle = time.Minute
+	}
+	var stalled atomic.Bool
+	var t *time.Timer
+	if req.Method == http.MethodGet || req.Method == http.MethodHead {
+		t = time.AfterFunc(idle, func() { stalled.Store(true); cancel() })
+	}
+	resp, err := hc.Do(req)
+	if t != nil {
+		t.Stop()
+	}
+	if err == nil && stalled.Load() {
+		resp.Body.Close()
+		err = context.Canceled
+	}
+	if err != nil {
+		cancel()
+		if stalled.Load() {
+			return nil, fmt.Errorf("no answer for %s", idle)
+		}
+		return nil, err
+	}
+	resp.Body = newIdleReader(resp.Body, idle, cancel, req.URL.Redacted())
+	return resp, nil
 }
 
 // remoteNetError explains a request that got no answer.
@@ -798,6 +859,7 @@ type v1Remote struct {
 	token  string
 	hc     *http.Client
 	maxObj int64
+	idle   time.Duration
 }
 
 func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
@@ -812,7 +874,7 @@ func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
 	if rs.token != "" && u.Scheme == "http" && !remoteLoopback(u.Hostname()) {
 		warnf("sending the token to %s in clear text: use https", u.Host)
 	}
-	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj}, nil
+	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj, idle: rs.idle}, nil
 }
 
 // remoteLoopback reports whether host is this machine.
@@ -836,8 +898,10 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 				return nil, err
 			}
 		}
-		req, err := http.NewRequestWithContext(ctx, method, r.base+path, rc)
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, method, r.base+path, rc)
 		if err != nil {
+			cancel()
 			if rc != nil {
 				rc.Close()
 			}
@@ -855,7 +919,7 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 		if r.token != "" {
 			req.Header.Set("Authorization", "Bearer "+r.token)
 		}
-		resp, err := r.hc.Do(req)
+		resp, err := remoteRoundTrip(r.hc, req, cancel, r.idle)
 		if err != nil {
 			return nil, remoteNetError(what, r.base, err)
 		}
@@ -1164,9 +1228,15 @@ func (v *v1Source) get(kind, hash string, limit int64) ([]byte, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, v.r.statusError("fetching "+kind+" "+hash, resp)
 	}
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%s %s on %s is %d bytes, more than the %d a %s may be; refusing it", kind, hash, v.r.base, resp.ContentLength, limit, kind)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, remoteNetError("fetching "+kind+" "+hash, v.r.base, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s %s on %s is more than the %d bytes a %s may be; refusing it", kind, hash, v.r.base, limit, kind)
 	}
 	return b, nil
 }

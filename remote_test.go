@@ -1126,3 +1126,123 @@ func TestRemotePullRefusesSwappedLayers(t *testing.T) {
 		t.Fatalf("pull of the genuine environment: %+v", pr)
 	}
 }
+
+// A server that stops sending, before its answer or in the middle of a
+// body, fails the pull after KARAPACE_HTTP_TIMEOUT instead of hanging
+// it; one that declares more than a blob may be is refused before it
+// sends it. Nothing of the environment is kept.
+func TestRemotePullStalls(t *testing.T) {
+	k := newTestKP(t, 4)
+	k.noAuth = true
+	var mode atomic.Value
+	h := k.handler()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m, _ := mode.Load().(string)
+		switch {
+		case m == "answer" && strings.HasPrefix(r.URL.Path, "/blobs/object/"):
+			<-r.Context().Done() // never answers
+			return
+		case m == "body" && strings.HasPrefix(r.URL.Path, "/blobs/object/"):
+			w.Header().Set("Content-Length", "1000000")
+			w.Write(bytes.Repeat([]byte("x"), 1000))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // sends no more
+			return
+		case m == "metadata" && strings.HasPrefix(r.URL.Path, "/blobs/metadata/"):
+			w.Header().Set("Content-Length", strconv.Itoa(remoteMaxMeta+1))
+			w.Write(bytes.Repeat([]byte(" "), remoteMaxMeta+1))
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.ok("push", "demo", "--remote", ts.URL)
+	for _, c := range []struct{ mode, want string }{
+		{"answer", "cannot reach " + ts.URL + ": no answer for 1s"},
+		{"body", ": no data for 1s"},
+		{"metadata", "metadata " + id + " on " + ts.URL + " is 1048577 bytes, more than the 1048576 a metadata may be; refusing it"},
+	} {
+		mode.Store(c.mode)
+		b := newKP(t)
+		b.env = append(b.env, "KARAPACE_HTTP_TIMEOUT=1s")
+		b.fails(1, c.want, "pull", id, "--remote", ts.URL)
+		b.emptyStore()
+	}
+}
+
+// A server may send a pull elsewhere, but the token does not follow to
+// another origin (another port of the same host included) or from https
+// to http.
+func TestRemoteRedirectDropsToken(t *testing.T) {
+	k := newTestKP(t, 4)
+	h := k.handler()
+	var mu sync.Mutex
+	var leaked, served int
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		served++
+		if r.Header.Get("Authorization") != "" {
+			leaked++
+		}
+		mu.Unlock()
+		r.Header.Set("Authorization", "Bearer "+testTokenRO) // it serves the blob all the same
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(elsewhere.Close)
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/blobs/object/") {
+			http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	plain := httptest.NewServer(front)
+	t.Cleanup(plain.Close)
+	tlsSrv := httptest.NewTLSServer(front)
+	t.Cleanup(tlsSrv.Close)
+	ca := writeFile(t, t.TempDir(), "ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})))
+
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.env = append(a.env, "KARAPACE_TOKEN="+testTokenRW)
+	a.ok("push", "demo", "--remote", plain.URL)
+	for _, u := range []string{plain.URL, tlsSrv.URL} {
+		b := newKP(t)
+		b.env = append(b.env, "KARAPACE_TOKEN="+testTokenRO, "KARAPACE_CA_CERT="+ca)
+		if out := b.ok("pull", id, "--remote", u); out != id+"\n" {
+			t.Fatalf("pull from %s: %q", u, out)
+		}
+		b.ok("verify-store")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if served == 0 || leaked != 0 {
+		t.Fatalf("the other origin served %d requests, %d of them with the token", served, leaked)
+	}
+
+	// The rule itself, for what a loopback test cannot show: a downgrade
+	// on the same host and port.
+	for _, c := range []struct {
+		from, to string
+		keep     bool
+	}{
+		{"https://reg.example/a", "https://reg.example:443/b", true},
+		{"http://reg.example/a", "http://reg.example:80/b", true},
+		{"https://reg.example/a", "http://reg.example:443/b", false},
+		{"https://reg.example/a", "https://reg.example:8443/b", false},
+		{"https://reg.example/a", "https://cdn.reg.example/b", false},
+		{"https://REG.example/a", "https://reg.example/b", true},
+	} {
+		from, _ := http.NewRequest("GET", c.from, nil)
+		to, _ := http.NewRequest("GET", c.to, nil)
+		to.Header.Set("Authorization", "Bearer x")
+		if err := remoteRedirect(to, []*http.Request{from}); err != nil {
+			t.Fatal(err)
+		}
+		if kept := to.Header.Get("Authorization") != ""; kept != c.keep {
+			t.Errorf("%s -> %s: token kept %v", c.from, c.to, kept)
+		}
+	}
+}
