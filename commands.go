@@ -190,10 +190,13 @@ need, or has a damaged byte is refused, and nothing of it is kept.`,
 /blobs/KIND/HASH (KIND object, layer or metadata), GET and PUT /registry (a JSON map of
 NAME@TAG to env_id, with ETag and If-Match), GET /list. Uploads are checked against their
 names while they stream and kept only if they match; a layer or metadata whose references
-the server lacks is refused (409). Every request needs "Authorization: Bearer TOKEN" with a
-token of --tokens FILE (one "TOKEN rw" or "TOKEN ro" a line, at least 16 characters); PUT
-needs rw. Without --tokens the server refuses to start unless --no-auth is given. The first
-line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests in flight.`,
+the server lacks is refused (409), and so is metadata of an environment it holds that names
+other layers: an env_id's layers never change once stored, tags can move. Every request
+needs "Authorization: Bearer TOKEN" with a token of --tokens FILE (one "TOKEN rw" or
+"TOKEN ro" a line, at least 16 characters); PUT needs rw, and a request without them is
+answered before its body is read. Without --tokens the server refuses to start unless
+--no-auth is given. The first line on stdout is the URL served. SIGTERM or SIGINT stops it
+after the requests in flight.`,
 			flags: []flagDef{
 				{"listen", "", "ADDR", "address to listen on, like 127.0.0.1:8700 (port 0: any free port)"},
 				{"data", "", "DIR", "the store to serve (created if missing)"},
@@ -204,6 +207,8 @@ line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests 
 				{"max-blob-size", "", "SIZE", "refuse objects larger than SIZE (default 16G)"},
 				{"max-uploads", "", "N", "uploads and registry writes processed at once; more wait (default 16)"},
 				{"io-timeout", "", "DURATION", "drop a client that sends or takes nothing for this long (default 2m)"},
+				{"min-upload-rate", "", "RATE", "drop an upload slower than RATE bytes a second over 10s, like 4K (default 4K)"},
+				{"max-client-conns", "", "N", "connections one client address may hold open; more are closed at once (default 64)"},
 			},
 			run: cmdServer,
 		},

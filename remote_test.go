@@ -713,7 +713,9 @@ func remotePeakRSS(t *testing.T, pid int) int64 {
 func TestRemoteLoad(t *testing.T) {
 	const clients, envs = 16, 200
 	dir := t.TempDir()
-	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
+	// Sixteen clients, all on 127.0.0.1: one address with the connections
+	// of many.
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir), "--max-client-conns", "1024")
 	src := newKP(t)
 	s, err := openStore(src.store)
 	if err != nil {
