@@ -410,19 +410,51 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		return err
 	}
 	scope := ociScope(repo, true)
-	byID, err := o.checkPublished(ctx, c)
+	old, err := o.checkPublished(ctx, c)
 	if err != nil {
 		return err
 	}
-	// The manifest already under the tag knows the sha256 of what it
-	// shares with this environment: no need to read those objects twice.
-	hints := map[string]ociDescriptor{}
-	old := byID
-	if repo != o.repo || otag != c.meta.EnvID {
+	if repo != o.repo || otag != c.meta.EnvID { // the manifest under the tag gives the hints
 		if old, err = o.manifest(ctx, repo, otag, scope); err != nil {
 			return err
 		}
 	}
+	blobs, descs, small, err := ociDescribe(ctx, s, c, old)
+	if err != nil {
+		return err
+	}
+	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
+		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
+	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
+	p.manifest, _ = json.Marshal(&man)
+	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
+		return err
+	}
+	// Every environment is also tagged by its env_id in the repository
+	// itself, where a pull by env_id (or a prefix of one) finds it; its
+	// blobs are mounted there from the tag's repository, not sent again.
+	if repo != o.repo {
+		if err := p.to(ctx, o.repo, c.meta.EnvID, ociScope(o.repo, true)+" "+ociScope(repo, false), repo); err != nil {
+			return err
+		}
+	}
+	for i, sent := range p.sent {
+		if sent {
+			res.BlobsUploaded++
+			res.BytesUploaded += blobs[i].Size
+		} else {
+			res.BlobsSkipped++
+		}
+	}
+	return nil
+}
+
+// ociDescribe makes the descriptors of the closure's blobs, in sending
+// order, and keeps the small ones (layer manifests, metadata) by digest.
+// The manifest already under the tag (old, if any) knows the sha256 of
+// what it shares with this environment: those objects are not read twice.
+func ociDescribe(ctx context.Context, s *store, c *envClosure, old *ociManifest) ([]remoteBlob, []ociDescriptor, map[string][]byte, error) {
+	hints := map[string]ociDescriptor{}
 	if old != nil {
 		for _, d := range old.Layers {
 			hints[ociKey(d.Annotations[ociAnnKind], d.Annotations[ociAnnBlake3])] = d
@@ -453,7 +485,7 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		descs[i].Digest = "sha256:" + hex.EncodeToString(sum[:])
 		small[descs[i].Digest] = data
 	}
-	if err := remoteParallel(ctx, len(c.objects), func(ctx context.Context, i int) error {
+	err := remoteParallel(ctx, len(c.objects), func(ctx context.Context, i int) error {
 		if descs[i].Digest != "" {
 			return nil
 		}
@@ -470,33 +502,8 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		}
 		descs[i].Digest = ociDigest(h)
 		return nil
-	}); err != nil {
-		return err
-	}
-	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
-		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
-	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
-	p.manifest, _ = json.Marshal(&man)
-	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
-		return err
-	}
-	// Every environment is also tagged by its env_id in the repository
-	// itself, where a pull by env_id (or a prefix of one) finds it; its
-	// blobs are mounted there from the tag's repository, not sent again.
-	if repo != o.repo {
-		if err := p.to(ctx, o.repo, c.meta.EnvID, ociScope(o.repo, true)+" "+ociScope(repo, false), repo); err != nil {
-			return err
-		}
-	}
-	for i, sent := range p.sent {
-		if sent {
-			res.BlobsUploaded++
-			res.BytesUploaded += blobs[i].Size
-		} else {
-			res.BlobsSkipped++
-		}
-	}
-	return nil
+	})
+	return blobs, descs, small, err
 }
 
 // checkPublished returns the manifest under the environment's env_id in
