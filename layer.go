@@ -531,6 +531,19 @@ type unpackOptions struct {
 	limits inputLimits
 }
 
+// limits are an unpack job's bounds, the defaults where it sets none.
+func (j *treeJob) limits() inputLimits {
+	l := defaultLimits()
+	if j.MaxSize > 0 {
+		l.TreeSize = j.MaxSize
+	}
+	if j.MaxEntries > 0 {
+		l.TreeEntries = j.MaxEntries
+	}
+	l.file = j.Config
+	return l
+}
+
 // Limits on what a stream may ask for.
 const (
 	unpackMaxPath         = 4095

@@ -1248,3 +1248,28 @@ func TestRemoteRedirectDropsToken(t *testing.T) {
 		}
 	}
 }
+
+// A pulled layer is unpacked within the [limits] of the puller: a
+// writable layer with more entries than tree_max_entries is refused,
+// naming the setting, and nothing of the environment is kept.
+func TestRemotePullTreeLimits(t *testing.T) {
+	k := newTestKP(t, 4)
+	k.noAuth = true
+	ts := httptest.NewServer(k.handler())
+	t.Cleanup(ts.Close)
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	for i := range 12 {
+		writeFile(t, filepath.Join(a.store, "env", id, "upper"), fmt.Sprintf("etc/f%02d", i), "x\n")
+	}
+	a.ok("restore", "demo", strings.TrimSpace(a.ok("commit", "demo")))
+	a.ok("push", "demo", "--remote", ts.URL)
+	b := newKP(t)
+	config := writeFile(t, b.home, ".config/karapace/config.toml", "[limits]\ntree_max_entries = 8\n")
+	b.fails(1, "more than 8 entries, the most one unpack may create ([limits] tree_max_entries in "+config+")", "pull", id, "--remote", ts.URL)
+	b.emptyStore()
+	writeFile(t, b.home, ".config/karapace/config.toml", "[limits]\ntree_max_entries = 100\n")
+	if out := b.ok("pull", id, "--remote", ts.URL); out != id+"\n" {
+		t.Fatalf("pull within the limits: %q", out)
+	}
+}

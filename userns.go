@@ -298,18 +298,6 @@ type treeJob struct {
 	Config              string
 }
 
-// limits are an unpack job's bounds, the defaults where it sets none.
-func (j *treeJob) limits() inputLimits {
-	l := defaultLimits()
-	if j.MaxSize > 0 {
-		l.TreeSize = j.MaxSize
-	}
-	if j.MaxEntries > 0 {
-		l.TreeEntries = j.MaxEntries
-	}
-	l.file = j.Config
-	return l
-}
 
 func init() { stageFuncs["tree"] = treeStage }
 
