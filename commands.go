@@ -143,8 +143,10 @@ from $KARAPACE_REGISTRY_USER and $KARAPACE_REGISTRY_PASSWORD (or registry_user a
 registry_password), never from a flag. $KARAPACE_CA_CERT (or ca_cert) names an extra CA
 certificate to trust. On an OCI registry, NAME@TAG is the repository REPOSITORY/NAME with
 the tag TAG, and every environment is also in REPOSITORY tagged with its env_id. Plain
-http to a registry only for loopback hosts or with --insecure-registry. The store is
-locked shared while push reads it: a gc or a destroy waits for it.`,
+http to a registry only for loopback hosts or with --insecure-registry. An env_id's layers
+never change once published: an environment the remote holds with other layers (after a
+commit, say) is refused before anything is sent; tags can move to another environment. The
+store is locked shared while push reads it: a gc or a destroy waits for it.`,
 			flags: []flagDef{
 				{"tag", "t", "NAME@TAG", "also point this tag at the environment"},
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
@@ -160,7 +162,11 @@ Every blob is checked against its hash before it enters the store, an object lar
 interrupted pull leaves nothing behind. The environment keeps its state and its name if
 that is free here (else the pull fails; --name gives another). Its writable layer is its
 last restored snapshot, or empty. An environment already in the store is left as it is.
-The remote and credentials are found as for push.`,
+The environment must come with its own lock (its fields give its env_id), and with the
+layers this store binds its env_id to, if it ever held it (built, pulled or imported; see
+store/bindings): a remote cannot swap them. A server that sends nothing for
+$KARAPACE_HTTP_TIMEOUT (default 1m) fails the pull; the token never follows a redirect to
+another origin. The remote and credentials are found as for push.`,
 			flags: []flagDef{
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
 				{"name", "n", "NAME", "store the environment under this name"},
@@ -180,7 +186,8 @@ complete. 'karapace import FILE' reads it back on another machine.`,
 			name: "import", synopsis: "FILE", summary: "read an environment from an export archive; prints its env_id",
 			help: `Reads an archive written by export (- for stdin). Every blob is checked against its hash
 before it enters the store; an archive that lacks a blob, holds one the environment does not
-need, or has a damaged byte is refused, and nothing of it is kept.`,
+need, or has a damaged byte is refused, and nothing of it is kept, as is an environment with
+another lock or other layers than this store binds its env_id to (see pull).`,
 			flags:   []flagDef{{"name", "n", "NAME", "store the environment under this name"}},
 			minArgs: 1, maxArgs: 1, complete: "file", run: cmdImport,
 		},
