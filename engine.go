@@ -482,7 +482,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 			return fmt.Errorf("image %s decompresses to more than %s, the most an image may (%s); refusing it", name, humanBytes(lim.ImageSize), lim.setting("image_max_size"))
 		}}
 		in := &errRecorder{r: dec}
-		job := treeJob{Op: "unpack", Dir: tree, Image: true, MaxSize: lim.TreeSize, MaxEntries: lim.TreeEntries, Config: lim.file}
+		job := treeJob{Op: "unpack", Dir: tree, Image: true, MaxSize: int(lim.TreeSize), MaxEntries: int(lim.TreeEntries), Config: lim.file}
 		if err := treeInNS(job, in, nil); err != nil {
 			if in.err != nil {
 				err = in.err
@@ -613,7 +613,7 @@ func (e *engine) unpackTree(layerHash string) error {
 // layer, within the [limits] of the configuration.
 func (e *engine) unpackJob(dir string) (treeJob, error) {
 	l, err := loadLimits(e.getenv)
-	return treeJob{Op: "unpack", Dir: dir, Overlay: true, MaxSize: l.TreeSize, MaxEntries: l.TreeEntries, Config: l.file}, err
+	return treeJob{Op: "unpack", Dir: dir, Overlay: true, MaxSize: int(l.TreeSize), MaxEntries: int(l.TreeEntries), Config: l.file}, err
 }
 
 // layerTrees lists the lower directories of an environment, top first,

@@ -535,10 +535,10 @@ type unpackOptions struct {
 func (j *treeJob) limits() inputLimits {
 	l := defaultLimits()
 	if j.MaxSize > 0 {
-		l.TreeSize = j.MaxSize
+		l.TreeSize = int64(j.MaxSize)
 	}
 	if j.MaxEntries > 0 {
-		l.TreeEntries = j.MaxEntries
+		l.TreeEntries = int64(j.MaxEntries)
 	}
 	l.file = j.Config
 	return l

@@ -294,10 +294,9 @@ type treeJob struct {
 	Image   bool     // a base image: leave out its device nodes
 	// unpack: what the stream may create at most, 0 for the default, and
 	// the configuration file that sets it, for messages.
-	MaxSize, MaxEntries int64
+	MaxSize, MaxEntries int
 	Config              string
 }
-
 
 func init() { stageFuncs["tree"] = treeStage }
 
