@@ -5,6 +5,7 @@ var buildFlags = []flagDef{
 	{"locked", "", "", "build exactly what karapace.lock pins; fail if it is missing or differs"},
 	{"offline", "", "", "use no network at all (image and packages must be in the store)"},
 	{"require-pinned-image", "", "", "refuse a base.image that is not pinned to a digest"},
+	{"allow-insecure", "", "", "allow an http:// base.image that no digest pins (anyone on the network path could swap it)"},
 }
 
 func init() {
@@ -57,6 +58,7 @@ karapace.lock (build --locked) with a snapshot mirror such as
 			flags: []flagDef{
 				{"check", "", "", "only check that base.image is pinned"},
 				{"write-lock", "", "", "then build, writing karapace.lock"},
+				{"allow-insecure", "", "", "pin an http:// base.image from what the download gives (anyone on the network path could swap it)"},
 			},
 			maxArgs: 1, complete: "file", run: cmdPin,
 		},
@@ -141,8 +143,10 @@ from $KARAPACE_REGISTRY_USER and $KARAPACE_REGISTRY_PASSWORD (or registry_user a
 registry_password), never from a flag. $KARAPACE_CA_CERT (or ca_cert) names an extra CA
 certificate to trust. On an OCI registry, NAME@TAG is the repository REPOSITORY/NAME with
 the tag TAG, and every environment is also in REPOSITORY tagged with its env_id. Plain
-http to a registry only for loopback hosts or with --insecure-registry. The store is
-locked shared while push reads it: a gc or a destroy waits for it.`,
+http to a registry only for loopback hosts or with --insecure-registry. An env_id's layers
+never change once published: an environment the remote holds with other layers (after a
+commit, say) is refused before anything is sent; tags can move to another environment. The
+store is locked shared while push reads it: a gc or a destroy waits for it.`,
 			flags: []flagDef{
 				{"tag", "t", "NAME@TAG", "also point this tag at the environment"},
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
@@ -158,7 +162,11 @@ Every blob is checked against its hash before it enters the store, an object lar
 interrupted pull leaves nothing behind. The environment keeps its state and its name if
 that is free here (else the pull fails; --name gives another). Its writable layer is its
 last restored snapshot, or empty. An environment already in the store is left as it is.
-The remote and credentials are found as for push.`,
+The environment must come with its own lock (its fields give its env_id), and with the
+layers this store binds its env_id to, if it ever held it (built, pulled or imported; see
+store/bindings): a remote cannot swap them. A server that sends nothing for
+$KARAPACE_HTTP_TIMEOUT (default 1m) fails the pull; the token never follows a redirect to
+another origin. The remote and credentials are found as for push.`,
 			flags: []flagDef{
 				{"remote", "", "URL", "the remote (default: $KARAPACE_REMOTE, else [remote] url)"},
 				{"name", "n", "NAME", "store the environment under this name"},
@@ -178,7 +186,8 @@ complete. 'karapace import FILE' reads it back on another machine.`,
 			name: "import", synopsis: "FILE", summary: "read an environment from an export archive; prints its env_id",
 			help: `Reads an archive written by export (- for stdin). Every blob is checked against its hash
 before it enters the store; an archive that lacks a blob, holds one the environment does not
-need, or has a damaged byte is refused, and nothing of it is kept.`,
+need, or has a damaged byte is refused, and nothing of it is kept, as is an environment with
+another lock or other layers than this store binds its env_id to (see pull).`,
 			flags:   []flagDef{{"name", "n", "NAME", "store the environment under this name"}},
 			minArgs: 1, maxArgs: 1, complete: "file", run: cmdImport,
 		},
@@ -188,10 +197,13 @@ need, or has a damaged byte is refused, and nothing of it is kept.`,
 /blobs/KIND/HASH (KIND object, layer or metadata), GET and PUT /registry (a JSON map of
 NAME@TAG to env_id, with ETag and If-Match), GET /list. Uploads are checked against their
 names while they stream and kept only if they match; a layer or metadata whose references
-the server lacks is refused (409). Every request needs "Authorization: Bearer TOKEN" with a
-token of --tokens FILE (one "TOKEN rw" or "TOKEN ro" a line, at least 16 characters); PUT
-needs rw. Without --tokens the server refuses to start unless --no-auth is given. The first
-line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests in flight.`,
+the server lacks is refused (409), and so is metadata of an environment it holds that names
+other layers: an env_id's layers never change once stored, tags can move. Every request
+needs "Authorization: Bearer TOKEN" with a token of --tokens FILE (one "TOKEN rw" or
+"TOKEN ro" a line, at least 16 characters); PUT needs rw, and a request without them is
+answered before its body is read. Without --tokens the server refuses to start unless
+--no-auth is given. The first line on stdout is the URL served. SIGTERM or SIGINT stops it
+after the requests in flight.`,
 			flags: []flagDef{
 				{"listen", "", "ADDR", "address to listen on, like 127.0.0.1:8700 (port 0: any free port)"},
 				{"data", "", "DIR", "the store to serve (created if missing)"},
@@ -202,6 +214,8 @@ line on stdout is the URL served. SIGTERM or SIGINT stops it after the requests 
 				{"max-blob-size", "", "SIZE", "refuse objects larger than SIZE (default 16G)"},
 				{"max-uploads", "", "N", "uploads and registry writes processed at once; more wait (default 16)"},
 				{"io-timeout", "", "DURATION", "drop a client that sends or takes nothing for this long (default 2m)"},
+				{"min-upload-rate", "", "RATE", "drop an upload slower than RATE bytes a second over 10s, like 4K (default 4K)"},
+				{"max-client-conns", "", "N", "connections one client address may hold open; more are closed at once (default 64)"},
 			},
 			run: cmdServer,
 		},

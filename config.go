@@ -38,7 +38,7 @@ func loadConfig(getenv func(string) string) (map[string]any, *schemaChecker, err
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := sc.table(nil, doc, "policy", "images", "remote"); err != nil {
+	if _, err := sc.table(nil, doc, "policy", "images", "remote", "limits"); err != nil {
 		return nil, nil, err
 	}
 	return doc, sc, nil
@@ -194,4 +194,71 @@ func loadImagesConfig(getenv func(string) string) (imagesConfig, error) {
 		return cfg, usageErrorf("KARAPACE_IMAGE_SOURCE=%q: expected archive or lxc", cfg.Source)
 	}
 	return cfg, nil
+}
+
+// inputLimits are [limits]: how much an image or a layer may make
+// karapace write, whoever made it. Generous, but finite: a small
+// compressed image can stand for terabytes.
+type inputLimits struct {
+	ImageSize   int64 // bytes an image may decompress to
+	TreeSize    int64 // bytes of file content one unpack may write
+	TreeEntries int64 // entries one unpack may create
+	file        string
+}
+
+func defaultLimits() inputLimits {
+	return inputLimits{ImageSize: 16 << 30, TreeSize: 64 << 30, TreeEntries: 4 << 20}
+}
+
+// setting names where a limit is set, for the message of what it refused.
+func (l inputLimits) setting(key string) string {
+	if l.file == "" {
+		return "[limits] " + key + " of the configuration file"
+	}
+	return "[limits] " + key + " in " + l.file
+}
+
+// loadLimits reads [limits]: sizes as bytes or like "16G", counts as
+// integers.
+func loadLimits(getenv func(string) string) (inputLimits, error) {
+	l := defaultLimits()
+	doc, sc, err := loadConfig(getenv)
+	if err != nil {
+		return l, err
+	}
+	l.file = sc.file
+	v, ok := doc["limits"]
+	if !ok {
+		return l, nil
+	}
+	t, err := sc.table([]string{"limits"}, v, "image_max_size", "tree_max_size", "tree_max_entries")
+	if err != nil {
+		return l, err
+	}
+	for _, f := range []struct {
+		key  string
+		dst  *int64
+		size bool
+	}{{"image_max_size", &l.ImageSize, true}, {"tree_max_size", &l.TreeSize, true}, {"tree_max_entries", &l.TreeEntries, false}} {
+		v, ok := t[f.key]
+		if !ok {
+			continue
+		}
+		path := []string{"limits", f.key}
+		if s, isStr := v.(string); isStr && f.size {
+			n, err := serverParseSize(s)
+			if err != nil {
+				return l, sc.errorf(path, "%v", err)
+			}
+			*f.dst = n
+			continue
+		}
+		if *f.dst, err = sc.integer(path, v, 1, 1<<62); err != nil {
+			if f.size {
+				return l, sc.errorf(path, "expected a size like 16G or a number of bytes")
+			}
+			return l, err
+		}
+	}
+	return l, nil
 }

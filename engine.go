@@ -79,6 +79,7 @@ type buildOptions struct {
 	locked        bool
 	offline       bool
 	requirePinned bool
+	allowInsecure bool // an http:// base.image no digest pins
 	rebuild       bool // replace the environment the lock named, in the same operation
 }
 
@@ -194,6 +195,9 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err != nil {
 		return nil, err
 	}
+	if _, err := loadLimits(e.getenv); err != nil { // checked before any work, needed or not
+		return nil, err
+	}
 	var src imageSource
 	spec, err := archiveFor(ref, images.cfg)
 	if err != nil {
@@ -230,6 +234,11 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	default:
 		if src, err = images.resolve(ref, m.Dir); err != nil {
 			return nil, err
+		}
+	}
+	if spec == nil {
+		if err := checkImageSource(src, m.BaseImage, o.allowInsecure); err != nil {
+			return nil, manifestErrorf("%s: %v", manifestPath, err)
 		}
 	}
 	op, err := e.s.beginOp(kind, "")
@@ -419,8 +428,12 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 		}
 	}
 	name := filepath.Base(src.Location)
+	lim, err := loadLimits(e.getenv)
+	if err != nil {
+		return "", "", err
+	}
 	var tree, sha string
-	err := images.readImage(e.s, src, func(img *imageReader) error {
+	err = images.readImage(e.s, src, func(img *imageReader) error {
 		prog := newProgress("importing "+name, img.size, true)
 		defer prog.finish()
 		if tree != "" { // what a damaged cached copy unpacked to
@@ -436,8 +449,12 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 		if err != nil {
 			return err
 		}
+		dec = &limitReader{r: dec, max: lim.ImageSize, over: func() error {
+			return fmt.Errorf("image %s decompresses to more than %s, the most an image may (%s); refusing it", name, humanBytes(lim.ImageSize), lim.setting("image_max_size"))
+		}}
 		in := &errRecorder{r: dec}
-		if err := treeInNS(treeJob{Op: "unpack", Dir: tree, Image: true}, in, nil); err != nil {
+		job := treeJob{Op: "unpack", Dir: tree, Image: true, MaxSize: int(lim.TreeSize), MaxEntries: int(lim.TreeEntries), Config: lim.file}
+		if err := treeInNS(job, in, nil); err != nil {
 			if in.err != nil {
 				err = in.err
 			}
@@ -546,7 +563,10 @@ func (e *engine) unpackTree(layerHash string) error {
 	if err := os.MkdirAll(tmp, 0o700); err != nil {
 		return err
 	}
-	err = treeInNS(treeJob{Op: "unpack", Dir: tmp, Overlay: true}, rc, nil)
+	job, err := e.unpackJob(tmp)
+	if err == nil {
+		err = treeInNS(job, rc, nil)
+	}
 	if err == nil {
 		_, err = io.Copy(io.Discard, rc) // the hash is checked at the end
 	}
@@ -558,6 +578,13 @@ func (e *engine) unpackTree(layerHash string) error {
 		return fmt.Errorf("unpacking layer %s: %w", layerHash, err)
 	}
 	return nil
+}
+
+// unpackJob is the tree job that unpacks a layer into dir as an overlay
+// layer, within the [limits] of the configuration.
+func (e *engine) unpackJob(dir string) (treeJob, error) {
+	l, err := loadLimits(e.getenv)
+	return treeJob{Op: "unpack", Dir: dir, Overlay: true, MaxSize: int(l.TreeSize), MaxEntries: int(l.TreeEntries), Config: l.file}, err
 }
 
 // layerTrees lists the lower directories of an environment, top first,
@@ -585,7 +612,7 @@ func (e *engine) layerTrees(m *envMeta) ([]string, error) {
 
 // fileDigests hashes a file with sha256 and blake3 in one streaming pass.
 func fileDigests(path string) (string, string, error) {
-	f, err := os.Open(path)
+	f, err := openImageFile(path)
 	if err != nil {
 		return "", "", err
 	}

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"path"
 	"strings"
 	"unicode/utf8"
@@ -90,6 +92,27 @@ func parseImageRef(s string) (imageRef, error) {
 	return r, nil
 }
 
+// checkImageSource refuses, before any work, an image that cannot be
+// read safely: bytes fetched over plain http that no digest pins (the
+// manifest's, the lock's or the image server's index), which anyone on
+// the way could swap, unless allowInsecure; and a local path that is not
+// a regular file (a device or a FIFO never ends, a directory is no
+// tarball).
+func checkImageSource(src imageSource, image string, allowInsecure bool) error {
+	switch {
+	case strings.HasPrefix(src.Location, "http://"):
+		if src.SHA256 == "" && src.BLAKE3 == "" && !allowInsecure {
+			return fmt.Errorf("base.image %q is downloaded over plain http and pinned to no digest, so anyone on the way could swap it: pin it (URL#sha256=DIGEST, see 'karapace pin --allow-insecure'), use https, or pass --allow-insecure", image)
+		}
+	case isHTTPURL(src.Location):
+	default:
+		if fi, err := os.Stat(src.Location); err == nil && !fi.Mode().IsRegular() {
+			return fmt.Errorf("base.image %q: %s is %s, not an image file", image, src.Location, fileKind(fi.Mode()))
+		}
+	}
+	return nil
+}
+
 func validAlias(s string) bool {
 	if s == "" || len(s) > 64 || strings.HasPrefix(s, "/") || strings.HasSuffix(s, "/") || strings.Contains(s, "..") {
 		return false
@@ -141,8 +164,12 @@ func cmdPin(c *cli) error {
 	if err != nil {
 		return err
 	}
-	pinned, err := e.pinImage(m.BaseImage, m.Dir)
+	pinned, err := e.pinImage(m.BaseImage, m.Dir, c.has("allow-insecure"))
 	if err != nil {
+		var c *codedError
+		if errors.As(err, &c) && c.code == exitManifest {
+			return manifestErrorf("%s: %v", path, err)
+		}
 		return err
 	}
 	if pinned != m.BaseImage {
@@ -184,7 +211,7 @@ func archivePinError(path, image string, spec *archiveSpec) error {
 // an alias resolves on the image server, whose index gives the digest; a
 // URL is downloaded into the image cache; a file is read. A URL or path
 // keeps the form it was given in (file://, relative).
-func (e *engine) pinImage(image, dir string) (string, error) {
+func (e *engine) pinImage(image, dir string, allowInsecure bool) (string, error) {
 	ref, err := parseImageRef(image)
 	if err != nil {
 		return "", err
@@ -196,6 +223,9 @@ func (e *engine) pinImage(image, dir string) (string, error) {
 	src, err := images.resolve(ref, dir)
 	if err != nil {
 		return "", err
+	}
+	if err := checkImageSource(src, image, allowInsecure); err != nil {
+		return "", manifestErrorf("%v", err)
 	}
 	if ref.Kind == imageAlias || ref.Kind == imageLXC {
 		return src.Location + "#sha256=" + src.SHA256, nil

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestParseImageRef(t *testing.T) {
@@ -108,7 +110,13 @@ func TestPinFileAndURL(t *testing.T) {
 	}))
 	defer srv.Close()
 	mp2 := writeFile(t, dir, "url/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/img.tar", 1))
-	if code, _, errOut := runCLI(t, env, "pin", mp2); code != exitOK {
+	// Plain http pins only what the download gave: on request.
+	code, _, errOut = runCLI(t, env, "pin", mp2)
+	if code != exitManifest {
+		t.Fatalf("pin of a plain http URL: exit %d: %s", code, errOut)
+	}
+	mustContain(t, "stderr", errOut, mp2+`: base.image "`+srv.URL+`/img.tar" is downloaded over plain http and pinned to no digest`, "--allow-insecure")
+	if code, _, errOut := runCLI(t, env, "pin", "--allow-insecure", mp2); code != exitOK {
 		t.Fatalf("pin URL: %d %s", code, errOut)
 	}
 	m, err := loadManifest(mp2)
@@ -116,7 +124,7 @@ func TestPinFileAndURL(t *testing.T) {
 		t.Fatalf("pinned URL manifest: %v %+v", err, m)
 	}
 	mp3 := writeFile(t, dir, "404/karapace.toml", strings.Replace(pinManifest, "%s", srv.URL+"/missing.tar", 1))
-	code, _, errOut = runCLI(t, env, "pin", mp3)
+	code, _, errOut = runCLI(t, env, "pin", "--allow-insecure", mp3)
 	if code != exitFailure {
 		t.Fatalf("404: exit %d", code)
 	}
@@ -339,4 +347,68 @@ func TestPinWriteLock(t *testing.T) {
 	k.ok("pin", "--check")
 	k.ok("inspect", l.EnvID)
 	k.ok("build", "--locked", "--require-pinned-image")
+}
+
+// A base.image that is not a regular file (a device, a FIFO, a
+// directory) would hang a build or read forever: build and pin refuse it
+// at once, naming base.image, and the store keeps nothing.
+func TestImageNotRegularFile(t *testing.T) {
+	k := newKP(t)
+	fifo := filepath.Join(k.dir, "fifo.tar")
+	if err := unix.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	os.Mkdir(filepath.Join(k.dir, "dir.tar"), 0o755)
+	for _, c := range []struct{ image, what string }{
+		{"/dev/zero", "/dev/zero is a character device"},
+		{"./fifo.tar", fifo + " is a FIFO"},
+		{"./dir.tar", filepath.Join(k.dir, "dir.tar") + " is a directory"},
+	} {
+		mp := k.writeManifest("manifest_version = 1\n[base]\nimage = \"" + c.image + "\"\n[runtime]\nbackend = \"mock\"\n")
+		want := `base.image "` + c.image + `": ` + c.what + ", not an image file"
+		k.fails(exitManifest, want, "build")
+		k.fails(exitManifest, want, "pin")
+		if got, _ := os.ReadFile(mp); !strings.Contains(string(got), c.image+`"`) {
+			t.Fatalf("the manifest changed:\n%s", got)
+		}
+		assertNothingHalfMade(t, k)
+	}
+	// What an open finds is checked, not what the path named before: a
+	// FIFO is refused without waiting for a writer.
+	if _, err := openImageFile(fifo); err == nil || !strings.Contains(err.Error(), "is a FIFO, not an image file") {
+		t.Fatalf("open of a FIFO: %v", err)
+	}
+	if _, _, err := fileDigests("/dev/zero"); err == nil || !strings.Contains(err.Error(), "is a character device") {
+		t.Fatalf("digests of /dev/zero: %v", err)
+	}
+}
+
+// An http:// base.image that no digest pins is built or pinned only with
+// --allow-insecure; pinned by the manifest or by the lock, it needs none.
+func TestImageHTTPNeedsPin(t *testing.T) {
+	k := newKP(t)
+	tinyImage(t, filepath.Join(k.dir, "image.tar.gz"))
+	img, err := os.ReadFile(filepath.Join(k.dir, "image.tar.gz"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(img) }))
+	t.Cleanup(srv.Close)
+	url := srv.URL + "/image.tar.gz"
+	manifest := "manifest_version = 1\n[base]\nimage = %q\n[runtime]\nbackend = \"mock\"\n"
+	k.writeManifest(fmt.Sprintf(manifest, url))
+	for _, cmd := range []string{"build", "rebuild"} {
+		k.fails(exitManifest, `base.image "`+url+`" is downloaded over plain http and pinned to no digest, so anyone on the way could swap it`, cmd)
+		assertNothingHalfMade(t, k)
+	}
+	id := strings.TrimSpace(k.ok("build", "--allow-insecure"))
+	if out := k.ok("build"); out != id+"\n" { // the lock pins the digest now
+		t.Fatalf("build from the lock: %q, want %s", out, id)
+	}
+	sum := sha256.Sum256(img)
+	os.Remove(filepath.Join(k.dir, "karapace.lock"))
+	k.writeManifest(fmt.Sprintf(manifest, url+"#sha256="+hex.EncodeToString(sum[:])))
+	if out := k.ok("build"); out != id+"\n" {
+		t.Fatalf("build of the pinned URL: %q, want %s", out, id)
+	}
 }

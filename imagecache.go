@@ -20,6 +20,8 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"lukechampine.com/blake3"
@@ -69,7 +71,7 @@ type imageEnv struct {
 }
 
 func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
-	e := &imageEnv{server: defaultImageServer, idle: 60 * time.Second, offline: offline}
+	e := &imageEnv{server: defaultImageServer, offline: offline}
 	cfg, err := loadImagesConfig(getenv)
 	if err != nil {
 		return nil, err
@@ -79,12 +81,8 @@ func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
 		e.server = cfg.Server
 	}
 	e.server = strings.TrimRight(e.server, "/")
-	if v := getenv("KARAPACE_HTTP_TIMEOUT"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return nil, usageErrorf("KARAPACE_HTTP_TIMEOUT=%q: not a duration like 30s", v)
-		}
-		e.idle = d
+	if e.idle, err = httpIdleTimeout(getenv); err != nil {
+		return nil, err
 	}
 	e.client = &http.Client{Transport: &http.Transport{
 		Proxy:                 http.ProxyFromEnvironment,
@@ -280,34 +278,48 @@ func isNotFound(err error) bool {
 	return errors.As(err, &se) && se.code == http.StatusNotFound
 }
 
-// idleReader cancels a download that makes no progress for a while.
+// httpIdleTimeout is how long a download may wait for data:
+// KARAPACE_HTTP_TIMEOUT, else a minute.
+func httpIdleTimeout(getenv func(string) string) (time.Duration, error) {
+	v := getenv("KARAPACE_HTTP_TIMEOUT")
+	if v == "" {
+		return time.Minute, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, usageErrorf("KARAPACE_HTTP_TIMEOUT=%q: not a duration like 30s", v)
+	}
+	return d, nil
+}
+
+// idleReader cancels a download when one read waits for data longer
+// than idle. Only the waits count: a reader that takes its time between
+// reads is not the server's fault.
 type idleReader struct {
 	rc     io.ReadCloser
 	timer  *time.Timer
 	idle   time.Duration
 	url    string
-	fired  chan struct{}
+	fired  atomic.Bool
 	cancel func()
 }
 
 func newIdleReader(rc io.ReadCloser, idle time.Duration, cancel func(), url string) *idleReader {
-	r := &idleReader{rc: rc, idle: idle, url: url, fired: make(chan struct{}), cancel: cancel}
-	r.timer = time.AfterFunc(idle, func() { close(r.fired); cancel() })
+	r := &idleReader{rc: rc, idle: idle, url: url, cancel: cancel}
+	r.timer = time.AfterFunc(idle, func() { r.fired.Store(true); cancel() })
+	r.timer.Stop()
 	return r
 }
 
 func (r *idleReader) Read(p []byte) (int, error) {
+	r.timer.Reset(r.idle)
 	n, err := r.rc.Read(p)
-	if n > 0 {
-		r.timer.Reset(r.idle)
-	}
+	r.timer.Stop()
 	if err != nil && err != io.EOF {
-		select {
-		case <-r.fired:
+		if r.fired.Load() {
 			return n, fmt.Errorf("downloading %s: no data for %s", r.url, r.idle)
-		default:
-			return n, fmt.Errorf("downloading %s: %w", r.url, err)
 		}
+		return n, fmt.Errorf("downloading %s: %w", r.url, err)
 	}
 	return n, err
 }
@@ -327,7 +339,7 @@ func imagesDir(s *store) string { return filepath.Join(s.root, "images") }
 // at the end when they differ; its digests are known after EOF.
 func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	if !isHTTPURL(src.Location) {
-		f, err := os.Open(src.Location)
+		f, err := openImageFile(src.Location)
 		if err != nil {
 			return nil, fmt.Errorf("opening image %s: %w", src.Location, err)
 		}
@@ -349,6 +361,43 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	}
 	src.SHA256 = sha
 	return openCached(s, src)
+}
+
+// openImageFile opens a local image, which must be a regular file: a
+// device or a FIFO would never end, or never begin. It opens without
+// waiting (a FIFO without a writer would block the open) and checks what
+// it opened, not what the path named a moment before.
+func openImageFile(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s is %s, not an image file", path, fileKind(fi.Mode()))
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// fileKind names what a file that is not a regular file is.
+func fileKind(m fs.FileMode) string {
+	switch {
+	case m.IsDir():
+		return "a directory"
+	case m&fs.ModeNamedPipe != 0:
+		return "a FIFO"
+	case m&fs.ModeCharDevice != 0:
+		return "a character device"
+	case m&fs.ModeDevice != 0:
+		return "a block device"
+	case m&fs.ModeSocket != 0:
+		return "a socket"
+	}
+	return "not a regular file"
 }
 
 func isHTTPURL(s string) bool {

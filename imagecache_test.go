@@ -534,3 +534,50 @@ func TestImageFileURL(t *testing.T) {
 		t.Fatalf("pinned build: %s, want %s", got, id)
 	}
 }
+
+// An image may not make karapace write without bound: what it
+// decompresses to, the bytes and the entries of the tree it unpacks to
+// all have limits, set in [limits] of the configuration and named by the
+// refusal, which leaves nothing behind.
+func TestImageInputBounds(t *testing.T) {
+	k := newKP(t)
+	config := filepath.Join(k.home, ".config/karapace/config.toml")
+	build := func(limits string, entries []*tar.Header) string {
+		t.Helper()
+		smallImage(t, filepath.Join(k.dir, "image.tar.xz"), entries)
+		writeFile(t, k.home, ".config/karapace/config.toml", "[limits]\n"+limits)
+		k.writeManifest("manifest_version = 1\n[base]\nimage = \"./image.tar.xz\"\n[runtime]\nbackend = \"mock\"\n")
+		return k.fails(1, "the most", "build")
+	}
+	dir := &tar.Header{Name: "./", Typeflag: tar.TypeDir, Mode: 0o755}
+	// 8 MiB of one byte: some kilobytes of xz.
+	bomb := []*tar.Header{dir, {Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 8 << 20}}
+	mustContain(t, "image size", build(`image_max_size = "1M"`+"\n", bomb),
+		"image image.tar.xz decompresses to more than 1.0 MiB, the most an image may ([limits] image_max_size in "+config+")")
+	assertNothingHalfMade(t, k)
+	mustContain(t, "tree size", build(`tree_max_size = "1M"`+"\n", bomb),
+		`entry "zeros": more than 1.0 MiB of files, the most one unpack may write ([limits] tree_max_size in `+config+")")
+	assertNothingHalfMade(t, k)
+	many := []*tar.Header{dir}
+	for i := range 20 {
+		many = append(many, &tar.Header{Name: fmt.Sprintf("f%02d", i), Typeflag: tar.TypeReg, Mode: 0o644})
+	}
+	mustContain(t, "entries", build("tree_max_entries = 10\n", many),
+		`entry "f09": more than 10 entries, the most one unpack may create ([limits] tree_max_entries in `+config+")")
+	assertNothingHalfMade(t, k)
+	// Within the limits, the same image builds.
+	writeFile(t, k.home, ".config/karapace/config.toml", "[limits]\nimage_max_size = 16777216\ntree_max_entries = 21\n")
+	k.ok("build")
+
+	// The limits are checked like any key of the file.
+	for _, c := range []struct{ body, want string }{
+		{`image_max_size = "lots"`, `limits.image_max_size`},
+		{`tree_max_size = -1`, `limits.tree_max_size`},
+		{`tree_max_entries = 0`, `out of range`},
+		{`tree_max_entries = "10"`, `expected an integer`},
+		{`max_layers = 3`, `max_layers`},
+	} {
+		writeFile(t, k.home, ".config/karapace/config.toml", "[limits]\n"+c.body+"\n")
+		k.fails(exitManifest, c.want, "build")
+	}
+}

@@ -526,6 +526,22 @@ type unpackOptions struct {
 	// skipDevices: leave out device nodes instead of refusing them. Base
 	// images carry a /dev the runtime replaces anyway.
 	skipDevices bool
+	// limits: the bytes of file content and the entries the stream may
+	// create at most (TreeSize, TreeEntries; 0 for no bound).
+	limits inputLimits
+}
+
+// limits are an unpack job's bounds, the defaults where it sets none.
+func (j *treeJob) limits() inputLimits {
+	l := defaultLimits()
+	if j.MaxSize > 0 {
+		l.TreeSize = int64(j.MaxSize)
+	}
+	if j.MaxEntries > 0 {
+		l.TreeEntries = int64(j.MaxEntries)
+	}
+	l.file = j.Config
+	return l
 }
 
 // Limits on what a stream may ask for.
@@ -651,6 +667,9 @@ func (u *unpacker) entry(hdr *tar.Header, tr *tar.Reader) error {
 		}
 	}
 	u.st.Entries++
+	if max := u.opts.limits.TreeEntries; max > 0 && int64(u.st.Entries) > max {
+		return fmt.Errorf("more than %d entries, the most one unpack may create (%s)", max, u.opts.limits.setting("tree_max_entries"))
+	}
 	dir, base := "", rel
 	if i := strings.LastIndexByte(rel, '/'); i >= 0 {
 		dir, base = rel[:i], rel[i+1:]
@@ -896,6 +915,9 @@ func (u *unpacker) mkdir(dir, base, rel string, hdr *tar.Header) error {
 }
 
 func (u *unpacker) file(dir, base, rel string, hdr *tar.Header, tr *tar.Reader) error {
+	if max := u.opts.limits.TreeSize; max > 0 && u.st.Bytes+hdr.Size > max {
+		return fmt.Errorf("more than %s of files, the most one unpack may write (%s)", humanBytes(max), u.opts.limits.setting("tree_max_size"))
+	}
 	pfd, err := u.prepare(dir, base, false)
 	if err != nil {
 		return err

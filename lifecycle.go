@@ -329,7 +329,8 @@ func cmdBuild(c *cli) error {
 	if err != nil {
 		return err
 	}
-	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image")}
+	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image"),
+		allowInsecure: c.has("allow-insecure")}
 	res, err := e.build(path, o)
 	if err != nil {
 		return err
@@ -371,7 +372,8 @@ func cmdRebuild(c *cli) error {
 	if err != nil {
 		return err
 	}
-	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image"), rebuild: true}
+	o := buildOptions{name: c.flag("name"), locked: c.has("locked"), offline: c.has("offline"), requirePinned: c.has("require-pinned-image"),
+		allowInsecure: c.has("allow-insecure"), rebuild: true}
 	res, err := e.build(path, o)
 	if err != nil {
 		return err

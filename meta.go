@@ -213,12 +213,15 @@ func (s *store) checkMetaRefs(m *envMeta) error {
 	return nil
 }
 
-// writeMeta writes m with a fresh checksum, without checking references.
+// writeMeta writes m with a fresh checksum, without checking references,
+// and keeps its layers as the binding of its env_id (see binding.go).
 func (s *store) writeMeta(m *envMeta) error {
 	m.Checksum = storeBlake3Hex(m.canonical())
 	b, _ := json.MarshalIndent(m, "", "  ")
-	_, err := s.writeAtomic(s.path("metadata"), m.EnvID, bytes.NewReader(append(b, '\n')))
-	return err
+	if _, err := s.writeAtomic(s.path("metadata"), m.EnvID, bytes.NewReader(append(b, '\n'))); err != nil {
+		return err
+	}
+	return s.recordBinding(m)
 }
 
 // getMeta reads and checks an environment's metadata.

@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"time"
 )
 
 // Any registry that speaks the OCI distribution API can be the remote:
@@ -77,7 +78,8 @@ type ociRemote struct {
 	user      string
 	password  string
 	hc        *http.Client
-	maxObj    int64 // the largest object a pull accepts
+	maxObj    int64         // the largest object a pull accepts
+	idle      time.Duration // how long a response may keep the client waiting for data
 
 	mu     sync.Mutex
 	scheme string // https, or http once the registry turned out to speak it
@@ -139,7 +141,7 @@ func newOCIRemote(rs *remoteSettings) (*ociRemote, error) {
 		return nil, err
 	}
 	return &ociRemote{display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
-		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj}, nil
+		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj, idle: rs.idle}, nil
 }
 
 // target is where an environment lives in the registry.
@@ -170,8 +172,9 @@ func (o *ociRemote) base() string {
 // settle finds out whether the registry speaks https, or plain http
 // where that is allowed.
 func (o *ociRemote) settle(ctx context.Context) error {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "https://"+o.host+"/v2/", nil)
-	resp, err := o.hc.Do(req)
+	rctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "https://"+o.host+"/v2/", nil)
+	resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 	if err == nil {
 		resp.Body.Close()
 		return nil
@@ -202,8 +205,10 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 				return nil, err
 			}
 		}
-		req, err := http.NewRequestWithContext(ctx, method, rawURL, rc)
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, method, rawURL, rc)
 		if err != nil {
+			cancel()
 			if rc != nil {
 				rc.Close()
 			}
@@ -219,7 +224,7 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 			req.Header.Set("Authorization", o.authz)
 		}
 		o.mu.Unlock()
-		resp, err := o.hc.Do(req)
+		resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 		if err != nil {
 			return nil, remoteNetError(what, o.display, err)
 		}
@@ -319,12 +324,13 @@ func (o *ociRemote) authenticate(ctx context.Context, challenge, scope string) e
 	}
 	q["scope"] = scopes
 	realm.RawQuery = q.Encode()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, realm.String(), nil)
+	rctx, cancel := context.WithCancel(ctx)
+	req, _ := http.NewRequestWithContext(rctx, http.MethodGet, realm.String(), nil)
 	req.Header.Set("User-Agent", "karapace/"+version)
 	if o.user != "" {
 		req.SetBasicAuth(o.user, o.password)
 	}
-	resp, err := o.hc.Do(req)
+	resp, err := remoteRoundTrip(o.hc, req, cancel, o.idle)
 	if err != nil {
 		return remoteNetError("getting a registry token", realm.Host, err)
 	}
@@ -404,12 +410,52 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		return err
 	}
 	scope := ociScope(repo, true)
-	// The manifest already under the tag knows the sha256 of what it
-	// shares with this environment: no need to read those objects twice.
-	hints := map[string]ociDescriptor{}
-	if old, err := o.manifest(ctx, repo, otag, scope); err != nil {
+	old, err := o.checkPublished(ctx, c)
+	if err != nil {
 		return err
-	} else if old != nil {
+	}
+	if repo != o.repo || otag != c.meta.EnvID { // the manifest under the tag gives the hints
+		if old, err = o.manifest(ctx, repo, otag, scope); err != nil {
+			return err
+		}
+	}
+	blobs, descs, small, err := ociDescribe(ctx, s, c, old)
+	if err != nil {
+		return err
+	}
+	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
+		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
+	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
+	p.manifest, _ = json.Marshal(&man)
+	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
+		return err
+	}
+	// Every environment is also tagged by its env_id in the repository
+	// itself, where a pull by env_id (or a prefix of one) finds it; its
+	// blobs are mounted there from the tag's repository, not sent again.
+	if repo != o.repo {
+		if err := p.to(ctx, o.repo, c.meta.EnvID, ociScope(o.repo, true)+" "+ociScope(repo, false), repo); err != nil {
+			return err
+		}
+	}
+	for i, sent := range p.sent {
+		if sent {
+			res.BlobsUploaded++
+			res.BytesUploaded += blobs[i].Size
+		} else {
+			res.BlobsSkipped++
+		}
+	}
+	return nil
+}
+
+// ociDescribe makes the descriptors of the closure's blobs, in sending
+// order, and keeps the small ones (layer manifests, metadata) by digest.
+// The manifest already under the tag (old, if any) knows the sha256 of
+// what it shares with this environment: those objects are not read twice.
+func ociDescribe(ctx context.Context, s *store, c *envClosure, old *ociManifest) ([]remoteBlob, []ociDescriptor, map[string][]byte, error) {
+	hints := map[string]ociDescriptor{}
+	if old != nil {
 		for _, d := range old.Layers {
 			hints[ociKey(d.Annotations[ociAnnKind], d.Annotations[ociAnnBlake3])] = d
 		}
@@ -439,7 +485,7 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		descs[i].Digest = "sha256:" + hex.EncodeToString(sum[:])
 		small[descs[i].Digest] = data
 	}
-	if err := remoteParallel(ctx, len(c.objects), func(ctx context.Context, i int) error {
+	err := remoteParallel(ctx, len(c.objects), func(ctx context.Context, i int) error {
 		if descs[i].Digest != "" {
 			return nil
 		}
@@ -456,33 +502,30 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 		}
 		descs[i].Digest = ociDigest(h)
 		return nil
-	}); err != nil {
-		return err
+	})
+	return blobs, descs, small, err
+}
+
+// checkPublished returns the manifest under the environment's env_id in
+// the repository, if there is one, and refuses to push when it names
+// other layers. A registry moves any tag it is told to: the pushing
+// client keeps the rule a karapace server keeps for itself (see
+// binding.go).
+func (o *ociRemote) checkPublished(ctx context.Context, c *envClosure) (*ociManifest, error) {
+	scope := ociScope(o.repo, false)
+	man, err := o.manifest(ctx, o.repo, c.meta.EnvID, scope)
+	if err != nil || man == nil {
+		return nil, err
 	}
-	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
-		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
-	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
-	p.manifest, _ = json.Marshal(&man)
-	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
-		return err
+	b, err := (&ociSource{o: o, ctx: ctx, repo: o.repo, scope: scope}).get(man.Config, remoteMaxMeta)
+	if err != nil {
+		return nil, err
 	}
-	// Every environment is also tagged by its env_id in the repository
-	// itself, where a pull by env_id (or a prefix of one) finds it; its
-	// blobs are mounted there from the tag's repository, not sent again.
-	if repo != o.repo {
-		if err := p.to(ctx, o.repo, c.meta.EnvID, ociScope(o.repo, true)+" "+ociScope(repo, false), repo); err != nil {
-			return err
-		}
+	theirs, err := remoteParseMeta(c.meta.EnvID, b)
+	if err != nil {
+		return nil, fmt.Errorf("the metadata in %s:%s on %s is invalid: %v; refusing to replace it", o.repo, c.meta.EnvID, o.host, err)
 	}
-	for i, sent := range p.sent {
-		if sent {
-			res.BlobsUploaded++
-			res.BytesUploaded += blobs[i].Size
-		} else {
-			res.BlobsSkipped++
-		}
-	}
-	return nil
+	return man, remoteLayersPublished(c.meta, theirs, o.display)
 }
 
 // ociPush puts one environment, its manifest made, into repositories.
@@ -818,6 +861,9 @@ func (o *ociRemote) source(ctx context.Context, ref string, prog *progress) (env
 	if src.m, err = remoteParseMeta(want, b); err != nil {
 		return nil, fmt.Errorf("the metadata in %s:%s on %s is invalid: %v; refusing it", repo, tag, o.host, err)
 	}
+	if id := man.Annotations[ociAnnEnvID]; id != "" && id != src.m.EnvID {
+		return nil, fmt.Errorf("%s:%s on %s is annotated as environment %s but holds the metadata of %s; refusing it", repo, tag, o.host, id, src.m.EnvID)
+	}
 	return src, nil
 }
 
@@ -842,6 +888,10 @@ func (s *ociSource) open(ctx context.Context, d ociDescriptor) (io.ReadCloser, e
 		defer resp.Body.Close()
 		return nil, s.o.statusError("fetching blob "+d.Digest, resp)
 	}
+	if resp.ContentLength > d.Size {
+		resp.Body.Close()
+		return nil, fmt.Errorf("blob %s on %s comes as %d bytes, more than the %d its manifest says; refusing it", d.Digest, s.o.host, resp.ContentLength, d.Size)
+	}
 	return remoteReadCloser{&ociVerifyReader{r: resp.Body, h: sha256.New(), d: d}, resp.Body}, nil
 }
 
@@ -860,6 +910,8 @@ func (s *ociSource) get(d ociDescriptor, limit int64) ([]byte, error) {
 	}
 	return b, nil
 }
+
+func (s *ociSource) origin() string { return s.o.display }
 
 func (s *ociSource) meta() (*envMeta, error) { return s.m, nil }
 

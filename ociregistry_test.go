@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -462,4 +463,173 @@ func ociTestDo(t *testing.T, reg *ociTestRegistry, k *kpRun, method, path string
 		t.Fatalf("%s %s: %d %s", method, path, resp.StatusCode, buf.String())
 	}
 	return buf.Bytes()
+}
+
+// A registry moves any tag it is told to, so the clients keep an env_id's
+// layers fixed: push refuses to replace what the registry holds under the
+// env_id with other layers, and a pull refuses what another writer put
+// there, both for a client that holds the environment and for one that
+// held it once.
+func TestOCILayersFixed(t *testing.T) {
+	reg := startOCIRegistry(t, "")
+	team, elsewhere := "oci://"+reg.host+"/team", "oci://"+reg.host+"/elsewhere"
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.ok("push", "demo", "--remote", team)
+	b := newKP(t)
+	b.ok("pull", id, "--remote", team)
+	c := newKP(t)
+	c.ok("pull", id, "--remote", team)
+	c.ok("destroy", id)
+	c.ok("gc")
+
+	writeFile(t, filepath.Join(a.store, "env", id, "upper"), "etc/changed", "x\n")
+	snap := strings.TrimSpace(a.ok("commit", "demo"))
+	before := ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil)
+	mustContain(t, "refused push", a.fails(1, "environment "+id+" is on "+team+" with other layers", "push", "demo", "--remote", team, "--tag", "demo@v2"),
+		"snapshots none (on "+team+") vs "+snap+" (here)")
+	if after := ociTestDo(t, reg, a, "GET", "/v2/team/manifests/"+id, nil); !bytes.Equal(after, before) {
+		t.Fatal("a refused push replaced the manifest")
+	}
+
+	// Another writer, without these checks, puts the changed environment
+	// under the env_id: its blobs mounted from a repository where it was
+	// pushed, then its manifest.
+	a.ok("push", "demo", "--remote", elsewhere)
+	man := ociTestDo(t, reg, a, "GET", "/v2/elsewhere/manifests/"+id, nil)
+	var m ociManifest
+	if err := json.Unmarshal(man, &m); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append(m.Layers, m.Config) {
+		ociTestDo(t, reg, a, "POST", "/v2/team/blobs/uploads/?mount="+d.Digest+"&from=elsewhere", nil)
+	}
+	ociTestDo(t, reg, a, "PUT", "/v2/team/manifests/"+id, man)
+
+	for _, cl := range []*kpRun{b, c} {
+		state := remoteStoreState(t, cl)
+		cl.fails(1, "snapshots none (here) vs "+snap+" (in "+team+")", "pull", id, "--remote", team)
+		if remoteStoreState(t, cl) != state {
+			t.Fatal("a refused pull changed the store")
+		}
+		cl.ok("verify-store")
+	}
+}
+
+// ociServeEnv serves the environment m of s as a registry would hold it
+// in the repository team under its env_id, after edit changed what the
+// registry says (the manifest) or sends (the blobs, by digest); blobs
+// come with their Content-Length unless chunked.
+func ociServeEnv(t *testing.T, s *store, m *envMeta, chunked bool, edit func(man *ociManifest, blobs map[string][]byte)) *httptest.Server {
+	t.Helper()
+	cl, err := s.closureOf(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	blobs := map[string][]byte{}
+	var descs []ociDescriptor
+	for i, b := range cl.blobs() {
+		var data []byte
+		d := ociDescriptor{MediaType: ociObjectType, Annotations: map[string]string{ociAnnKind: b.Kind, ociAnnBlake3: b.Hash}}
+		switch b.Kind {
+		case blobObject:
+			rc, err := s.openObject(b.Hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			data, _ = io.ReadAll(rc)
+			rc.Close()
+		case blobLayer:
+			d.MediaType, data = ociLayerType, cl.layers[i-len(cl.objects)].fileBytes()
+		case blobMetadata:
+			d.MediaType, d.Annotations, data = ociConfigType, nil, cl.wire
+		}
+		sum := sha256.Sum256(data)
+		d.Digest, d.Size = "sha256:"+hex.EncodeToString(sum[:]), int64(len(data))
+		blobs[d.Digest] = data
+		descs = append(descs, d)
+	}
+	man := &ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
+		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: m.EnvID}}
+	edit(man, blobs)
+	mb, _ := json.Marshal(man)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch p := r.URL.Path; {
+		case p == "/v2/":
+		case p == "/v2/team/manifests/"+m.EnvID:
+			w.Header().Set("Content-Type", ociManifestType)
+			w.Write(mb)
+		case strings.HasPrefix(p, "/v2/team/blobs/"):
+			b, ok := blobs[strings.TrimPrefix(p, "/v2/team/blobs/")]
+			if !ok {
+				http.NotFound(w, r)
+				return
+			}
+			if !chunked {
+				w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+			}
+			for i := 0; i < len(b); i += 1000 {
+				w.Write(b[i:min(i+1000, len(b))])
+				w.(http.Flusher).Flush()
+			}
+		default:
+			http.NotFound(w, r)
+		}
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// A registry's manifest declares every blob's size: a blob that comes
+// longer than that, or a declaration above --max-object-size, is refused,
+// and nothing is kept.
+func TestOCIPullDeclaredSizes(t *testing.T) {
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	s, err := openStore(a.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.getMeta(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	biggest := func(man *ociManifest) *ociDescriptor {
+		var big *ociDescriptor
+		for i, d := range man.Layers {
+			if d.Annotations[ociAnnKind] == blobObject && (big == nil || d.Size > big.Size) {
+				big = &man.Layers[i]
+			}
+		}
+		return big
+	}
+	for _, c := range []struct {
+		chunked bool
+		edit    func(man *ociManifest, blobs map[string][]byte)
+		want    string
+	}{
+		{true, func(man *ociManifest, blobs map[string][]byte) { // more bytes than declared
+			d := biggest(man)
+			blobs[d.Digest] = append(blobs[d.Digest], "and more"...)
+		}, "is longer than the "},
+		{false, func(man *ociManifest, blobs map[string][]byte) { // said so in advance
+			d := biggest(man)
+			blobs[d.Digest] = append(blobs[d.Digest], "and more"...)
+		}, "its manifest says; refusing it"},
+		{false, func(man *ociManifest, blobs map[string][]byte) { // declared above the cap
+			biggest(man).Size = 2 << 20
+		}, "is larger than 1.0 MiB, the most a pull accepts (--max-object-size); refusing it"},
+	} {
+		srv := ociServeEnv(t, s, m, c.chunked, c.edit)
+		b := newKP(t)
+		b.fails(1, c.want, "pull", id, "--remote", "oci://"+strings.TrimPrefix(srv.URL, "http://")+"/team", "--max-object-size", "1M")
+		b.emptyStore()
+	}
+	// Unchanged, it is pulled.
+	srv := ociServeEnv(t, s, m, false, func(*ociManifest, map[string][]byte) {})
+	b := newKP(t)
+	if out := b.ok("pull", id, "--remote", "oci://"+strings.TrimPrefix(srv.URL, "http://")+"/team"); out != id+"\n" {
+		t.Fatalf("pull: %q", out)
+	}
+	b.ok("verify-store")
 }

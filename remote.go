@@ -159,6 +159,8 @@ func (c *envClosure) blobs() []remoteBlob {
 
 // envSource is where a pull or an import reads an environment from.
 type envSource interface {
+	// origin names where the environment comes from, for messages.
+	origin() string
 	// meta returns the environment's checked metadata.
 	meta() (*envMeta, error)
 	// layer returns a checked layer manifest.
@@ -186,7 +188,9 @@ type receiveResult struct {
 }
 
 // receive stores the environment src holds, verified, under one WAL
-// operation. An environment already in the store is left as it is.
+// operation. An environment already in the store is left as it is; one
+// whose layers differ from those the store binds its env_id to is
+// refused (see binding.go).
 func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error) {
 	m, err := src.meta()
 	if err != nil {
@@ -202,30 +206,94 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 		return nil, err
 	}
 	defer sl.unlock()
-	res := &receiveResult{EnvID: m.EnvID, ShortID: m.ShortID}
-	if old, err := e.s.getMeta(m.EnvID); err == nil {
-		res.AlreadyPresent, res.Name = true, old.Name
-		return res, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	r := &reception{e: e, src: src, o: o, m: m, res: &receiveResult{EnvID: m.EnvID, ShortID: m.ShortID}}
+	present, err := r.checkBinding()
+	if err != nil {
 		return nil, err
 	}
-	name := m.Name
-	if o.name != "" {
-		name = o.name
+	if present {
+		return r.res, nil
 	}
-	if name != "" {
-		if err := e.nameFree(name, m.EnvID); err != nil {
-			if o.name == "" {
-				return nil, usageErrorf("environment %s is named %q, a name taken here by another environment; %s it with --name NEW", m.ShortID, name, o.kind)
-			}
-			return nil, err
-		}
+	if err := r.pickName(); err != nil {
+		return nil, err
 	}
+	if err := r.fetchLayers(); err != nil {
+		return nil, err
+	}
+	r.listObjects()
+	if err := r.clearLeftovers(); err != nil {
+		return nil, err
+	}
+	op, err := e.s.beginOp(o.kind, m.EnvID)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.store(op); err != nil {
+		return nil, op.abandon(err)
+	}
+	if err := op.done(); err != nil {
+		return nil, err
+	}
+	r.res.Name = r.name
+	return r.res, nil
+}
 
-	// Layer manifests are small: all of them are fetched and checked
-	// before a single object byte is written. A layer already here has
-	// its parents and objects here too.
-	var fetched []*layer
+// reception is one receive in progress.
+type reception struct {
+	e       *engine
+	src     envSource
+	o       receiveOptions
+	m       *envMeta
+	res     *receiveResult
+	name    string
+	fetched []*layer        // the layer manifests the store lacks, parents first
+	need    map[string]bool // the objects the store lacks
+}
+
+// checkBinding refuses an environment whose layers are not those the
+// store binds its env_id to, and reports whether it is here already.
+func (r *reception) checkBinding() (bool, error) {
+	known, err := r.e.s.knownLayers(r.m.EnvID)
+	if err != nil || known == nil {
+		return false, err
+	}
+	if d := layerDiff(*known, layersOf(r.m), "here", "in "+r.src.origin()); d != "" {
+		return false, fmt.Errorf("environment %s in %s is bound to other layers than this store knows it by, and an env_id's layers never change once published: %s; refusing it", r.m.EnvID, r.src.origin(), d)
+	}
+	old, err := r.e.s.getMeta(r.m.EnvID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	r.res.AlreadyPresent, r.res.Name = true, old.Name
+	return true, nil
+}
+
+// pickName is the name the environment gets: --name, else its own, which
+// must be free.
+func (r *reception) pickName() error {
+	r.name = r.m.Name
+	if r.o.name != "" {
+		r.name = r.o.name
+	}
+	if r.name == "" {
+		return nil
+	}
+	if err := r.e.nameFree(r.name, r.m.EnvID); err != nil {
+		if r.o.name == "" {
+			return usageErrorf("environment %s is named %q, a name taken here by another environment; %s it with --name NEW", r.m.ShortID, r.name, r.o.kind)
+		}
+		return err
+	}
+	return nil
+}
+
+// fetchLayers gets and checks every layer manifest the store lacks,
+// parents first, before a single object byte is written: they are small.
+// A layer already here has its parents and objects here too.
+func (r *reception) fetchLayers() error {
 	seen := map[string]bool{}
 	total := 0
 	var visit func(h string) error
@@ -234,140 +302,200 @@ func (e *engine) receive(src envSource, o receiveOptions) (*receiveResult, error
 			return nil
 		}
 		seen[h] = true
-		if e.s.hasLayer(h) {
-			res.Skipped++
+		if r.e.s.hasLayer(h) {
+			r.res.Skipped++
 			return nil
 		}
-		l, err := src.layer(h)
+		l, err := r.src.layer(h)
 		if err != nil {
 			return err
 		}
 		if total += len(l.fileBytes()); total > remoteMaxLayers {
-			return fmt.Errorf("environment %s: its layer manifests exceed %d bytes", m.ShortID, remoteMaxLayers)
+			return fmt.Errorf("environment %s: its layer manifests exceed %d bytes", r.m.ShortID, remoteMaxLayers)
 		}
 		if l.Parent != "" {
 			if err := visit(l.Parent); err != nil {
 				return err
 			}
 		}
-		fetched = append(fetched, l)
+		r.fetched = append(r.fetched, l)
 		return nil
 	}
-	for _, h := range m.layerRefs() {
+	for _, h := range r.m.layerRefs() {
 		if err := visit(h); err != nil {
-			return nil, err
-		}
-	}
-	need := map[string]bool{}
-	for _, h := range m.objectRefs() {
-		need[h] = true
-	}
-	for _, l := range fetched {
-		for _, h := range l.ObjectRefs {
-			need[h] = true
-		}
-	}
-	for h := range need {
-		if e.s.hasObject(h) {
-			delete(need, h)
-			res.Skipped++
-		}
-	}
-
-	// Every rollback step is known now: one WAL write records them all,
-	// undone newest first (metadata, directory, layers, objects). Nothing
-	// they name is in the store yet, and under the lock nothing else
-	// can put it there.
-	dir := string(e.s.envs().env(m.EnvID))
-	if _, err := os.Lstat(dir); err == nil {
-		// No metadata names it: what a failed operation left, gc's to take.
-		if err := e.s.removeTree(dir); err != nil {
-			return nil, fmt.Errorf("removing the leftover %s: %w", dir, err)
-		}
-	}
-	var steps []walStep
-	for _, h := range slices.Sorted(maps.Keys(need)) {
-		steps = append(steps, walStep{Op: walRemoveObject, Hash: h})
-	}
-	for _, l := range fetched {
-		steps = append(steps, walStep{Op: walRemoveLayer, Hash: l.Hash})
-	}
-	steps = append(steps, walStep{Op: walRemovePath, Path: dir}, walStep{Op: walRemoveMeta, EnvID: m.EnvID})
-	op, err := e.s.beginOp(o.kind, m.EnvID)
-	if err != nil {
-		return nil, err
-	}
-	err = func() error {
-		if err := op.add(steps...); err != nil {
 			return err
 		}
-		var bytesIn atomic.Int64
-		err := src.objects(need, func(hash string, r io.Reader) error {
-			if !need[hash] {
-				return fmt.Errorf("object %s was not asked for", hash)
-			}
-			w, err := e.s.newObjectWriter()
-			if err != nil {
-				return err
-			}
-			defer w.abort()
-			n, err := w.ReadFrom(r)
-			if err != nil {
-				return fmt.Errorf("receiving object %s: %w", hash, err)
-			}
-			got, err := w.sum()
-			if err != nil {
-				return err
-			}
-			if got != hash {
-				return fmt.Errorf("object %s is corrupt: its %d bytes hash to %s; refusing it", hash, n, got)
-			}
-			if _, _, err := w.commit(); err != nil {
-				return err
-			}
-			bytesIn.Add(n)
-			return nil
-		})
+	}
+	return nil
+}
+
+// listObjects finds the objects the metadata and the fetched layers name
+// that the store lacks.
+func (r *reception) listObjects() {
+	r.need = map[string]bool{}
+	for _, h := range r.m.objectRefs() {
+		r.need[h] = true
+	}
+	for _, l := range r.fetched {
+		for _, h := range l.ObjectRefs {
+			r.need[h] = true
+		}
+	}
+	for h := range r.need {
+		if r.e.s.hasObject(h) {
+			delete(r.need, h)
+			r.res.Skipped++
+		}
+	}
+}
+
+// clearLeftovers removes a directory of the environment that no metadata
+// names: what a failed operation left, gc's to take.
+func (r *reception) clearLeftovers() error {
+	dir := string(r.e.s.envs().env(r.m.EnvID))
+	if _, err := os.Lstat(dir); err != nil {
+		return nil
+	}
+	if err := r.e.s.removeTree(dir); err != nil {
+		return fmt.Errorf("removing the leftover %s: %w", dir, err)
+	}
+	return nil
+}
+
+// store writes the environment within op. Every rollback step is known
+// before anything is written: one WAL write records them all, undone
+// newest first (metadata, directory, layers, objects). Nothing they name
+// is in the store yet, and under the lock nothing else can put it there.
+func (r *reception) store(op *walOp) error {
+	var steps []walStep
+	for _, h := range slices.Sorted(maps.Keys(r.need)) {
+		steps = append(steps, walStep{Op: walRemoveObject, Hash: h})
+	}
+	for _, l := range r.fetched {
+		steps = append(steps, walStep{Op: walRemoveLayer, Hash: l.Hash})
+	}
+	steps = append(steps, walStep{Op: walRemovePath, Path: string(r.e.s.envs().env(r.m.EnvID))}, walStep{Op: walRemoveMeta, EnvID: r.m.EnvID})
+	if err := op.add(steps...); err != nil {
+		return err
+	}
+	if err := r.receiveObjects(); err != nil {
+		return err
+	}
+	if err := r.checkLock(); err != nil {
+		return err
+	}
+	if err := r.putLayers(); err != nil {
+		return err
+	}
+	r.res.Received = len(r.need) + len(r.fetched) + 1
+	r.res.Bytes += int64(len(remoteWireMeta(r.m)))
+	return r.putEnv()
+}
+
+// receiveObjects streams the objects the store lacks into it, each
+// checked against its name.
+func (r *reception) receiveObjects() error {
+	var bytesIn atomic.Int64
+	err := r.src.objects(r.need, func(hash string, in io.Reader) error {
+		if !r.need[hash] {
+			return fmt.Errorf("object %s was not asked for", hash)
+		}
+		w, err := r.e.s.newObjectWriter()
 		if err != nil {
 			return err
 		}
-		for _, h := range slices.Sorted(maps.Keys(need)) {
-			if !e.s.hasObject(h) {
-				return fmt.Errorf("object %s of environment %s was not received", h, m.ShortID)
-			}
+		defer w.abort()
+		n, err := w.ReadFrom(in)
+		if err != nil {
+			return fmt.Errorf("receiving object %s: %w", hash, err)
 		}
-		res.Bytes = bytesIn.Load()
-		for _, l := range fetched {
-			want := l.Hash
-			h, err := e.s.putLayer(l)
-			if err != nil {
-				return err
-			}
-			if h != want {
-				return fmt.Errorf("layer %s was stored as %s", want, h)
-			}
-			res.Bytes += int64(len(l.fileBytes()))
-		}
-		res.Received = len(need) + len(fetched) + 1
-		res.Bytes += int64(len(remoteWireMeta(m)))
-		if err := e.makeEnvDir(m); err != nil {
+		got, err := w.sum()
+		if err != nil {
 			return err
 		}
-		m.Name, m.ManifestPath, m.ManifestPaths, m.RefCount = name, "", nil, 0 // no manifest here built it
-		if m.State == stateRunning {
-			m.State = stateBuilt // its instance runs elsewhere, if anywhere
+		if got != hash {
+			return fmt.Errorf("object %s is corrupt: its %d bytes hash to %s; refusing it", hash, n, got)
 		}
-		m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
-		return e.s.putMeta(m)
-	}()
+		if _, _, err := w.commit(); err != nil {
+			return err
+		}
+		bytesIn.Add(n)
+		return nil
+	})
 	if err != nil {
-		return nil, op.abandon(err)
+		return err
 	}
-	if err := op.done(); err != nil {
-		return nil, err
+	for _, h := range slices.Sorted(maps.Keys(r.need)) {
+		if !r.e.s.hasObject(h) {
+			return fmt.Errorf("object %s of environment %s was not received", h, r.m.ShortID)
+		}
 	}
-	res.Name = name
-	return res, nil
+	r.res.Bytes += bytesIn.Load()
+	return nil
+}
+
+// checkLock makes sure the environment's lock, now in the store, is the
+// lock of its env_id: its fields give that identity again. Metadata that
+// came with another lock would pass off other inputs as this env_id.
+func (r *reception) checkLock() error {
+	m := r.m
+	if m.LockHash == "" {
+		return fmt.Errorf("environment %s in %s carries no lock; refusing it", m.EnvID, r.src.origin())
+	}
+	rc, err := r.e.s.openObject(m.LockHash)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	data, err := io.ReadAll(io.LimitReader(rc, maxManifestSize+1))
+	if err != nil {
+		return fmt.Errorf("reading the lock of %s (object %s): %w", m.ShortID, m.LockHash, err)
+	}
+	l, err := parseLock("lock", data)
+	if err == nil && len(data) > maxManifestSize {
+		err = fmt.Errorf("larger than %d bytes", maxManifestSize)
+	}
+	if err == nil {
+		if id, _ := l.computeID(); id != l.EnvID {
+			err = fmt.Errorf("its fields give env_id %s, not the %s it states", id, l.EnvID)
+		} else if l.EnvID != m.EnvID {
+			err = fmt.Errorf("it is the lock of environment %s", l.EnvID)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("the lock of environment %s in %s (object %s) is not its lock: %v; refusing it", m.EnvID, r.src.origin(), m.LockHash, err)
+	}
+	return nil
+}
+
+// putLayers stores the fetched layer manifests, parents first.
+func (r *reception) putLayers() error {
+	for _, l := range r.fetched {
+		want := l.Hash
+		h, err := r.e.s.putLayer(l)
+		if err != nil {
+			return err
+		}
+		if h != want {
+			return fmt.Errorf("layer %s was stored as %s", want, h)
+		}
+		r.res.Bytes += int64(len(l.fileBytes()))
+	}
+	return nil
+}
+
+// putEnv makes the environment's directory and writes its metadata, last.
+func (r *reception) putEnv() error {
+	m := r.m
+	if err := r.e.makeEnvDir(m); err != nil {
+		return err
+	}
+	m.Name, m.ManifestPath, m.ManifestPaths, m.RefCount = r.name, "", nil, 0 // no manifest here built it
+	if m.State == stateRunning {
+		m.State = stateBuilt // its instance runs elsewhere, if anywhere
+	}
+	m.UpdatedAt = time.Now().UTC().Format(time.RFC3339)
+	return r.e.s.putMeta(m)
 }
 
 // makeEnvDir creates a received environment's directory, its writable
@@ -398,7 +526,11 @@ func (e *engine) makeEnvDir(m *envMeta) error {
 		return err
 	}
 	defer rc.Close()
-	if err := treeInNS(treeJob{Op: "unpack", Dir: upper, Overlay: true}, rc, nil); err != nil {
+	job, err := e.unpackJob(upper)
+	if err != nil {
+		return err
+	}
+	if err := treeInNS(job, rc, nil); err != nil {
 		return fmt.Errorf("unpacking snapshot %s as the writable layer: %w", m.UpperLayer, err)
 	}
 	_, err = io.Copy(io.Discard, rc) // the object's hash is checked at its end
@@ -412,8 +544,9 @@ type remoteSettings struct {
 	caCert   string // extra CA certificate (PEM) to trust
 	user     string // OCI registry credentials
 	password string
-	insecure bool  // OCI: plain http allowed for any host
-	maxObj   int64 // pull: the largest object accepted
+	insecure bool          // OCI: plain http allowed for any host
+	maxObj   int64         // pull: the largest object accepted
+	idle     time.Duration // how long a response may keep the client waiting for data
 }
 
 // remoteSettings reads --remote, the environment and [remote] of the
@@ -471,6 +604,9 @@ func (c *cli) remoteSettings() (*remoteSettings, error) {
 	if rs.url == "" {
 		return nil, usageErrorf("no remote given: pass --remote URL, set KARAPACE_REMOTE, or set url in [remote] of %s", configPath(c.getenv))
 	}
+	if rs.idle, err = httpIdleTimeout(c.getenv); err != nil {
+		return nil, err
+	}
 	return rs, nil
 }
 
@@ -520,7 +656,64 @@ func remoteHTTPClient(caCert string) (*http.Client, error) {
 		WriteBufferSize:       256 << 10,
 		ReadBufferSize:        256 << 10,
 	}
-	return &http.Client{Transport: tr}, nil
+	return &http.Client{Transport: tr, CheckRedirect: remoteRedirect}, nil
+}
+
+// remoteRedirect follows a redirect without the credentials when it
+// leads to another origin or from https to http: a server may send the
+// client elsewhere (a registry to its storage), but not its token.
+// net/http itself keeps them for another port of the same host.
+func remoteRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	prev := via[len(via)-1].URL
+	if remoteOrigin(req.URL) != remoteOrigin(via[0].URL) || (prev.Scheme == "https" && req.URL.Scheme != "https") {
+		req.Header.Del("Authorization")
+	}
+	return nil
+}
+
+// remoteOrigin is a URL's scheme, host and port.
+func remoteOrigin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	return u.Scheme + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// remoteRoundTrip sends req, whose context cancel ends, so that a
+// stalled server fails it instead of hanging it: the answer to a GET or
+// a HEAD must begin within idle (an upload may keep a server busy longer),
+// and every read of the response's body must see data within idle (a
+// minute if unset).
+func remoteRoundTrip(hc *http.Client, req *http.Request, cancel context.CancelFunc, idle time.Duration) (*http.Response, error) {
+	if idle <= 0 {
+		idle = time.Minute
+	}
+	var stalled atomic.Bool
+	var t *time.Timer
+	if req.Method == http.MethodGet || req.Method == http.MethodHead {
+		t = time.AfterFunc(idle, func() { stalled.Store(true); cancel() })
+	}
+	resp, err := hc.Do(req)
+	if t != nil {
+		t.Stop()
+	}
+	if err == nil && stalled.Load() {
+		resp.Body.Close()
+		err = context.Canceled
+	}
+	if err != nil {
+		cancel()
+		if stalled.Load() {
+			return nil, fmt.Errorf("no answer for %s", idle)
+		}
+		return nil, err
+	}
+	resp.Body = newIdleReader(resp.Body, idle, cancel, req.URL.Redacted())
+	return resp, nil
 }
 
 // remoteNetError explains a request that got no answer.
@@ -666,6 +859,7 @@ type v1Remote struct {
 	token  string
 	hc     *http.Client
 	maxObj int64
+	idle   time.Duration
 }
 
 func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
@@ -680,7 +874,7 @@ func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
 	if rs.token != "" && u.Scheme == "http" && !remoteLoopback(u.Hostname()) {
 		warnf("sending the token to %s in clear text: use https", u.Host)
 	}
-	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj}, nil
+	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj, idle: rs.idle}, nil
 }
 
 // remoteLoopback reports whether host is this machine.
@@ -704,8 +898,10 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 				return nil, err
 			}
 		}
-		req, err := http.NewRequestWithContext(ctx, method, r.base+path, rc)
+		rctx, cancel := context.WithCancel(ctx)
+		req, err := http.NewRequestWithContext(rctx, method, r.base+path, rc)
 		if err != nil {
+			cancel()
 			if rc != nil {
 				rc.Close()
 			}
@@ -723,7 +919,7 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 		if r.token != "" {
 			req.Header.Set("Authorization", "Bearer "+r.token)
 		}
-		resp, err := r.hc.Do(req)
+		resp, err := remoteRoundTrip(r.hc, req, cancel, r.idle)
 		if err != nil {
 			return nil, remoteNetError(what, r.base, err)
 		}
@@ -793,6 +989,13 @@ func (r *v1Remote) push(ctx context.Context, s *store, c *envClosure, tag string
 		return err
 	}
 	metaMissing := !ok || etag != `"`+storeBlake3Hex(c.wire)+`"`
+	if ok && metaMissing {
+		// Other metadata: the server refuses it if it names other
+		// layers, so say so before sending any.
+		if err := r.sameLayers(ctx, c); err != nil {
+			return err
+		}
+	}
 	var objs []remoteBlob
 	var layers []*layer
 	var total int64
@@ -859,6 +1062,25 @@ func (r *v1Remote) push(ctx context.Context, s *store, c *envClosure, tag string
 	}
 	if tag != "" {
 		return r.setTag(ctx, tag, c.meta.EnvID)
+	}
+	return nil
+}
+
+// sameLayers fails when the server holds the environment with other
+// layers than the closure's.
+func (r *v1Remote) sameLayers(ctx context.Context, c *envClosure) error {
+	theirs, err := (&v1Source{r: r, ctx: ctx, envID: c.meta.EnvID}).meta()
+	if err != nil {
+		return err
+	}
+	return remoteLayersPublished(c.meta, theirs, r.base)
+}
+
+// remoteLayersPublished refuses to push an environment that the remote
+// holds with other layers.
+func remoteLayersPublished(ours, theirs *envMeta, where string) error {
+	if d := layerDiff(layersOf(theirs), layersOf(ours), "on "+where, "here"); d != "" {
+		return fmt.Errorf("environment %s is on %s with other layers, and an env_id's layers never change once published: %s; refusing to push it", ours.EnvID, where, d)
 	}
 	return nil
 }
@@ -1006,12 +1228,20 @@ func (v *v1Source) get(kind, hash string, limit int64) ([]byte, error) {
 	if resp.StatusCode != http.StatusOK {
 		return nil, v.r.statusError("fetching "+kind+" "+hash, resp)
 	}
+	if resp.ContentLength > limit {
+		return nil, fmt.Errorf("%s %s on %s is %d bytes, more than the %d a %s may be; refusing it", kind, hash, v.r.base, resp.ContentLength, limit, kind)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, remoteNetError("fetching "+kind+" "+hash, v.r.base, err)
 	}
+	if int64(len(b)) > limit {
+		return nil, fmt.Errorf("%s %s on %s is more than the %d bytes a %s may be; refusing it", kind, hash, v.r.base, limit, kind)
+	}
 	return b, nil
 }
+
+func (v *v1Source) origin() string { return v.r.base }
 
 func (v *v1Source) meta() (*envMeta, error) {
 	b, err := v.get(blobMetadata, v.envID, remoteMaxMeta)
@@ -1058,7 +1288,7 @@ func (v *v1Source) objects(need map[string]bool, got func(string, io.Reader) err
 		if resp.ContentLength > v.r.maxObj {
 			return remoteTooBig("object "+h+" on "+v.r.base, v.r.maxObj)
 		}
-		body := &remoteLimitReader{r: resp.Body, max: v.r.maxObj, what: "object " + h}
+		body := &limitReader{r: resp.Body, max: v.r.maxObj, over: func() error { return remoteTooBig("object "+h, v.r.maxObj) }}
 		if err := got(h, v.prog.reader(body)); err != nil {
 			return fmt.Errorf("%v (from %s)", err, v.r.base)
 		}
@@ -1071,17 +1301,18 @@ func remoteTooBig(what string, limit int64) error {
 	return fmt.Errorf("%s is larger than %s, the most a pull accepts (--max-object-size); refusing it", what, humanBytes(limit))
 }
 
-// remoteLimitReader fails once more than max bytes come through it.
-type remoteLimitReader struct {
+// limitReader fails, with the error over gives, once more than max
+// bytes come through it.
+type limitReader struct {
 	r      io.Reader
 	n, max int64
-	what   string
+	over   func() error
 }
 
-func (l *remoteLimitReader) Read(p []byte) (int, error) {
+func (l *limitReader) Read(p []byte) (int, error) {
 	n, err := l.r.Read(p[:min(int64(len(p)), l.max-l.n+1)])
 	if l.n += int64(n); l.n > l.max {
-		return 0, remoteTooBig(l.what, l.max)
+		return 0, l.over()
 	}
 	return n, err
 }

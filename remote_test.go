@@ -283,13 +283,15 @@ func TestRemotePushPullMock(t *testing.T) {
 	if p2.BlobsUploaded != 0 || p2.BytesUploaded != 0 || p2.BlobsSkipped != p1.BlobsUploaded {
 		t.Fatalf("second push sent blobs: %+v (first %+v)", p2, p1)
 	}
-	// A new snapshot: its object, its layer and the new metadata go.
+	// A new snapshot changes the environment's layers, which the server
+	// holds fixed: the push is refused, naming them, and sends nothing.
 	writeFile(t, upper, "etc/second.conf", "later\n")
 	snap2 := strings.TrimSpace(a.ok("commit", "demo"))
-	var p3 pushResult
-	a.jsonOut(&p3, "push", "demo", "--tag", "demo@v1")
-	if p3.BlobsUploaded != 3 || p3.BlobsSkipped != p1.BlobsUploaded-1 {
-		t.Fatalf("push after a commit: %+v", p3)
+	held := remoteCountFiles(t, srv.data)
+	errOut := a.fails(1, "environment "+id+" is on "+srv.url+" with other layers", "push", "demo", "--tag", "demo@v1")
+	mustContain(t, "refused push", errOut, "snapshots "+snap+" (on "+srv.url+") vs "+snap+" "+snap2+" (here)")
+	if n := remoteCountFiles(t, srv.data); n != held {
+		t.Fatalf("a refused push changed the server's data: %d files, then %d", held, n)
 	}
 
 	// Pulled with a read-only token into another store: same id, runs,
@@ -313,7 +315,7 @@ func TestRemotePushPullMock(t *testing.T) {
 		Environment envInfo `json:"environment"`
 	}
 	b.jsonOut(&insp, "inspect", "demo")
-	if insp.Environment.ManifestPath != "" || insp.Environment.UpperLayer != snap || len(insp.Environment.Snapshots) != 2 || insp.Environment.Snapshots[1] != snap2 {
+	if insp.Environment.ManifestPath != "" || insp.Environment.UpperLayer != snap || len(insp.Environment.Snapshots) != 1 {
 		t.Fatalf("pulled metadata: %+v", insp.Environment)
 	}
 	b.ok("verify-store")
@@ -712,7 +714,9 @@ func TestRemoteLoad(t *testing.T) {
 	needReal(t)
 	const clients, envs = 16, 200
 	dir := t.TempDir()
-	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
+	// Sixteen clients, all on 127.0.0.1: one address with the connections
+	// of many.
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir), "--max-client-conns", "1024")
 	src := newKP(t)
 	s, err := openStore(src.store)
 	if err != nil {
@@ -918,5 +922,355 @@ func TestRemoteProgress(t *testing.T) {
 	_, _, errOut := a.run("push", "big", "--remote", srv.url)
 	if strings.Contains(errOut, "/s") {
 		t.Fatalf("progress on a pipe: %q", errOut)
+	}
+}
+
+// remoteStoreState lists every file of a store with a hash of its
+// content: two equal states are the same store.
+func remoteStoreState(t *testing.T, k *kpRun) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.WalkDir(k.store, func(p string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() == ".lock" {
+			return nil
+		}
+		data, _ := os.ReadFile(p)
+		fmt.Fprintf(&b, "%s %s\n", strings.TrimPrefix(p, k.store), storeBlake3Hex(data))
+		return nil
+	})
+	return b.String()
+}
+
+// remoteMeta reads an environment's metadata from k's store.
+func remoteMeta(t *testing.T, k *kpRun, id string) *envMeta {
+	t.Helper()
+	s, err := openStore(k.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.getMeta(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// A real server holds an env_id's layers fixed: a push of other layers
+// is refused, by the client before it sends anything and by the server
+// (409) when a client sends them anyway; the same layers again are
+// fine, and tags still move to other environments.
+func TestRemoteLayersFixed(t *testing.T) {
+	dir := t.TempDir()
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir))
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.env = append(a.env, "KARAPACE_REMOTE="+srv.url, "KARAPACE_TOKEN="+testTokenRW)
+	a.ok("push", "demo", "--tag", "demo@v1")
+	pushed := remoteWireMeta(remoteMeta(t, a, id))
+
+	writeFile(t, filepath.Join(a.store, "env", id, "upper"), "etc/changed", "x\n")
+	snap := strings.TrimSpace(a.ok("commit", "demo"))
+	held := remoteCountFiles(t, srv.data)
+	errOut := a.fails(1, "environment "+id+" is on "+srv.url+" with other layers", "push", "demo")
+	mustContain(t, "refused push", errOut, "snapshots none (on "+srv.url+") vs "+snap+" (here)", "refusing to push it")
+	if n := remoteCountFiles(t, srv.data); n != held {
+		t.Fatalf("a refused push changed the server's data: %d files, then %d", held, n)
+	}
+
+	// A client that sends them anyway: the blobs are taken, the metadata
+	// is not.
+	s, err := openStore(a.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := s.getMeta(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := s.closureOf(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	put := func(kind, hash string, b []byte, code int, want string) {
+		t.Helper()
+		req := serverReq{method: "PUT", path: "/blobs/" + kind + "/" + hash, token: testTokenRW, body: bytes.NewReader(b)}
+		if code == 0 { // stored, or there already
+			if resp, body := req.do(t, srv.url); resp.StatusCode/100 != 2 {
+				t.Fatalf("PUT %s: %s %s", req.path, resp.Status, body)
+			}
+			return
+		}
+		serverExpect(t, srv.url, req, code, want)
+	}
+	for _, o := range cl.objects {
+		rc, err := s.openObject(o.Hash)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(rc)
+		rc.Close()
+		put(blobObject, o.Hash, b, 0, "")
+	}
+	for _, l := range cl.layers {
+		put(blobLayer, l.Hash, l.fileBytes(), 0, "")
+	}
+	put(blobMetadata, id, cl.wire, 409, "the server holds environment "+id+" with other layers")
+	put(blobMetadata, id, cl.wire, 409, "snapshots none (stored) vs "+snap+" (pushed)")
+	put(blobMetadata, id, pushed, 200, "") // the same layers: fine
+	renamed := remoteMeta(t, a, id)
+	renamed.Snapshots, renamed.Name = nil, "renamed"
+	put(blobMetadata, id, remoteWireMeta(renamed), 201, "") // other metadata, the same layers
+
+	// Tags move: demo@v1 now names another environment.
+	a.writeManifest(mockManifest(`"other"`))
+	other := strings.TrimSpace(a.ok("build", "--name", "other"))
+	a.ok("push", "other", "--tag", "demo@v1")
+	b := newKP(t)
+	b.env = append(b.env, "KARAPACE_TOKEN="+testTokenRO)
+	if out := b.ok("pull", "demo@v1", "--remote", srv.url); out != other+"\n" {
+		t.Fatalf("pull of the moved tag: %q, want %s", out, other)
+	}
+	if out := b.ok("pull", id, "--remote", srv.url); out != id+"\n" {
+		t.Fatalf("pull of the first environment: %q", out)
+	}
+	if got := remoteMeta(t, b, id); len(got.Snapshots) != 0 || got.Name != "renamed" {
+		t.Fatalf("pulled %+v", got)
+	}
+	b.ok("verify-store")
+	a.ok("verify-store")
+	if code := srv.stop(); code != 0 {
+		t.Fatalf("server exit %d:\n%s", code, srv.errb.String())
+	}
+	var rep verifyReport
+	a.jsonOut(&rep, "--store", srv.data, "verify-store")
+	if len(rep.Bad) != 0 || rep.Metadata != 2 {
+		t.Fatalf("the server's store: %+v", rep)
+	}
+}
+
+// A hostile server serves, for an env_id a client knows, metadata that
+// binds it to other layers, or to the lock of another environment. The
+// client refuses either, whether the environment is in its store or was
+// destroyed and collected, and its store stays as it was.
+func TestRemotePullRefusesSwappedLayers(t *testing.T) {
+	k := newTestKP(t, 4)
+	k.noAuth = true
+	ts := httptest.NewServer(k.handler())
+	t.Cleanup(ts.Close)
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	other := remoteMockEnv(t, a, "other", `"vim"`)
+	a.ok("push", "demo", "--remote", ts.URL)
+	a.ok("push", "other", "--remote", ts.URL)
+	mine, theirs := remoteMeta(t, a, id), remoteMeta(t, a, other)
+
+	// Clients that know demo: one holds it, one held it once.
+	b := newKP(t)
+	b.ok("pull", id, "--remote", ts.URL)
+	c := newKP(t)
+	c.ok("pull", id, "--remote", ts.URL)
+	c.ok("destroy", id)
+	c.ok("gc")
+
+	serve := func(m *envMeta) {
+		t.Helper()
+		if _, err := k.s.writeAtomic(k.s.path("metadata"), id, bytes.NewReader(remoteWireMeta(m))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swapped := *mine
+	swapped.DependencyLayers = theirs.DependencyLayers
+	serve(&swapped)
+	for _, cl := range []*kpRun{b, c} {
+		before := remoteStoreState(t, cl)
+		errOut := cl.fails(1, "environment "+id+" in "+ts.URL+" is bound to other layers than this store knows it by", "pull", id, "--remote", ts.URL)
+		mustContain(t, "refusal", errOut, "dependency_layers "+mine.DependencyLayers[0]+" (here) vs "+theirs.DependencyLayers[0]+" (in "+ts.URL+")")
+		if after := remoteStoreState(t, cl); after != before {
+			t.Fatalf("a refused pull changed the store:\n%s\nthen\n%s", before, after)
+		}
+		cl.ok("verify-store")
+	}
+
+	// The lock of another environment: refused by a client that has
+	// never seen demo, which keeps nothing.
+	lockSwapped := *mine
+	lockSwapped.LockHash = theirs.LockHash
+	serve(&lockSwapped)
+	d := newKP(t)
+	d.fails(1, "the lock of environment "+id+" in "+ts.URL+" (object "+theirs.LockHash+") is not its lock: it is the lock of environment "+other, "pull", id, "--remote", ts.URL)
+	d.emptyStore()
+	// A lock whose fields do not give the env_id it states.
+	rc, err := k.s.openObject(mine.LockHash)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, _ := io.ReadAll(rc)
+	rc.Close()
+	edited := bytes.Replace(lock, []byte(`"git"`), []byte(`"gti"`), 1)
+	if bytes.Equal(edited, lock) {
+		t.Fatalf("the lock names no git:\n%s", lock)
+	}
+	eh, _, err := k.s.putObject(bytes.NewReader(edited))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lockSwapped.LockHash = eh
+	serve(&lockSwapped)
+	d.fails(1, "is not its lock: its fields give env_id ", "pull", id, "--remote", ts.URL)
+	d.emptyStore()
+
+	// The genuine metadata again: the clients take it.
+	serve(mine)
+	c.ok("pull", id, "--remote", ts.URL)
+	c.ok("verify-store")
+	var pr pullResult
+	b.jsonOut(&pr, "pull", id, "--remote", ts.URL)
+	if !pr.AlreadyPresent {
+		t.Fatalf("pull of the genuine environment: %+v", pr)
+	}
+}
+
+// A server that stops sending, before its answer or in the middle of a
+// body, fails the pull after KARAPACE_HTTP_TIMEOUT instead of hanging
+// it; one that declares more than a blob may be is refused before it
+// sends it. Nothing of the environment is kept.
+func TestRemotePullStalls(t *testing.T) {
+	k := newTestKP(t, 4)
+	k.noAuth = true
+	var mode atomic.Value
+	h := k.handler()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		m, _ := mode.Load().(string)
+		switch {
+		case m == "answer" && strings.HasPrefix(r.URL.Path, "/blobs/object/"):
+			<-r.Context().Done() // never answers
+			return
+		case m == "body" && strings.HasPrefix(r.URL.Path, "/blobs/object/"):
+			w.Header().Set("Content-Length", "1000000")
+			w.Write(bytes.Repeat([]byte("x"), 1000))
+			w.(http.Flusher).Flush()
+			<-r.Context().Done() // sends no more
+			return
+		case m == "metadata" && strings.HasPrefix(r.URL.Path, "/blobs/metadata/"):
+			w.Header().Set("Content-Length", strconv.Itoa(remoteMaxMeta+1))
+			w.Write(bytes.Repeat([]byte(" "), remoteMaxMeta+1))
+			return
+		}
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.ok("push", "demo", "--remote", ts.URL)
+	for _, c := range []struct{ mode, want string }{
+		{"answer", "cannot reach " + ts.URL + ": no answer for 1s"},
+		{"body", ": no data for 1s"},
+		{"metadata", "metadata " + id + " on " + ts.URL + " is 1048577 bytes, more than the 1048576 a metadata may be; refusing it"},
+	} {
+		mode.Store(c.mode)
+		b := newKP(t)
+		b.env = append(b.env, "KARAPACE_HTTP_TIMEOUT=1s")
+		b.fails(1, c.want, "pull", id, "--remote", ts.URL)
+		b.emptyStore()
+	}
+}
+
+// A server may send a pull elsewhere, but the token does not follow to
+// another origin (another port of the same host included) or from https
+// to http.
+func TestRemoteRedirectDropsToken(t *testing.T) {
+	k := newTestKP(t, 4)
+	h := k.handler()
+	var mu sync.Mutex
+	var leaked, served int
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		served++
+		if r.Header.Get("Authorization") != "" {
+			leaked++
+		}
+		mu.Unlock()
+		r.Header.Set("Authorization", "Bearer "+testTokenRO) // it serves the blob all the same
+		h.ServeHTTP(w, r)
+	}))
+	t.Cleanup(elsewhere.Close)
+	front := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/blobs/object/") {
+			http.Redirect(w, r, elsewhere.URL+r.URL.Path, http.StatusTemporaryRedirect)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+	plain := httptest.NewServer(front)
+	t.Cleanup(plain.Close)
+	tlsSrv := httptest.NewTLSServer(front)
+	t.Cleanup(tlsSrv.Close)
+	ca := writeFile(t, t.TempDir(), "ca.pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tlsSrv.Certificate().Raw})))
+
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	a.env = append(a.env, "KARAPACE_TOKEN="+testTokenRW)
+	a.ok("push", "demo", "--remote", plain.URL)
+	for _, u := range []string{plain.URL, tlsSrv.URL} {
+		b := newKP(t)
+		b.env = append(b.env, "KARAPACE_TOKEN="+testTokenRO, "KARAPACE_CA_CERT="+ca)
+		if out := b.ok("pull", id, "--remote", u); out != id+"\n" {
+			t.Fatalf("pull from %s: %q", u, out)
+		}
+		b.ok("verify-store")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if served == 0 || leaked != 0 {
+		t.Fatalf("the other origin served %d requests, %d of them with the token", served, leaked)
+	}
+
+	// The rule itself, for what a loopback test cannot show: a downgrade
+	// on the same host and port.
+	for _, c := range []struct {
+		from, to string
+		keep     bool
+	}{
+		{"https://reg.example/a", "https://reg.example:443/b", true},
+		{"http://reg.example/a", "http://reg.example:80/b", true},
+		{"https://reg.example/a", "http://reg.example:443/b", false},
+		{"https://reg.example/a", "https://reg.example:8443/b", false},
+		{"https://reg.example/a", "https://cdn.reg.example/b", false},
+		{"https://REG.example/a", "https://reg.example/b", true},
+	} {
+		from, _ := http.NewRequest("GET", c.from, nil)
+		to, _ := http.NewRequest("GET", c.to, nil)
+		to.Header.Set("Authorization", "Bearer x")
+		if err := remoteRedirect(to, []*http.Request{from}); err != nil {
+			t.Fatal(err)
+		}
+		if kept := to.Header.Get("Authorization") != ""; kept != c.keep {
+			t.Errorf("%s -> %s: token kept %v", c.from, c.to, kept)
+		}
+	}
+}
+
+// A pulled layer is unpacked within the [limits] of the puller: a
+// writable layer with more entries than tree_max_entries is refused,
+// naming the setting, and nothing of the environment is kept.
+func TestRemotePullTreeLimits(t *testing.T) {
+	k := newTestKP(t, 4)
+	k.noAuth = true
+	ts := httptest.NewServer(k.handler())
+	t.Cleanup(ts.Close)
+	a := newKP(t)
+	id := remoteMockEnv(t, a, "demo", `"git"`)
+	for i := range 12 {
+		writeFile(t, filepath.Join(a.store, "env", id, "upper"), fmt.Sprintf("etc/f%02d", i), "x\n")
+	}
+	a.ok("restore", "demo", strings.TrimSpace(a.ok("commit", "demo")))
+	a.ok("push", "demo", "--remote", ts.URL)
+	b := newKP(t)
+	config := writeFile(t, b.home, ".config/karapace/config.toml", "[limits]\ntree_max_entries = 8\n")
+	b.fails(1, "more than 8 entries, the most one unpack may create ([limits] tree_max_entries in "+config+")", "pull", id, "--remote", ts.URL)
+	b.emptyStore()
+	writeFile(t, b.home, ".config/karapace/config.toml", "[limits]\ntree_max_entries = 100\n")
+	if out := b.ok("pull", id, "--remote", ts.URL); out != id+"\n" {
+		t.Fatalf("pull within the limits: %q", out)
 	}
 }

@@ -45,29 +45,39 @@ import (
 // a tag naming an environment it lacks are refused with 409: the server
 // never holds a reference to nothing, so clients send metadata last. A
 // blob the server has is answered 200 and not rewritten (201 when stored);
-// metadata alone may be replaced by a newer version of the environment.
+// metadata alone may be replaced by a newer version of the environment,
+// but only one that names the same layers: an env_id's layers are fixed
+// once stored, and metadata naming others is refused with 409 (which
+// names the layers that differ). Tags stay movable.
 // ETag: the hash for objects and layers, the blake3 of the file for
 // metadata and the registry. PUT /registry honours If-Match (412 when the
 // registry changed since it was read), so two pushes cannot lose a tag.
 //
 // Limits: --max-blob-size per object; --max-uploads uploads and registry
-// writes at once (more wait a while, then 503); and every read of a
-// request body and every write of a response must make progress within
-// --io-timeout, or the connection is dropped.
+// writes at once (more wait a while, then 503); every read of a request
+// body and every write of a response must make progress within
+// --io-timeout, or the connection is dropped; an upload holding a slot
+// must send --min-upload-rate bytes a second, measured over 10 s, or it
+// is dropped (408); an address holding --max-client-conns connections
+// has its next one closed at once.
 //
 // Authentication: "Authorization: Bearer TOKEN" with a token from the
 // token file (one "TOKEN rw" or "TOKEN ro" a line); every request needs
 // one, PUT needs rw. 401 with WWW-Authenticate without a valid token, 403
-// for a read-only token writing. The data directory is a karapace store
+// for a read-only token writing, both before any of the body is read
+// (the connection then closes). The data directory is a karapace store
 // (the server holds its lock while it runs); the registry is
 // DIR/registry.json.
 
 const (
-	serverDefaultMaxBlob    = 16 << 30
-	serverDefaultMaxUploads = 16
-	serverDefaultIOTimeout  = 2 * time.Minute // per read or write of a body, not per body
-	serverUploadWait        = 30 * time.Second
-	serverMinTokenLen       = 16
+	serverDefaultMaxBlob     = 16 << 30
+	serverDefaultMaxUploads  = 16
+	serverDefaultIOTimeout   = 2 * time.Minute // per read or write of a body, not per body
+	serverDefaultClientConns = 64              // connections one client address may hold open
+	serverDefaultMinRate     = 4 << 10         // bytes a second an upload must keep up
+	serverRateWindow         = 10 * time.Second
+	serverUploadWait         = 30 * time.Second
+	serverMinTokenLen        = 16
 )
 
 type serverToken struct {
@@ -84,7 +94,10 @@ type kpServer struct {
 	uploads chan struct{} // a slot per upload in progress, registry writes included
 	wait    time.Duration // how long an upload waits for a slot before 503
 	io      time.Duration // how long one read or write of a connection may take
+	minRate int64         // bytes a second an upload holding a slot must send (0: any)
+	window  time.Duration // over which the rate is measured
 	regMu   sync.Mutex
+	metaMu  sync.Mutex // metadata writes, one at a time
 }
 
 // loadServerTokens reads a token file; a bad line stops the server.
@@ -172,10 +185,18 @@ func (k *kpServer) writeDeadline(w http.ResponseWriter) {
 	http.NewResponseController(w).SetWriteDeadline(time.Now().Add(k.io))
 }
 
+// fail answers with an error. A request with a body gets its answer at
+// once and its connection closes, what is left of the body unread:
+// net/http would otherwise read up to 256 KiB of it, before answering
+// and after, for a client that sends it as slowly as it likes.
 func (k *kpServer) fail(w http.ResponseWriter, r *http.Request, code int, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
 	debugf("server: %s %s: %d %s", r.Method, r.URL.Path, code, msg)
 	k.writeDeadline(w)
+	if r.Body != http.NoBody {
+		w.Header().Set("Connection", "close")
+		http.NewResponseController(w).SetReadDeadline(time.Now())
+	}
 	http.Error(w, msg, code)
 }
 
@@ -285,6 +306,97 @@ func (k *kpServer) getBlob(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// keepingUp fails an upload body that sends less than k.minRate bytes a
+// second over a span of k.window: it holds an upload slot, which a few
+// slow clients would otherwise keep from everyone else.
+func (k *kpServer) keepingUp(r io.Reader) io.Reader {
+	if k.minRate <= 0 {
+		return r
+	}
+	return &serverRateReader{r: r, min: k.minRate, window: k.window, start: time.Now()}
+}
+
+type serverRateReader struct {
+	r      io.Reader
+	min    int64
+	window time.Duration
+	start  time.Time
+	n      int64 // bytes since start
+}
+
+// serverSlowUpload is an upload dropped for its rate.
+type serverSlowUpload struct {
+	n    int64
+	took time.Duration
+	min  int64
+}
+
+func (e *serverSlowUpload) Error() string {
+	return fmt.Sprintf("%d bytes in %s, slower than the %s a second an upload must keep up; dropped", e.n, e.took.Round(time.Millisecond), humanBytes(e.min))
+}
+
+func (s *serverRateReader) Read(p []byte) (int, error) {
+	n, err := s.r.Read(p)
+	s.n += int64(n)
+	if took := time.Since(s.start); took >= s.window {
+		if float64(s.n) < float64(s.min)*took.Seconds() {
+			return n, &serverSlowUpload{s.n, took, s.min}
+		}
+		s.start, s.n = time.Now(), 0
+	}
+	return n, err
+}
+
+// serverConnLimit closes a new connection from an address that holds
+// max open already: one client cannot take every connection the server
+// can keep.
+type serverConnLimit struct {
+	net.Listener
+	max  int
+	mu   sync.Mutex
+	open map[string]int
+}
+
+func (l *serverConnLimit) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		l.mu.Lock()
+		ok := l.open[host] < l.max
+		if ok {
+			l.open[host]++
+		}
+		l.mu.Unlock()
+		if ok {
+			return &serverConn{Conn: c, l: l, host: host}, nil
+		}
+		debugf("server: %s holds %d connections already; closing a new one", host, l.max)
+		c.Close()
+	}
+}
+
+// serverConn gives its place back to its limit when it closes.
+type serverConn struct {
+	net.Conn
+	l    *serverConnLimit
+	host string
+	once sync.Once
+}
+
+func (c *serverConn) Close() error {
+	c.once.Do(func() {
+		c.l.mu.Lock()
+		if c.l.open[c.host]--; c.l.open[c.host] == 0 {
+			delete(c.l.open, c.host)
+		}
+		c.l.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
 // slot waits for an upload slot; false (and 503, or nothing for a client
 // that went away) when none came free in k.wait. release gives it back.
 func (k *kpServer) slot(w http.ResponseWriter, r *http.Request) (release func(), ok bool) {
@@ -327,7 +439,7 @@ func (k *kpServer) putBlob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	body := http.MaxBytesReader(w, r.Body, limit)
+	body := k.keepingUp(http.MaxBytesReader(w, r.Body, limit))
 	switch kind {
 	case blobObject:
 		k.putObject(w, r, hash, body)
@@ -340,6 +452,11 @@ func (k *kpServer) readError(w http.ResponseWriter, r *http.Request, what string
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		k.fail(w, r, http.StatusRequestEntityTooLarge, "%s: more than the limit of %d bytes", what, tooBig.Limit)
+		return
+	}
+	var slow *serverSlowUpload
+	if errors.As(err, &slow) {
+		k.fail(w, r, http.StatusRequestTimeout, "%s: %v", what, err)
 		return
 	}
 	k.fail(w, r, http.StatusBadRequest, "%s: reading the upload: %v", what, err)
@@ -429,6 +546,15 @@ func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash s
 		k.fail(w, r, http.StatusConflict, "%s refers to %s, which the server does not hold; upload it first", what, strings.Join(missing, ", "))
 		return
 	}
+	if kind == blobMetadata {
+		// The check and the write go together: of two pushes of one
+		// env_id with other layers, one gets 409.
+		k.metaMu.Lock()
+		defer k.metaMu.Unlock()
+		if !k.sameLayers(w, r, hash, b) {
+			return
+		}
+	}
 	if old, err := os.ReadFile(k.s.path(dir, hash)); err == nil && bytes.Equal(old, b) {
 		w.WriteHeader(http.StatusOK)
 		return
@@ -439,6 +565,27 @@ func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash s
 		return
 	}
 	w.WriteHeader(http.StatusCreated)
+}
+
+// sameLayers refuses (409) metadata of an environment the server holds
+// with other layers: an env_id's layers never change once stored, though
+// the rest of its metadata (state, name, times) may.
+func (k *kpServer) sameLayers(w http.ResponseWriter, r *http.Request, envID string, b []byte) bool {
+	old, err := k.s.getMeta(envID)
+	if errors.Is(err, fs.ErrNotExist) {
+		return true
+	}
+	if err != nil {
+		warnf("server: %v", err)
+		k.fail(w, r, http.StatusInternalServerError, "metadata %s: cannot read the stored one", envID)
+		return false
+	}
+	m, _ := remoteParseMeta(envID, b) // checked by the caller
+	if d := layerDiff(layersOf(old), layersOf(m), "stored", "pushed"); d != "" {
+		k.fail(w, r, http.StatusConflict, "metadata %s: the server holds environment %s with other layers, and an env_id's layers never change once stored: %s", envID, envID, d)
+		return false
+	}
+	return true
 }
 
 func (k *kpServer) registryPath() string { return filepath.Join(k.s.root, "registry.json") }
@@ -481,7 +628,7 @@ func (k *kpServer) putRegistry(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer release()
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, remoteMaxDoc))
+	body, err := io.ReadAll(k.keepingUp(http.MaxBytesReader(w, r.Body, remoteMaxDoc)))
 	if err != nil {
 		k.readError(w, r, "registry", err)
 		return
@@ -590,12 +737,62 @@ func serverParseSize(s string) (int64, error) {
 	return v * mult, nil
 }
 
+// serverConfig is how cmdServer serves, besides its kpServer.
+type serverConfig struct {
+	listen, data string
+	tls          *tls.Config // nil: plain http
+	clientConns  int         // connections one address may hold open
+}
+
+// cmdServer serves a store: its settings from the flags, then the store
+// taken over, then the listener, until SIGTERM or SIGINT.
 func cmdServer(c *cli) error {
-	listen, data := c.flag("listen"), c.flag("data")
-	if listen == "" || data == "" {
-		return usageErrorf("server: --listen ADDR and --data DIR are required")
+	k, sc, err := serverSettings(c)
+	if err != nil {
+		return err
 	}
-	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait, io: serverDefaultIOTimeout}
+	sl, err := k.openData(c, sc.data)
+	if err != nil {
+		return err
+	}
+	defer sl.unlock()
+	ln, url, err := serverListen(sc)
+	if err != nil {
+		return err
+	}
+	if k.noAuth {
+		warnf("server: no authentication (--no-auth): anyone who can connect to %s can read and write", url)
+	}
+	fmt.Fprintf(c.stderr, "karapace server: serving %s on %s\n", k.s.root, url)
+	fmt.Fprintln(c.stdout, url)
+	return k.serve(c, ln)
+}
+
+// serverSettings reads the flags; every mistake in them is found before
+// the store is touched.
+func serverSettings(c *cli) (*kpServer, *serverConfig, error) {
+	sc := &serverConfig{listen: c.flag("listen"), data: c.flag("data"), clientConns: serverDefaultClientConns}
+	if sc.listen == "" || sc.data == "" {
+		return nil, nil, usageErrorf("server: --listen ADDR and --data DIR are required")
+	}
+	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait, io: serverDefaultIOTimeout,
+		minRate: serverDefaultMinRate, window: serverRateWindow}
+	if err := k.limitFlags(c, sc); err != nil {
+		return nil, nil, err
+	}
+	if err := k.authFlags(c); err != nil {
+		return nil, nil, err
+	}
+	var err error
+	if sc.tls, err = serverTLSFlags(c); err != nil {
+		return nil, nil, err
+	}
+	return k, sc, nil
+}
+
+// limitFlags reads what bounds the clients: blob sizes, uploads at once,
+// the I/O timeout, the upload rate and the connections of one address.
+func (k *kpServer) limitFlags(c *cli, sc *serverConfig) error {
 	maxUploads := serverDefaultMaxUploads
 	if v := c.flag("max-blob-size"); v != "" {
 		n, err := serverParseSize(v)
@@ -618,55 +815,99 @@ func cmdServer(c *cli) error {
 		}
 		k.io = d
 	}
+	if v := c.flag("min-upload-rate"); v != "" {
+		n, err := serverParseSize(v)
+		if err != nil {
+			return usageErrorf("--min-upload-rate: %v", err)
+		}
+		k.minRate = n
+	}
+	if v := c.flag("max-client-conns"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 65536 {
+			return usageErrorf("--max-client-conns %q: expected a number from 1 to 65536", v)
+		}
+		sc.clientConns = n
+	}
 	k.uploads = make(chan struct{}, maxUploads)
+	return nil
+}
+
+// authFlags reads the token file, or --no-auth, which must be said.
+func (k *kpServer) authFlags(c *cli) error {
 	switch tokens := c.flag("tokens"); {
 	case tokens != "" && k.noAuth:
 		return usageErrorf("server: --tokens and --no-auth contradict each other")
 	case tokens != "":
 		var err error
-		if k.tokens, err = loadServerTokens(tokens); err != nil {
-			return err
-		}
+		k.tokens, err = loadServerTokens(tokens)
+		return err
 	case !k.noAuth:
 		return usageErrorf("server: refusing to serve without authentication: pass --tokens FILE (lines of \"TOKEN rw\" or \"TOKEN ro\"), or --no-auth to let anyone who can connect read and write")
 	}
+	return nil
+}
+
+// serverTLSFlags loads --tls-cert and --tls-key; nil without them.
+func serverTLSFlags(c *cli) (*tls.Config, error) {
 	cert, key := c.flag("tls-cert"), c.flag("tls-key")
 	if (cert == "") != (key == "") {
-		return usageErrorf("server: --tls-cert and --tls-key go together")
+		return nil, usageErrorf("server: --tls-cert and --tls-key go together")
 	}
-	var tc *tls.Config
-	if cert != "" {
-		pair, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return fmt.Errorf("loading the TLS certificate %s and key %s: %w", cert, key, err)
-		}
-		tc = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	if cert == "" {
+		return nil, nil
 	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		return nil, fmt.Errorf("loading the TLS certificate %s and key %s: %w", cert, key, err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+}
 
+// openData opens the data directory as a store and keeps its lock while
+// the server runs: uploads stream into staging, which another process's
+// recovery would clear.
+func (k *kpServer) openData(c *cli, data string) (*storeLock, error) {
 	s, err := openStore(data)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	s.lockWait = storeLockWait(c.getenv)
-	// The server owns its store while it runs: uploads stream into
-	// staging, which another process's recovery would clear.
 	sl, err := s.acquire("server", s.lockWait)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer sl.unlock()
 	if _, err := s.recoverLocked(); err != nil {
-		return err
+		sl.unlock()
+		return nil, err
 	}
 	if err := s.markServed(); err != nil {
-		return err
+		sl.unlock()
+		return nil, err
 	}
 	k.s = s
+	return sl, nil
+}
 
-	ln, err := net.Listen("tcp", listen)
+// serverListen opens the listener, each address's connections bounded,
+// TLS over it if configured, and returns it with the URL it serves.
+func serverListen(sc *serverConfig) (net.Listener, string, error) {
+	ln, err := net.Listen("tcp", sc.listen)
 	if err != nil {
-		return fmt.Errorf("server: %w", err)
+		return nil, "", fmt.Errorf("server: %w", err)
 	}
+	ln = &serverConnLimit{Listener: ln, max: sc.clientConns, open: map[string]int{}}
+	scheme := "http"
+	if sc.tls != nil {
+		scheme = "https"
+		ln = tls.NewListener(ln, sc.tls)
+	}
+	return ln, scheme + "://" + ln.Addr().String(), nil
+}
+
+// serve answers on ln until SIGTERM or SIGINT, then finishes the
+// requests in flight.
+func (k *kpServer) serve(c *cli, ln net.Listener) error {
 	srv := &http.Server{
 		Handler:           k.handler(),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -676,18 +917,6 @@ func cmdServer(c *cli) error {
 		// HTTP/1.1 only: one request a connection, deadlines per read.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
-	scheme := "http"
-	if tc != nil {
-		scheme = "https"
-		ln = tls.NewListener(ln, tc)
-	}
-	url := scheme + "://" + ln.Addr().String()
-	if k.noAuth {
-		warnf("server: no authentication (--no-auth): anyone who can connect to %s can read and write", url)
-	}
-	fmt.Fprintf(c.stderr, "karapace server: serving %s on %s\n", s.root, url)
-	fmt.Fprintln(c.stdout, url)
-
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	errc := make(chan error, 1)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -29,8 +30,9 @@ const (
 
 // testRemoteEnv makes an environment in s through the store's own API:
 // a base layer shared by every environment of the same baseSeed, a
-// dependency layer of its own, and manifest and lock objects. The
-// objects are random bytes; nothing here runs them.
+// dependency layer of its own, a manifest object and the lock its env_id
+// is computed from. The layers' objects are random bytes; nothing here
+// runs them.
 func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSize int) *envMeta {
 	t.Helper()
 	l, err := s.lock("test")
@@ -54,14 +56,31 @@ func testRemoteEnv(t testing.TB, s *store, baseSeed, seed int64, baseSize, depSi
 	}
 	base := layerOf(layerBase, "", put(1000000+baseSeed, baseSize))
 	dep := layerOf(layerDependency, base, put(seed, depSize))
-	id := storeBlake3Hex([]byte(fmt.Sprintf("test environment %d", seed)))
+	lock, id := testLock(t, seed)
+	lh, _, err := s.putObject(bytes.NewReader(lock))
+	if err != nil {
+		t.Fatal(err)
+	}
 	now := time.Now().UTC().Format(time.RFC3339)
-	m := &envMeta{EnvID: id, ShortID: id[:12], State: stateBuilt, ManifestHash: put(2000000+seed, 300), LockHash: put(3000000+seed, 500),
+	m := &envMeta{EnvID: id, ShortID: id[:12], State: stateBuilt, ManifestHash: put(2000000+seed, 300), LockHash: lh,
 		BaseLayer: base, DependencyLayers: []string{dep}, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now, RefCount: 1}
 	if err := s.putMeta(m); err != nil {
 		t.Fatal(err)
 	}
 	return m
+}
+
+// testLock is a lock of its own for every seed, and its env_id.
+func testLock(t testing.TB, seed int64) ([]byte, string) {
+	t.Helper()
+	l := &lockFile{BaseImage: "./image.tar", BaseImageDigest: "sha256:" + strings.Repeat("0", 64), Backend: "mock", Requested: []string{"pkg"},
+		Packages: []lockedPackage{{"pkg", fmt.Sprint(seed)}}}
+	l.EnvID, l.ShortID = l.computeID()
+	b, err := l.encode()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b, l.EnvID
 }
 
 // newTestKP makes a server of a fresh store, holding its lock until the
@@ -439,4 +458,153 @@ func TestServerIOTimeout(t *testing.T) {
 		t.Errorf("a slow client: %s", resp.Status)
 	}
 	wg.Wait()
+}
+
+// A request without valid credentials, or a read-only token writing, is
+// answered before any of its body is read, and the connection closes:
+// a client cannot make the server wait for a body it will refuse.
+func TestServerRefusesBeforeBody(t *testing.T) {
+	dir := t.TempDir()
+	srv := startRemoteServer(t, filepath.Join(dir, "data"), "--tokens", remoteTokenFile(t, dir), "--io-timeout", "1h")
+	addr := strings.TrimPrefix(srv.url, "http://")
+	put := "PUT /blobs/object/" + strings.Repeat("a", 64) + " HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+	for _, c := range []struct{ name, req, want string }{
+		{"no token", put + "\r\n", "HTTP/1.1 401 "},
+		{"wrong token", put + "Authorization: Bearer " + testTokenRW + "x\r\n\r\n", "HTTP/1.1 401 "},
+		{"read-only token", put + "Authorization: Bearer " + testTokenRO + "\r\n\r\n", "HTTP/1.1 403 "},
+		{"expecting 100-continue", put + "Expect: 100-continue\r\n\r\n", "HTTP/1.1 401 "},
+		{"registry", "PUT /registry HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n", "HTTP/1.1 401 "},
+	} {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, c.req) // and not a byte of the body
+		// The deadline only keeps a server that waits for the body (an
+		// hour) from hanging the test.
+		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		answer, err := io.ReadAll(conn)
+		conn.Close()
+		if err != nil {
+			t.Fatalf("%s: the server kept the connection open waiting (%v), having answered %q", c.name, err, answer)
+		}
+		if !strings.HasPrefix(string(answer), c.want) || strings.Contains(string(answer), "100 Continue") {
+			t.Fatalf("%s: answered %q", c.name, answer)
+		}
+	}
+	if names := dirNames(t, filepath.Join(srv.data, "store", "staging")); len(names) != 0 {
+		t.Fatalf("staging holds %v", names)
+	}
+	if code := srv.stop(); code != 0 {
+		t.Fatalf("server exit %d", code)
+	}
+	k := newKP(t)
+	var rep verifyReport
+	k.jsonOut(&rep, "--store", srv.data, "verify-store")
+	if len(rep.Bad) != 0 || rep.Objects != 0 {
+		t.Fatalf("the server's store: %+v", rep)
+	}
+}
+
+// One address may hold --max-client-conns connections; the next one is
+// closed at once, until one of them closes. Other addresses are served.
+func TestServerClientConns(t *testing.T) {
+	srv := startRemoteServer(t, filepath.Join(t.TempDir(), "data"), "--no-auth", "--max-client-conns", "3")
+	addr := strings.TrimPrefix(srv.url, "http://")
+	const list = "GET /list HTTP/1.1\r\nHost: x\r\n"
+	dial := func(from string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+		conn, err := d.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	answer := func(conn net.Conn) string {
+		t.Helper()
+		conn.SetReadDeadline(time.Now().Add(time.Minute))
+		status, _ := bufio.NewReader(conn).ReadString('\n')
+		return status
+	}
+	var held []net.Conn
+	for range 3 {
+		conn := dial("127.0.0.1")
+		io.WriteString(conn, list) // a request begun, not ended
+		held = append(held, conn)
+	}
+	extra := dial("127.0.0.1")
+	io.WriteString(extra, list+"\r\n")
+	if got := answer(extra); got != "" {
+		t.Fatalf("a fourth connection was served: %q", got)
+	}
+	other := dial("127.0.0.2")
+	io.WriteString(other, list+"\r\n")
+	if got := answer(other); !strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Fatalf("another address: %q", got)
+	}
+	io.WriteString(held[0], "\r\n")
+	if got := answer(held[0]); !strings.HasPrefix(got, "HTTP/1.1 200") {
+		t.Fatalf("a held connection: %q", got)
+	}
+	held[1].Close()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		conn := dial("127.0.0.1")
+		io.WriteString(conn, list+"\r\n")
+		if got := answer(conn); strings.HasPrefix(got, "HTTP/1.1 200") {
+			break
+		}
+		conn.Close()
+		if time.Now().After(deadline) {
+			t.Fatal("no connection was served after one of the held ones closed")
+		}
+	}
+	k := newKP(t)
+	k.fails(exitFailure, `--max-client-conns "0": expected a number`, "server", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--no-auth", "--max-client-conns", "0")
+	k.fails(exitFailure, `--min-upload-rate: "slow" is not a size`, "server", "--listen", "127.0.0.1:0", "--data", t.TempDir(), "--no-auth", "--min-upload-rate", "slow")
+}
+
+// An upload slower than the minimum rate is dropped (408), and the slot
+// it held goes to an upload that was waiting for it; nothing of the slow
+// one is kept.
+func TestServerSlowUpload(t *testing.T) {
+	k := newTestKP(t, 1)
+	k.minRate, k.window, k.wait = 64<<10, time.Second, time.Minute
+	ts := httptest.NewServer(k.handler())
+	t.Cleanup(ts.Close)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	fmt.Fprintf(conn, "PUT /blobs/object/%s HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\nContent-Length: %d\r\n\r\n", strings.Repeat("a", 64), testTokenRW, 1<<20)
+	go func() { // 1 KiB a second: it never stalls, but it is slow
+		for {
+			if _, err := conn.Write(bytes.Repeat([]byte("s"), 100)); err != nil {
+				return
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}()
+	for len(k.uploads) == 0 { // until the slow upload holds the only slot
+		time.Sleep(time.Millisecond)
+	}
+	data := bytes.Repeat([]byte("fast"), 64<<10)
+	done := make(chan *http.Response, 1)
+	go func() {
+		resp, _ := serverReq{method: "PUT", path: "/blobs/object/" + storeBlake3Hex(data), token: testTokenRW, body: bytes.NewReader(data)}.do(t, ts.URL)
+		done <- resp
+	}()
+	conn.SetReadDeadline(time.Now().Add(time.Minute))
+	answer, _ := io.ReadAll(conn)
+	if !strings.HasPrefix(string(answer), "HTTP/1.1 408 ") || !strings.Contains(string(answer), "slower than the 64.0 KiB a second an upload must keep up; dropped") {
+		t.Fatalf("the slow upload: %q", answer)
+	}
+	if resp := <-done; resp.StatusCode != 201 {
+		t.Fatalf("the upload that waited: %s", resp.Status)
+	}
+	if objs, staging := dirNames(t, k.s.path("objects")), dirNames(t, k.s.path("staging")); len(objs) != 1 || len(staging) != 0 {
+		t.Fatalf("objects %v, staging %v", objs, staging)
+	}
 }

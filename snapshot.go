@@ -267,7 +267,11 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 			return err
 		}
 		defer rc.Close()
-		if err := treeInNS(treeJob{Op: "unpack", Dir: fresh, Overlay: true}, rc, nil); err != nil {
+		job, err := e.unpackJob(fresh)
+		if err != nil {
+			return err
+		}
+		if err := treeInNS(job, rc, nil); err != nil {
 			return fmt.Errorf("unpacking snapshot %s: %w", h, err)
 		}
 		if _, err := io.Copy(io.Discard, rc); err != nil { // the object's hash is checked at its end

@@ -144,6 +144,29 @@ func (a *exportSource) small(b remoteBlob) ([]byte, error) {
 // and that the archive holds exactly the environment's blobs.
 func openExport(r io.Reader, prog *progress) (*exportSource, error) {
 	a := &exportSource{raw: r, tr: tar.NewReader(r), layers: map[string]*layer{}, prog: prog}
+	idx, err := a.readIndex()
+	if err != nil {
+		return nil, err
+	}
+	listed, err := a.checkIndex(idx)
+	if err != nil {
+		return nil, err
+	}
+	if err := a.readMeta(idx); err != nil {
+		return nil, err
+	}
+	if err := a.readLayers(idx.Blobs[1 : len(idx.Blobs)-len(a.objs)]); err != nil {
+		return nil, err
+	}
+	if err := a.checkClosure(idx, listed); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// readIndex reads the archive's first entry, its index, of a format and
+// version this karapace reads, starting with the metadata of its env_id.
+func (a *exportSource) readIndex() (*exportIndex, error) {
 	hdr, err := a.tr.Next()
 	if err != nil {
 		return nil, fmt.Errorf("not a karapace export archive: %w", err)
@@ -167,20 +190,28 @@ func openExport(r io.Reader, prog *progress) (*exportSource, error) {
 	if len(idx.Blobs) == 0 || idx.Blobs[0].Kind != blobMetadata || idx.Blobs[0].Hash != idx.EnvID || !validStoreHash(idx.EnvID) {
 		return nil, errors.New("the archive's index does not start with the metadata of its env_id")
 	}
-	seen := map[string]bool{}
+	return &idx, nil
+}
+
+// checkIndex checks every entry of the index: named by a valid hash,
+// listed once, in the order the entries come (metadata, layers, objects),
+// small blobs within their limits. It notes the objects to come and
+// returns the set of kind/hash listed.
+func (a *exportSource) checkIndex(idx *exportIndex) (map[string]bool, error) {
+	listed := map[string]bool{}
 	stage := 0 // 0 metadata, 1 layers, 2 objects: the order the entries come in
 	var layerBytes int64
 	for _, b := range idx.Blobs {
 		key := b.Kind + "/" + b.Hash
-		if seen[key] {
+		if listed[key] {
 			return nil, fmt.Errorf("the archive's index lists %s twice", key)
 		}
-		seen[key] = true
+		listed[key] = true
 		if !validStoreHash(b.Hash) || b.Size < 0 {
 			return nil, fmt.Errorf("the archive's index has an invalid entry %s (%d bytes)", key, b.Size)
 		}
 		st := map[string]int{blobMetadata: 0, blobLayer: 1, blobObject: 2}[b.Kind]
-		if (b.Kind != blobMetadata && st == 0) || st < stage || (b.Kind == blobMetadata && len(seen) > 1) {
+		if (b.Kind != blobMetadata && st == 0) || st < stage || (b.Kind == blobMetadata && len(listed) > 1) {
 			return nil, fmt.Errorf("the archive's index has %s out of place", key)
 		}
 		stage = st
@@ -196,25 +227,40 @@ func openExport(r io.Reader, prog *progress) (*exportSource, error) {
 	if idx.Blobs[0].Size > remoteMaxMeta {
 		return nil, fmt.Errorf("the archive's metadata is larger than %d bytes", remoteMaxMeta)
 	}
+	return listed, nil
+}
+
+// readMeta reads and checks the metadata entry.
+func (a *exportSource) readMeta(idx *exportIndex) error {
 	mb, err := a.small(idx.Blobs[0])
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if a.m, err = remoteParseMeta(idx.EnvID, mb); err != nil {
-		return nil, fmt.Errorf("the archive's metadata is invalid: %v; refusing it", err)
+		return fmt.Errorf("the archive's metadata is invalid: %v; refusing it", err)
 	}
-	for _, b := range idx.Blobs[1 : len(idx.Blobs)-len(a.objs)] {
+	return nil
+}
+
+// readLayers reads and checks the layer manifest entries.
+func (a *exportSource) readLayers(blobs []remoteBlob) error {
+	for _, b := range blobs {
 		lb, err := a.small(b)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		l, err := parseLayer(b.Hash, lb)
 		if err != nil {
-			return nil, fmt.Errorf("layer %s in the archive is corrupt: %v; refusing it", b.Hash, err)
+			return fmt.Errorf("layer %s in the archive is corrupt: %v; refusing it", b.Hash, err)
 		}
 		a.layers[b.Hash] = l
 	}
-	// Exactly the closure: nothing missing, nothing extra.
+	return nil
+}
+
+// checkClosure makes sure the index lists exactly the environment's
+// closure: nothing missing, nothing extra.
+func (a *exportSource) checkClosure(idx *exportIndex, listed map[string]bool) error {
 	need := map[string]bool{}
 	for _, h := range a.m.objectRefs() {
 		need["object/"+h] = true
@@ -239,21 +285,23 @@ func openExport(r io.Reader, prog *progress) (*exportSource, error) {
 	}
 	for _, h := range a.m.layerRefs() {
 		if err := walk(h); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	for key := range need {
-		if !seen[key] {
-			return nil, fmt.Errorf("the archive lacks %s, which the environment needs", key)
+		if !listed[key] {
+			return fmt.Errorf("the archive lacks %s, which the environment needs", key)
 		}
 	}
 	for _, b := range idx.Blobs[1:] {
 		if key := b.Kind + "/" + b.Hash; !need[key] {
-			return nil, fmt.Errorf("the archive holds %s, which the environment does not need; refusing it", key)
+			return fmt.Errorf("the archive holds %s, which the environment does not need; refusing it", key)
 		}
 	}
-	return a, nil
+	return nil
 }
+
+func (a *exportSource) origin() string { return "the archive" }
 
 func (a *exportSource) meta() (*envMeta, error) { return a.m, nil }
 

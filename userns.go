@@ -552,6 +552,10 @@ type treeJob struct {
 	Paths   []string // clean: globs under Dir to remove
 	Overlay bool     // unpack whiteouts as overlay whiteouts
 	Image   bool     // a base image: leave out its device nodes
+	// unpack: what the stream may create at most, 0 for the default, and
+	// the configuration file that sets it, for messages.
+	MaxSize, MaxEntries int
+	Config              string
 }
 
 func init() {
@@ -572,7 +576,7 @@ func treeStage(cfg wireMsg, _ []int) int {
 	var err error
 	switch job.Op {
 	case "unpack":
-		_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image})
+		_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image, limits: job.limits()})
 	case "pack":
 		w := bufio.NewWriterSize(os.Stdout, 256<<10)
 		if _, err = packLayer(job.Dir, w); err == nil {

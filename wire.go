@@ -255,11 +255,15 @@ func (j *treeJob) encode(w *wireWriter) {
 	w.strs(j.Paths)
 	w.bool(j.Overlay)
 	w.bool(j.Image)
+	w.int(j.MaxSize)
+	w.int(j.MaxEntries)
+	w.str(j.Config)
 }
 
 func (j *treeJob) decode(r *wireReader) {
 	j.Op, j.Dir, j.Paths = r.str(), r.str(), r.strs()
 	j.Overlay, j.Image = r.bool(), r.bool()
+	j.MaxSize, j.MaxEntries, j.Config = r.int(), r.int(), r.str()
 }
 
 func (j *diffJob) encode(w *wireWriter) {
