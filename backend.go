@@ -46,10 +46,10 @@ type stopResult struct {
 
 // backendFor is the backend of a lock's runtime.backend, in the caller's
 // environment (getenv: its config, HOME, session).
-func backendFor(name string, getenv func(string) string) (backend, error) {
+func backendFor(name string, getenv func(string) string, out *output) (backend, error) {
 	switch name {
 	case "namespace":
-		return nsBackend{getenv: getenv}, nil
+		return nsBackend{getenv: getenv, out: out}, nil
 	case "mock":
 		return mockBackend{}, nil
 	}
@@ -58,6 +58,7 @@ func backendFor(name string, getenv func(string) string) (backend, error) {
 
 type nsBackend struct {
 	getenv func(string) string
+	out    *output
 }
 
 func (nsBackend) name() string { return "namespace" }
@@ -106,7 +107,7 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 			r.runDir().waitGone(2 * time.Second)
 			continue
 		}
-		r.cleanUp()
+		b.cleanUp(r)
 		return code, err
 	}
 }
@@ -115,7 +116,7 @@ func (b nsBackend) exec(r *runSpec, e *execSpec) (int, error) {
 // and returns the connection of that session, or -1 when an instance is
 // running after all.
 func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int, error) {
-	acc, err := resolveAccess(r, b.getenv)
+	acc, err := resolveAccess(r, b.getenv, b.out)
 	if err != nil {
 		return -1, err
 	}
@@ -128,7 +129,7 @@ func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int,
 	if err := mapping.own(cfg.Dir, cfg.run(), cfg.merged(), cfg.upper(), cfg.work()); err != nil {
 		return -1, err
 	}
-	cgroups, intoDir := acc.Limits.open(r.ShortID)
+	cgroups, intoDir := acc.Limits.open(r.ShortID, b.out)
 	defer func() {
 		for _, f := range cgroups {
 			f.Close()
@@ -139,9 +140,10 @@ func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int,
 	}
 	var made func(int) ([]int, error)
 	if cfg.BindsMade {
-		made = bindMounts(cfg.Binds)
+		made = bindMounts(cfg.Binds, b.out)
 	}
-	return r.runDir().ensureInstance(cfg, mapping, flags, cgroups, intoDir, made, req, stdio)
+	o := stageOptions{cloneFlags: flags, made: made, out: b.out}
+	return r.runDir().ensureInstance(cfg, mapping, o, cgroups, intoDir, req, stdio)
 }
 
 // bindMounts makes, as root, in the mount namespace of a starting init,
@@ -150,7 +152,7 @@ func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int,
 // privilege over the source's filesystem may make an idmapped mount (see
 // bindMount.Idmap), through init's user namespace. Only a mount of init's
 // own mount namespace may be attached there, so they are made from inside.
-func bindMounts(binds []bindMount) func(pid int) ([]int, error) {
+func bindMounts(binds []bindMount, out *output) func(pid int) ([]int, error) {
 	return func(pid int) ([]int, error) {
 		userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
 		if err != nil {
@@ -168,7 +170,7 @@ func bindMounts(binds []bindMount) func(pid int) ([]int, error) {
 				return nil, err
 			}
 			if b.Idmap && !idmapped && !b.ReadOnly {
-				warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
+				out.warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
 			}
 			fds = append(fds, fd)
 		}
@@ -216,9 +218,9 @@ func bindMountOf(b bindMount, userns int) (fd int, idmapped bool, err error) {
 
 // cleanUp removes what an instance leaves behind on the host once it has
 // ended: its cgroups.
-func (r *runSpec) cleanUp() {
+func (b nsBackend) cleanUp(r *runSpec) {
 	if _, ok := r.runDir().running(); !ok {
-		removeCgroups(r.ShortID)
+		removeCgroups(r.ShortID, b.out)
 	}
 }
 
@@ -264,7 +266,7 @@ func (b nsBackend) initConfig(r *runSpec, acc *hostAccess) (*initConfig, idMappi
 	}
 	mapping := planIDMapping()
 	if mapping.reduced != "" {
-		warnf("%s", mapping.reduced)
+		b.out.warnf("%s", mapping.reduced)
 	}
 	cfg.FullIDMap = mapping.reduced == ""
 	if os.Geteuid() == 0 {
@@ -287,7 +289,7 @@ func (b nsBackend) initConfig(r *runSpec, acc *hostAccess) (*initConfig, idMappi
 
 // stop asks init to end the environment (SIGTERM to every session), then
 // kills it after timeout.
-func (nsBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) {
+func (b nsBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) {
 	pid, ok := r.runDir().running()
 	if !ok {
 		return stopResult{}, nil
@@ -296,7 +298,7 @@ func (nsBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) {
 	if err := unix.Kill(pid, unix.SIGTERM); err != nil && !errors.Is(err, unix.ESRCH) {
 		return res, fmt.Errorf("stopping pid %d: %w", pid, err)
 	}
-	defer r.cleanUp()
+	defer b.cleanUp(r)
 	if r.runDir().waitGone(timeout) {
 		return res, nil
 	}

@@ -56,13 +56,13 @@ func TestMockBackend(t *testing.T) {
 // Only the backends there are can be asked for, by name.
 func TestBackendFor(t *testing.T) {
 	for _, name := range []string{"namespace", "mock"} {
-		b, err := backendFor(name, os.Getenv)
+		b, err := backendFor(name, os.Getenv, nil)
 		if err != nil || b.name() != name {
 			t.Errorf("backendFor(%q) = %v, %v", name, b, err)
 		}
 	}
 	for _, name := range []string{"docker", ""} {
-		b, err := backendFor(name, os.Getenv)
+		b, err := backendFor(name, os.Getenv, nil)
 		if err == nil || b != nil || !strings.Contains(err.Error(), `runtime backend "`+name+`" is not available`) {
 			t.Errorf("backendFor(%q) = %v, %v; want an error naming it", name, b, err)
 		}

@@ -208,7 +208,7 @@ func (e *imageEnv) fetchRelease(spec *archiveSpec) (*archiveRelease, error) {
 	} else if !rel.ValidUntil.IsZero() && now.After(rel.ValidUntil) {
 		return nil, fmt.Errorf("%s expired at %s (Valid-Until): the mirror is stale or replaying an old archive", url, rel.ValidUntil.UTC().Format(time.RFC3339))
 	}
-	debugf("%s signed by %s, dated %s", url, signer, rel.Date.Format(time.RFC3339))
+	e.out.debugf("%s signed by %s, dated %s", url, signer, rel.Date.Format(time.RFC3339))
 	return &archiveRelease{rel: rel, signer: signer}, nil
 }
 
@@ -261,7 +261,7 @@ func (e *imageEnv) fetchVerified(ctx context.Context, dir, name string, urls []s
 		if rmErr := os.Remove(p); rmErr != nil {
 			return "", fmt.Errorf("%s: the cached copy %s %v, and removing it failed: %w", name, p, err, rmErr)
 		}
-		warnf("%s: the cached copy %s %v: removed it, downloading it again", name, p, err)
+		e.out.warnf("%s: the cached copy %s %v: removed it, downloading it again", name, p, err)
 	}
 	for _, url := range urls {
 		if err = e.downloadVerified(ctx, url, p, want, prog); !isNotFound(err) {
@@ -466,7 +466,7 @@ func (e *engine) fetchDebs(images *imageEnv, spec *archiveSpec, set []*debPackag
 		}
 		total += p.Size
 	}
-	prog := newProgress(fmt.Sprintf("downloading %d packages", len(set)), total, true)
+	prog := e.out.progress(fmt.Sprintf("downloading %d packages", len(set)), total, true)
 	defer prog.finish()
 	cache := filepath.Join(imagesDir(e.s), "debs")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -546,7 +546,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 	}
 	// dpkg needs a shell, itself and its libraries before it can run:
 	// unpack the Essential packages' files, as one stream.
-	prog := newProgress("unpacking the essential packages", int64(len(essential)), false)
+	prog := e.out.progress("unpacking the essential packages", int64(len(essential)), false)
 	pr, pw := io.Pipe()
 	go func() {
 		tw := tar.NewWriter(pw)
@@ -620,7 +620,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 	for _, round := range dpkgRounds(ix, essential, rest) {
 		steps = append(steps, append([]string{"dpkg", "--install"}, inside(round)...))
 	}
-	e.infof("installing %d packages with dpkg", len(set))
+	e.out.notef("installing %d packages with dpkg", len(set))
 	for _, argv := range steps {
 		code, err := runCaptured(b, r, argv, env, logFile, logFile)
 		if err == nil && code != 0 {

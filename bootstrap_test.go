@@ -353,7 +353,7 @@ func sha256Hex(b []byte) string {
 
 func testImageEnv(t *testing.T) *imageEnv {
 	t.Helper()
-	e, err := newImageEnv(func(string) string { return "" }, false)
+	e, err := newImageEnv(func(string) string { return "" }, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -401,15 +401,16 @@ func TestBootstrapCacheRehashed(t *testing.T) {
 	env := testImageEnv(t)
 	dir := t.TempDir()
 	cached := filepath.Join(dir, want.SHA256)
-	var logs bytes.Buffer
-	setLogLevel("warn", false, false, &logs)
-	defer setLogLevel("", false, false, os.Stderr)
+	logs := captureLog(t)
+	env.out = logs.out
 	fetch := func() (string, error) {
 		return env.fetchVerified(context.Background(), dir, "package x 1", []string{srv.URL + "/pool/x.deb"}, want, nil)
 	}
 	for _, planted := range []string{"EVIL!", "EVIL", "good!!"} {
 		os.WriteFile(cached, []byte(planted), 0o644)
-		logs.Reset()
+		logs.out.mu.Lock()
+		logs.b.Reset()
+		logs.out.mu.Unlock()
 		n := len(srv.requests())
 		p, err := fetch()
 		if err != nil {

@@ -48,24 +48,24 @@ func (l cgroupLimits) controllers() []string {
 // none: the environment runs without memory and CPU limits rather than
 // not at all, and its pids limit falls back to RLIMIT_NPROC (see
 // instanceServer.forker), which is no reason to warn.
-func (l cgroupLimits) open(name string) (files []*os.File, intoDir bool) {
+func (l cgroupLimits) open(name string, out *output) (files []*os.File, intoDir bool) {
 	if len(l.controllers()) == 0 {
 		return nil, false
 	}
 	dirs, v2, err := l.prepare(cgroupName(name))
 	if err != nil {
 		if l.CPUShares > 0 || l.MemoryMB > 0 {
-			warnf("resource limits are not applied: %v", err)
+			out.warnf("resource limits are not applied: %v", err)
 		}
 		return nil, false
 	}
 	if v2 {
 		f, err := os.OpenFile(dirs[0], os.O_RDONLY|unix.O_DIRECTORY, 0)
 		if err != nil {
-			warnf("resource limits are not applied: opening %s: %v", dirs[0], err)
+			out.warnf("resource limits are not applied: opening %s: %v", dirs[0], err)
 			return nil, false
 		}
-		debugf("resource limits in %s", dirs[0])
+		out.debugf("resource limits in %s", dirs[0])
 		return []*os.File{f}, true
 	}
 	for _, d := range dirs {
@@ -77,7 +77,7 @@ func (l cgroupLimits) open(name string) (files []*os.File, intoDir bool) {
 				f, err = os.OpenFile(p, os.O_WRONLY, 0)
 			}
 			if err != nil {
-				warnf("resource limits are not applied: opening %s: %v", p, err)
+				out.warnf("resource limits are not applied: opening %s: %v", p, err)
 				for _, f := range files {
 					f.Close()
 				}
@@ -86,7 +86,7 @@ func (l cgroupLimits) open(name string) (files []*os.File, intoDir bool) {
 			files = append(files, f)
 		}
 	}
-	debugf("resource limits in %s", strings.Join(dirs, ", "))
+	out.debugf("resource limits in %s", strings.Join(dirs, ", "))
 	return files, false
 }
 
@@ -109,7 +109,7 @@ func cgroupName(shortID string) string { return "karapace-" + shortID }
 
 // removeCgroups removes the environment's cgroups once nothing runs in
 // them; a busy or missing one is left alone.
-func removeCgroups(shortID string) {
+func removeCgroups(shortID string, out *output) {
 	name := cgroupName(shortID)
 	dirs := []string{"/sys/fs/cgroup/memory/karapace/" + name, "/sys/fs/cgroup/cpu/karapace/" + name, "/sys/fs/cgroup/pids/karapace/" + name}
 	if parent, _ := cgroup2Location(); parent != "" {
@@ -117,7 +117,7 @@ func removeCgroups(shortID string) {
 	}
 	for _, d := range dirs {
 		if err := unix.Rmdir(d); err == nil {
-			debugf("removed cgroup %s", d)
+			out.debugf("removed cgroup %s", d)
 		}
 	}
 }

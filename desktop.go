@@ -77,7 +77,7 @@ func launcherName(app, shortID, name string) string {
 }
 
 // relabelLaunchers gives an environment's launchers its new name.
-func relabelLaunchers(getenv func(string) string, shortID, name string) {
+func relabelLaunchers(getenv func(string) string, shortID, name string, out *output) {
 	dir := applicationsDir(getenv)
 	if dir == "" {
 		return
@@ -88,7 +88,7 @@ func relabelLaunchers(getenv func(string) string, shortID, name string) {
 		app := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), prefix), ".desktop")
 		data, err := os.ReadFile(p)
 		if err != nil {
-			warnf("renaming launcher %s: %v", p, err)
+			out.warnf("renaming launcher %s: %v", p, err)
 			continue
 		}
 		lines := strings.Split(string(data), "\n")
@@ -98,13 +98,13 @@ func relabelLaunchers(getenv func(string) string, shortID, name string) {
 			}
 		}
 		if err := writeFileAtomic(p, []byte(strings.Join(lines, "\n")), 0o644); err != nil {
-			warnf("renaming launcher %s: %v", p, err)
+			out.warnf("renaming launcher %s: %v", p, err)
 		}
 	}
 }
 
 // removeLaunchers removes the launchers of a destroyed environment.
-func removeLaunchers(getenv func(string) string, shortID string) {
+func removeLaunchers(getenv func(string) string, shortID string, out *output) {
 	dir := applicationsDir(getenv)
 	if dir == "" {
 		return
@@ -112,7 +112,7 @@ func removeLaunchers(getenv func(string) string, shortID string) {
 	matches, _ := filepath.Glob(filepath.Join(dir, "karapace-"+shortID+"-*.desktop"))
 	for _, p := range matches {
 		if err := os.Remove(p); err != nil {
-			warnf("removing launcher %s: %v", p, err)
+			out.warnf("removing launcher %s: %v", p, err)
 		}
 	}
 }

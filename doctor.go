@@ -194,7 +194,7 @@ func (j *probeJob) dirs() []*string { return []*string{&j.Dir} }
 // given a mount the parent made of dir/i (as root), attaches it at dir/a
 // and checks that its file, the host root's, is the namespace's root's,
 // and that a file written there comes out the host root's.
-func probeStage(cfg wireMsg, mounts []int) int {
+func probeStage(cfg wireMsg, mounts []int, _ *output) int {
 	job := cfg.(*probeJob)
 	fail := func(format string, a ...any) int {
 		fmt.Fprintf(os.Stderr, format+"\n", a...)

@@ -17,7 +17,7 @@ import (
 type engine struct {
 	s      *store
 	getenv func(string) string
-	log    io.Writer // human progress messages; stderr
+	out    *output // messages and progress: the command line's, or a front end's
 }
 
 // newEngine opens the store for the command line's engine.
@@ -26,7 +26,7 @@ func (c *cli) engine() (*engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newEngine(s, c.getenv, c.stderr), nil
+	return newEngine(s, c.getenv, c.out), nil
 }
 
 // envArg opens the engine and finds the environment that the command's
@@ -63,14 +63,10 @@ func (c *cli) envArgShared(op string) (*engine, *envMeta, *storeLock, error) {
 	return e, m, sl, nil
 }
 
-func newEngine(s *store, getenv func(string) string, log io.Writer) *engine {
-	return &engine{s: s, getenv: getenv, log: log}
-}
-
-func (e *engine) infof(format string, a ...any) {
-	if e.log != nil && logState.level >= levelInfo || isTerminal(os.Stderr) {
-		fmt.Fprintf(e.log, format+"\n", a...)
-	}
+// newEngine is an engine over s that reports to out.
+func newEngine(s *store, getenv func(string) string, out *output) *engine {
+	s.out = out
+	return &engine{s: s, getenv: getenv, out: out}
 }
 
 // buildOptions are the flags of build and rebuild.
@@ -150,7 +146,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 			if o.locked {
 				return nil, err
 			}
-			e.infof("the manifest changed since %s was written: resolving again", lp)
+			e.out.notef("the manifest changed since %s was written: resolving again", lp)
 		} else {
 			lock = l
 		}
@@ -191,7 +187,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if err := checkStoreIDs(e.s.root); err != nil {
 		return nil, err
 	}
-	images, err := newImageEnv(e.getenv, o.offline)
+	images, err := newImageEnv(e.getenv, o.offline, e.out)
 	if err != nil {
 		return nil, err
 	}
@@ -209,7 +205,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		if o.locked {
 			return nil, manifestErrorf("--locked: %s: %s; build without --locked to resolve it again from the configured source", lp, drift)
 		}
-		e.infof("%s: %s: resolving again", lp, drift)
+		e.out.notef("%s: %s: resolving again", lp, drift)
 		lock = nil
 	}
 	switch {
@@ -258,7 +254,7 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		return nil, err
 	}
 	if res.Replaced != "" {
-		removeLaunchers(e.getenv, old.ShortID)
+		removeLaunchers(e.getenv, old.ShortID, e.out)
 	}
 	// The lock changes only once the environment it names is in the
 	// store; --locked never rewrites it (it was checked to be exactly
@@ -423,7 +419,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 	}
 	if src.SHA256 != "" {
 		if l, ok := e.indexedBase(src.SHA256); ok {
-			debugf("base layer %s of image sha256:%s from the store", l, src.SHA256)
+			e.out.debugf("base layer %s of image sha256:%s from the store", l, src.SHA256)
 			return l, src.SHA256, nil
 		}
 	}
@@ -434,7 +430,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 	}
 	var tree, sha string
 	err = images.readImage(e.s, src, func(img *imageReader) error {
-		prog := newProgress("importing "+name, img.size, true)
+		prog := e.out.progress("importing "+name, img.size, true)
 		defer prog.finish()
 		if tree != "" { // what a damaged cached copy unpacked to
 			if err := e.s.removeTree(tree); err != nil {
@@ -510,7 +506,7 @@ func (e *engine) indexedLayer(index string) (string, bool) {
 	}
 	if _, err := os.Stat(e.s.envs().tree(l)); err != nil {
 		if err := e.unpackTree(l); err != nil {
-			warnf("re-creating the tree of layer %s: %v", l, err)
+			e.out.warnf("re-creating the tree of layer %s: %v", l, err)
 			return "", false
 		}
 	}

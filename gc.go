@@ -97,11 +97,11 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 	if !dryRun {
 		var err error
 		if op, err = s.beginOp("gc", ""); err != nil {
-			warnf("gc: running without a WAL entry: %v", err)
+			s.out.warnf("gc: running without a WAL entry: %v", err)
 			op = nil
 		}
 	}
-	prog := newProgress("collecting garbage", 0, false)
+	prog := s.out.progress("collecting garbage", 0, false)
 	defer prog.finish()
 	sweepNames := func(dir string, names []string, live map[string]bool, only func(string) bool, count *int) error {
 		if names == nil {

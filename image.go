@@ -216,7 +216,7 @@ func (e *engine) pinImage(image, dir string, allowInsecure bool) (string, error)
 	if err != nil {
 		return "", err
 	}
-	images, err := newImageEnv(e.getenv, false)
+	images, err := newImageEnv(e.getenv, false, e.out)
 	if err != nil {
 		return "", err
 	}

@@ -188,7 +188,7 @@ func TestImageAliasTable(t *testing.T) {
 	srv := fakeSimplestreams(t, serverAliases...)
 	images, err := newImageEnv(func(k string) string {
 		return map[string]string{"KARAPACE_IMAGE_SERVER": srv.URL, "XDG_CONFIG_HOME": t.TempDir()}[k]
-	}, false)
+	}, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,19 +230,19 @@ func TestImageServerFromEnvironment(t *testing.T) {
 	getenv := func(k string) string { return env[k] }
 	for _, bad := range []string{"ftp://mirror.example/lxc", "mirror.example", "file:///srv/lxc"} {
 		env["KARAPACE_IMAGE_SERVER"] = bad
-		_, err := newImageEnv(getenv, false)
+		_, err := newImageEnv(getenv, false, nil)
 		if err == nil || exitCodeOf(err) != exitFailure || !strings.Contains(err.Error(), "KARAPACE_IMAGE_SERVER="+strconv.Quote(bad)+" is not an http(s) URL") {
 			t.Errorf("%s: %v", bad, err)
 		}
 	}
 	delete(env, "KARAPACE_IMAGE_SERVER")
 	env["KARAPACE_DEBIAN_MIRROR"] = "file:///srv/debian"
-	if _, err := newImageEnv(getenv, false); err == nil || !strings.Contains(err.Error(), `KARAPACE_DEBIAN_MIRROR="file:///srv/debian" is not an http(s) URL`) {
+	if _, err := newImageEnv(getenv, false, nil); err == nil || !strings.Contains(err.Error(), `KARAPACE_DEBIAN_MIRROR="file:///srv/debian" is not an http(s) URL`) {
 		t.Errorf("a file mirror: %v", err)
 	}
 	delete(env, "KARAPACE_DEBIAN_MIRROR")
 	env["KARAPACE_IMAGE_SERVER"] = "https://mirror.example/lxc/"
-	if e, err := newImageEnv(getenv, false); err != nil || e.server != "https://mirror.example/lxc" {
+	if e, err := newImageEnv(getenv, false, nil); err != nil || e.server != "https://mirror.example/lxc" {
 		t.Fatalf("%+v %v", e, err)
 	}
 }

@@ -68,10 +68,11 @@ type imageEnv struct {
 	idle    time.Duration // a download that sends nothing this long fails
 	offline bool
 	cfg     imagesConfig
+	out     *output
 }
 
-func newImageEnv(getenv func(string) string, offline bool) (*imageEnv, error) {
-	e := &imageEnv{server: defaultImageServer, offline: offline}
+func newImageEnv(getenv func(string) string, offline bool, out *output) (*imageEnv, error) {
+	e := &imageEnv{server: defaultImageServer, offline: offline, out: out}
 	cfg, err := loadImagesConfig(getenv)
 	if err != nil {
 		return nil, err
@@ -215,7 +216,7 @@ func (e *imageEnv) simplestreams(alias string) (imageSource, error) {
 	if best.Location == "" {
 		return imageSource{}, &noImageError{e.server, arch, alias}
 	}
-	debugf("alias %s resolved to %s (version %s)", alias, best.Location, bestVersion)
+	e.out.debugf("alias %s resolved to %s (version %s)", alias, best.Location, bestVersion)
 	return best, nil
 }
 
@@ -251,7 +252,7 @@ func (e *imageEnv) getContext(parent context.Context, url string) (*http.Respons
 		cancel()
 		return nil, fmt.Errorf("downloading %s: %w", url, err)
 	}
-	tracef("GET %s: %s", url, resp.Status)
+	e.out.tracef("GET %s: %s", url, resp.Status)
 	if resp.StatusCode != http.StatusOK {
 		resp.Body.Close()
 		cancel()
@@ -348,7 +349,7 @@ func (e *imageEnv) openImage(s *store, src imageSource) (*imageReader, error) {
 	}
 	if src.SHA256 != "" {
 		if img, err := openCached(s, src); err == nil {
-			debugf("image %s from the cache %s", src.Location, img.entry)
+			e.out.debugf("image %s from the cache %s", src.Location, img.entry)
 			return img, nil
 		}
 	}
@@ -438,7 +439,7 @@ func (e *imageEnv) readImage(s *store, src imageSource, use func(*imageReader) e
 		if retried || e.offline || !isHTTPURL(src.Location) {
 			return err
 		}
-		warnf("%v; downloading %s again", err, src.Location)
+		e.out.warnf("%v; downloading %s again", err, src.Location)
 	}
 }
 
@@ -457,7 +458,7 @@ func (e *cacheDamageError) Error() string {
 func dropCachedImage(s *store, dir string) {
 	for _, f := range []string{"image", "info.json"} {
 		if err := os.Remove(filepath.Join(dir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			warnf("removing the damaged image cache entry: %v", err)
+			s.out.warnf("removing the damaged image cache entry: %v", err)
 		}
 	}
 	index := filepath.Join(dir, "base-layer")
@@ -488,7 +489,7 @@ func (e *imageEnv) download(s *store, src imageSource) (string, error) {
 	}
 	defer os.Remove(f.Name())
 	defer f.Close()
-	prog := newProgress("downloading "+path.Base(src.Location), resp.ContentLength, true)
+	prog := e.out.progress("downloading "+path.Base(src.Location), resp.ContentLength, true)
 	r := newImageReader(io.NopCloser(prog.reader(resp.Body)), src, resp.ContentLength)
 	w := bufio.NewWriterSize(f, 1<<20)
 	_, err = io.Copy(w, r)
@@ -533,7 +534,7 @@ func (s *store) verifyImageCache(ctx context.Context, bad func(name, problem str
 			total += st.Size()
 		}
 	}
-	prog := newProgress("verifying cached images", total, true)
+	prog := s.out.progress("verifying cached images", total, true)
 	defer prog.finish()
 	for _, p := range entries {
 		if err := ctx.Err(); err != nil {

@@ -174,7 +174,8 @@ type instanceServer struct {
 	forks    chan forkJob
 	cgroups  []int // where each command starts: see cgroupLimits.open
 	owner    int   // the uid the environment's owner connects as
-	pids     int   // RLIMIT_NPROC of each command, when no cgroup limits them
+	out      *output
+	pids     int // RLIMIT_NPROC of each command, when no cgroup limits them
 }
 
 type session struct {
@@ -206,7 +207,7 @@ func init() {
 
 // startService starts the service, listening on ln, for init to release
 // once it has set up; init's descriptors it is given are closed here.
-func startService(cfg *initConfig, ln int) (*stageProc, *os.File, error) {
+func startService(cfg *initConfig, ln int, out *output) (*stageProc, *os.File, error) {
 	m, err := nestedMapping()
 	if err != nil {
 		return nil, nil, err
@@ -227,7 +228,7 @@ func startService(cfg *initConfig, ln int) (*stageProc, *os.File, error) {
 	}()
 	sc := &serviceConfig{Owner: cfg.Owner, PidsLimit: cfg.PidsLimit, Cgroups: cfg.Cgroups}
 	log := os.NewFile(5, "log") // the instance's log, init's stderr once it has set up
-	p, err := startStage("serve", sc, m, stageOptions{extraFiles: files, stdout: log, stderr: log})
+	p, err := startStage("serve", sc, m, stageOptions{extraFiles: files, stdout: log, stderr: log, out: out})
 	if err != nil {
 		goW.Close()
 		return nil, nil, err
@@ -276,7 +277,7 @@ func nestedIDMap(file string) ([]idRange, error) {
 // dumpable, and the commands lack CAP_SYS_PTRACE (see forker), which
 // would override that. It reaps what its commands leave (a subreaper),
 // and ends with the last session: init then ends the environment.
-func serveStage(c wireMsg, _ []int) int {
+func serveStage(c wireMsg, _ []int, out *output) int {
 	cfg := c.(*serviceConfig)
 	fail := func(what string, err error) int {
 		fmt.Fprintf(os.Stderr, "karapace-serve: %s: %v\n", what, err)
@@ -292,7 +293,7 @@ func serveStage(c wireMsg, _ []int) int {
 	for i := 0; i < cfg.Cgroups; i++ {
 		cgroups = append(cgroups, 6+i)
 	}
-	srv, err := newInstanceServer(5, cgroups, cfg)
+	srv, err := newInstanceServer(5, cgroups, cfg, out)
 	if err != nil {
 		return fail("starting", err)
 	}
@@ -308,8 +309,8 @@ func serveStage(c wireMsg, _ []int) int {
 
 // newInstanceServer is the environment's service, ready to start
 // commands: its reaper hears of every child that exits from then on.
-func newInstanceServer(ln int, cgroups []int, cfg *serviceConfig) (*instanceServer, error) {
-	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, forks: make(chan forkJob),
+func newInstanceServer(ln int, cgroups []int, cfg *serviceConfig, out *output) (*instanceServer, error) {
+	s := &instanceServer{sessions: map[int]*session{}, ln: ln, cgroups: cgroups, forks: make(chan forkJob), out: out,
 		owner: cfg.Owner, pids: cfg.PidsLimit}
 	ready := make(chan error)
 	go s.forker(ready)
@@ -342,7 +343,7 @@ func (s *instanceServer) serve() {
 		if err != nil {
 			// Out of descriptors or memory for now: the client waits in
 			// the backlog until a session ends and frees some.
-			warnf("accepting a connection: %v", err)
+			s.out.warnf("accepting a connection: %v", err)
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
@@ -495,7 +496,7 @@ func (s *instanceServer) spawn(req *spawnRequest, fds []int) (int, *session, int
 		defer func() {
 			for i := 1; i < len(s.cgroups); i += 2 {
 				if _, err := unix.Write(s.cgroups[i], []byte("0")); err != nil {
-					warnf("leaving the environment's cgroup: %v", err)
+					s.out.warnf("leaving the environment's cgroup: %v", err)
 				}
 			}
 		}()
@@ -876,7 +877,9 @@ func procStartTime(pid int) (uint64, error) {
 // Concurrent callers serialize on a lock in the run directory. The init it
 // starts runs req as its first session, on a connection made beforehand:
 // it returns our end, or -1 when an instance was running after all.
-func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uintptr, cgroups []*os.File, cgroupDir bool, made func(int) ([]int, error), req *spawnRequest, stdio [3]*os.File) (int, error) {
+// o says how to start init (its namespaces, what to make for it, where
+// it reports); cgroups are from cgroupLimits.open.
+func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, o stageOptions, cgroups []*os.File, cgroupDir bool, req *spawnRequest, stdio [3]*os.File) (int, error) {
 	if _, ok := d.running(); ok {
 		return -1, nil
 	}
@@ -921,7 +924,7 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 		return -1, fmt.Errorf("opening %s: %w", d.log(), err)
 	}
 	defer log.Close()
-	o := stageOptions{cloneFlags: cloneFlags, stderr: os.Stderr, detach: true, made: made}
+	o.stderr, o.detach = os.Stderr, true
 	if cgroupDir {
 		// cgroup v2: init starts in the environment's cgroup, and all it
 		// starts stays there, with no move that needs a permission.
@@ -951,7 +954,7 @@ func (d instanceDir) ensureInstance(cfg *initConfig, m idMapping, cloneFlags uin
 	if st, err := procStartTime(pid); err == nil {
 		if err := d.mark(instanceMarker{Pid: pid, StartTime: st, Backend: "namespace"}); err != nil {
 			// Nobody could join it: our session runs, but say why.
-			warnf("recording the running environment in %s: %v", d.marker(), err)
+			o.out.warnf("recording the running environment in %s: %v", d.marker(), err)
 		}
 	}
 	// init may outlive us (other sessions join it); while we live, we

@@ -67,7 +67,7 @@ func nsStart(t *testing.T, r *runSpec, argv ...string) <-chan error {
 	}
 	done := make(chan error, 1)
 	go func() {
-		b := nsBackend{getenv: os.Getenv}
+		b := nsBackend{getenv: os.Getenv, out: testOutput}
 		code, err := b.exec(r, &execSpec{Argv: argv, Stdio: [3]*os.File{null, outW, os.Stderr}, Env: baseEnv()})
 		outW.Close()
 		null.Close()
@@ -91,7 +91,7 @@ func nsStart(t *testing.T, r *runSpec, argv ...string) <-chan error {
 
 func TestNSStopAndStaleMarker(t *testing.T) {
 	r := testEnvSpec(t)
-	b := nsBackend{getenv: os.Getenv}
+	b := nsBackend{getenv: os.Getenv, out: testOutput}
 	// SIGTERM first: the session's TERM trap runs.
 	done := nsStart(t, r, "/bin/sh", "-c", "trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done")
 	if _, ok := b.status(r); !ok {
@@ -157,7 +157,7 @@ func TestNSInstanceHoldsNoCallerStream(t *testing.T) {
 	if _, ok := r.runDir().running(); !ok {
 		t.Fatal("the second session's instance is gone")
 	}
-	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 	<-second
 }
 
@@ -277,7 +277,7 @@ func TestNSInstanceOfAnotherVersion(t *testing.T) {
 		started <- err
 	}()
 	defer func() {
-		nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+		nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 		<-started
 	}()
 	for i := 0; ; i++ {

@@ -98,7 +98,7 @@ func (e *engine) state(m *envMeta) envState {
 }
 
 // backend is the backend of that name, in the engine's environment.
-func (e *engine) backend(name string) (backend, error) { return backendFor(name, e.getenv) }
+func (e *engine) backend(name string) (backend, error) { return backendFor(name, e.getenv, e.out) }
 
 // instanceOf is the backend running m's instance, when one runs (its
 // marker names it), with the little a backend needs to reach it.
@@ -259,7 +259,7 @@ func (e *engine) destroy(ref string) (*envMeta, error) {
 	if err := op.finish(string(e.s.envs().env(m.EnvID))); err != nil {
 		return nil, err
 	}
-	removeLaunchers(e.getenv, m.ShortID)
+	removeLaunchers(e.getenv, m.ShortID, e.out)
 	return m, nil
 }
 
@@ -285,7 +285,7 @@ func (e *engine) rename(ref, name string) (*envMeta, error) {
 	if err := e.s.putMeta(m); err != nil {
 		return nil, err
 	}
-	relabelLaunchers(e.getenv, m.ShortID, name)
+	relabelLaunchers(e.getenv, m.ShortID, name, e.out)
 	return m, nil
 }
 
@@ -341,7 +341,7 @@ func cmdBuild(c *cli) error {
 func (c *cli) reportBuild(e *engine, res *buildResult) error {
 	if m, err := loadManifest(res.Manifest); err == nil && len(m.Apps) > 0 {
 		if err := writeLaunchers(c.getenv, e.s.root, res, m.Apps); err != nil {
-			warnf("desktop launchers: %v", err)
+			c.out.warnf("desktop launchers: %v", err)
 		}
 	}
 	if c.json {
@@ -555,7 +555,7 @@ func cmdList(c *cli) error {
 		infos = append(infos, e.info(m))
 	}
 	for _, err := range errs {
-		warnf("%v", err)
+		c.out.warnf("%v", err)
 	}
 	if c.has("quiet") {
 		// For scripts and shell completion: every way to name each one.

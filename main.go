@@ -67,6 +67,7 @@ type cli struct {
 	stdin          *os.File
 	stdout, stderr io.Writer
 	getenv         func(string) string
+	out            *output // messages and progress, on stderr
 
 	storeFlag string
 	json      bool
@@ -88,7 +89,7 @@ func main() {
 func run(argv []string, stdin *os.File, stdout, stderr io.Writer, getenv func(string) string) int {
 	c := &cli{stdin: stdin, stdout: stdout, stderr: stderr, getenv: getenv, opts: map[string]string{}}
 	global, err := c.parse(argv)
-	setLogLevel(getenv("KARAPACE_LOG"), global["verbose"], global["trace"], stderr)
+	c.out = newOutput(getenv("KARAPACE_LOG"), global["verbose"], global["trace"], stderr)
 	if err != nil {
 		return c.fail(err)
 	}

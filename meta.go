@@ -536,12 +536,12 @@ func (s *store) migrateWAL(rep *migrateReport) error {
 							return storeErrorf("replaying old WAL entry %s: %v", file, err)
 						}
 					} else {
-						warnf("old WAL entry %s: skipping step %s %q", file, k, p)
+						s.out.warnf("old WAL entry %s: skipping step %s %q", file, k, p)
 					}
 				}
 			}
 		} else {
-			warnf("removing unreadable WAL entry %s", file)
+			s.out.warnf("removing unreadable WAL entry %s", file)
 		}
 		if err := os.Remove(file); err != nil {
 			return storeErrorf("removing WAL entry %s: %v", file, err)

@@ -86,7 +86,7 @@ func (c *initConfig) dirs() []*string {
 // the ready pipe (fd 4) so the user sees them; afterwards its stderr is
 // the instance's log (fd 5), so that no caller's terminal or pipe stays
 // open for as long as the instance runs.
-func initStage(c wireMsg, mounts []int) int {
+func initStage(c wireMsg, mounts []int, out *output) int {
 	ready := os.NewFile(4, "ready")
 	cfg := c.(*initConfig)
 	fail := func(err error) int {
@@ -108,7 +108,7 @@ func initStage(c wireMsg, mounts []int) int {
 	if err != nil {
 		return fail(err)
 	}
-	svc, release, err := startService(cfg, ln)
+	svc, release, err := startService(cfg, ln, out)
 	if err != nil {
 		return fail(err)
 	}
@@ -119,7 +119,7 @@ func initStage(c wireMsg, mounts []int) int {
 		svc.cmd.Process.Kill()
 		return fail(fmt.Errorf("making init undumpable: %w", err))
 	}
-	if err := setupEnvironment(cfg, mounts); err != nil {
+	if err := setupEnvironment(cfg, mounts, out); err != nil {
 		release.Close()
 		svc.cmd.Process.Kill()
 		svc.cmd.Wait()
@@ -166,7 +166,7 @@ func superviseService(p *stageProc) int {
 // setupEnvironment assembles the root filesystem and enters it. It runs
 // as root of the new user namespace, in its own mount namespace. mounts
 // are the idmapped binds' mounts, made by the parent.
-func setupEnvironment(cfg *initConfig, mounts []int) error {
+func setupEnvironment(cfg *initConfig, mounts []int, out *output) error {
 	// The directories init was given as descriptors (see stageDirs) are
 	// needed only while it sets up.
 	defer closeAll(stageFDs(append([]string{cfg.Dir}, cfg.Lower...)...))
@@ -186,7 +186,7 @@ func setupEnvironment(cfg *initConfig, mounts []int) error {
 	} else if layer != "" {
 		cfg.Lower = append(cfg.Lower, layer)
 	}
-	if err := mountRoot(cfg); err != nil {
+	if err := mountRoot(cfg, out); err != nil {
 		return err
 	}
 	root, err := unix.Open(cfg.merged(), unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
@@ -194,13 +194,13 @@ func setupEnvironment(cfg *initConfig, mounts []int) error {
 		return fmt.Errorf("opening the root %s: %w", cfg.merged(), err)
 	}
 	defer unix.Close(root)
-	if err := mountDev(root, cfg.FullIDMap); err != nil {
+	if err := mountDev(root, cfg.FullIDMap, out); err != nil {
 		return err
 	}
-	if err := mountProc(root); err != nil {
+	if err := mountProc(root, out); err != nil {
 		return err
 	}
-	if err := mountSys(root, cfg.Isolated); err != nil {
+	if err := mountSys(root, cfg.Isolated, out); err != nil {
 		return err
 	}
 	for _, b := range cfg.Binds {
@@ -209,10 +209,10 @@ func setupEnvironment(cfg *initConfig, mounts []int) error {
 			if len(mounts) == 0 {
 				return fmt.Errorf("%s: the mount of %s did not come", b.Why, b.Source)
 			}
-			err = attachInto(root, b, mounts[0])
+			err = attachInto(root, b, mounts[0], out)
 			mounts = mounts[1:]
 		} else {
-			err = bindInto(root, b)
+			err = bindInto(root, b, out)
 		}
 		if err != nil {
 			return err
@@ -360,10 +360,10 @@ func writeGenLayer(dir string, entries []genEntry) (string, error) {
 // overlayfs with userxattr (its whiteouts and opaque markers are user.*
 // xattrs, which a user namespace may write; without it dpkg fails with
 // EXDEV when it renames directories), else fuse-overlayfs.
-func mountRoot(cfg *initConfig) error {
+func mountRoot(cfg *initConfig, out *output) error {
 	merged := cfg.merged()
 	if cfg.Direct {
-		tracef("bind %s on %s", cfg.Lower[0], merged)
+		out.tracef("bind %s on %s", cfg.Lower[0], merged)
 		if err := unix.Mount(cfg.Lower[0], merged, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 			return fmt.Errorf("binding the root %s at %s: %w", cfg.Lower[0], merged, err)
 		}
@@ -380,14 +380,14 @@ func mountRoot(cfg *initConfig) error {
 	}
 	err := errors.New("not tried (KARAPACE_OVERLAY=fuse)")
 	if !cfg.OnlyFuse {
-		tracef("mount overlay on %s: %s", merged, opts)
+		out.tracef("mount overlay on %s: %s", merged, opts)
 		if err = unix.Mount("overlay", merged, "overlay", flags, opts); err == nil {
 			return nil
 		}
 		if cfg.FuseOverlay == "" {
 			return fmt.Errorf("mounting the overlay root at %s: %w (kernel overlayfs in a user namespace needs Linux 5.11; fuse-overlayfs is not installed as a fallback)", merged, err)
 		}
-		debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
+		out.debugf("kernel overlayfs failed (%v); trying %s", err, cfg.FuseOverlay)
 	}
 	fuseOpts := strings.Replace(opts, ",userxattr", "", 1)
 	if !cfg.Writable {
@@ -400,9 +400,9 @@ func mountRoot(cfg *initConfig) error {
 		r := strings.NewReplacer("/proc/self/fd/", "/proc/"+self+"/fd/")
 		fuseOpts, target = r.Replace(fuseOpts), r.Replace(target)
 	}
-	out, ferr := exec.Command(cfg.FuseOverlay, "-o", fuseOpts, target).CombinedOutput()
+	said, ferr := exec.Command(cfg.FuseOverlay, "-o", fuseOpts, target).CombinedOutput()
 	if ferr != nil {
-		return fmt.Errorf("mounting the overlay root at %s: kernel overlayfs: %v; fuse-overlayfs: %v: %s", merged, err, ferr, strings.TrimSpace(string(out)))
+		return fmt.Errorf("mounting the overlay root at %s: kernel overlayfs: %v; fuse-overlayfs: %v: %s", merged, err, ferr, strings.TrimSpace(string(said)))
 	}
 	return nil
 }
@@ -466,13 +466,13 @@ func openInRoot(root int, path string, mkdir, dir bool) (int, error) {
 func fdPath(fd int) string { return fmt.Sprintf("/proc/self/fd/%d", fd) }
 
 // mountAt mounts a filesystem at target inside the root.
-func mountAt(root int, target, source, fstype string, flags uintptr, data string) error {
+func mountAt(root int, target, source, fstype string, flags uintptr, data string, out *output) error {
 	fd, err := openInRoot(root, target, true, true)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(fd)
-	tracef("mount %s (%s) on %s, flags %#x", source, fstype, target, flags)
+	out.tracef("mount %s (%s) on %s, flags %#x", source, fstype, target, flags)
 	if err := unix.Mount(source, fdPath(fd), fstype, flags, data); err != nil {
 		return fmt.Errorf("mounting %s on %s: %w", fstype, target, err)
 	}
@@ -482,9 +482,9 @@ func mountAt(root int, target, source, fstype string, flags uintptr, data string
 // bindInto binds a host path into the root, read-only when asked. The
 // source was resolved and checked by the parent; it is opened once here
 // and mounted by its fd.
-func bindInto(root int, b bindMount) error {
+func bindInto(root int, b bindMount, out *output) error {
 	if b.Tmpfs {
-		return mountAt(root, b.Target, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700")
+		return mountAt(root, b.Target, "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0700", out)
 	}
 	how := &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC}
 	if b.Resolved {
@@ -500,7 +500,7 @@ func bindInto(root int, b bindMount) error {
 		return fmt.Errorf("%s: %w", b.Why, err)
 	}
 	defer unix.Close(dst)
-	tracef("bind %s on %s (%s, read-only %v)", b.Source, b.Target, b.Why, b.ReadOnly)
+	out.tracef("bind %s on %s (%s, read-only %v)", b.Source, b.Target, b.Why, b.ReadOnly)
 	if err := unix.Mount(fdPath(src), fdPath(dst), "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
 		return fmt.Errorf("%s: binding %s to %s: %w", b.Why, b.Source, b.Target, err)
 	}
@@ -522,13 +522,13 @@ func bindInto(root int, b bindMount) error {
 
 // attachInto puts a mount the parent made (see bindMounts) at the bind's
 // target inside the root.
-func attachInto(root int, b bindMount, mnt int) error {
+func attachInto(root int, b bindMount, mnt int, out *output) error {
 	dst, err := openInRoot(root, b.Target, true, b.Dir)
 	if err != nil {
 		return fmt.Errorf("%s: %w", b.Why, err)
 	}
 	defer unix.Close(dst)
-	tracef("attach the mount of %s on %s (%s, read-only %v, idmapped %v)", b.Source, b.Target, b.Why, b.ReadOnly, b.Idmap)
+	out.tracef("attach the mount of %s on %s (%s, read-only %v, idmapped %v)", b.Source, b.Target, b.Why, b.ReadOnly, b.Idmap)
 	if err := unix.MoveMount(mnt, "", dst, "", unix.MOVE_MOUNT_F_EMPTY_PATH|unix.MOVE_MOUNT_T_EMPTY_PATH); err != nil {
 		return fmt.Errorf("%s: attaching the mount of %s at %s: %w", b.Why, b.Source, b.Target, err)
 	}
@@ -555,12 +555,12 @@ func stageFDs(paths ...string) []int {
 // mountDev gives the environment a minimal /dev: a few host device nodes
 // bound onto files of a tmpfs (a user namespace cannot mknod), a private
 // devpts instance and a shared-memory tmpfs.
-func mountDev(root int, fullIDMap bool) error {
-	if err := mountAt(root, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k"); err != nil {
+func mountDev(root int, fullIDMap bool, out *output) error {
+	if err := mountAt(root, "/dev", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NOEXEC, "mode=0755,size=64k", out); err != nil {
 		return err
 	}
 	for _, name := range []string{"null", "zero", "full", "random", "urandom", "tty"} {
-		if err := bindInto(root, bindMount{Source: "/dev/" + name, Target: "/dev/" + name, Why: "/dev"}); err != nil {
+		if err := bindInto(root, bindMount{Source: "/dev/" + name, Target: "/dev/" + name, Why: "/dev"}, out); err != nil {
 			return err
 		}
 	}
@@ -568,10 +568,10 @@ func mountDev(root int, fullIDMap bool) error {
 	if fullIDMap {
 		ptsOpts += ",gid=5"
 	}
-	if err := mountAt(root, "/dev/pts", "devpts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, ptsOpts); err != nil {
+	if err := mountAt(root, "/dev/pts", "devpts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, ptsOpts, out); err != nil {
 		return err
 	}
-	if err := mountAt(root, "/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777"); err != nil {
+	if err := mountAt(root, "/dev/shm", "tmpfs", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777", out); err != nil {
 		return err
 	}
 	dev, err := openInRoot(root, "/dev", false, true)
@@ -596,8 +596,8 @@ func mountDev(root int, fullIDMap bool) error {
 // act on the whole machine (sysctls, sysrq, interrupts, buses) read-only,
 // as bubblewrap does: as root, a user namespace that maps the host's root
 // would otherwise write them.
-func mountProc(root int) error {
-	if err := mountAt(root, "/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, ""); err != nil {
+func mountProc(root int, out *output) error {
+	if err := mountAt(root, "/proc", "proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "", out); err != nil {
 		return err
 	}
 	for _, p := range []string{"/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"} {
@@ -629,11 +629,11 @@ func mountProc(root int) error {
 
 // mountSys gives a read-only /sys: a fresh sysfs when the environment owns
 // its network namespace (required to mount one), else the host's, bound.
-func mountSys(root int, isolated bool) error {
+func mountSys(root int, isolated bool, out *output) error {
 	if isolated {
-		return mountAt(root, "/sys", "sysfs", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		return mountAt(root, "/sys", "sysfs", "sysfs", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "", out)
 	}
-	return bindInto(root, bindMount{Source: "/sys", Target: "/sys", ReadOnly: true, Dir: true, Why: "/sys"})
+	return bindInto(root, bindMount{Source: "/sys", Target: "/sys", ReadOnly: true, Dir: true, Why: "/sys"}, out)
 }
 
 // loopbackUp brings up lo, the only interface of an isolated environment.

@@ -33,7 +33,7 @@ func testEnvSpec(t *testing.T) *runSpec {
 	id := hashHex([]byte(dir))
 	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{lower}, ManifestDir: t.TempDir()}
 	t.Cleanup(func() {
-		nsBackend{getenv: os.Getenv}.stop(r, 5*time.Second)
+		nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, 5*time.Second)
 		if err := treeInNS(treeJob{Op: "remove", Dir: dir}, nil, nil); err != nil {
 			t.Errorf("removing %s: %v", dir, err)
 		}
@@ -62,7 +62,7 @@ func nsRunErr(r *runSpec, env []string, stdin string, argv ...string) (int, stri
 	wg.Add(2)
 	go func() { io.Copy(&out, outR); wg.Done() }()
 	go func() { io.Copy(&errb, errR); wg.Done() }()
-	b := nsBackend{getenv: func(k string) string { return envLookup(env, k) }}
+	b := nsBackend{getenv: func(k string) string { return envLookup(env, k) }, out: testOutput}
 	code, err := b.exec(r, &execSpec{Argv: argv, Stdio: [3]*os.File{inR, outW, errW}, Env: env})
 	inR.Close()
 	outW.Close()
@@ -154,7 +154,7 @@ cat /etc/resolv.conf /etc/hosts | md5sum`)
 	}
 	// Isolated, the environment has neither of the host's files.
 	r.Isolated = true
-	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 	code, out, _ = nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "grep -c -e ' /etc/resolv.conf ' -e ' /etc/hosts ' /proc/self/mountinfo")
 	if out != "0\n" {
 		t.Fatalf("isolated: host files bound (%d): %q", code, out)
@@ -181,7 +181,7 @@ func TestNSFuseOverlay(t *testing.T) {
 	if _, err := os.Lstat(filepath.Join(r.Dir.upper(), "var", "lib", "x", "e")); err != nil {
 		t.Fatalf("not in the writable layer: %v", err)
 	}
-	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 	b := nsBackend{getenv: func(k string) string { return map[string]string{"KARAPACE_OVERLAY": "floppy"}[k] }}
 	if _, err := b.exec(r, &execSpec{Argv: []string{"true"}}); err == nil || !strings.Contains(err.Error(), `KARAPACE_OVERLAY="floppy": expected auto, kernel or fuse`) {
 		t.Fatalf("bad KARAPACE_OVERLAY: %v", err)
@@ -262,7 +262,7 @@ func init() {
 		var argv []string
 		jsonUnmarshalString(os.Getenv("KARAPACE_TEST_ARGV"), &argv)
 		e := &execSpec{Argv: argv, Login: len(argv) == 0, TTY: os.Getenv("KARAPACE_TEST_TTY") != "", Stdio: [3]*os.File{os.Stdin, os.Stdout, os.Stderr}, Env: os.Environ()}
-		code, err := nsBackend{getenv: os.Getenv}.exec(&r, e)
+		code, err := nsBackend{getenv: os.Getenv, out: testOutput}.exec(&r, e)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(125)

@@ -80,6 +80,7 @@ type ociRemote struct {
 	hc        *http.Client
 	maxObj    int64         // the largest object a pull accepts
 	idle      time.Duration // how long a response may keep the client waiting for data
+	out       *output
 
 	mu     sync.Mutex
 	scheme string // https, or http once the registry turned out to speak it
@@ -140,7 +141,7 @@ func newOCIRemote(rs *remoteSettings) (*ociRemote, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &ociRemote{display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
+	return &ociRemote{out: rs.out, display: rs.url, host: host, repo: repo, allowHTTP: rs.insecure || remoteLoopback(u.Hostname()),
 		user: rs.user, password: rs.password, hc: hc, scheme: "https", maxObj: rs.maxObj, idle: rs.idle}, nil
 }
 
@@ -228,7 +229,7 @@ func (o *ociRemote) do(ctx context.Context, method, rawURL, scope string, hdr ht
 		if err != nil {
 			return nil, remoteNetError(what, o.display, err)
 		}
-		tracef("%s %s: %s", method, rawURL, resp.Status)
+		o.out.tracef("%s %s: %s", method, rawURL, resp.Status)
 		switch {
 		case resp.StatusCode == http.StatusUnauthorized && !challenged:
 			challenged = true
@@ -425,7 +426,7 @@ func (o *ociRemote) push(ctx context.Context, s *store, c *envClosure, tag strin
 	}
 	man := ociManifest{SchemaVersion: 2, MediaType: ociManifestType, ArtifactType: ociArtifactType,
 		Config: descs[len(descs)-1], Layers: descs[:len(descs)-1], Annotations: map[string]string{ociAnnEnvID: c.meta.EnvID}}
-	p := &ociPush{o: o, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
+	p := &ociPush{o: o, out: o.out, s: s, short: c.meta.ShortID, blobs: blobs, descs: descs, small: small, sent: make([]bool, len(blobs))}
 	p.manifest, _ = json.Marshal(&man)
 	if err := p.to(ctx, repo, otag, scope, ""); err != nil {
 		return err
@@ -531,6 +532,7 @@ func (o *ociRemote) checkPublished(ctx context.Context, c *envClosure) (*ociMani
 // ociPush puts one environment, its manifest made, into repositories.
 type ociPush struct {
 	o        *ociRemote
+	out      *output
 	s        *store
 	short    string // the environment's short id
 	blobs    []remoteBlob
@@ -576,7 +578,7 @@ func (p *ociPush) to(ctx context.Context, repo, tag, scope, from string) error {
 	if from != "" {
 		label, total = "tagging "+p.short+" by its env_id", 0 // mounted, unless the registry cannot
 	}
-	prog := newProgress(label, total, true)
+	prog := p.out.progress(label, total, true)
 	defer prog.finish()
 	if err := remoteParallel(ctx, len(todo), func(ctx context.Context, k int) error {
 		i := todo[k]

@@ -72,53 +72,83 @@ const (
 	levelTrace
 )
 
-var logState struct {
-	sync.Mutex
-	level int
-	out   io.Writer
+var levelNames = [...]string{"error", "warn", "info", "debug", "trace"}
+
+// output is where karapace reports what it does: messages at a level, and
+// the progress of long operations. The command line's goes to stderr,
+// progress drawn as one updating line on a terminal and as a line per
+// phase elsewhere; a front end (the D-Bus service, the terminal UI) takes
+// the same as events. A nil output reports nothing.
+type output struct {
+	mu     sync.Mutex
+	level  int
+	w      io.Writer           // messages; nil: none
+	term   *os.File            // progress lines are drawn here; nil: they are logged
+	events func(progressEvent) // a front end's progress; nil: none
 }
 
-func setLogLevel(env string, verbose, trace bool, out io.Writer) {
-	logState.Lock()
-	defer logState.Unlock()
-	logState.out = out
-	logState.level = levelWarn
-	switch strings.ToLower(strings.TrimSpace(env)) {
-	case "error":
-		logState.level = levelError
-	case "info":
-		logState.level = levelInfo
-	case "debug":
-		logState.level = levelDebug
-	case "trace":
-		logState.level = levelTrace
+// progressEvent is one step of a long operation, for a front end.
+type progressEvent struct {
+	Label       string // what is being done: "downloading 96 packages"
+	Done, Total int64  // so far, of (0: unknown)
+	Bytes       bool   // Done and Total count bytes, not items
+	Line        string // a status line's latest line of output
+	Finished    bool
+}
+
+// newOutput reports at the level KARAPACE_LOG, -v or --trace ask for,
+// on w; progress is drawn when w is a terminal.
+func newOutput(env string, verbose, trace bool, w io.Writer) *output {
+	o := &output{w: w, level: levelWarn}
+	for i, n := range levelNames {
+		if strings.EqualFold(strings.TrimSpace(env), n) {
+			o.level = i
+		}
 	}
 	if verbose {
-		logState.level = max(logState.level, levelDebug)
+		o.level = max(o.level, levelDebug)
 	}
 	if trace {
-		logState.level = levelTrace
+		o.level = levelTrace
 	}
+	if f, ok := w.(*os.File); ok && isTerminal(f) && os.Getenv("KARAPACE_NO_PROGRESS") == "" {
+		o.term = f
+	}
+	return o
 }
 
-// logLevelName is the KARAPACE_LOG spelling of the current level, passed
-// on to stages so a child logs like its parent.
-func logLevelName() string {
-	logState.Lock()
-	defer logState.Unlock()
-	return [...]string{"error", "warn", "info", "debug", "trace"}[logState.level]
+// levelName is the KARAPACE_LOG spelling of the level, passed on to
+// stages so a child logs like its parent.
+func (o *output) levelName() string {
+	if o == nil {
+		return "warn"
+	}
+	return levelNames[o.level]
 }
 
-func logAt(level int, prefix, format string, a ...any) {
-	logState.Lock()
-	defer logState.Unlock()
-	if level > logState.level || logState.out == nil {
+func (o *output) logf(level int, prefix, format string, a ...any) {
+	if o == nil {
 		return
 	}
-	fmt.Fprintf(logState.out, "karapace: %s"+format+"\n", append([]any{prefix}, a...)...)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if level > o.level || o.w == nil {
+		return
+	}
+	fmt.Fprintf(o.w, "karapace: %s"+format+"\n", append([]any{prefix}, a...)...)
 }
 
-func warnf(format string, a ...any)  { logAt(levelWarn, "warning: ", format, a...) }
-func infof(format string, a ...any)  { logAt(levelInfo, "", format, a...) }
-func debugf(format string, a ...any) { logAt(levelDebug, "debug: ", format, a...) }
-func tracef(format string, a ...any) { logAt(levelTrace, "trace: ", format, a...) }
+func (o *output) warnf(format string, a ...any)  { o.logf(levelWarn, "warning: ", format, a...) }
+func (o *output) infof(format string, a ...any)  { o.logf(levelInfo, "", format, a...) }
+func (o *output) debugf(format string, a ...any) { o.logf(levelDebug, "debug: ", format, a...) }
+func (o *output) tracef(format string, a ...any) { o.logf(levelTrace, "trace: ", format, a...) }
+
+// notef says what a long operation is doing: at info level, and on a
+// terminal, where someone is waiting.
+func (o *output) notef(format string, a ...any) {
+	if o != nil && o.term != nil {
+		o.logf(levelError, "", format, a...)
+		return
+	}
+	o.infof(format, a...)
+}

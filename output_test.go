@@ -67,7 +67,6 @@ func TestUseColor(t *testing.T) {
 // KARAPACE_LOG picks the level (warn by default), -v raises it to at
 // least debug, --trace to trace; each level logs what is at or above it.
 func TestLogLevels(t *testing.T) {
-	t.Cleanup(func() { setLogLevel("", false, false, os.Stderr) })
 	const (
 		w = "karapace: warning: w\n"
 		i = "karapace: i\n"
@@ -92,14 +91,14 @@ func TestLogLevels(t *testing.T) {
 		{"error", false, true, "trace", w + i + d + r},
 	} {
 		var b bytes.Buffer
-		setLogLevel(tc.env, tc.verbose, tc.trace, &b)
-		warnf("w")
-		infof("i")
-		debugf("d")
-		tracef("t")
-		if b.String() != tc.want || logLevelName() != tc.name {
+		o := newOutput(tc.env, tc.verbose, tc.trace, &b)
+		o.warnf("w")
+		o.infof("i")
+		o.debugf("d")
+		o.tracef("t")
+		if b.String() != tc.want || o.levelName() != tc.name {
 			t.Errorf("KARAPACE_LOG=%q -v=%v --trace=%v: level %q, logged %q; want %q, %q",
-				tc.env, tc.verbose, tc.trace, logLevelName(), b.String(), tc.name, tc.want)
+				tc.env, tc.verbose, tc.trace, o.levelName(), b.String(), tc.name, tc.want)
 		}
 	}
 }

@@ -162,11 +162,11 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	}
 	if locked != nil {
 		if l, ok := e.indexedDep(depKey(base, pm.name, locked)); ok {
-			debugf("dependency layer %s from the store, no %s run", l, pm.name)
+			e.out.debugf("dependency layer %s from the store, no %s run", l, pm.name)
 			return l, locked, 0, nil
 		}
 		if pm.pin == nil && !o.locked {
-			warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
+			e.out.warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
 			locked = nil
 		} else if o.offline {
 			return "", nil, 0, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
@@ -193,7 +193,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{baseTree}, Build: true}
 	b := nsBackend{getenv: e.getenv}
 	// On a terminal, the latest line of the install's output shows.
-	status := newStatus(pm.name)
+	status := e.out.status(pm.name)
 	defer status.finish()
 	run := func(argv []string, stdout io.Writer) error {
 		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))
@@ -222,7 +222,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	if err != nil {
 		return "", nil, 0, err
 	}
-	e.infof("installing %s with %s", strings.Join(requested, " "), pm.name)
+	e.out.notef("installing %s with %s", strings.Join(requested, " "), pm.name)
 	start := time.Now()
 	for _, cmd := range cmds {
 		if err := run(cmd, nil); err != nil {
@@ -231,7 +231,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	}
 	pmTime := time.Since(start)
 	status.finish()
-	debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
+	e.out.debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
 	after, err := query()
 	if err != nil {
 		return "", nil, 0, err

@@ -240,13 +240,13 @@ func (p policy) limitOver(cpuShares, memoryMB, pids int64) (string, string) {
 }
 
 // deviceBinds are the host devices the manifest asks for, when present.
-func deviceBinds(gpu, audio bool) []bindMount {
-	var out []bindMount
+func deviceBinds(gpu, audio bool, out *output) []bindMount {
+	var binds []bindMount
 	add := func(path, why string) {
 		if st, err := os.Stat(path); err == nil {
-			out = append(out, bindMount{Source: path, Target: path, Dir: st.IsDir(), Why: why})
+			binds = append(binds, bindMount{Source: path, Target: path, Dir: st.IsDir(), Why: why})
 		} else {
-			warnf("%s: %s is not present on this host; continuing without it", why, path)
+			out.warnf("%s: %s is not present on this host; continuing without it", why, path)
 		}
 	}
 	if gpu {
@@ -255,7 +255,7 @@ func deviceBinds(gpu, audio bool) []bindMount {
 	if audio {
 		add("/dev/snd", "hardware.audio")
 	}
-	return out
+	return binds
 }
 
 // hostSession is where the host's session sockets appear inside.

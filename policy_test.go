@@ -41,7 +41,7 @@ env | grep -E '^(WAYLAND_DISPLAY|XDG_RUNTIME_DIR|PULSE_SERVER|PIPEWIRE_REMOTE|DB
 	if code == 0 || out != "" || !strings.Contains(errOut, "No such file or directory") {
 		t.Fatalf("no sockets asked for: status %d, %q, %s", code, out, errOut)
 	}
-	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 	r.Sockets = hostSocketKinds
 	code, out, errOut = nsRun(t, r, env, "", "/bin/sh", "-c", `
 env | grep -E '^(WAYLAND_DISPLAY|XDG_RUNTIME_DIR|PULSE_SERVER|PIPEWIRE_REMOTE|DBUS_SESSION_BUS_ADDRESS)=' | sort
@@ -63,7 +63,7 @@ func TestNSDevices(t *testing.T) {
 	if out != "2\n" {
 		t.Fatalf("devices without asking: %q", out)
 	}
-	nsBackend{getenv: os.Getenv}.stop(r, time.Second)
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
 	r.GPU, r.Audio = true, true
 	code, out, errOut := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", "for d in /dev/dri /dev/snd; do test -d $d && echo $d; done; true")
 	want := ""

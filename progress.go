@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"sync"
 	"time"
@@ -14,10 +13,12 @@ import (
 )
 
 // progress shows how a long operation advances: on a terminal one
-// updating line on stderr, elsewhere nothing at all.
+// updating line, elsewhere a line when it starts and one every
+// progressEvery while it runs (so that a log does not look hung), and to
+// a front end, events.
 type progress struct {
 	mu      sync.Mutex
-	out     *os.File // nil: quiet
+	o       *output // nil: quiet
 	label   string
 	total   int64 // 0: unknown
 	done    int64
@@ -27,21 +28,57 @@ type progress struct {
 	counted string // unit: "bytes", "" for items, "line" for a status line
 	line    string // a status line's latest line of output
 	partial []byte // a status line's output since its last line ended
+	ticker  *time.Timer
+	ended   bool
 }
 
-// newProgress starts a progress line when stderr is a terminal.
-func newProgress(label string, total int64, bytes bool) *progress {
-	p := &progress{label: label, total: total, start: time.Now()}
+// progressEvery is how often a log hears of a long operation.
+const progressEvery = 30 * time.Second
+
+// progress starts reporting an operation of total units (bytes or items).
+func (o *output) progress(label string, total int64, bytes bool) *progress {
+	p := &progress{o: o, label: label, total: total, start: time.Now()}
 	if bytes {
 		p.counted = "bytes"
 	}
-	if isTerminal(os.Stderr) && os.Getenv("KARAPACE_NO_PROGRESS") == "" {
-		p.out = os.Stderr
+	if o == nil {
+		return p
 	}
+	if o.term == nil && o.w != nil {
+		o.logf(levelError, "", "%s", label)
+		p.ticker = time.AfterFunc(progressEvery, p.tick)
+	}
+	p.event(false)
 	return p
 }
 
-// add counts n more units and redraws at most ten times a second.
+// status starts a status line that shows, after the label, the latest
+// line of the output written to it: a long command's sign of life.
+func (o *output) status(label string) *progress {
+	p := o.progress(label, 0, false)
+	p.counted = "line"
+	return p
+}
+
+// tick logs where a long operation is, and comes again.
+func (p *progress) tick() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.ended {
+		return
+	}
+	p.o.logf(levelError, "", "%s (%s)", p.text(), time.Since(p.start).Round(time.Second))
+	p.ticker.Reset(progressEvery)
+}
+
+// event tells a front end where the operation is.
+func (p *progress) event(finished bool) {
+	if p.o != nil && p.o.events != nil {
+		p.o.events(progressEvent{Label: p.label, Done: p.done, Total: p.total, Bytes: p.counted == "bytes", Line: p.line, Finished: finished})
+	}
+}
+
+// add counts n more units.
 func (p *progress) add(n int64) {
 	if p == nil {
 		return
@@ -52,60 +89,58 @@ func (p *progress) add(n int64) {
 	p.redraw()
 }
 
-// redraw draws at most ten times a second.
+// redraw draws, and tells a front end, at most ten times a second.
 func (p *progress) redraw() {
-	if p.out == nil || time.Since(p.last) < 100*time.Millisecond {
+	if p.o == nil || time.Since(p.last) < 100*time.Millisecond {
 		return
 	}
 	p.last = time.Now()
-	p.draw()
+	p.event(false)
+	if p.o.term != nil {
+		p.draw()
+	}
+}
+
+// text is where the operation is, in words.
+func (p *progress) text() string {
+	switch {
+	case p.counted == "line":
+		if p.line != "" {
+			return p.label + ": " + p.line
+		}
+		return p.label
+	case p.counted == "bytes":
+		rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
+		if p.total > 0 {
+			return fmt.Sprintf("%s  %s / %s  %3.0f%%  %s/s", p.label, humanBytes(p.done), humanBytes(p.total), 100*float64(p.done)/float64(p.total), humanBytes(int64(rate)))
+		}
+		return fmt.Sprintf("%s  %s  %s/s", p.label, humanBytes(p.done), humanBytes(int64(rate)))
+	case p.total > 0:
+		return fmt.Sprintf("%s  %d / %d", p.label, p.done, p.total)
+	}
+	return fmt.Sprintf("%s  %d", p.label, p.done)
 }
 
 func (p *progress) draw() {
-	var s string
-	if p.counted == "line" {
-		s = p.label
-		if p.line != "" {
-			s += ": " + p.line
-		}
-	} else if p.counted == "bytes" {
-		rate := float64(p.done) / max(time.Since(p.start).Seconds(), 0.001)
-		if p.total > 0 {
-			s = fmt.Sprintf("%s  %s / %s  %3.0f%%  %s/s", p.label, humanBytes(p.done), humanBytes(p.total), 100*float64(p.done)/float64(p.total), humanBytes(int64(rate)))
-		} else {
-			s = fmt.Sprintf("%s  %s  %s/s", p.label, humanBytes(p.done), humanBytes(int64(rate)))
-		}
-	} else if p.total > 0 {
-		s = fmt.Sprintf("%s  %d / %d", p.label, p.done, p.total)
-	} else {
-		s = fmt.Sprintf("%s  %d", p.label, p.done)
-	}
+	s := p.text()
 	// One line: a longer one would wrap, and \r would not go back far
 	// enough to clear it.
 	width := 80
-	if ws, err := unix.IoctlGetWinsize(int(p.out.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
+	if ws, err := unix.IoctlGetWinsize(int(p.o.term.Fd()), unix.TIOCGWINSZ); err == nil && ws.Col > 0 {
 		width = int(ws.Col)
 	}
 	if r := []rune(s); len(r) >= width {
 		s = string(r[:width-1])
 	}
-	fmt.Fprintf(p.out, "\r\x1b[K%s", s)
+	fmt.Fprintf(p.o.term, "\r\x1b[K%s", s)
 	p.drawn = true
-}
-
-// newStatus starts a status line that shows, after the label, the latest
-// line of the output written to it: a long command's sign of life.
-func newStatus(label string) *progress {
-	p := newProgress(label, 0, false)
-	p.counted = "line"
-	return p
 }
 
 // Write takes output for a status line; lines end at \n or \r.
 func (p *progress) Write(b []byte) (int, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.out == nil {
+	if p.o == nil {
 		return len(b), nil
 	}
 	p.partial = append(p.partial, b...)
@@ -133,15 +168,23 @@ func (p *progress) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// finish clears the line.
+// finish clears the line and ends the reports.
 func (p *progress) finish() {
 	if p == nil {
 		return
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.out != nil && p.drawn {
-		fmt.Fprint(p.out, "\r\x1b[K")
+	if p.ended {
+		return
+	}
+	p.ended = true
+	if p.ticker != nil {
+		p.ticker.Stop()
+	}
+	p.event(true)
+	if p.o != nil && p.o.term != nil && p.drawn {
+		fmt.Fprint(p.o.term, "\r\x1b[K")
 		p.drawn = false
 	}
 }

@@ -547,6 +547,7 @@ type remoteSettings struct {
 	insecure bool          // OCI: plain http allowed for any host
 	maxObj   int64         // pull: the largest object accepted
 	idle     time.Duration // how long a response may keep the client waiting for data
+	out      *output
 }
 
 // remoteSettings reads --remote, the environment and [remote] of the
@@ -573,7 +574,7 @@ func (c *cli) remoteSettings() (*remoteSettings, error) {
 		}
 		if cfg["token"] != "" || cfg["registry_password"] != "" {
 			if fi, err := os.Stat(sc.file); err == nil && fi.Mode().Perm()&0o077 != 0 {
-				warnf("%s holds a secret but other users may read it; run 'chmod 600 %s'", sc.file, sc.file)
+				c.out.warnf("%s holds a secret but other users may read it; run 'chmod 600 %s'", sc.file, sc.file)
 			}
 		}
 	}
@@ -585,7 +586,7 @@ func (c *cli) remoteSettings() (*remoteSettings, error) {
 		}
 		return ""
 	}
-	rs := &remoteSettings{
+	rs := &remoteSettings{out: c.out,
 		url:      first(c.flag("remote"), c.getenv("KARAPACE_REMOTE"), cfg["url"]),
 		token:    first(c.getenv("KARAPACE_TOKEN"), cfg["token"]),
 		caCert:   first(c.getenv("KARAPACE_CA_CERT"), cfg["ca_cert"]),
@@ -860,6 +861,7 @@ type v1Remote struct {
 	hc     *http.Client
 	maxObj int64
 	idle   time.Duration
+	out    *output
 }
 
 func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
@@ -872,9 +874,9 @@ func newV1Remote(rs *remoteSettings) (*v1Remote, error) {
 		return nil, err
 	}
 	if rs.token != "" && u.Scheme == "http" && !remoteLoopback(u.Hostname()) {
-		warnf("sending the token to %s in clear text: use https", u.Host)
+		rs.out.warnf("sending the token to %s in clear text: use https", u.Host)
 	}
-	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj, idle: rs.idle}, nil
+	return &v1Remote{base: strings.TrimRight(rs.url, "/"), token: rs.token, hc: hc, maxObj: rs.maxObj, idle: rs.idle, out: rs.out}, nil
 }
 
 // remoteLoopback reports whether host is this machine.
@@ -923,7 +925,7 @@ func (r *v1Remote) do(ctx context.Context, method, path string, hdr http.Header,
 		if err != nil {
 			return nil, remoteNetError(what, r.base, err)
 		}
-		tracef("%s %s%s: %s", method, r.base, path, resp.Status)
+		r.out.tracef("%s %s%s: %s", method, r.base, path, resp.Status)
 		if resp.StatusCode == http.StatusServiceUnavailable && attempt < 30 {
 			if err := remoteBackOff(ctx, resp); err != nil {
 				return nil, remoteNetError(what, r.base, err)
@@ -1012,7 +1014,7 @@ func (r *v1Remote) push(ctx context.Context, s *store, c *envClosure, tag string
 	}
 	// Big objects first: the last minutes are not spent on one upload.
 	sort.SliceStable(objs, func(i, j int) bool { return objs[i].Size > objs[j].Size })
-	prog := newProgress("pushing "+c.meta.ShortID, total, true)
+	prog := r.out.progress("pushing "+c.meta.ShortID, total, true)
 	defer prog.finish()
 	var mu sync.Mutex
 	count := func(stored bool, n int64) {
@@ -1396,7 +1398,7 @@ func cmdPull(c *cli) error {
 	defer stop()
 	start := time.Now()
 	ref := c.args[0]
-	prog := newProgress("pulling "+ref, 0, true)
+	prog := c.out.progress("pulling "+ref, 0, true)
 	src, err := rem.source(ctx, ref, prog)
 	if err != nil {
 		prog.finish()

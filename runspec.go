@@ -57,7 +57,7 @@ type hostAccess struct {
 // resolveAccess decides an environment's hostAccess in the caller's
 // environment (getenv: its config, HOME, session). A refused mount or limit
 // is a manifest error, and nothing has started yet.
-func resolveAccess(r *runSpec, getenv func(string) string) (*hostAccess, error) {
+func resolveAccess(r *runSpec, getenv func(string) string, out *output) (*hostAccess, error) {
 	pol, err := loadPolicy(getenv)
 	if err != nil {
 		return nil, err
@@ -79,7 +79,7 @@ func resolveAccess(r *runSpec, getenv func(string) string) (*hostAccess, error) 
 	}
 	a.Binds = append(a.Binds, r.Binds...)
 	if !r.Build {
-		a.Binds = append(a.Binds, deviceBinds(r.GPU, r.Audio)...)
+		a.Binds = append(a.Binds, deviceBinds(r.GPU, r.Audio, out)...)
 	}
 	if !r.Isolated {
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {

@@ -88,6 +88,7 @@ type serverToken struct {
 // kpServer serves one data directory.
 type kpServer struct {
 	s       *store
+	out     *output
 	tokens  []serverToken
 	noAuth  bool
 	maxBlob int64
@@ -101,14 +102,14 @@ type kpServer struct {
 }
 
 // loadServerTokens reads a token file; a bad line stops the server.
-func loadServerTokens(path string) ([]serverToken, error) {
+func loadServerTokens(path string, out *output) ([]serverToken, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("reading the token file: %w", err)
 	}
 	defer f.Close()
 	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
-		warnf("token file %s may be read by other users; run 'chmod 600 %s'", path, path)
+		out.warnf("token file %s may be read by other users; run 'chmod 600 %s'", path, path)
 	}
 	var toks []serverToken
 	seen := map[[32]byte]bool{}
@@ -191,7 +192,7 @@ func (k *kpServer) writeDeadline(w http.ResponseWriter) {
 // and after, for a client that sends it as slowly as it likes.
 func (k *kpServer) fail(w http.ResponseWriter, r *http.Request, code int, format string, a ...any) {
 	msg := fmt.Sprintf(format, a...)
-	debugf("server: %s %s: %d %s", r.Method, r.URL.Path, code, msg)
+	k.out.debugf("server: %s %s: %d %s", r.Method, r.URL.Path, code, msg)
 	k.writeDeadline(w)
 	if r.Body != http.NoBody {
 		w.Header().Set("Connection", "close")
@@ -265,7 +266,7 @@ func (k *kpServer) getBlob(w http.ResponseWriter, r *http.Request) {
 			k.fail(w, r, http.StatusNotFound, "no %s %s", kind, hash)
 		} else {
 			k.fail(w, r, http.StatusInternalServerError, "opening %s %s failed", kind, hash)
-			warnf("server: %v", err)
+			k.out.warnf("server: %v", err)
 		}
 		return
 	}
@@ -352,6 +353,7 @@ func (s *serverRateReader) Read(p []byte) (int, error) {
 // can keep.
 type serverConnLimit struct {
 	net.Listener
+	out  *output
 	max  int
 	mu   sync.Mutex
 	open map[string]int
@@ -373,7 +375,7 @@ func (l *serverConnLimit) Accept() (net.Conn, error) {
 		if ok {
 			return &serverConn{Conn: c, l: l, host: host}, nil
 		}
-		debugf("server: %s holds %d connections already; closing a new one", host, l.max)
+		l.out.debugf("server: %s holds %d connections already; closing a new one", host, l.max)
 		c.Close()
 	}
 }
@@ -466,7 +468,7 @@ func (k *kpServer) putObject(w http.ResponseWriter, r *http.Request, hash string
 	what := "object " + hash
 	ow, err := k.s.newObjectWriter()
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
 		return
 	}
@@ -478,7 +480,7 @@ func (k *kpServer) putObject(w http.ResponseWriter, r *http.Request, hash string
 	}
 	got, err := ow.sum()
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
 		return
 	}
@@ -488,7 +490,7 @@ func (k *kpServer) putObject(w http.ResponseWriter, r *http.Request, hash string
 	}
 	existed := k.s.hasObject(hash)
 	if _, _, err := ow.commit(); err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
 		return
 	}
@@ -560,7 +562,7 @@ func (k *kpServer) putSmall(w http.ResponseWriter, r *http.Request, kind, hash s
 		return
 	}
 	if _, err := k.s.writeAtomic(k.s.path(dir), hash, bytes.NewReader(b)); err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "%s: cannot store it", what)
 		return
 	}
@@ -576,7 +578,7 @@ func (k *kpServer) sameLayers(w http.ResponseWriter, r *http.Request, envID stri
 		return true
 	}
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "metadata %s: cannot read the stored one", envID)
 		return false
 	}
@@ -612,7 +614,7 @@ func (k *kpServer) getRegistry(w http.ResponseWriter, r *http.Request) {
 	b, _, err := k.readRegistry()
 	k.regMu.Unlock()
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "cannot read the registry")
 		return
 	}
@@ -658,7 +660,7 @@ func (k *kpServer) putRegistry(w http.ResponseWriter, r *http.Request) {
 	defer k.regMu.Unlock()
 	cur, _, err := k.readRegistry()
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "cannot read the registry")
 		return
 	}
@@ -670,7 +672,7 @@ func (k *kpServer) putRegistry(w http.ResponseWriter, r *http.Request) {
 	out, _ := json.MarshalIndent(reg, "", "  ")
 	out = append(out, '\n')
 	if _, err := k.s.writeAtomic(k.s.root, "registry.json", bytes.NewReader(out)); err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 		k.fail(w, r, http.StatusInternalServerError, "cannot write the registry")
 		return
 	}
@@ -695,13 +697,13 @@ type serverListEntry struct {
 func (k *kpServer) list(w http.ResponseWriter, r *http.Request) {
 	metas, errs := k.s.listMeta()
 	for _, err := range errs {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 	}
 	k.regMu.Lock()
 	_, reg, err := k.readRegistry()
 	k.regMu.Unlock()
 	if err != nil {
-		warnf("server: %v", err)
+		k.out.warnf("server: %v", err)
 	}
 	tags := map[string][]string{}
 	for t, id := range reg {
@@ -756,12 +758,12 @@ func cmdServer(c *cli) error {
 		return err
 	}
 	defer sl.unlock()
-	ln, url, err := serverListen(sc)
+	ln, url, err := serverListen(sc, c.out)
 	if err != nil {
 		return err
 	}
 	if k.noAuth {
-		warnf("server: no authentication (--no-auth): anyone who can connect to %s can read and write", url)
+		c.out.warnf("server: no authentication (--no-auth): anyone who can connect to %s can read and write", url)
 	}
 	fmt.Fprintf(c.stderr, "karapace server: serving %s on %s\n", k.s.root, url)
 	fmt.Fprintln(c.stdout, url)
@@ -775,7 +777,7 @@ func serverSettings(c *cli) (*kpServer, *serverConfig, error) {
 	if sc.listen == "" || sc.data == "" {
 		return nil, nil, usageErrorf("server: --listen ADDR and --data DIR are required")
 	}
-	k := &kpServer{noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait, io: serverDefaultIOTimeout,
+	k := &kpServer{out: c.out, noAuth: c.has("no-auth"), maxBlob: serverDefaultMaxBlob, wait: serverUploadWait, io: serverDefaultIOTimeout,
 		minRate: serverDefaultMinRate, window: serverRateWindow}
 	if err := k.limitFlags(c, sc); err != nil {
 		return nil, nil, err
@@ -840,7 +842,7 @@ func (k *kpServer) authFlags(c *cli) error {
 		return usageErrorf("server: --tokens and --no-auth contradict each other")
 	case tokens != "":
 		var err error
-		k.tokens, err = loadServerTokens(tokens)
+		k.tokens, err = loadServerTokens(tokens, c.out)
 		return err
 	case !k.noAuth:
 		return usageErrorf("server: refusing to serve without authentication: pass --tokens FILE (lines of \"TOKEN rw\" or \"TOKEN ro\"), or --no-auth to let anyone who can connect read and write")
@@ -872,7 +874,7 @@ func (k *kpServer) openData(c *cli, data string) (*storeLock, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.lockWait = storeLockWait(c.getenv)
+	s.lockWait = storeLockWait(c.getenv, c.out)
 	sl, err := s.acquire("server", s.lockWait)
 	if err != nil {
 		return nil, err
@@ -891,12 +893,12 @@ func (k *kpServer) openData(c *cli, data string) (*storeLock, error) {
 
 // serverListen opens the listener, each address's connections bounded,
 // TLS over it if configured, and returns it with the URL it serves.
-func serverListen(sc *serverConfig) (net.Listener, string, error) {
+func serverListen(sc *serverConfig, out *output) (net.Listener, string, error) {
 	ln, err := net.Listen("tcp", sc.listen)
 	if err != nil {
 		return nil, "", fmt.Errorf("server: %w", err)
 	}
-	ln = &serverConnLimit{Listener: ln, max: sc.clientConns, open: map[string]int{}}
+	ln = &serverConnLimit{Listener: ln, out: out, max: sc.clientConns, open: map[string]int{}}
 	scheme := "http"
 	if sc.tls != nil {
 		scheme = "https"

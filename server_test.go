@@ -150,7 +150,7 @@ func TestServerTokenFile(t *testing.T) {
 	dir := t.TempDir()
 	good := writeFile(t, dir, "good", "# team tokens\n\n"+testTokenRW+" rw\n  "+testTokenRO+"   ro  \n")
 	os.Chmod(good, 0o600)
-	toks, err := loadServerTokens(good)
+	toks, err := loadServerTokens(good, nil)
 	if err != nil || len(toks) != 2 || !toks[0].write || toks[1].write {
 		t.Fatalf("tokens: %v %+v", err, toks)
 	}
@@ -162,7 +162,7 @@ func TestServerTokenFile(t *testing.T) {
 		{"# nothing\n", "holds no token"},
 	} {
 		p := writeFile(t, dir, "bad", c.body)
-		if _, err := loadServerTokens(p); err == nil || !strings.Contains(err.Error(), c.want) {
+		if _, err := loadServerTokens(p, nil); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%q: %v, want %q", c.body, err, c.want)
 		}
 	}

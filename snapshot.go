@@ -102,7 +102,7 @@ func (j *diffJob) dirs() []*string {
 	return d
 }
 
-func diffStage(cfg wireMsg, _ []int) int {
+func diffStage(cfg wireMsg, _ []int, _ *output) int {
 	job := cfg.(*diffJob)
 	w := bufio.NewWriter(os.Stdout)
 	err := diffTree(job.Upper, job.Lower, w)

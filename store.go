@@ -51,6 +51,7 @@ type store struct {
 	// rebuild; nil is removeOwnedTree, which can remove what environments
 	// made (tests set it to inject failures).
 	removeAll func(string) error
+	out       *output // what its operations report (gc, verify, recovery)
 }
 
 // defaultStoreRoot is where the store lives when --store is not given.
@@ -100,18 +101,19 @@ func (c *cli) openStore() (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.lockWait = storeLockWait(c.getenv)
+	s.lockWait = storeLockWait(c.getenv, c.out)
+	s.out = c.out
 	return s, nil
 }
 
-func storeLockWait(getenv func(string) string) time.Duration {
+func storeLockWait(getenv func(string) string, out *output) time.Duration {
 	v := getenv("KARAPACE_LOCK_WAIT")
 	if v == "" {
 		return defaultLockWait
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d < 0 {
-		warnf("ignoring KARAPACE_LOCK_WAIT=%q: not a duration like 5s or 2m", v)
+		out.warnf("ignoring KARAPACE_LOCK_WAIT=%q: not a duration like 5s or 2m", v)
 		return defaultLockWait
 	}
 	return d
@@ -174,7 +176,7 @@ func openStoreAnyVersion(root string, create bool) (*store, int, error) {
 	if err != nil {
 		return nil, 0, storeErrorf("store root %s: %v", abs, err)
 	}
-	s := &store{root: real, dir: filepath.Join(real, "store"), lockWait: storeLockWait(os.Getenv), inProc: make(chan struct{}, 1)}
+	s := &store{root: real, dir: filepath.Join(real, "store"), lockWait: storeLockWait(os.Getenv, nil), inProc: make(chan struct{}, 1)}
 	v, err := s.readVersion()
 	if errors.Is(err, fs.ErrNotExist) {
 		if s.hasData() {
@@ -848,7 +850,7 @@ func runMigrate(c *cli) error {
 	if err != nil {
 		return err
 	}
-	s.lockWait = storeLockWait(c.getenv)
+	s.lockWait = storeLockWait(c.getenv, c.out)
 	if v > storeFormatVersion {
 		return storeErrorf("store %s has format version %d, newer than this karapace supports (%d); upgrade karapace", s.dir, v, storeFormatVersion)
 	}

@@ -199,21 +199,31 @@ func removeTestTrees() {
 	}
 }
 
-// logCapture is what karapace logged during a test.
-type logCapture struct{ b bytes.Buffer }
+// logCapture is what karapace logged during a test: out reports
+// warnings into it.
+type logCapture struct {
+	b   bytes.Buffer
+	out *output
+}
 
-// String reads the log under the logger's lock, which its writes hold.
+// String reads the log under the output's lock, which its writes hold.
 func (l *logCapture) String() string {
-	logState.Lock()
-	defer logState.Unlock()
+	l.out.mu.Lock()
+	defer l.out.mu.Unlock()
 	return l.b.String()
 }
 
-// captureLog collects karapace's warnings for the rest of the test.
+// testOutput is where what tests run reports: stderr, or a capture.
+var testOutput = newOutput("warn", false, false, os.Stderr)
+
+// captureLog collects karapace's warnings for the rest of the test, from
+// what reports to testOutput.
 func captureLog(t testing.TB) *logCapture {
 	l := &logCapture{}
-	setLogLevel("warn", false, false, &l.b)
-	t.Cleanup(func() { setLogLevel("", false, false, os.Stderr) })
+	l.out = newOutput("warn", false, false, &l.b)
+	was := testOutput
+	testOutput = l.out
+	t.Cleanup(func() { testOutput = was })
 	return l
 }
 

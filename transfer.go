@@ -376,7 +376,7 @@ func cmdExport(c *cli) error {
 	}
 	start := time.Now()
 	file := c.args[1]
-	prog := newProgress("exporting "+m.ShortID, total, true)
+	prog := c.out.progress("exporting "+m.ShortID, total, true)
 	var n int64
 	if file == "-" {
 		if f, ok := c.stdout.(*os.File); ok && isTerminal(f) {
@@ -464,7 +464,7 @@ func cmdImport(c *cli) error {
 		return err
 	}
 	start := time.Now()
-	prog := newProgress("importing "+filepath.Base(file), size, true)
+	prog := c.out.progress("importing "+filepath.Base(file), size, true)
 	src, err := openExport(bufio.NewReaderSize(in, 256<<10), prog)
 	var r *receiveResult
 	if err == nil {

@@ -188,7 +188,7 @@ func TestImportRefusesDamage(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			e := newEngine(s, os.Getenv, io.Discard)
+			e := newEngine(s, os.Getenv, nil)
 			a, err := openExport(bytes.NewReader(c.archive), nil)
 			if err == nil {
 				_, err = e.receive(a, receiveOptions{kind: "import"})
@@ -207,7 +207,7 @@ func TestImportRefusesDamage(t *testing.T) {
 	s, _ := openStore(t.TempDir())
 	a, err := openExport(bytes.NewReader(append(bytes.Clone(good), make([]byte, 10240)...)), nil)
 	if err == nil {
-		_, err = newEngine(s, os.Getenv, io.Discard).receive(a, receiveOptions{kind: "import"})
+		_, err = newEngine(s, os.Getenv, nil).receive(a, receiveOptions{kind: "import"})
 	}
 	if err != nil {
 		t.Fatalf("a padded archive: %v", err)

@@ -180,8 +180,8 @@ const stageEnv = "_KARAPACE_STAGE"
 
 // stage is a job a stage can do, registered by the file that implements it.
 type stage struct {
-	config func() wireMsg                   // a new, empty configuration
-	run    func(cfg wireMsg, fds []int) int // fds: those made for it (stageOptions.made)
+	config func() wireMsg                                // a new, empty configuration
+	run    func(cfg wireMsg, fds []int, out *output) int // fds: those made for it (stageOptions.made)
 }
 
 var stages = map[string]stage{}
@@ -212,6 +212,7 @@ type stageOptions struct {
 	stdout, stderr io.Writer
 	extraFiles     []*os.File // become fds 4, 5, ...
 	detach         bool       // new session, survives its starter (an environment's init)
+	out            *output    // whose level the stage logs at
 	cgroup         *os.File   // a cgroup v2 directory to start the stage in, if set
 	// made, if set, makes descriptors for the started child, in its mount
 	// namespace, before it is sent its configuration (they go with it).
@@ -229,7 +230,7 @@ func startStage(name string, cfg wireMsg, m idMapping, o stageOptions) (*stagePr
 	defer pw.Close()
 	cmd := exec.Command("/proc/self/exe")
 	cmd.Args = []string{"karapace-" + name}
-	cmd.Env = []string{stageEnv + "=" + name, "KARAPACE_LOG=" + logLevelName()}
+	cmd.Env = []string{stageEnv + "=" + name, "KARAPACE_LOG=" + o.out.levelName()}
 	// Limits set on Go's runtime hold for our own processes too.
 	for _, k := range []string{"GOMAXPROCS", "GOGC", "GOMEMLIMIT", "GODEBUG"} {
 		if v, ok := os.LookupEnv(k); ok {
@@ -465,7 +466,7 @@ func runStageIfChild() {
 		fmt.Fprintf(os.Stderr, "karapace-%s: marking inherited descriptors close-on-exec: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
-	setLogLevel(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
+	out := newOutput(os.Getenv("KARAPACE_LOG"), false, false, os.Stderr)
 	st, ok := stages[name]
 	if !ok {
 		fmt.Fprintf(os.Stderr, "karapace: unknown stage %q\n", name)
@@ -483,7 +484,7 @@ func runStageIfChild() {
 		fmt.Fprintf(os.Stderr, "karapace-%s: reading configuration: %v\n", name, err)
 		os.Exit(exitFailure)
 	}
-	os.Exit(st.run(cfg, fds))
+	os.Exit(st.run(cfg, fds, out))
 }
 
 // useStageDirs points the configuration's directories at the descriptors
@@ -571,7 +572,7 @@ func (j *treeJob) dirs() []*string {
 	return []*string{&j.Dir}
 }
 
-func treeStage(cfg wireMsg, _ []int) int {
+func treeStage(cfg wireMsg, _ []int, _ *output) int {
 	job := cfg.(*treeJob)
 	var err error
 	switch job.Op {

@@ -61,7 +61,7 @@ func (s *store) verifyLocked(ctx context.Context) (verifyReport, error) {
 		return rep, err
 	}
 	rep.Objects = len(objects)
-	prog := newProgress("verifying objects", int64(len(objects)), false)
+	prog := s.out.progress("verifying objects", int64(len(objects)), false)
 	checks := s.hashObjects(ctx, objects, prog)
 	prog.finish()
 	for _, r := range checks {

@@ -434,7 +434,7 @@ func (s *store) recoverWAL() (int, error) {
 		file := s.path("wal", name)
 		o, err := s.readWAL(file)
 		if err != nil {
-			warnf("removing corrupt WAL entry %s: %v", file, err)
+			s.out.warnf("removing corrupt WAL entry %s: %v", file, err)
 			if err := os.RemoveAll(file); err != nil {
 				return n, storeErrorf("removing corrupt WAL entry %s: %v", file, err)
 			}
@@ -453,9 +453,9 @@ func (s *store) recoverWAL() (int, error) {
 			return n, storeErrorf("removing WAL entry %s: %v", file, err)
 		}
 		if o.Committed {
-			infof("finished an interrupted %s (WAL entry %s)", o.Kind, name)
+			s.out.infof("finished an interrupted %s (WAL entry %s)", o.Kind, name)
 		} else {
-			infof("rolled back an interrupted %s (WAL entry %s)", o.Kind, name)
+			s.out.infof("rolled back an interrupted %s (WAL entry %s)", o.Kind, name)
 		}
 		n++
 	}

@@ -188,9 +188,8 @@ func TestWALRefusesBadEntries(t *testing.T) {
 	os.WriteFile(s.path("wal", "evil.json"), []byte(`{"id":"evil","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+outside+`"}]}`), 0o600)
 	rel, _ := filepath.Rel(s.root, outside)
 	os.WriteFile(s.path("wal", "evil2.json"), []byte(`{"id":"evil2","kind":"build","started":"x","steps":[{"op":"remove_path","path":"`+rel+`"}]}`), 0o600)
-	var logs bytes.Buffer
-	setLogLevel("warn", false, false, &logs)
-	defer setLogLevel("", false, false, os.Stderr)
+	logs := captureLog(t)
+	s.out = logs.out
 	n, err := s.recoverWAL()
 	if err != nil || n != 4 {
 		t.Fatalf("recoverWAL: %d %v", n, err)
@@ -576,7 +575,7 @@ func TestRestoreCleanupInterrupted(t *testing.T) {
 	writeFile(t, filepath.Join(k.store, "env", id, "work"), "x", "overlay's")
 	s, err := openStore(k.store)
 	must(t, err)
-	e := newEngine(s, func(string) string { return "" }, io.Discard)
+	e := newEngine(s, func(string) string { return "" }, nil)
 	s.removeAll = func(p string) error {
 		if _, err := os.Lstat(p); err == nil && strings.Contains(filepath.Base(p), "work") {
 			return fmt.Errorf("injected failure removing %s", p)
