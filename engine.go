@@ -105,12 +105,60 @@ type buildResult struct {
 // insists on that. The store is locked throughout.
 func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error) {
 	start := time.Now()
+	p, err := e.planBuild(manifestPath, o)
+	if err != nil {
+		return nil, err
+	}
+	sl, err := e.s.lock(p.kind)
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+	if err := e.checkReplacing(p); err != nil {
+		return nil, err
+	}
+	if err := e.resolveBase(p); err != nil {
+		return nil, err
+	}
+	res, err := e.buildInOp(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := e.finishBuild(p, res); err != nil {
+		return nil, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
+}
+
+// buildPlan is what a build learns, step by step, before it changes the
+// store.
+type buildPlan struct {
+	o      buildOptions
+	kind   string // "build" or "rebuild", the WAL's and the lock's name for it
+	m      *manifest
+	lp     string    // the lock's path, as the user spelled the manifest's
+	lock   *lockFile // the lock to build, when it matches the manifest
+	ref    imageRef
+	old    *envMeta // what a rebuild replaces
+	images *imageEnv
+	src    imageSource  // the base image, unless...
+	spec   *archiveSpec // ...an archive bootstrap makes it
+}
+
+// planBuild reads the manifest and its lock and refuses, before any
+// work, what the options, the policy or the lock refuse.
+func (e *engine) planBuild(manifestPath string, o buildOptions) (*buildPlan, error) {
 	m, err := loadManifest(manifestPath)
 	if err != nil {
 		return nil, err
 	}
-	ref, _ := parseImageRef(m.BaseImage)
-	if o.requirePinned && !ref.pinned() {
+	p := &buildPlan{o: o, kind: "build", m: m, lp: lockPath(manifestPath)}
+	if o.rebuild {
+		p.kind = "rebuild"
+	}
+	p.ref, _ = parseImageRef(m.BaseImage)
+	if o.requirePinned && !p.ref.pinned() {
 		return nil, manifestErrorf("%s: base.image %q is not pinned to a digest, and --require-pinned-image asks for one; run 'karapace pin %s'", manifestPath, m.BaseImage, manifestPath)
 	}
 	if o.name != "" {
@@ -132,116 +180,116 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if key, msg := pol.limitOver(m.CPUShares, m.MemoryLimitMB, m.PidsLimit); key != "" {
 		return nil, m.src.errorf([]string{"runtime", "resource_limits", key}, "%s (the policy in %s)", msg, configPath(e.getenv))
 	}
-	lp := lockPath(manifestPath) // as the user spelled it, for messages
-	var lock *lockFile
-	if _, err := os.Stat(lp); err == nil {
-		l, err := loadLock(lp)
-		if err != nil {
-			return nil, err
+	if _, err := os.Stat(p.lp); err != nil {
+		if o.locked {
+			return nil, manifestErrorf("--locked: %s does not exist; build once without --locked to create it", p.lp)
 		}
-		if err := l.verifyIntegrity(); err != nil {
-			return nil, err
-		}
-		if err := l.verifyIntent(m); err != nil {
-			if o.locked {
-				return nil, err
-			}
-			e.out.notef("the manifest changed since %s was written: resolving again", lp)
-		} else {
-			lock = l
-		}
-	} else if o.locked {
-		return nil, manifestErrorf("--locked: %s does not exist; build once without --locked to create it", lp)
+		return p, nil
 	}
-
-	kind := "build"
-	if o.rebuild {
-		kind = "rebuild"
-	}
-	sl, err := e.s.lock(kind)
+	l, err := loadLock(p.lp)
 	if err != nil {
 		return nil, err
 	}
-	defer sl.unlock()
-	// What could refuse the result is checked before any work.
-	var old *envMeta
-	if o.rebuild {
-		if l, err := loadLock(lp); err == nil {
-			if old, err = e.s.getMeta(l.EnvID); err != nil && !errors.Is(err, fs.ErrNotExist) {
-				return nil, err
-			}
-		}
-		if old != nil && e.state(old) == stateRunning {
-			return nil, fmt.Errorf("environment %s, which %s names, is running; stop it before rebuilding", old.ShortID, lp)
-		}
-		if old != nil && o.name == "" {
-			o.name = old.Name
-		}
+	if err := l.verifyIntegrity(); err != nil {
+		return nil, err
 	}
-	if o.name != "" {
-		if err := e.nameAvailable(o.name, m.Path, old); err != nil {
+	if err := l.verifyIntent(m); err != nil {
+		if o.locked {
 			return nil, err
 		}
+		e.out.notef("the manifest changed since %s was written: resolving again", p.lp)
+		return p, nil
 	}
+	p.lock = l
+	return p, nil
+}
 
+// checkReplacing finds what a rebuild replaces, and refuses a name
+// another environment has.
+func (e *engine) checkReplacing(p *buildPlan) error {
+	if p.o.rebuild {
+		if l, err := loadLock(p.lp); err == nil {
+			if p.old, err = e.s.getMeta(l.EnvID); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+		if p.old != nil && e.state(p.old) == stateRunning {
+			return fmt.Errorf("environment %s, which %s names, is running; stop it before rebuilding", p.old.ShortID, p.lp)
+		}
+		if p.old != nil && p.o.name == "" {
+			p.o.name = p.old.Name
+		}
+	}
+	if p.o.name != "" {
+		return e.nameAvailable(p.o.name, p.m.Path, p.old)
+	}
+	return nil
+}
+
+// resolveBase decides where the base comes from: an archive bootstrap,
+// the image the lock pins, or the manifest's image resolved now.
+func (e *engine) resolveBase(p *buildPlan) error {
 	if err := checkStoreIDs(e.s.root); err != nil {
-		return nil, err
+		return err
 	}
-	images, err := newImageEnv(e.getenv, o.offline, e.out)
-	if err != nil {
-		return nil, err
+	var err error
+	if p.images, err = newImageEnv(e.getenv, p.o.offline, e.out); err != nil {
+		return err
 	}
 	if _, err := loadLimits(e.getenv); err != nil { // checked before any work, needed or not
-		return nil, err
+		return err
 	}
-	var src imageSource
-	spec, err := archiveFor(ref, images.cfg)
-	if err != nil {
-		return nil, err
+	if p.spec, err = archiveFor(p.ref, p.images.cfg); err != nil {
+		return err
 	}
 	// The configured mirror serves an archive base; the lock pins what it
 	// must resolve to, not where from.
-	if drift := archiveSourceDrift(ref, spec, lock); drift != "" {
-		if o.locked {
-			return nil, manifestErrorf("--locked: %s: %s; build without --locked to resolve it again from the configured source", lp, drift)
+	if drift := archiveSourceDrift(p.ref, p.spec, p.lock); drift != "" {
+		if p.o.locked {
+			return manifestErrorf("--locked: %s: %s; build without --locked to resolve it again from the configured source", p.lp, drift)
 		}
-		e.out.notef("%s: %s: resolving again", lp, drift)
-		lock = nil
+		e.out.notef("%s: %s: resolving again", p.lp, drift)
+		p.lock = nil
 	}
-	switch {
-	case spec != nil: // resolved by the bootstrap
+	switch lock := p.lock; {
+	case p.spec != nil: // resolved by the bootstrap
 		// A lock made from a snapshot mirror names the archive state it
 		// pins: with no mirror configured, that is where to get it.
-		if lock != nil && images.cfg.Mirrors[spec.Distro] == "" {
-			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+spec.Suite); ok {
+		if lock != nil && p.images.cfg.Mirrors[p.spec.Distro] == "" {
+			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+p.spec.Suite); ok {
 				if _, snap := snapshotTime(mirror); snap {
-					spec.Mirror = mirror
+					p.spec.Mirror = mirror
 				}
 			}
 		}
+		return nil
 	case lock != nil && lock.BaseImageURL != "":
-		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
-		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
-			src.Location = filepath.Join(filepath.Dir(lp), src.Location)
+		p.src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.Contains(p.src.Location, "://") && !filepath.IsAbs(p.src.Location) {
+			p.src.Location = filepath.Join(filepath.Dir(p.lp), p.src.Location)
 		}
 		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
-			return nil, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
+			return lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
 		}
 	default:
-		if src, err = images.resolve(ref, m.Dir); err != nil {
-			return nil, err
+		if p.src, err = p.images.resolve(p.ref, p.m.Dir); err != nil {
+			return err
 		}
 	}
-	if spec == nil {
-		if err := checkImageSource(src, m.BaseImage, o.allowInsecure); err != nil {
-			return nil, manifestErrorf("%s: %v", manifestPath, err)
-		}
+	if err := checkImageSource(p.src, p.m.BaseImage, p.o.allowInsecure); err != nil {
+		return manifestErrorf("%s: %v", p.m.Path, err)
 	}
-	op, err := e.s.beginOp(kind, "")
+	return nil
+}
+
+// buildInOp builds in one WAL operation: everything it puts in the store
+// goes again if it fails.
+func (e *engine) buildInOp(p *buildPlan) (*buildResult, error) {
+	op, err := e.s.beginOp(p.kind, "")
 	if err != nil {
 		return nil, err
 	}
-	res, err := e.buildLocked(op, m, lock, src, spec, images, o, old)
+	res, err := e.buildLocked(op, p)
 	if err != nil {
 		return nil, op.abandon(err)
 	}
@@ -250,23 +298,29 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	} else {
 		err = op.done()
 	}
-	if err != nil {
-		return nil, err
-	}
+	return res, err
+}
+
+// finishBuild does what follows a build outside the store: the replaced
+// environment's launchers go, the built one's are written, and the lock
+// changes only once the environment it names is in the store (--locked
+// never rewrites it: it was checked to be exactly what got built).
+func (e *engine) finishBuild(p *buildPlan, res *buildResult) error {
 	if res.Replaced != "" {
-		removeLaunchers(e.getenv, old.ShortID, e.out)
+		removeLaunchers(e.getenv, p.old.ShortID, e.out)
 	}
-	// The lock changes only once the environment it names is in the
-	// store; --locked never rewrites it (it was checked to be exactly
-	// what got built).
-	if prev, err := os.ReadFile(lp); !o.locked && (err != nil || !bytes.Equal(prev, res.lockBytes)) {
-		if err := writeFileAtomic(lp, res.lockBytes, 0o644); err != nil {
-			return nil, fmt.Errorf("environment %s is built, but its lock was not written: %w", res.ShortID, err)
+	if len(p.m.Apps) > 0 {
+		if err := writeLaunchers(e.getenv, e.s.root, res, p.m.Apps); err != nil {
+			e.out.warnf("desktop launchers: %v", err)
 		}
 	}
-	res.Manifest, res.Lock = m.Path, lockPath(m.Path)
-	res.Seconds = time.Since(start).Seconds()
-	return res, nil
+	if prev, err := os.ReadFile(p.lp); !p.o.locked && (err != nil || !bytes.Equal(prev, res.lockBytes)) {
+		if err := writeFileAtomic(p.lp, res.lockBytes, 0o644); err != nil {
+			return fmt.Errorf("environment %s is built, but its lock was not written: %w", res.ShortID, err)
+		}
+	}
+	res.Manifest, res.Lock = p.m.Path, lockPath(p.m.Path)
+	return nil
 }
 
 // nameAvailable fails when another environment has the name: one built
@@ -284,108 +338,113 @@ func (e *engine) nameAvailable(name, manifestPath string, replacing *envMeta) er
 	return nil
 }
 
-func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, o buildOptions, replacing *envMeta) (*buildResult, error) {
+// buildLocked builds within op: the base layer, the packages' layer, the
+// lock, the environment's metadata.
+func (e *engine) buildLocked(op *walOp, p *buildPlan) (*buildResult, error) {
 	importStart := time.Now()
-	var base, digest string
-	var err error
-	if spec != nil {
-		base, digest, err = e.archiveBase(op, spec, images, lock, o.locked)
-		src.Location = spec.Mirror + "/dists/" + spec.Suite
-	} else {
-		base, digest, err = e.baseLayer(op, src, images)
-	}
+	base, digest, location, err := e.buildBase(op, p)
 	if err != nil {
 		return nil, err
 	}
-	importSeconds := time.Since(importStart).Seconds()
-	var pmSeconds float64
-	var deps []string
+	res := &buildResult{BaseLayer: base, DependencyLayers: []string{}, ImageDigest: "sha256:" + digest, ImportSeconds: time.Since(importStart).Seconds()}
 	var pkgs []lockedPackage
-	if len(m.Packages) > 0 {
+	if len(p.m.Packages) > 0 {
 		var want []lockedPackage
-		if lock != nil {
-			want = lock.Packages
+		if p.lock != nil {
+			want = p.lock.Packages
 		}
-		b, err := e.backend(m.Backend)
+		b, err := e.backend(p.m.Backend)
 		if err != nil {
 			return nil, err
 		}
-		dep, closure, pmTime, err := b.packages(e, op, base, m.Packages, want, o)
-		pmSeconds = pmTime.Seconds()
+		dep, closure, pmTime, err := b.packages(e, op, base, p.m.Packages, want, p.o)
+		res.PackageManagerSeconds = pmTime.Seconds()
 		if err != nil {
 			return nil, err
 		}
-		deps, pkgs = []string{dep}, closure
+		res.DependencyLayers, pkgs = []string{dep}, closure
 	}
-	location := src.Location
-	if ref, _ := parseImageRef(m.BaseImage); ref.Kind == imageFile && !filepath.IsAbs(ref.Name) {
-		// As given, relative to the manifest and the lock beside it, so
-		// the lock holds in every checkout.
-		location = ref.Name
+	l := newLock(p.m, "sha256:"+digest, location, pkgs)
+	if p.lock != nil && l.EnvID != p.lock.EnvID && p.o.locked {
+		return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", p.m.Path, l.ShortID, p.lock.ShortID)
 	}
-	l := newLock(m, "sha256:"+digest, location, pkgs)
-	if lock != nil && l.EnvID != lock.EnvID {
-		if o.locked {
-			return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", m.Path, l.ShortID, lock.ShortID)
-		}
-	}
-	lockBytes, err := l.encode()
-	if err != nil {
+	if res.lockBytes, err = l.encode(); err != nil {
 		return nil, err
 	}
-	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs),
-		ImageDigest: "sha256:" + digest, ImportSeconds: importSeconds, PackageManagerSeconds: pmSeconds, lockBytes: lockBytes}
-	if replacing != nil && replacing.EnvID != l.EnvID {
+	res.EnvID, res.ShortID, res.Packages = l.EnvID, l.ShortID, len(pkgs)
+	if p.old != nil && p.old.EnvID != l.EnvID {
 		// The old environment goes in this operation: its metadata now
 		// (its name is then free), its directory once the op commits.
-		if err := op.saveMeta(replacing.EnvID); err != nil {
+		if err := op.saveMeta(p.old.EnvID); err != nil {
 			return nil, err
 		}
-		if err := e.s.deleteMeta(replacing.EnvID); err != nil {
+		if err := e.s.deleteMeta(p.old.EnvID); err != nil {
 			return nil, err
 		}
-		res.Replaced = replacing.EnvID
+		res.Replaced = p.old.EnvID
 	}
-	if res.DependencyLayers == nil {
-		res.DependencyLayers = []string{}
+	return res, e.putBuiltMeta(op, p, res)
+}
+
+// buildBase makes (or finds) the base layer, and returns it with the
+// image's sha256 and where the lock says it came from.
+func (e *engine) buildBase(op *walOp, p *buildPlan) (layer, digest, location string, err error) {
+	if p.spec != nil {
+		layer, digest, err = e.archiveBase(op, p.spec, p.images, p.lock, p.o.locked)
+		return layer, digest, p.spec.Mirror + "/dists/" + p.spec.Suite, err
 	}
+	layer, digest, err = e.baseLayer(op, p.src, p.images)
+	location = p.src.Location
+	if p.ref.Kind == imageFile && !filepath.IsAbs(p.ref.Name) {
+		// As given, relative to the manifest and the lock beside it, so
+		// the lock holds in every checkout.
+		location = p.ref.Name
+	}
+	return layer, digest, location, err
+}
+
+// putBuiltMeta records the built environment: a new one with its
+// manifest, lock and directory, or the one already built from the same
+// lock; the name and the manifest that built it.
+func (e *engine) putBuiltMeta(op *walOp, p *buildPlan, res *buildResult) error {
 	now := time.Now().UTC().Format(time.RFC3339)
-	meta, err := e.s.getMeta(l.EnvID)
+	meta, err := e.s.getMeta(res.EnvID)
 	switch {
 	case err == nil:
 		meta.UpdatedAt = now
 	case errors.Is(err, fs.ErrNotExist):
-		manifestObj, _, err := op.putObject(bytes.NewReader(m.canonicalJSON()))
+		manifestObj, _, err := op.putObject(bytes.NewReader(p.m.canonicalJSON()))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		lockObj, _, err := op.putObject(bytes.NewReader(lockBytes))
+		lockObj, _, err := op.putObject(bytes.NewReader(res.lockBytes))
 		if err != nil {
-			return nil, err
+			return err
 		}
-		if err := e.s.envs().env(l.EnvID).create(op); err != nil {
-			return nil, err
+		if err := e.s.envs().env(res.EnvID).create(op); err != nil {
+			return err
+		}
+		var deps []string // metadata says "null" for none, as it always did
+		if len(res.DependencyLayers) > 0 {
+			deps = res.DependencyLayers
 		}
 		meta = &envMeta{
-			EnvID: l.EnvID, ShortID: l.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,
-			BaseLayer: base, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now,
+			EnvID: res.EnvID, ShortID: res.ShortID, State: stateBuilt, ManifestHash: manifestObj, LockHash: lockObj,
+			BaseLayer: res.BaseLayer, DependencyLayers: deps, Snapshots: []string{}, CreatedAt: now, UpdatedAt: now,
 		}
 		res.Created = true
 	default:
-		return nil, err
+		return err
 	}
-	if o.name != "" && meta.Name != o.name {
-		if err := e.nameFree(o.name, meta.EnvID); err != nil {
-			return nil, err
+	if p.o.name != "" && meta.Name != p.o.name {
+		if err := e.nameFree(p.o.name, meta.EnvID); err != nil {
+			return err
 		}
-		meta.Name = o.name
+		meta.Name = p.o.name
 	}
 	res.Name = meta.Name
-	meta.addManifest(m.Path)
-	if err := op.putMeta(meta); err != nil {
-		return nil, err
-	}
-	return res, nil
+	meta.addManifest(p.m.Path)
+	return op.putMeta(meta)
 }
 
 // nameFree fails when another environment has the name, or the name

@@ -51,165 +51,23 @@ func (s *store) gc(ctx context.Context, o gcOptions) (gcReport, error) {
 // anything refer to something missing. A cancelled ctx stops it between
 // two items, leaving a consistent store. The caller holds the lock.
 func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
-	dryRun := o.DryRun
-	rep := gcReport{DryRun: dryRun}
-	metas, errs := s.listMeta()
-	if len(errs) > 0 {
-		return rep, storeErrorf("gc: %v; not collecting while an environment's references are unknown (run 'karapace verify-store')", errs[0])
+	rep := gcReport{DryRun: o.DryRun}
+	live, err := s.gcMark()
+	if err != nil {
+		return rep, err
 	}
-	liveEnv := map[string]bool{}
-	liveLayer := map[string]bool{}
-	liveObject := map[string]bool{}
-	var pending []string
-	for _, m := range metas {
-		liveEnv[m.EnvID] = true
-		pending = append(pending, m.layerRefs()...)
-		for _, h := range m.objectRefs() {
-			liveObject[h] = true
-		}
-	}
-	for len(pending) > 0 {
-		h := pending[len(pending)-1]
-		pending = pending[:len(pending)-1]
-		if liveLayer[h] {
-			continue
-		}
-		liveLayer[h] = true
-		l, err := s.getLayer(h)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // a dangling reference is verify-store's to report
-		}
-		if err != nil {
-			return rep, storeErrorf("gc: %v; not collecting while a live layer's references are unknown", err)
-		}
-		for _, o := range l.ObjectRefs {
-			liveObject[o] = true
-		}
-		liveObject[l.TarHash] = true
-		if l.Parent != "" {
-			pending = append(pending, l.Parent)
-		}
-	}
-
 	// The entry only records that a gc ran (removals are not undone); a
 	// full disk, which gc is there to relieve, must not stop it.
 	var op *walOp
-	if !dryRun {
-		var err error
+	if !o.DryRun {
 		if op, err = s.beginOp("gc", ""); err != nil {
 			s.out.warnf("gc: running without a WAL entry: %v", err)
 			op = nil
 		}
 	}
-	prog := s.out.progress("collecting garbage", 0, false)
-	defer prog.finish()
-	sweepNames := func(dir string, names []string, live map[string]bool, only func(string) bool, count *int) error {
-		if names == nil {
-			return nil
-		}
-		for _, n := range names {
-			if live[n] || (only != nil && !only(n)) {
-				continue
-			}
-			if ctx.Err() != nil {
-				rep.Interrupted = true
-				return nil
-			}
-			p := filepath.Join(dir, n)
-			size := gcTreeSize(p)
-			if !dryRun {
-				if err := s.removeTree(p); err != nil {
-					return storeErrorf("gc: removing %s: %v", p, err)
-				}
-			}
-			*count++
-			rep.Bytes += size
-			prog.add(1)
-		}
-		if !dryRun {
-			return syncDir(dir)
-		}
-		return nil
-	}
-	sweep := func(dir string, live map[string]bool, only func(string) bool, count *int) error {
-		names, err := gcListNames(dir)
-		if err != nil {
-			return err
-		}
-		return sweepNames(dir, names, live, only, count)
-	}
-	steps := []func() error{
-		func() error {
-			return sweep(string(s.envs()), liveEnv, validStoreHash, &rep.EnvDirs)
-		},
-		func() error {
-			// Layer trees (the runtime's unpacked layers) go with their
-			// layers; their bytes count, the layers are counted once below.
-			var trees int
-			return sweep(s.envs().trees(), liveLayer, validStoreHash, &trees)
-		},
-		func() error {
-			// Working directories of imports and builds that did not finish.
-			return sweep(string(s.envs()), nil, s.envs().isStaging, &rep.Staging)
-		},
-		func() error {
-			names, err := gcListNames(s.path("layers"))
-			if err != nil {
-				return err
-			}
-			return sweepNames(s.path("layers"), s.childrenFirst(names), liveLayer, nil, &rep.Layers)
-		},
-		func() error { return sweep(s.path("objects"), liveObject, nil, &rep.Objects) },
-		func() error { return sweep(s.path("staging"), nil, nil, &rep.Staging) },
-		func() error {
-			// The image cache: an index naming a layer that is gone is
-			// garbage; the downloads are too with --images, since a build
-			// whose layers are in the store needs none of them.
-			dir := imagesDir(s)
-			names, err := gcListNames(dir)
-			if err != nil {
-				return err
-			}
-			dangling := func(index string) bool {
-				data, _ := os.ReadFile(index)
-				return !liveLayer[strings.TrimSpace(string(data))]
-			}
-			for _, n := range names {
-				sub := filepath.Join(dir, n)
-				switch {
-				case strings.HasPrefix(n, "sha256-"):
-					err = sweep(sub, nil, func(f string) bool {
-						if f == "base-layer" {
-							return dangling(filepath.Join(sub, f))
-						}
-						return o.Images
-					}, &rep.ImageCache)
-					if !dryRun {
-						os.Remove(sub) // only once empty
-					}
-				case n == "deps":
-					err = sweep(sub, nil, func(f string) bool { return dangling(filepath.Join(sub, f)) }, &rep.ImageCache)
-				case o.Images:
-					err = sweep(sub, nil, nil, &rep.ImageCache)
-				}
-				if err != nil || rep.Interrupted {
-					return err
-				}
-			}
-			return nil
-		},
-		func() error {
-			// Half-unpacked trees beside an environment's directories.
-			partials, _ := filepath.Glob(filepath.Join(s.root, "env", "*", "*"+unpackPartialSuffix))
-			for _, p := range partials {
-				if err := sweep(filepath.Dir(p), nil, func(n string) bool { return n == filepath.Base(p) }, &rep.Staging); err != nil || rep.Interrupted {
-					return err
-				}
-			}
-			return nil
-		},
-	}
-	for _, step := range steps {
+	sw := &gcSweeper{s: s, ctx: ctx, o: o, rep: &rep, live: live, prog: s.out.progress("collecting garbage", 0, false)}
+	defer sw.prog.finish()
+	for _, step := range []func() error{sw.envDirs, sw.layerTrees, sw.staging, sw.layers, sw.objects, sw.imageCache, sw.partialTrees} {
 		if err := step(); err != nil {
 			return rep, err
 		}
@@ -223,6 +81,184 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 		}
 	}
 	return rep, nil
+}
+
+// gcLive is what gc keeps: every environment with metadata (archived
+// ones too), the layers they name and their parents, and every object
+// those and the metadata name.
+type gcLive struct{ envs, layers, objects map[string]bool }
+
+// gcMark finds what is live. A reference it cannot read stops gc: what
+// it would keep is unknown.
+func (s *store) gcMark() (*gcLive, error) {
+	metas, errs := s.listMeta()
+	if len(errs) > 0 {
+		return nil, storeErrorf("gc: %v; not collecting while an environment's references are unknown (run 'karapace verify-store')", errs[0])
+	}
+	live := &gcLive{envs: map[string]bool{}, layers: map[string]bool{}, objects: map[string]bool{}}
+	var pending []string
+	for _, m := range metas {
+		live.envs[m.EnvID] = true
+		pending = append(pending, m.layerRefs()...)
+		for _, h := range m.objectRefs() {
+			live.objects[h] = true
+		}
+	}
+	for len(pending) > 0 {
+		h := pending[len(pending)-1]
+		pending = pending[:len(pending)-1]
+		if live.layers[h] {
+			continue
+		}
+		live.layers[h] = true
+		l, err := s.getLayer(h)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // a dangling reference is verify-store's to report
+		}
+		if err != nil {
+			return nil, storeErrorf("gc: %v; not collecting while a live layer's references are unknown", err)
+		}
+		for _, o := range l.ObjectRefs {
+			live.objects[o] = true
+		}
+		live.objects[l.TarHash] = true
+		if l.Parent != "" {
+			pending = append(pending, l.Parent)
+		}
+	}
+	return live, nil
+}
+
+// gcSweeper removes (or, dry, counts) what is not live, place by place,
+// and stops between two removals when ctx is done.
+type gcSweeper struct {
+	s    *store
+	ctx  context.Context
+	o    gcOptions
+	rep  *gcReport
+	live *gcLive
+	prog *progress
+}
+
+// sweepNames removes the entries of dir among names that are neither in
+// live nor refused by only.
+func (sw *gcSweeper) sweepNames(dir string, names []string, live map[string]bool, only func(string) bool, count *int) error {
+	if names == nil {
+		return nil
+	}
+	for _, n := range names {
+		if live[n] || (only != nil && !only(n)) {
+			continue
+		}
+		if sw.ctx.Err() != nil {
+			sw.rep.Interrupted = true
+			return nil
+		}
+		p := filepath.Join(dir, n)
+		size := gcTreeSize(p)
+		if !sw.o.DryRun {
+			if err := sw.s.removeTree(p); err != nil {
+				return storeErrorf("gc: removing %s: %v", p, err)
+			}
+		}
+		*count++
+		sw.rep.Bytes += size
+		sw.prog.add(1)
+	}
+	if !sw.o.DryRun {
+		return syncDir(dir)
+	}
+	return nil
+}
+
+func (sw *gcSweeper) sweep(dir string, live map[string]bool, only func(string) bool, count *int) error {
+	names, err := gcListNames(dir)
+	if err != nil {
+		return err
+	}
+	return sw.sweepNames(dir, names, live, only, count)
+}
+
+func (sw *gcSweeper) envDirs() error {
+	return sw.sweep(string(sw.s.envs()), sw.live.envs, validStoreHash, &sw.rep.EnvDirs)
+}
+
+// layerTrees: the runtime's unpacked layers go with their layers; their
+// bytes count, the layers are counted once (layers).
+func (sw *gcSweeper) layerTrees() error {
+	var trees int
+	return sw.sweep(sw.s.envs().trees(), sw.live.layers, validStoreHash, &trees)
+}
+
+// staging: the working directories of operations that did not finish.
+func (sw *gcSweeper) staging() error {
+	if err := sw.sweep(string(sw.s.envs()), nil, sw.s.envs().isStaging, &sw.rep.Staging); err != nil {
+		return err
+	}
+	return sw.sweep(sw.s.path("staging"), nil, nil, &sw.rep.Staging)
+}
+
+// layers go children first: a parent is never removed before a child
+// that a crash would leave naming it.
+func (sw *gcSweeper) layers() error {
+	names, err := gcListNames(sw.s.path("layers"))
+	if err != nil {
+		return err
+	}
+	return sw.sweepNames(sw.s.path("layers"), sw.s.childrenFirst(names), sw.live.layers, nil, &sw.rep.Layers)
+}
+
+func (sw *gcSweeper) objects() error {
+	return sw.sweep(sw.s.path("objects"), sw.live.objects, nil, &sw.rep.Objects)
+}
+
+// imageCache: an index naming a layer that is gone is garbage; the
+// downloads are too with --images, since a build whose layers are in the
+// store needs none of them.
+func (sw *gcSweeper) imageCache() error {
+	dir := imagesDir(sw.s)
+	names, err := gcListNames(dir)
+	if err != nil {
+		return err
+	}
+	dangling := func(index string) bool {
+		data, _ := os.ReadFile(index)
+		return !sw.live.layers[strings.TrimSpace(string(data))]
+	}
+	for _, n := range names {
+		sub := filepath.Join(dir, n)
+		switch {
+		case strings.HasPrefix(n, "sha256-"):
+			err = sw.sweep(sub, nil, func(f string) bool {
+				if f == "base-layer" {
+					return dangling(filepath.Join(sub, f))
+				}
+				return sw.o.Images
+			}, &sw.rep.ImageCache)
+			if !sw.o.DryRun {
+				os.Remove(sub) // only once empty
+			}
+		case n == "deps":
+			err = sw.sweep(sub, nil, func(f string) bool { return dangling(filepath.Join(sub, f)) }, &sw.rep.ImageCache)
+		case sw.o.Images:
+			err = sw.sweep(sub, nil, nil, &sw.rep.ImageCache)
+		}
+		if err != nil || sw.rep.Interrupted {
+			return err
+		}
+	}
+	return nil
+}
+
+// partialTrees: half-unpacked trees beside an environment's directories.
+func (sw *gcSweeper) partialTrees() error {
+	partials, _ := filepath.Glob(filepath.Join(string(sw.s.envs()), "*", "*"+unpackPartialSuffix))
+	for _, p := range partials {
+		if err := sw.sweep(filepath.Dir(p), nil, func(n string) bool { return n == filepath.Base(p) }, &sw.rep.Staging); err != nil || sw.rep.Interrupted {
+			return err
+		}
+	}
+	return nil
 }
 
 // childrenFirst orders layer hashes so that each comes before its

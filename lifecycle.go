@@ -339,11 +339,6 @@ func cmdBuild(c *cli) error {
 }
 
 func (c *cli) reportBuild(e *engine, res *buildResult) error {
-	if m, err := loadManifest(res.Manifest); err == nil && len(m.Apps) > 0 {
-		if err := writeLaunchers(c.getenv, e.s.root, res, m.Apps); err != nil {
-			c.out.warnf("desktop launchers: %v", err)
-		}
-	}
 	if c.json {
 		return writeJSON(c.stdout, res)
 	}
