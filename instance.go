@@ -975,19 +975,6 @@ func (d instanceDir) mark(m instanceMarker) error {
 	return os.Rename(tmp, d.marker())
 }
 
-func readAllLimited(f *os.File, limit int) ([]byte, error) {
-	buf := make([]byte, 0, 512)
-	tmp := make([]byte, 4096)
-	for len(buf) < limit {
-		n, err := f.Read(tmp)
-		buf = append(buf, tmp[:n]...)
-		if err != nil {
-			return buf, nil
-		}
-	}
-	return buf, nil
-}
-
 // errInstanceGone means the instance ended before it served us; the
 // caller may start a new one and try again.
 var errInstanceGone = errors.New("the environment's instance exited")

@@ -233,34 +233,6 @@ func TestLockBadInput(t *testing.T) {
 	}
 }
 
-func TestWriteFileAtomicKeepsOldOnFailure(t *testing.T) {
-	dir := t.TempDir()
-	p := writeFile(t, dir, "karapace.lock", "old")
-	if err := os.Chmod(dir, 0o500); err != nil {
-		t.Fatal(err)
-	}
-	defer os.Chmod(dir, 0o700)
-	err := writeFileAtomic(p, []byte("new"), 0o644)
-	if os.Geteuid() == 0 {
-		// root ignores directory permissions; the write must then succeed whole.
-		if err != nil {
-			t.Fatal(err)
-		}
-		got, _ := os.ReadFile(p)
-		if string(got) != "new" {
-			t.Fatalf("got %q", got)
-		}
-		return
-	}
-	if err == nil {
-		t.Fatal("write into a read-only directory succeeded")
-	}
-	got, _ := os.ReadFile(p)
-	if string(got) != "old" {
-		t.Fatalf("old content lost: %q", got)
-	}
-}
-
 // The lock holds what was asked for: removing a package from the manifest
 // is drift, so --locked does not install it from the old lock.
 func TestCLILockFollowsRequested(t *testing.T) {
