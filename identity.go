@@ -22,49 +22,36 @@ const (
 // it; locks written before it was recorded keep the identity they had.
 func (l *lockFile) identityDocument() []byte {
 	j := canonJSON{b: make([]byte, 0, 512+64*len(l.Packages))}
-	j.open('{')
-	j.key("base_image_digest").str(l.BaseImageDigest)
-	j.key("cpu_shares").int(l.CPUShares)
-	j.key("hardware_audio").bool(l.Audio)
-	j.key("hardware_gpu").bool(l.GPU)
-	j.key("lock_version").int(lockVersion)
-	j.key("memory_limit_mb").int(l.MemoryLimitMB)
-	j.key("mounts").open('[')
-	for _, m := range l.Mounts {
-		j.open('{')
-		j.key("container_path").str(m.Container)
-		j.key("host_path").str(m.Source)
-		j.key("label").str(m.Label)
-		j.key("read_only").bool(m.ReadOnly)
-		j.close('}')
-	}
-	j.close(']')
-	j.key("network_isolation").bool(l.NetworkIsolation)
-	// Fields that came after lock v2 count only when set: a lock without
-	// them keeps the identity it had.
-	if l.PidsLimit != 0 {
-		j.key("pids_limit").int(l.PidsLimit)
+	entries := []canonEntry{
+		{"base_image_digest", func(j *canonJSON) { j.key("base_image_digest").str(l.BaseImageDigest) }},
+		{"lock_version", func(j *canonJSON) { j.key("lock_version").int(lockVersion) }},
+		{"mounts", func(j *canonJSON) {
+			j.key("mounts").open('[')
+			for _, m := range l.Mounts {
+				j.open('{')
+				j.key("container_path").str(m.Container)
+				j.key("host_path").str(m.Source)
+				j.key("label").str(m.Label)
+				j.key("read_only").bool(m.ReadOnly)
+				j.close('}')
+			}
+			j.close(']')
+		}},
+		{"resolved_packages", func(j *canonJSON) {
+			j.key("resolved_packages").open('[')
+			for _, p := range l.Packages {
+				j.open('{')
+				j.key("name").str(p.Name)
+				j.key("version").str(p.Version)
+				j.close('}')
+			}
+			j.close(']')
+		}},
 	}
 	if l.Requested != nil {
-		j.key("requested_packages").strs(l.Requested)
+		entries = append(entries, canonEntry{"requested_packages", func(j *canonJSON) { j.key("requested_packages").strs(l.Requested) }})
 	}
-	j.key("resolved_apps").strs(l.Apps)
-	j.key("resolved_packages").open('[')
-	for _, p := range l.Packages {
-		j.open('{')
-		j.key("name").str(p.Name)
-		j.key("version").str(p.Version)
-		j.close('}')
-	}
-	j.close(']')
-	if l.HostSockets != nil {
-		j.key("runtime_host_sockets").strs(l.HostSockets)
-	}
-	j.key("runtime_backend").str(l.Backend)
-	if l.SessionBus {
-		j.key("session_bus").bool(true)
-	}
-	j.close('}')
+	writeCanonObject(&j, l, func(f *envField) string { return f.lock }, entries...)
 	return j.b
 }
 

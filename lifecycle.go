@@ -683,10 +683,10 @@ func lockSummary(l *lockFile) map[string]any {
 	for _, p := range l.Packages {
 		pkgs = append(pkgs, map[string]string{"name": p.Name, "version": p.Version})
 	}
-	return map[string]any{
+	sum := map[string]any{
 		"base_image": l.BaseImage, "base_image_digest": l.BaseImageDigest, "base_image_url": l.BaseImageURL,
-		"runtime_backend": l.Backend, "hardware_gpu": l.GPU, "hardware_audio": l.Audio,
-		"network_isolation": l.NetworkIsolation, "resolved_packages": pkgs,
-		"session_bus": l.SessionBus, "host_sockets": hostSocketsOf(l), "pids_limit": l.PidsLimit,
+		"resolved_packages": pkgs,
 	}
+	fieldSummary(l, sum)
+	return sum
 }

@@ -54,11 +54,9 @@ func lockPath(manifestPath string) string {
 func newLock(m *manifest, digest, imageURL string, pkgs []lockedPackage) *lockFile {
 	l := &lockFile{
 		BaseImage: m.BaseImage, BaseImageDigest: digest, BaseImageURL: imageURL,
-		Backend: m.Backend, GPU: m.GPU, Audio: m.Audio, NetworkIsolation: m.NetworkIsolation,
-		Apps: append([]string(nil), m.Apps...), CPUShares: m.CPUShares, MemoryLimitMB: m.MemoryLimitMB,
-		SessionBus: m.SessionBus, HostSockets: m.HostSockets, PidsLimit: m.PidsLimit,
 		Requested: append([]string{}, m.Packages...), Packages: append([]lockedPackage(nil), pkgs...),
 	}
+	copyFields(m, l)
 	for _, mt := range m.Mounts {
 		l.Mounts = append(l.Mounts, lockMount{mt.Label, mt.Source, mt.Container, mt.ReadOnly})
 	}
@@ -79,33 +77,12 @@ func (l *lockFile) encode() ([]byte, error) {
 	if l.BaseImageURL != "" {
 		doc = append(doc, tomlKV{"base_image_url", l.BaseImageURL})
 	}
-	doc = append(doc,
-		tomlKV{"runtime_backend", l.Backend},
-		tomlKV{"hardware_gpu", l.GPU},
-		tomlKV{"hardware_audio", l.Audio},
-		tomlKV{"network_isolation", l.NetworkIsolation},
-	)
-	// Fields added after lock v2 appeared are written only when set, so
-	// that a lock without them reads, and hashes, as it always did.
-	if l.SessionBus {
-		doc = append(doc, tomlKV{"session_bus", true})
-	}
-	if l.HostSockets != nil {
-		doc = append(doc, tomlKV{"host_sockets", stringsToAny(l.HostSockets)})
-	}
+	before, after := lockKVs(l)
+	doc = append(doc, before...)
 	if l.Requested != nil {
 		doc = append(doc, tomlKV{"requested_packages", stringsToAny(l.Requested)})
 	}
-	doc = append(doc, tomlKV{"resolved_apps", stringsToAny(l.Apps)})
-	if l.CPUShares != 0 {
-		doc = append(doc, tomlKV{"cpu_shares", l.CPUShares})
-	}
-	if l.MemoryLimitMB != 0 {
-		doc = append(doc, tomlKV{"memory_limit_mb", l.MemoryLimitMB})
-	}
-	if l.PidsLimit != 0 {
-		doc = append(doc, tomlKV{"pids_limit", l.PidsLimit})
-	}
+	doc = append(doc, after...)
 	if len(l.Mounts) > 0 {
 		var ms []any
 		for _, m := range l.Mounts {
@@ -159,10 +136,8 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	top, err := sc.table(nil, doc, "lock_version", "env_id", "short_id", "base_image", "base_image_digest",
-		"base_image_url", "runtime_backend", "hardware_gpu", "hardware_audio", "network_isolation",
-		"requested_packages", "resolved_apps", "cpu_shares", "memory_limit_mb", "mounts", "resolved_packages",
-		"session_bus", "host_sockets", "pids_limit")
+	top, err := sc.table(nil, doc, append([]string{"lock_version", "env_id", "short_id", "base_image", "base_image_digest",
+		"base_image_url", "requested_packages", "mounts", "resolved_packages"}, lockKeys()...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -199,14 +174,6 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 		*dst = s
 		return nil
 	}
-	boolField := func(key string, dst *bool) error {
-		v, err := need(key)
-		if err != nil {
-			return err
-		}
-		*dst, err = sc.boolean([]string{key}, v)
-		return err
-	}
 	for _, f := range []struct {
 		key      string
 		dst      *string
@@ -214,7 +181,6 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	}{
 		{"env_id", &l.EnvID, true}, {"short_id", &l.ShortID, true}, {"base_image", &l.BaseImage, true},
 		{"base_image_digest", &l.BaseImageDigest, true}, {"base_image_url", &l.BaseImageURL, false},
-		{"runtime_backend", &l.Backend, true},
 	} {
 		if err := strField(f.key, f.dst, f.required); err != nil {
 			return nil, err
@@ -229,55 +195,12 @@ func parseLock(name string, data []byte) (*lockFile, error) {
 	if err := validDigest(l.BaseImageDigest); err != nil {
 		return nil, sc.errorf([]string{"base_image_digest"}, "%v", err)
 	}
-	if !contains(backends, l.Backend) {
-		return nil, sc.errorf([]string{"runtime_backend"}, "unknown backend %q", l.Backend)
-	}
-	for _, f := range []struct {
-		key string
-		dst *bool
-	}{{"hardware_gpu", &l.GPU}, {"hardware_audio", &l.Audio}, {"network_isolation", &l.NetworkIsolation}} {
-		if err := boolField(f.key, f.dst); err != nil {
-			return nil, err
-		}
+	if err := sc.parseLockFields(top, l); err != nil {
+		return nil, err
 	}
 	if v, ok := top["requested_packages"]; ok {
 		if l.Requested, err = sc.requested(v); err != nil {
 			return nil, err
-		}
-	}
-	if v, ok := top["resolved_apps"]; ok {
-		if l.Apps, err = sc.strings([]string{"resolved_apps"}, v); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["cpu_shares"]; ok {
-		if l.CPUShares, err = sc.integer([]string{"cpu_shares"}, v, 2, 262144); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["memory_limit_mb"]; ok {
-		if l.MemoryLimitMB, err = sc.integer([]string{"memory_limit_mb"}, v, 16, 1<<30); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["session_bus"]; ok {
-		if l.SessionBus, err = sc.boolean([]string{"session_bus"}, v); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["pids_limit"]; ok {
-		if l.PidsLimit, err = sc.integer([]string{"pids_limit"}, v, pidsLimitMin, pidsLimitMax); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["host_sockets"]; ok {
-		if l.HostSockets, err = sc.strings([]string{"host_sockets"}, v); err != nil {
-			return nil, err
-		}
-		for i, s := range l.HostSockets {
-			if !contains(hostSocketKinds, s) {
-				return nil, sc.errorf([]string{"host_sockets", strconv.Itoa(i)}, "unknown host socket %q", s)
-			}
 		}
 	}
 	if v, ok := top["mounts"]; ok {
@@ -474,16 +397,7 @@ func (l *lockFile) verifyIntent(m *manifest) error {
 			add(pkgs, "%q was removed, but %s installs it", p, l.src.file)
 		}
 	}
-	diff("runtime.backend", l.Backend, m.Backend)
-	diff("hardware.gpu", strconv.FormatBool(l.GPU), strconv.FormatBool(m.GPU))
-	diff("hardware.audio", strconv.FormatBool(l.Audio), strconv.FormatBool(m.Audio))
-	diff("runtime.network_isolation", strconv.FormatBool(l.NetworkIsolation), strconv.FormatBool(m.NetworkIsolation))
-	diff("runtime.session_bus", strconv.FormatBool(l.SessionBus), strconv.FormatBool(m.SessionBus))
-	diff("runtime.host_sockets", strings.Join(l.HostSockets, ","), strings.Join(m.HostSockets, ","))
-	diff("runtime.resource_limits.pids_limit", strconv.FormatInt(l.PidsLimit, 10), strconv.FormatInt(m.PidsLimit, 10))
-	diff("gui.apps", strings.Join(l.Apps, ","), strings.Join(m.Apps, ","))
-	diff("runtime.resource_limits.cpu_shares", strconv.FormatInt(l.CPUShares, 10), strconv.FormatInt(m.CPUShares, 10))
-	diff("runtime.resource_limits.memory_limit_mb", strconv.FormatInt(l.MemoryLimitMB, 10), strconv.FormatInt(m.MemoryLimitMB, 10))
+	fieldDrift(l, m, diff)
 	var lm, mm []string
 	for _, x := range l.Mounts {
 		lm = append(lm, fmt.Sprintf("%s=%s:%s:%v", x.Label, x.Source, x.Container, x.ReadOnly))

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -296,39 +295,37 @@ func parseManifest(name, abs string, data []byte) (*manifest, error) {
 			return nil, err
 		}
 	}
-	if v, ok := top["gui"]; ok {
-		t, err := sc.table([]string{"gui"}, v, "apps")
-		if err != nil {
-			return nil, err
-		}
-		if m.Apps, err = sc.names([]string{"gui", "apps"}, t["apps"], "app"); err != nil {
-			return nil, err
-		}
-	}
-	if v, ok := top["hardware"]; ok {
-		t, err := sc.table([]string{"hardware"}, v, "gpu", "audio")
-		if err != nil {
-			return nil, err
-		}
-		if g, ok := t["gpu"]; ok {
-			if m.GPU, err = sc.boolean([]string{"hardware", "gpu"}, g); err != nil {
-				return nil, err
-			}
-		}
-		if a, ok := t["audio"]; ok {
-			if m.Audio, err = sc.boolean([]string{"hardware", "audio"}, a); err != nil {
-				return nil, err
-			}
-		}
-	}
 	if v, ok := top["mounts"]; ok {
 		if m.Mounts, err = sc.mounts(v, m.Dir); err != nil {
 			return nil, err
 		}
 	}
-	if v, ok := top["runtime"]; ok {
-		if err := sc.runtime(v, m); err != nil {
+	// The settings of envFields, section by section.
+	for _, sec := range []struct{ name, sub string }{{"gui", ""}, {"hardware", ""}, {"runtime", "resource_limits"}} {
+		v, ok := top[sec.name]
+		if !ok {
+			continue
+		}
+		var subs []string
+		if sec.sub != "" {
+			subs = []string{sec.sub}
+		}
+		t, err := sc.table([]string{sec.name}, v, sectionKeys(sec.name, subs...)...)
+		if err != nil {
 			return nil, err
+		}
+		if err := sc.parseFields([]string{sec.name}, t, m); err != nil {
+			return nil, err
+		}
+		if sv, ok := t[sec.sub]; ok && sec.sub != "" {
+			path := []string{sec.name, sec.sub}
+			st, err := sc.table(path, sv, sectionKeys(sec.name+"."+sec.sub)...)
+			if err != nil {
+				return nil, err
+			}
+			if err := sc.parseFields(path, st, m); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return m, nil
@@ -470,107 +467,28 @@ func parseMountSpec(spec, dir string) (mount, error) {
 	return m, nil
 }
 
-// runtime reads [runtime] and [runtime.resource_limits].
-func (sc *schemaChecker) runtime(v any, m *manifest) error {
-	t, err := sc.table([]string{"runtime"}, v, "backend", "network_isolation", "session_bus", "host_sockets", "resource_limits")
-	if err != nil {
-		return err
-	}
-	if b, ok := t["backend"]; ok {
-		s, err := sc.str([]string{"runtime", "backend"}, b)
-		if err != nil {
-			return err
-		}
-		m.Backend = strings.ToLower(s)
-		if !contains(backends, m.Backend) {
-			return sc.errorf([]string{"runtime", "backend"}, "unknown backend %q (expected one of: %s)", s, strings.Join(backends, ", "))
-		}
-	}
-	if n, ok := t["network_isolation"]; ok {
-		if m.NetworkIsolation, err = sc.boolean([]string{"runtime", "network_isolation"}, n); err != nil {
-			return err
-		}
-	}
-	if n, ok := t["session_bus"]; ok {
-		if m.SessionBus, err = sc.boolean([]string{"runtime", "session_bus"}, n); err != nil {
-			return err
-		}
-	}
-	if hs, ok := t["host_sockets"]; ok {
-		path := []string{"runtime", "host_sockets"}
-		list, err := sc.strings(path, hs)
-		if err != nil {
-			return err
-		}
-		for i, s := range list {
-			if !contains(hostSocketKinds, s) {
-				return sc.errorf(append(path, strconv.Itoa(i)), "unknown host socket %q (expected some of: %s)", s, strings.Join(hostSocketKinds, ", "))
-			}
-		}
-		sort.Strings(list)
-		m.HostSockets = slices.Compact(list)
-	}
-	if rl, ok := t["resource_limits"]; ok {
-		lim, err := sc.table([]string{"runtime", "resource_limits"}, rl, "cpu_shares", "memory_limit_mb", "pids_limit")
-		if err != nil {
-			return err
-		}
-		if c, ok := lim["cpu_shares"]; ok {
-			// The cgroup v1 shares range; cgroup v2 weights are derived from it.
-			if m.CPUShares, err = sc.integer([]string{"runtime", "resource_limits", "cpu_shares"}, c, 2, 262144); err != nil {
-				return err
-			}
-		}
-		if mem, ok := lim["memory_limit_mb"]; ok {
-			if m.MemoryLimitMB, err = sc.integer([]string{"runtime", "resource_limits", "memory_limit_mb"}, mem, 16, 1<<30); err != nil {
-				return err
-			}
-		}
-		if p, ok := lim["pids_limit"]; ok {
-			if m.PidsLimit, err = sc.integer([]string{"runtime", "resource_limits", "pids_limit"}, p, pidsLimitMin, pidsLimitMax); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
-}
 
 // canonicalJSON is the normalized manifest as JSON with sorted keys and no
 // insignificant space: identical meaning gives identical bytes.
 func (m *manifest) canonicalJSON() []byte {
 	j := canonJSON{b: make([]byte, 0, 512)}
-	j.open('{')
-	j.key("base_image").str(m.BaseImage)
-	j.key("cpu_shares").int(m.CPUShares)
-	j.key("gui_apps").strs(m.Apps)
-	j.key("hardware_audio").bool(m.Audio)
-	j.key("hardware_gpu").bool(m.GPU)
-	j.key("manifest_version").int(1)
-	j.key("memory_limit_mb").int(m.MemoryLimitMB)
-	j.key("mounts").open('[')
-	for _, mt := range m.Mounts {
-		j.open('{')
-		j.key("container_path").str(mt.Container)
-		j.key("host_path").str(mt.Host)
-		j.key("label").str(mt.Label)
-		j.key("read_only").bool(mt.ReadOnly)
-		j.key("source").str(mt.Source)
-		j.close('}')
-	}
-	j.close(']')
-	j.key("network_isolation").bool(m.NetworkIsolation)
-	if m.PidsLimit != 0 {
-		j.key("pids_limit").int(m.PidsLimit)
-	}
-	if m.HostSockets != nil {
-		j.key("runtime_host_sockets").strs(m.HostSockets)
-	}
-	j.key("runtime_backend").str(m.Backend)
-	if m.SessionBus {
-		j.key("session_bus").bool(true)
-	}
-	j.key("system_packages").strs(m.Packages)
-	j.close('}')
+	writeCanonObject(&j, m, (*envField).previewKey,
+		canonEntry{"base_image", func(j *canonJSON) { j.key("base_image").str(m.BaseImage) }},
+		canonEntry{"manifest_version", func(j *canonJSON) { j.key("manifest_version").int(1) }},
+		canonEntry{"mounts", func(j *canonJSON) {
+			j.key("mounts").open('[')
+			for _, mt := range m.Mounts {
+				j.open('{')
+				j.key("container_path").str(mt.Container)
+				j.key("host_path").str(mt.Host)
+				j.key("label").str(mt.Label)
+				j.key("read_only").bool(mt.ReadOnly)
+				j.key("source").str(mt.Source)
+				j.close('}')
+			}
+			j.close(']')
+		}},
+		canonEntry{"system_packages", func(j *canonJSON) { j.key("system_packages").strs(m.Packages) }})
 	return j.b
 }
 

@@ -190,11 +190,10 @@ func formatManifest(m *manifest) ([]byte, error) {
 	if len(m.Packages) > 0 {
 		doc = append(doc, tomlKV{"system", []tomlKV{{"packages", stringsToAny(m.Packages)}}})
 	}
-	if len(m.Apps) > 0 {
-		doc = append(doc, tomlKV{"gui", []tomlKV{{"apps", stringsToAny(m.Apps)}}})
-	}
-	if m.GPU || m.Audio {
-		doc = append(doc, tomlKV{"hardware", []tomlKV{{"gpu", m.GPU}, {"audio", m.Audio}}})
+	for _, sec := range []string{"gui", "hardware"} {
+		if kvs := manifestTOML(m, sec); kvs != nil {
+			doc = append(doc, tomlKV{sec, kvs})
+		}
 	}
 	if len(m.Mounts) > 0 {
 		var ms []tomlKV
@@ -203,27 +202,8 @@ func formatManifest(m *manifest) ([]byte, error) {
 		}
 		doc = append(doc, tomlKV{"mounts", ms})
 	}
-	rt := []tomlKV{{"backend", m.Backend}}
-	if m.NetworkIsolation {
-		rt = append(rt, tomlKV{"network_isolation", true})
-	}
-	if m.SessionBus {
-		rt = append(rt, tomlKV{"session_bus", true})
-	}
-	if m.HostSockets != nil {
-		rt = append(rt, tomlKV{"host_sockets", stringsToAny(m.HostSockets)})
-	}
-	var lim []tomlKV
-	if m.CPUShares != 0 {
-		lim = append(lim, tomlKV{"cpu_shares", m.CPUShares})
-	}
-	if m.MemoryLimitMB != 0 {
-		lim = append(lim, tomlKV{"memory_limit_mb", m.MemoryLimitMB})
-	}
-	if m.PidsLimit != 0 {
-		lim = append(lim, tomlKV{"pids_limit", m.PidsLimit})
-	}
-	if lim != nil {
+	rt := manifestTOML(m, "runtime")
+	if lim := manifestTOML(m, "runtime.resource_limits"); lim != nil {
 		rt = append(rt, tomlKV{"resource_limits", lim})
 	}
 	doc = append(doc, tomlKV{"runtime", rt})
