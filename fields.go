@@ -58,7 +58,7 @@ type envField struct {
 	lock     string // its key in the lock, the identity and inspect's summary
 	preview  string // its key in the manifest's canonical JSON, when not lock's
 	kind     fieldKind
-	min, max int64             // fieldInt's range
+	min, max int64              // fieldInt's range
 	check    func(string) error // each string of fieldString and fieldStrings
 	lower    bool               // fieldString: compared and kept in lower case
 	names    string             // fieldStrings: package-like names of this kind ("app"); else sorted and deduplicated as they are

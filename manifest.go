@@ -467,7 +467,6 @@ func parseMountSpec(spec, dir string) (mount, error) {
 	return m, nil
 }
 
-
 // canonicalJSON is the normalized manifest as JSON with sorted keys and no
 // insignificant space: identical meaning gives identical bytes.
 func (m *manifest) canonicalJSON() []byte {
