@@ -1340,31 +1340,50 @@ func cmdPush(c *cli) error {
 	if err != nil {
 		return err
 	}
-	e, m, sl, err := c.envArgShared("push")
-	if err != nil {
-		return err
-	}
-	defer sl.unlock()
-	cl, err := e.s.closureOf(m)
+	e, err := c.engine()
 	if err != nil {
 		return err
 	}
 	ctx, stop := remoteContext()
 	defer stop()
-	start := time.Now()
-	res := &pushResult{EnvID: m.EnvID, ShortID: m.ShortID, Remote: rs.url, Tag: tag}
-	if err := rem.push(ctx, e.s, cl, tag, res); err != nil {
+	res, err := e.push(ctx, c.args[0], rem, rs.url, tag)
+	if err != nil {
 		return err
 	}
-	res.Seconds = time.Since(start).Seconds()
 	return c.report(res, func() string {
 		to := rs.url
 		if tag != "" {
 			to += " as " + tag
 		}
 		return fmt.Sprintf("pushed %s to %s: %d blob(s) uploaded (%s), %d already there, in %.1fs",
-			m.ShortID, to, res.BlobsUploaded, humanBytes(res.BytesUploaded), res.BlobsSkipped, res.Seconds)
+			res.ShortID, to, res.BlobsUploaded, humanBytes(res.BytesUploaded), res.BlobsSkipped, res.Seconds)
 	})
+}
+
+// push sends an environment to a remote: the blobs it lacks of the
+// environment's closure, under the store's shared lock (nothing it sends
+// can be collected meanwhile), then tag, when given.
+func (e *engine) push(ctx context.Context, ref string, rem remoteStore, url, tag string) (*pushResult, error) {
+	sl, err := e.s.lockShared("push")
+	if err != nil {
+		return nil, err
+	}
+	defer sl.unlock()
+	m, err := e.findEnv(ref)
+	if err != nil {
+		return nil, err
+	}
+	cl, err := e.s.closureOf(m)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	res := &pushResult{EnvID: m.EnvID, ShortID: m.ShortID, Remote: url, Tag: tag}
+	if err := rem.push(ctx, e.s, cl, tag, res); err != nil {
+		return nil, err
+	}
+	res.Seconds = time.Since(start).Seconds()
+	return res, nil
 }
 
 // pullResult is what pull reports (its --json, with stable names).
@@ -1379,6 +1398,25 @@ type pullResult struct {
 	BlobsSkipped    int     `json:"blobs_skipped"`
 	BytesDownloaded int64   `json:"bytes_downloaded"`
 	Seconds         float64 `json:"seconds"`
+}
+
+// pull receives an environment from a remote by name@tag or env_id,
+// every blob checked before it enters the store.
+func (e *engine) pull(ctx context.Context, ref string, rem remoteStore, url, name string) (*pullResult, *receiveResult, error) {
+	start := time.Now()
+	prog := e.out.progress("pulling "+ref, 0, true)
+	src, err := rem.source(ctx, ref, prog)
+	if err != nil {
+		prog.finish()
+		return nil, nil, err
+	}
+	r, err := e.receive(src, receiveOptions{kind: "pull", name: name})
+	prog.finish()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &pullResult{EnvID: r.EnvID, ShortID: r.ShortID, Name: r.Name, Remote: url, Ref: ref, AlreadyPresent: r.AlreadyPresent,
+		BlobsDownloaded: r.Received, BlobsSkipped: r.Skipped, BytesDownloaded: r.Bytes, Seconds: time.Since(start).Seconds()}, r, nil
 }
 
 func cmdPull(c *cli) error {
@@ -1396,21 +1434,10 @@ func cmdPull(c *cli) error {
 	}
 	ctx, stop := remoteContext()
 	defer stop()
-	start := time.Now()
-	ref := c.args[0]
-	prog := c.out.progress("pulling "+ref, 0, true)
-	src, err := rem.source(ctx, ref, prog)
-	if err != nil {
-		prog.finish()
-		return err
-	}
-	r, err := e.receive(src, receiveOptions{kind: "pull", name: c.flag("name")})
-	prog.finish()
+	res, r, err := e.pull(ctx, c.args[0], rem, rs.url, c.flag("name"))
 	if err != nil {
 		return err
 	}
-	res := pullResult{EnvID: r.EnvID, ShortID: r.ShortID, Name: r.Name, Remote: rs.url, Ref: ref, AlreadyPresent: r.AlreadyPresent,
-		BlobsDownloaded: r.Received, BlobsSkipped: r.Skipped, BytesDownloaded: r.Bytes, Seconds: time.Since(start).Seconds()}
 	if c.json {
 		return writeJSON(c.stdout, res)
 	}
