@@ -129,7 +129,7 @@ func (b nsBackend) start(r *runSpec, req *spawnRequest, stdio [3]*os.File) (int,
 	if err := mapping.own(cfg.Dir, cfg.run(), cfg.merged(), cfg.upper(), cfg.work()); err != nil {
 		return -1, err
 	}
-	cgroups, intoDir := acc.Limits.open(r.ShortID, b.out)
+	cgroups, intoDir := acc.Limits.open(r.cgroupName(), b.out)
 	defer func() {
 		for _, f := range cgroups {
 			f.Close()
@@ -220,7 +220,7 @@ func bindMountOf(b bindMount, userns int) (fd int, idmapped bool, err error) {
 // ended: its cgroups.
 func (b nsBackend) cleanUp(r *runSpec) {
 	if _, ok := r.runDir().running(); !ok {
-		removeCgroups(r.ShortID, b.out)
+		removeCgroups(r.cgroupName(), b.out)
 	}
 }
 

@@ -52,7 +52,7 @@ func (l cgroupLimits) open(name string, out *output) (files []*os.File, intoDir 
 	if len(l.controllers()) == 0 {
 		return nil, false
 	}
-	dirs, v2, err := l.prepare(cgroupName(name))
+	dirs, v2, err := l.prepare(name)
 	if err != nil {
 		if l.CPUShares > 0 || l.MemoryMB > 0 {
 			out.warnf("resource limits are not applied: %v", err)
@@ -105,12 +105,15 @@ func ownCgroupV1(controller string) (string, error) {
 	return "", fmt.Errorf("no %s cgroup in /proc/self/cgroup", controller)
 }
 
-func cgroupName(shortID string) string { return "karapace-" + shortID }
+// cgroupName is an environment's cgroup: by its short_id, and by where
+// it lives, since the same environment may run from two stores at once.
+func (r *runSpec) cgroupName() string {
+	return "karapace-" + r.ShortID + "-" + hashHex([]byte(r.Dir))[:8]
+}
 
 // removeCgroups removes the environment's cgroups once nothing runs in
 // them; a busy or missing one is left alone.
-func removeCgroups(shortID string, out *output) {
-	name := cgroupName(shortID)
+func removeCgroups(name string, out *output) {
 	dirs := []string{"/sys/fs/cgroup/memory/karapace/" + name, "/sys/fs/cgroup/cpu/karapace/" + name, "/sys/fs/cgroup/pids/karapace/" + name}
 	if parent, _ := cgroup2Location(); parent != "" {
 		dirs = append(dirs, filepath.Join(parent, name))

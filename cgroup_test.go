@@ -48,8 +48,8 @@ func TestNSResourceLimits(t *testing.T) {
 		dirs = append(dirs, parent)
 	}
 	for _, d := range dirs {
-		if _, err := os.Stat(filepath.Join(d, cgroupName(r.ShortID))); !os.IsNotExist(err) {
-			t.Errorf("cgroup %s is left behind (%v)", filepath.Join(d, cgroupName(r.ShortID)), err)
+		if _, err := os.Stat(filepath.Join(d, r.cgroupName())); !os.IsNotExist(err) {
+			t.Errorf("cgroup %s is left behind (%v)", filepath.Join(d, r.cgroupName()), err)
 		}
 	}
 }

@@ -195,7 +195,10 @@ func TestCLIEndToEndReal(t *testing.T) {
 	snap := strings.TrimSpace(k.ok("commit", "demo"))
 	k.ok("exec", "demo", "--", "sh", "-c", "echo two > /root/b.txt && echo changed > /root/a.txt")
 	mustContain(t, "diff", k.ok("diff", "demo"), "A /root/b.txt\n")
-	k.ok("restore", "demo", snap)
+	// Changes no snapshot holds are not dropped without --force; a
+	// snapshot is named by its number too.
+	k.fails(1, "has changes no snapshot holds", "restore", "demo", snap)
+	k.ok("restore", "demo", "#1", "--force")
 	if out := k.ok("diff", "demo"); out != diff1 {
 		t.Fatalf("after restore the diff is\n%s\nnot the snapshot's\n%s", out, diff1)
 	}

@@ -93,7 +93,7 @@ without --json, which makes karapace's errors JSON on stderr.`,
 		},
 		{
 			name: "unfreeze", synopsis: "ENV", summary: "make a frozen environment writable again",
-			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateBuilt, "unfroze"),
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdUndoState(stateFrozen, "unfroze"),
 		},
 		{
 			name: "archive", synopsis: "ENV", summary: "keep an environment but refuse entering it (gc keeps it)",
@@ -101,7 +101,7 @@ without --json, which makes karapace's errors JSON on stderr.`,
 		},
 		{
 			name: "unarchive", synopsis: "ENV", summary: "allow entering an archived environment again",
-			minArgs: 1, maxArgs: 1, complete: "env", run: cmdState(stateBuilt, "unarchived"),
+			minArgs: 1, maxArgs: 1, complete: "env", run: cmdUndoState(stateArchived, "unarchived"),
 		},
 		{
 			name: "list", summary: "list the environments in the store",
@@ -126,6 +126,10 @@ without --json, which makes karapace's errors JSON on stderr.`,
 		},
 		{
 			name: "restore", synopsis: "ENV SNAPSHOT", summary: "make a snapshot the writable layer again",
+			help: `SNAPSHOT is a snapshot's hash, a unique beginning of it, or its number in
+'karapace snapshots' (#2). Changes of the writable layer that no snapshot
+holds are refused, not lost: commit them first, or pass --force.`,
+			flags:   []flagDef{{long: "force", help: "drop the writable layer's changes that no snapshot holds"}},
 			minArgs: 2, maxArgs: 2, complete: "env", run: cmdRestore,
 		},
 		{

@@ -153,6 +153,9 @@ func (e *engine) planBuild(manifestPath string, o buildOptions) (*buildPlan, err
 	if err != nil {
 		return nil, err
 	}
+	if o.name == "" {
+		o.name = m.Name
+	}
 	p := &buildPlan{o: o, kind: "build", m: m, lp: lockPath(manifestPath)}
 	if o.rebuild {
 		p.kind = "rebuild"

@@ -221,12 +221,16 @@ func (e *engine) stoppedEnv(ref, op string) (*envMeta, *storeLock, error) {
 }
 
 // setState moves an environment to another stored state under the lock.
-func (e *engine) setState(ref string, to envState) (*envMeta, error) {
+// from, when set, is the state it must leave (unfreeze leaves frozen).
+func (e *engine) setState(ref string, to, from envState) (*envMeta, error) {
 	m, sl, err := e.stoppedEnv(ref, string(to))
 	if err != nil {
 		return nil, err
 	}
 	defer sl.unlock()
+	if from != "" && m.State != from {
+		return nil, fmt.Errorf("environment %s is not %s (it is %s)", m.ShortID, from, m.State)
+	}
 	if err := m.canTransition(to); err != nil {
 		return nil, err
 	}
@@ -505,12 +509,21 @@ func cmdDestroy(c *cli) error {
 
 // cmdState is freeze, unfreeze, archive and unarchive.
 func cmdState(to envState, verb string) func(*cli) error {
+	return stateCommand(to, "", verb)
+}
+
+// cmdUndoState is unfreeze and unarchive: back to built, from that state.
+func cmdUndoState(from envState, verb string) func(*cli) error {
+	return stateCommand(stateBuilt, from, verb)
+}
+
+func stateCommand(to, from envState, verb string) func(*cli) error {
 	return func(c *cli) error {
 		e, err := c.engine()
 		if err != nil {
 			return err
 		}
-		m, err := e.setState(c.args[0], to)
+		m, err := e.setState(c.args[0], to, from)
 		if err != nil {
 			return err
 		}

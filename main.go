@@ -99,10 +99,13 @@ func run(argv []string, stdin *os.File, stdout, stderr io.Writer, getenv func(st
 	}
 	if global["help"] || c.cmd == nil {
 		if c.cmd == nil {
-			writeProgramHelp(stdout)
+			// Asked for, the help is the answer; not asked for, it says
+			// why nothing was done.
 			if !global["help"] {
-				return exitFailure
+				writeProgramHelp(stderr)
+				return exitManifest
 			}
+			writeProgramHelp(stdout)
 			return exitOK
 		}
 		writeCommandHelp(stdout, c.cmd)
@@ -174,6 +177,9 @@ func (c *cli) parse(argv []string) (map[string]bool, error) {
 					continue
 				}
 				if c.cmd = findCommand(a); c.cmd == nil {
+					if near := nearestCommand(a); near != "" {
+						return global, usageErrorf("unknown command %q; did you mean %q? (see 'karapace --help')", a, near)
+					}
 					return global, usageErrorf("unknown command %q (see 'karapace --help')", a)
 				}
 				continue
@@ -262,8 +268,49 @@ func writeProgramHelp(w io.Writer) {
 	fmt.Fprintf(w, "Run 'karapace COMMAND --help' for a command's flags.\n")
 }
 
+// nearestCommand is the command a mistyped name most likely meant: one
+// at most two edits away, or one the name begins.
+func nearestCommand(name string) string {
+	best, bestDist := "", 3
+	for _, c := range commands {
+		if d := editDistance(name, c.name); d < bestDist || d == bestDist && best == "" {
+			best, bestDist = c.name, d
+		}
+		if len(name) >= 3 && strings.HasPrefix(c.name, name) && bestDist > 1 {
+			best, bestDist = c.name, 1
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between two words.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur := make([]int, len(b)+1)
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev = cur
+	}
+	return prev[len(b)]
+}
+
+// usageLine is "karapace COMMAND SYNOPSIS [FLAGS]", one space between.
+func usageLine(c *command) string {
+	return strings.Join(strings.Fields("karapace "+c.name+" "+c.synopsis+flagsHint(c)), " ")
+}
+
 func writeCommandHelp(w io.Writer, c *command) {
-	fmt.Fprintf(w, "Usage: karapace %s\n\n%s\n", strings.TrimSpace(c.name+" "+c.synopsis+flagsHint(c)), c.summary)
+	fmt.Fprintf(w, "Usage: %s\n\n%s\n", usageLine(c), c.summary)
 	if c.help != "" {
 		fmt.Fprintf(w, "\n%s\n", strings.TrimSpace(c.help))
 	}

@@ -67,11 +67,22 @@ func TestHelpFlagsAndExitCodes(t *testing.T) {
 	}
 	mustContain(t, "json stderr", errOut, `"kind": "usage"`, `"exit_code": 1`)
 
-	code, out, _ = runCLI(t, nil)
-	if code != exitFailure {
-		t.Fatalf("no command: exit %d", code)
+	// No command: usage to stderr, a usage error's exit code; nothing on
+	// stdout, where a script reads answers. A mistyped one gets a guess.
+	code, out, errOut = runCLI(t, nil)
+	if code != exitManifest || out != "" {
+		t.Fatalf("no command: exit %d, stdout %q", code, out)
 	}
-	mustContain(t, "no command", out, "Usage: karapace")
+	mustContain(t, "no command", errOut, "Usage: karapace")
+	code, _, errOut = runCLI(t, nil, "biuld")
+	if code != exitFailure {
+		t.Fatalf("mistyped command: exit %d", code)
+	}
+	mustContain(t, "mistyped command", errOut, `unknown command "biuld"; did you mean "build"?`)
+	code, _, errOut = runCLI(t, nil, "frobnicate")
+	if code != exitFailure || strings.Contains(errOut, "did you mean") {
+		t.Fatalf("unknown command: exit %d, %q", code, errOut)
+	}
 }
 
 // Global flags work after the command too, in both spellings of a value;

@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io/fs"
 	"fmt"
 	"path/filepath"
 	"sort"
@@ -19,6 +20,7 @@ type manifest struct {
 	Dir  string         // its directory, against which relative mount paths resolve
 	src  *schemaChecker // the file as read: its name as given and positions, for messages
 
+	Name             string // the environment's name when build is given none (not part of its identity)
 	BaseImage        string
 	Packages         []string // sorted, unique
 	Apps             []string // sorted, unique
@@ -52,6 +54,9 @@ func loadManifest(path string) (*manifest, error) {
 		return nil, manifestErrorf("%s: %v", path, err)
 	}
 	data, err := readLimited(abs, maxManifestSize)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, manifestErrorf("%s: no such manifest in %s; write one with 'karapace new NAME' (it makes ./karapace.toml from a template), or give the path of one", path, filepath.Dir(abs))
+	}
 	if err != nil {
 		return nil, manifestErrorf("%s: %v", path, err)
 	}
@@ -249,7 +254,7 @@ func parseManifest(name, abs string, data []byte) (*manifest, error) {
 	}
 	m := &manifest{Path: abs, Dir: filepath.Dir(abs), Backend: "namespace", src: sc}
 
-	top, err := sc.table(nil, doc, "manifest_version", "base", "system", "gui", "hardware", "mounts", "runtime")
+	top, err := sc.table(nil, doc, "manifest_version", "name", "base", "system", "gui", "hardware", "mounts", "runtime")
 	if err != nil {
 		return nil, err
 	}
@@ -262,6 +267,15 @@ func parseManifest(name, abs string, data []byte) (*manifest, error) {
 			return nil, sc.errorf([]string{"manifest_version"}, "expected the integer 1, got %s", tomlTypeName(v))
 		}
 		return nil, sc.errorf([]string{"manifest_version"}, "unsupported version %d (this karapace reads version 1)", n)
+	}
+
+	if v, ok := top["name"]; ok {
+		if m.Name, err = sc.str([]string{"name"}, v); err != nil {
+			return nil, err
+		}
+		if err := validEnvName(m.Name); err != nil {
+			return nil, sc.errorf([]string{"name"}, "%v", err)
+		}
 	}
 
 	bv, ok := top["base"]

@@ -2,16 +2,19 @@ package main
 
 import (
 	"bufio"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
+	"lukechampine.com/blake3"
 )
 
 // An environment's changes live in its writable layer (upper/). diff
@@ -196,13 +199,40 @@ func (e *engine) commit(ref string) (*envMeta, string, error) {
 	return m, h, op.done()
 }
 
-// findSnapshot resolves a snapshot hash or unique prefix.
+// uncommitted refuses to lose the writable layer: it is empty, or it is
+// one of the environment's snapshots byte for byte.
+func (e *engine) uncommitted(m *envMeta) error {
+	upper := e.s.envs().env(m.EnvID).upper()
+	if names, err := gcListNames(upper); err == nil && len(names) == 0 {
+		return nil
+	}
+	h := blake3.New(32, nil)
+	if err := treeInNS(treeJob{Op: "pack", Dir: upper}, nil, h); err != nil {
+		return fmt.Errorf("reading the writable layer of %s: %w", m.ShortID, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	for _, s := range m.Snapshots {
+		if l, err := e.s.getLayer(s); err == nil && l.TarHash == sum {
+			return nil
+		}
+	}
+	return fmt.Errorf("environment %s has changes no snapshot holds (see 'karapace diff %s'); 'karapace commit %s' keeps them, 'restore --force' drops them", m.ShortID, m.ShortID, m.ShortID)
+}
+
+// findSnapshot resolves a snapshot hash or unique prefix, or the number
+// 'karapace snapshots' gives it (#2, or 2 when no hash begins with it).
 func findSnapshot(m *envMeta, ref string) (string, error) {
 	var found []string
 	for _, h := range m.Snapshots {
 		if strings.HasPrefix(h, ref) {
 			found = append(found, h)
 		}
+	}
+	if n, err := strconv.Atoi(strings.TrimPrefix(ref, "#")); err == nil && n >= 1 && n <= len(m.Snapshots) && !strings.HasPrefix(ref, "+") {
+		if strings.HasPrefix(ref, "#") || len(found) == 0 {
+			return m.Snapshots[n-1], nil
+		}
+		return "", usageErrorf("snapshot %q is ambiguous: number %d (%s) or a hash beginning with it (%s); write #%d for the number", ref, n, m.Snapshots[n-1][:12], strings.Join(found, ", "), n)
 	}
 	switch {
 	case len(found) == 1 && ref != "":
@@ -226,7 +256,7 @@ const (
 // directory (the old one belongs to the old layer), by renames recorded
 // in the WAL: a crash leaves either the old writable layer or the new
 // one, each with a work directory.
-func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
+func (e *engine) restore(ref, snap string, force bool) (*envMeta, string, error) {
 	m, sl, err := e.stoppedEnv(ref, "restore")
 	if err != nil {
 		return nil, "", err
@@ -241,6 +271,11 @@ func (e *engine) restore(ref, snap string) (*envMeta, string, error) {
 	h, err := findSnapshot(m, snap)
 	if err != nil {
 		return nil, "", err
+	}
+	if !force {
+		if err := e.uncommitted(m); err != nil {
+			return nil, "", err
+		}
 	}
 	l, err := e.s.getLayer(h)
 	if err != nil {
@@ -374,7 +409,7 @@ func cmdRestore(c *cli) error {
 	if err != nil {
 		return err
 	}
-	m, h, err := e.restore(c.args[0], c.args[1])
+	m, h, err := e.restore(c.args[0], c.args[1], c.has("force"))
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,13 @@ func TestCLISnapshotsMock(t *testing.T) {
 	}
 	os.Remove(filepath.Join(upper, "etc", "new.conf"))
 	os.WriteFile(filepath.Join(upper, "later.txt"), []byte("later\n"), 0o644)
-	k.ok("restore", id, snap[:10])
+	k.fails(1, "has changes no snapshot holds", "restore", id, snap[:10])
+	if _, err := os.Stat(filepath.Join(upper, "later.txt")); err != nil {
+		t.Fatalf("a refused restore dropped a change: %v", err)
+	}
+	k.ok("restore", "--force", id, snap[:10])
+	// Restored, the writable layer is the snapshot: nothing to refuse.
+	k.ok("restore", id, "1")
 	if out := k.ok("diff", id); out != "A /etc/new.conf\nM /etc/os-release\n" {
 		t.Fatalf("diff after restore:\n%s", out)
 	}
@@ -62,7 +68,7 @@ func TestRestoreRespectsState(t *testing.T) {
 		t.Fatalf("a refused restore changed the writable layer: %q", got)
 	}
 	k.ok("unarchive", id)
-	k.ok("restore", id, snap)
+	k.ok("restore", id, "#1", "--force")
 	if got, _ := os.ReadFile(filepath.Join(upper, "note")); string(got) != "one\n" {
 		t.Fatalf("restore: %q", got)
 	}

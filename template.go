@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"embed"
 	"fmt"
 	"io"
@@ -62,9 +63,10 @@ func cmdNew(c *cli) error {
 			return fmt.Errorf("refusing to overwrite ./karapace.toml (pass --force)")
 		}
 	}
-	out := src
+	// The name goes in as the manifest's: build names the environment by it.
+	out := bytes.Replace(src, []byte("manifest_version = 1\n"), []byte(fmt.Sprintf("manifest_version = 1\nname = %q\n", name)), 1)
 	if tty {
-		m, err := parseManifest("template "+tmpl, dest, src)
+		m, err := parseManifest("template "+tmpl, dest, out)
 		if err != nil {
 			return err
 		}
@@ -88,7 +90,7 @@ func cmdNew(c *cli) error {
 	if c.json {
 		return writeJSON(c.stdout, map[string]any{"path": dest, "name": name, "template": tmpl})
 	}
-	fmt.Fprintf(c.stdout, "wrote ./karapace.toml (template %s)\nnext: karapace build --name %s\n", tmpl, name)
+	fmt.Fprintf(c.stdout, "wrote ./karapace.toml (template %s, environment %s)\nnext: karapace build\n", tmpl, name)
 	return nil
 }
 
@@ -183,10 +185,11 @@ func mountSpecString(m mount) string {
 // formatManifest writes a manifest back as TOML, sections in the order
 // the documentation uses.
 func formatManifest(m *manifest) ([]byte, error) {
-	doc := []tomlKV{
-		{"manifest_version", int64(1)},
-		{"base", []tomlKV{{"image", m.BaseImage}}},
+	doc := []tomlKV{{"manifest_version", int64(1)}}
+	if m.Name != "" {
+		doc = append(doc, tomlKV{"name", m.Name})
 	}
+	doc = append(doc, tomlKV{"base", []tomlKV{{"image", m.BaseImage}}})
 	if len(m.Packages) > 0 {
 		doc = append(doc, tomlKV{"system", []tomlKV{{"packages", stringsToAny(m.Packages)}}})
 	}

@@ -582,7 +582,7 @@ func TestRestoreCleanupInterrupted(t *testing.T) {
 		}
 		return removeOwnedTree(p)
 	}
-	if _, _, err := e.restore(id, snap); err == nil || !strings.Contains(err.Error(), "injected failure") {
+	if _, _, err := e.restore(id, snap, false); err == nil || !strings.Contains(err.Error(), "injected failure") {
 		t.Fatalf("restore: %v", err)
 	}
 	k.ok("verify-store") // recovers: finishes the cleanup
