@@ -627,7 +627,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 			err = fmt.Errorf("dpkg exited with status %d", code)
 		}
 		if err != nil {
-			return fmt.Errorf("installing the %s base with dpkg: %w\nlast lines of the log:\n%s", spec.Distro, err, tailFile(logPath, 25))
+			return fmt.Errorf("installing the %s base with dpkg: %w\nlast lines of %s:\n%s", spec.Distro, err, e.s.keepLog(logPath, spec.Distro+"-bootstrap"), tailFile(logPath, 25))
 		}
 	}
 	return finishArchiveTree(tree, spec)

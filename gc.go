@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 	"syscall"
 )
 
@@ -21,6 +22,7 @@ type gcReport struct {
 	EnvDirs     int   `json:"env_dirs"`
 	Staging     int   `json:"staging"`
 	ImageCache  int   `json:"image_cache_files"`
+	Logs        int   `json:"logs"` // failed build steps' logs older than logsKept
 	Bytes       int64 `json:"bytes"`
 	Interrupted bool  `json:"interrupted"`
 }
@@ -67,7 +69,7 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 	}
 	sw := &gcSweeper{s: s, ctx: ctx, o: o, rep: &rep, live: live, prog: s.out.progress("collecting garbage", 0, false)}
 	defer sw.prog.finish()
-	for _, step := range []func() error{sw.envDirs, sw.layerTrees, sw.staging, sw.layers, sw.objects, sw.imageCache, sw.partialTrees} {
+	for _, step := range []func() error{sw.envDirs, sw.layerTrees, sw.staging, sw.layers, sw.objects, sw.imageCache, sw.partialTrees, sw.logs} {
 		if err := step(); err != nil {
 			return rep, err
 		}
@@ -248,6 +250,18 @@ func (sw *gcSweeper) imageCache() error {
 		}
 	}
 	return nil
+}
+
+// logsKept is how long gc keeps a failed build step's log.
+const logsKept = 14 * 24 * time.Hour
+
+// logs: the logs of failed build steps (see store.keepLog), once old.
+func (sw *gcSweeper) logs() error {
+	dir := filepath.Join(sw.s.root, "logs")
+	return sw.sweep(dir, nil, func(n string) bool {
+		st, err := os.Stat(filepath.Join(dir, n))
+		return err == nil && time.Since(st.ModTime()) > logsKept
+	}, &sw.rep.Logs)
 }
 
 // partialTrees: half-unpacked trees beside an environment's directories.

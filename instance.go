@@ -668,9 +668,12 @@ func (s *instanceServer) stop() {
 	}
 	s.mu.Unlock()
 	s.maybeExit(false)
+	// What outlives the grace is killed; its sessions still hear how it
+	// ended (128+9), as the reaper reports it, and the last one's end
+	// ends the service, or this, if a client does not take its status.
 	time.AfterFunc(instanceStopGrace, func() {
 		unix.Kill(-1, unix.SIGKILL)
-		os.Exit(0)
+		time.AfterFunc(time.Second, func() { os.Exit(0) })
 	})
 }
 
@@ -1135,6 +1138,11 @@ func (d instanceDir) spawnIn(fd int, tty bool, stdio [3]*os.File, sigs <-chan os
 		fds, err := recvMsg(fd, &m)
 		closeAll(fds)
 		if err != nil {
+			// The instance ended under the command: 'karapace stop'
+			// killed it, and the command with it, as SIGKILL would.
+			if d.waitGone(time.Second) {
+				return 128 + int(unix.SIGKILL), nil
+			}
 			return 0, errors.New("lost the connection to the environment before the command finished")
 		}
 		if m.Exit == nil {

@@ -111,8 +111,10 @@ func TestNSStopAndStaleMarker(t *testing.T) {
 	if res, err := b.stop(r, 200*time.Millisecond); err != nil || res != (stopResult{WasRunning: true, Killed: true}) {
 		t.Fatal(res, err)
 	}
-	if err := <-done; err == nil || exitCodeOf(err) == 0 {
-		t.Fatalf("the killed session ended with %v", err)
+	// Its client says how it ended, as a shell would: 128+9, not a lost
+	// connection's 1.
+	if err := <-done; exitCodeOf(err) != 128+9 {
+		t.Fatalf("the killed session ended with %v (exit code %d), want 137", err, exitCodeOf(err))
 	}
 	if _, ok := b.status(r); ok {
 		t.Fatal("still running after stop's SIGKILL")

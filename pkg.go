@@ -207,7 +207,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 			err = fmt.Errorf("%s exited with status %d", argv[0], code)
 		}
 		if err != nil {
-			return fmt.Errorf("installing packages with %s: %w\nlast lines of %s:\n%s", pm.name, err, logPath, tailFile(logPath, 25))
+			return fmt.Errorf("installing packages with %s: %w\nlast lines of %s:\n%s", pm.name, err, e.s.keepLog(logPath, pm.name+"-install"), tailFile(logPath, 25))
 		}
 		return nil
 	}
@@ -338,6 +338,26 @@ func runCaptured(b backend, r *runSpec, argv, set []string, stdout, stderr io.Wr
 	<-done
 	<-done
 	return code, err
+}
+
+// keepLog copies the log of a failed build step to the store's logs/,
+// where it outlives the step's working directory (gc prunes old ones),
+// and returns where it is now; the original's path if it could not.
+func (s *store) keepLog(path, what string) string {
+	dir := filepath.Join(s.root, "logs")
+	data, err := os.ReadFile(path)
+	if err == nil {
+		err = os.MkdirAll(dir, 0o700)
+	}
+	kept := filepath.Join(dir, time.Now().UTC().Format("20060102T150405Z")+"-"+what+".log")
+	if err == nil {
+		err = writeFileAtomic(kept, data, 0o600)
+	}
+	if err != nil {
+		s.out.warnf("keeping the log %s: %v", path, err)
+		return path
+	}
+	return kept
 }
 
 // tailFile is the end of a log, for an error message.

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -229,4 +230,28 @@ func TestPacmanLockResolvesAgain(t *testing.T) {
 	}
 	k.env = append(k.env, "KARAPACE_STORE="+filepath.Join(k.base, "fresh2"))
 	k.fails(1, "--locked: pacman cannot install exact versions from its repositories", "build", "--locked")
+}
+
+// A failed package install names a log that is still there after the
+// build's working directory is gone, in the store's logs/.
+func TestFailedInstallKeepsLog(t *testing.T) {
+	need(t, os.Geteuid() == 0 || planIDMapping().reduced == "", "a subordinate ID range and newuidmap/newgidmap for this user")
+	rootfs := testRootfsTar(t)
+	k := newKP(t)
+	k.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n[system]\npackages = [\"karapace-no-such-package\"]\n", rootfs))
+	errOut := k.fails(1, "installing packages with apt", "build")
+	m := regexp.MustCompile(`last lines of (\S+/logs/\S+-apt-install\.log):`).FindStringSubmatch(errOut)
+	if m == nil {
+		t.Fatalf("no kept log named:\n%s", errOut)
+	}
+	log, err := os.ReadFile(m[1])
+	if err != nil || !strings.Contains(string(log), "karapace-no-such-package") {
+		t.Fatalf("the kept log: %v\n%s", err, log)
+	}
+	var rep gcReport
+	k.jsonOut(&rep, "gc")
+	if _, err := os.Stat(m[1]); err != nil || rep.Logs != 0 {
+		t.Fatalf("gc removed a fresh log: %v %+v", err, rep)
+	}
+	k.ok("verify-store")
 }
