@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
-	"time"
 	"syscall"
+	"time"
 )
 
 // gcReport says what gc removed (or, dry, would remove).
