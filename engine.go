@@ -90,7 +90,10 @@ type buildResult struct {
 	Created          bool     `json:"created"`
 	BaseLayer        string   `json:"base_layer"`
 	DependencyLayers []string `json:"dependency_layers"`
-	Packages         int      `json:"packages"`
+	Packages         int      `json:"packages"`                // the closure of system.packages
+	Requested        []string `json:"requested_packages"`      // system.packages
+	BasePackages     int      `json:"base_packages,omitempty"` // in the base, where its package database says
+	BaseImage        string   `json:"base_image"`
 	ImageDigest      string   `json:"image_digest"`
 	// Where the time went, for anyone measuring karapace's own overhead.
 	Seconds               float64 `json:"seconds"`
@@ -349,7 +352,8 @@ func (e *engine) buildLocked(op *walOp, p *buildPlan) (*buildResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	res := &buildResult{BaseLayer: base, DependencyLayers: []string{}, ImageDigest: "sha256:" + digest, ImportSeconds: time.Since(importStart).Seconds()}
+	res := &buildResult{BaseLayer: base, DependencyLayers: []string{}, ImageDigest: "sha256:" + digest, ImportSeconds: time.Since(importStart).Seconds(),
+		BaseImage: p.m.BaseImage, Requested: append([]string{}, p.m.Packages...), BasePackages: installedPackages(e.s.envs().tree(base))}
 	var pkgs []lockedPackage
 	if len(p.m.Packages) > 0 {
 		var want []lockedPackage

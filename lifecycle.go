@@ -342,6 +342,24 @@ func cmdBuild(c *cli) error {
 	return c.reportBuild(e, res)
 }
 
+// contents says what a build holds: the base and what it brought, and the
+// packages asked for with what they brought.
+func (res *buildResult) contents() string {
+	s := res.BaseImage
+	if res.BasePackages > 0 {
+		s += fmt.Sprintf(" (%d packages)", res.BasePackages)
+	}
+	switch extra := res.Packages - len(res.Requested); {
+	case len(res.Requested) == 0:
+		s += ", no packages added"
+	case extra > 0:
+		s += fmt.Sprintf(", + %s and %d dependencies", strings.Join(res.Requested, ", "), extra)
+	default:
+		s += ", + " + strings.Join(res.Requested, ", ")
+	}
+	return s
+}
+
 func (c *cli) reportBuild(e *engine, res *buildResult) error {
 	if c.json {
 		return writeJSON(c.stdout, res)
@@ -354,7 +372,7 @@ func (c *cli) reportBuild(e *engine, res *buildResult) error {
 	if res.Name != "" {
 		name = " (" + res.Name + ")"
 	}
-	fmt.Fprintf(c.stderr, "%s %s%s: %d package(s), lock %s\n", what, res.ShortID, name, res.Packages, res.Lock)
+	fmt.Fprintf(c.stderr, "%s %s%s: %s; lock %s\n", what, res.ShortID, name, res.contents(), res.Lock)
 	fmt.Fprintln(c.stdout, res.EnvID)
 	return nil
 }

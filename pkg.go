@@ -169,7 +169,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 			e.out.warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
 			locked = nil
 		} else if o.offline {
-			return "", nil, 0, errors.New("the packages of the lock were never installed on this machine and --offline forbids downloading them")
+			return "", nil, 0, errors.New("the locked packages are not in this store (never built here, or removed by 'karapace gc' since the environment was destroyed), and --offline forbids downloading them; build once online, or import the environment ('karapace import')")
 		}
 	}
 	if locked == nil && o.offline {
@@ -358,6 +358,16 @@ func (s *store) keepLog(path, what string) string {
 		return path
 	}
 	return kept
+}
+
+// installedPackages counts the packages a tree's dpkg database says are
+// installed; 0 where it has none (not Debian-based, or unreadable).
+func installedPackages(tree string) int {
+	data, err := os.ReadFile(filepath.Join(tree, "var/lib/dpkg/status"))
+	if err != nil {
+		return 0
+	}
+	return strings.Count(string(data), "\nStatus: install ok installed\n")
 }
 
 // tailFile is the end of a log, for an error message.
