@@ -165,8 +165,8 @@ func fakeSimplestreams(t *testing.T, serverAliases ...string) *httptest.Server {
 func TestImageAliasTable(t *testing.T) {
 	want := map[string]string{
 		"rolling": "opensuse/tumbleweed", "opensuse": "opensuse/tumbleweed", "opensuse/tumbleweed": "opensuse/tumbleweed",
-		"opensuse/leap": "opensuse/15.6",
-		"ubuntu":        "ubuntu/noble", "ubuntu/24.04": "ubuntu/noble", "ubuntu/noble": "ubuntu/noble",
+		"tumbleweed": "opensuse/tumbleweed", "opensuse/leap": "opensuse/15.6", "leap": "opensuse/15.6",
+		"ubuntu": "ubuntu/noble", "ubuntu/24.04": "ubuntu/noble", "ubuntu/noble": "ubuntu/noble",
 		"ubuntu/22.04": "ubuntu/jammy", "ubuntu/jammy": "ubuntu/jammy",
 		"ubuntu/20.04": "ubuntu/focal", "ubuntu/focal": "ubuntu/focal",
 		"ubuntu/24.10": "ubuntu/oracular", "ubuntu/oracular": "ubuntu/oracular",

@@ -175,7 +175,7 @@ func (e *engine) runSpecFor(m *envMeta) (*runSpec, *lockFile, error) {
 		ID: m.EnvID, ShortID: m.ShortID, Dir: e.s.envs().env(m.EnvID), Lower: lower, ReadOnly: m.State == stateFrozen,
 		Mounts: l.Mounts, ManifestDir: dir, GPU: l.GPU, Audio: l.Audio, Isolated: l.NetworkIsolation,
 		CPUShares: l.CPUShares, MemoryMB: l.MemoryLimitMB, PidsLimit: l.PidsLimit,
-		Sockets: hostSocketsOf(l),
+		Sockets: hostSocketsOf(l), GUI: len(l.Apps) > 0,
 	}, l, nil
 }
 

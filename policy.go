@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"maps"
 	"path/filepath"
 	"slices"
 	"sort"
@@ -251,9 +252,34 @@ func deviceBinds(gpu, audio bool, out *output) []bindMount {
 	}
 	if gpu {
 		add("/dev/dri", "hardware.gpu")
+		// NVIDIA's proprietary driver has nodes of its own, when loaded.
+		nvidia, _ := filepath.Glob("/dev/nvidia*")
+		for _, p := range nvidia {
+			add(p, "hardware.gpu")
+		}
 	}
 	if audio {
 		add("/dev/snd", "hardware.audio")
+	}
+	return binds
+}
+
+// guiShares are the host's fonts, icons and themes, which a graphical
+// environment sees read-only where fontconfig and GTK look besides their
+// own (/usr/local/share), so its programs look like the desktop's.
+var guiShares = map[string]string{
+	"/usr/share/fonts":  "/usr/local/share/fonts",
+	"/usr/share/icons":  "/usr/local/share/icons",
+	"/usr/share/themes": "/usr/local/share/themes",
+}
+
+// guiBinds are those of guiShares the host has.
+func guiBinds() []bindMount {
+	var binds []bindMount
+	for _, src := range slices.Sorted(maps.Keys(guiShares)) {
+		if st, err := os.Stat(src); err == nil && st.IsDir() {
+			binds = append(binds, bindMount{Source: src, Target: guiShares[src], ReadOnly: true, Dir: true, Why: "gui.apps: the host's " + filepath.Base(src)})
+		}
 	}
 	return binds
 }

@@ -276,3 +276,28 @@ func TestInspectProtections(t *testing.T) {
 		t.Fatalf("protections: %+v", v.Protections)
 	}
 }
+
+// A graphical environment sees the host's fonts, icons and themes,
+// read-only, where fontconfig and GTK look besides their own; another
+// does not.
+func TestNSGUIShares(t *testing.T) {
+	host := t.TempDir()
+	was := guiShares
+	guiShares = map[string]string{}
+	for _, d := range []string{"fonts", "icons", "themes"} {
+		writeFile(t, filepath.Join(host, d), "host-"+d, d+"\n")
+		guiShares[filepath.Join(host, d)] = "/usr/local/share/" + d
+	}
+	t.Cleanup(func() { guiShares = was })
+	r := testEnvSpec(t)
+	script := "cat /usr/local/share/fonts/host-fonts /usr/local/share/icons/host-icons /usr/local/share/themes/host-themes; touch /usr/local/share/fonts/x 2>&1"
+	if _, out, _ := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", script); strings.Contains(out, "fonts\n") {
+		t.Fatalf("not graphical, yet the host's fonts are there: %q", out)
+	}
+	nsBackend{getenv: os.Getenv, out: testOutput}.stop(r, time.Second)
+	r.GUI = true
+	_, out, _ := nsRun(t, r, baseEnv(), "", "/bin/sh", "-c", script)
+	if !strings.HasPrefix(out, "fonts\nicons\nthemes\n") || !strings.Contains(out, "Read-only file system") {
+		t.Fatalf("graphical: %q", out)
+	}
+}

@@ -22,6 +22,7 @@ type runSpec struct {
 	Mounts      []lockMount
 	ManifestDir string // relative mounts resolve here
 	GPU, Audio  bool
+	GUI         bool // [gui] apps: the host's fonts, icons and themes, read-only
 	Isolated    bool
 	CPUShares   int64
 	MemoryMB    int64
@@ -80,6 +81,9 @@ func resolveAccess(r *runSpec, getenv func(string) string, out *output) (*hostAc
 	a.Binds = append(a.Binds, r.Binds...)
 	if !r.Build {
 		a.Binds = append(a.Binds, deviceBinds(r.GPU, r.Audio, out)...)
+		if r.GUI {
+			a.Binds = append(a.Binds, guiBinds()...)
+		}
 	}
 	if !r.Isolated {
 		for _, f := range []string{"/etc/resolv.conf", "/etc/hosts"} {
