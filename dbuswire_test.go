@@ -320,15 +320,15 @@ func TestDBusNames(t *testing.T) {
 
 func TestDBusAddresses(t *testing.T) {
 	for addr, want := range map[string]string{
-		"unix:path=/run/user/1000/bus":             "/run/user/1000/bus",
-		"unix:path=/tmp/a%20b,guid=0123":           "/tmp/a b",
-		"unix:abstract=/tmp/dbus-X,guid=abcdef":    "@/tmp/dbus-X",
-		"unix:guid=1,abstract=%2ftmp%2fx":          "@/tmp/x",
-		"tcp:host=localhost,port=1":                "",
-		"unix:tmpdir=/tmp":                         "",
-		"unix:path":                                "",
-		"unix:path=%zz":                            "",
-		"nonsense":                                 "",
+		"unix:path=/run/user/1000/bus":            "/run/user/1000/bus",
+		"unix:path=/tmp/a%20b,guid=0123":          "/tmp/a b",
+		"unix:abstract=/tmp/dbus-X,guid=abcdef":   "@/tmp/dbus-X",
+		"unix:guid=1,abstract=%2ftmp%2fx":         "@/tmp/x",
+		"tcp:host=localhost,port=1":               "",
+		"unix:tmpdir=/tmp":                        "",
+		"unix:path":                               "",
+		"unix:path=%zz":                           "",
+		"nonsense":                                "",
 		"unix:path=" + dbusEscape("/tmp/ä b,c;d"): "/tmp/ä b,c;d",
 	} {
 		got, err := dbusSocketOf(addr)
