@@ -224,6 +224,32 @@ after the requests in flight.`,
 			run: cmdServer,
 		},
 		{
+			name: "dbus", summary: "serve org.karapace.Manager1 on the session bus",
+			help: `Serves the D-Bus service org.karapace.Manager1 (object /org/karapace/Manager1) on the
+session bus ($DBUS_SESSION_BUS_ADDRESS, else $XDG_RUNTIME_DIR/bus) for desktop front
+ends: ListEnvironments, GetEnvironmentStatus, GetEnvironmentHash, BuildEnvironment,
+BuildNamedEnvironment, DestroyEnvironment, RunEnvironment, StopEnvironment,
+RenameEnvironment, ListPresets, GarbageCollect and VerifyStore, whose results are the
+JSON of the commands' --json; errors are D-Bus errors named org.karapace.Error.NotFound,
+ManifestInvalid, StoreBusy, Store, InvalidArgument or Failed. Properties ApiVersion and
+StoreRoot; signals EnvironmentChanged(env_id, state) for what the service changes and
+BuildProgress(job, phase, done, total), where job is the caller's unique name and the
+call's serial, like ":1.42/7". Manifest paths must be absolute. RunEnvironment starts the
+environment and holds it running (a login shell without a terminal) until
+StopEnvironment, 'karapace stop' or the service's exit; exec, enter and launchers join
+it. A build's end shows a desktop notification where a notification server runs. Calls
+run side by side; only the service's own user may make them. It exits after
+--idle-timeout without calls (the bus starts it again), and refuses to start when
+another process has the name. --install writes the bus activation file and a hardened
+systemd user unit for this binary and store into $XDG_DATA_HOME/dbus-1/services and
+$XDG_CONFIG_HOME/systemd/user.`,
+			flags: []flagDef{
+				{"idle-timeout", "", "DURATION", "exit after this long without calls (default 30s; 0: never)"},
+				{"install", "", "", "write the activation file and the systemd user unit, then exit"},
+			},
+			run: cmdDBus,
+		},
+		{
 			name: "doctor", summary: "check what building and running environments needs",
 			help: `Checks user namespaces, the subordinate ID range and newuidmap/newgidmap, kernel
 overlayfs inside a user namespace (mounted for real), fuse-overlayfs, cgroup delegation

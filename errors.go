@@ -39,6 +39,18 @@ func usageErrorf(format string, a ...any) error {
 	return &codedError{exitFailure, "usage", fmt.Errorf(format, a...)}
 }
 
+// notFoundError marks an error as naming something that is not there
+// (an environment), for callers that tell that apart (the D-Bus service).
+type notFoundError struct{ error }
+
+func (e notFoundError) Unwrap() error { return e.error }
+
+// storeBusyError marks a store error as another operation holding the
+// lock: trying again later may work.
+type storeBusyError struct{ error }
+
+func (e storeBusyError) Unwrap() error { return e.error }
+
 // exitStatus is returned by commands that pass on another program's exit
 // status (exec, enter) without an error message of their own.
 type exitStatus int

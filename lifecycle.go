@@ -23,7 +23,7 @@ func (e *engine) findEnv(ref string) (*envMeta, error) {
 	if validStoreHash(ref) {
 		m, err := e.s.getMeta(ref)
 		if errors.Is(err, fs.ErrNotExist) {
-			return nil, fmt.Errorf("no environment %s in the store (see 'karapace list')", ref)
+			return nil, notFoundError{fmt.Errorf("no environment %s in the store (see 'karapace list')", ref)}
 		}
 		return m, err
 	}
@@ -62,7 +62,7 @@ func (e *engine) findEnv(ref string) (*envMeta, error) {
 	case named == nil && len(found) == 1:
 		return e.s.getMeta(found[0])
 	case named == nil && len(found) == 0:
-		return nil, fmt.Errorf("no environment %q: it is neither a name nor a prefix of an env_id in the store (see 'karapace list')", ref)
+		return nil, notFoundError{fmt.Errorf("no environment %q: it is neither a name nor a prefix of an env_id in the store (see 'karapace list')", ref)}
 	}
 	sort.Strings(found)
 	var lines []string

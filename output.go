@@ -117,6 +117,16 @@ func newOutput(env string, verbose, trace bool, w io.Writer) *output {
 	return o
 }
 
+// withEvents is o for one operation whose progress goes, as events, to f
+// (and is not drawn): a front end's view of it.
+func (o *output) withEvents(f func(progressEvent)) *output {
+	n := &output{level: levelWarn, events: f}
+	if o != nil {
+		n.level, n.w = o.level, o.w
+	}
+	return n
+}
+
 // levelName is the KARAPACE_LOG spelling of the level, passed on to
 // stages so a child logs like its parent.
 func (o *output) levelName() string {

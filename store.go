@@ -701,7 +701,7 @@ func (s *store) acquireMode(op string, wait time.Duration, shared bool) (*storeL
 			if h := s.holder.Load(); h != nil {
 				holder = h.op
 			}
-			return nil, storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)
+			return nil, storeBusyError{storeErrorf("store %s is locked by this process (%s); try again when it finishes", s.dir, holder)}
 		}
 	}
 	f, err := os.OpenFile(s.path(".lock"), os.O_RDWR|os.O_CREATE, 0o600)
@@ -727,7 +727,7 @@ func (s *store) acquireMode(op string, wait time.Duration, shared bool) (*storeL
 			if err != unix.EWOULDBLOCK {
 				return nil, storeErrorf("locking store %s: %v", s.path(".lock"), err)
 			}
-			return nil, storeErrorf("store %s is locked by %s; try again when it finishes", s.dir, s.lockHolder())
+			return nil, storeBusyError{storeErrorf("store %s is locked by %s; try again when it finishes", s.dir, s.lockHolder())}
 		}
 		time.Sleep(min(20*time.Millisecond, time.Until(deadline)+time.Millisecond))
 	}
