@@ -763,7 +763,7 @@ func TestTUIRestoresTerminal(t *testing.T) {
 		script := writeFile(t, t.TempDir(), "tui.sh", fmt.Sprintf("#!/bin/sh\necho before-the-ui\nKARAPACE_TEST_HELPER=tui-panic %q\necho tui-exited-$?\nstty -a\nsleep 60\n", os.Args[0]))
 		os.Chmod(script, 0o755)
 		term := newTmuxSession(t, script, 120, 100) // the trace too
-		term.restored(2) // Go's status for a panic
+		term.restored(2)                            // Go's status for a panic
 		term.waitFor("panic: the engine broke")
 	})
 }
