@@ -424,10 +424,15 @@ type screen struct {
 
 func newScreen(w, h int) *screen {
 	s := &screen{w: w, h: h, cells: make([]cell, w*h)}
+	s.clear()
+	return s
+}
+
+// clear blanks every cell.
+func (s *screen) clear() {
 	for i := range s.cells {
 		s.cells[i] = cell{r: ' '}
 	}
-	return s
 }
 
 // runeWidth is how many cells r takes: 2 for the wide characters of East
@@ -493,16 +498,30 @@ func (s *screen) set(x, y int, c cell) {
 // putField writes text in a field of width cells: cut with a '~' when
 // longer, padded with spaces in st when shorter; right aligns it.
 func (s *screen) putField(x, y, width int, text string, st style, right bool) {
-	if width <= 0 {
+	if width <= 0 || y < 0 || y >= s.h {
 		return
 	}
-	if w := textWidth(text); w > width {
+	w := textWidth(text)
+	if w > width {
 		text = cutText(text, width-1) + "~"
-	} else if right {
-		text = strings.Repeat(" ", width-w) + text
+		w = textWidth(text)
 	}
-	end := s.put(x, y, text, st)
-	s.put(end, y, strings.Repeat(" ", max(0, x+width-end)), st)
+	start := x
+	if right {
+		s.blank(x, y, width-w, st)
+		start += width - w
+	}
+	end := s.put(start, y, text, st)
+	s.blank(end, y, x+width-end, st)
+}
+
+// blank writes n spaces in style st.
+func (s *screen) blank(x, y, n int, st style) {
+	for end := min(x+n, s.w); x < end; x++ {
+		if x >= 0 {
+			s.set(x, y, cell{' ', st})
+		}
+	}
 }
 
 // cutText is the longest beginning of s that fits in width cells.
@@ -572,6 +591,9 @@ func (s *screen) styles() string {
 func (s *screen) diff(prev *screen, color bool) []byte {
 	var b bytes.Buffer
 	full := prev == nil || prev.w != s.w || prev.h != s.h
+	if full {
+		b.Grow(len(s.cells) * 2)
+	}
 	if full {
 		b.WriteString("\x1b[0m\x1b[H\x1b[2J")
 	}

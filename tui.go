@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"slices"
@@ -67,6 +68,7 @@ type tuiOp string
 
 const (
 	opReload  tuiOp = "reload"  // list the environments again
+	opRow     tuiOp = "row"     // read one environment's row again
 	opDetail  tuiOp = "detail"  // read one environment's detail
 	opRename  tuiOp = "rename"  // arg: the new name
 	opState   tuiOp = "state"   // arg: the state to move to
@@ -212,13 +214,14 @@ func (m *tuiModel) pageRows() int { return max(1, m.h-2) }
 func (m *tuiModel) setEnvs(envs []tuiEnv) {
 	m.envs = envs
 	m.loaded = true
-	m.arrange()
+	m.order()
 }
 
-// arrange sorts, filters and finds the selection again.
-func (m *tuiModel) arrange() {
+// order sorts the environments by the sort column (env_ids settle
+// ties), then arranges them.
+func (m *tuiModel) order() {
 	col := tuiColumns[m.sortCol]
-	slices.SortStableFunc(m.envs, func(a, b tuiEnv) int {
+	slices.SortFunc(m.envs, func(a, b tuiEnv) int {
 		c := col.cmp(&a, &b)
 		if c == 0 {
 			c = strings.Compare(a.EnvID, b.EnvID)
@@ -228,6 +231,25 @@ func (m *tuiModel) arrange() {
 		}
 		return c
 	})
+	m.arrange()
+}
+
+// setRow puts one environment's row anew; nil: it is gone.
+func (m *tuiModel) setRow(id string, e *tuiEnv) {
+	i := slices.IndexFunc(m.envs, func(e tuiEnv) bool { return e.EnvID == id })
+	switch {
+	case e == nil && i >= 0:
+		m.envs = slices.Delete(m.envs, i, i+1)
+	case e != nil && i >= 0:
+		m.envs[i] = *e
+	case e != nil:
+		m.envs = append(m.envs, *e)
+	}
+	m.order()
+}
+
+// arrange filters and finds the selection again.
+func (m *tuiModel) arrange() {
 	m.rows = m.rows[:0]
 	needle := strings.ToLower(m.filter)
 	for i := range m.envs {
@@ -384,11 +406,11 @@ func (m *tuiModel) listKey(k key) ([]tuiCmd, bool) {
 		m.input = []rune(m.filter)
 	case "s":
 		m.sortCol = (m.sortCol + 1) % len(tuiColumns)
-		m.arrange()
+		m.order()
 		m.say("sorted by "+strings.ToLower(tuiColumns[m.sortCol].name), false)
 	case "S":
 		m.desc = !m.desc
-		m.arrange()
+		m.order()
 		m.say("sorted by "+strings.ToLower(tuiColumns[m.sortCol].name)+map[bool]string{false: ", ascending", true: ", descending"}[m.desc], false)
 	case "q":
 		return []tuiCmd{{op: opQuit}}, true
@@ -637,6 +659,17 @@ func (m *tuiModel) done(r tuiResult) []tuiCmd {
 			m.setEnvs(r.envs)
 		}
 		return nil
+	case opRow:
+		if r.err != nil {
+			m.say(firstLine(r.err.Error()), true)
+			return nil
+		}
+		var e *tuiEnv
+		if len(r.envs) > 0 {
+			e = &r.envs[0]
+		}
+		m.setRow(c.env, e)
+		return nil
 	case opDetail:
 		if c.env == m.detailEnv {
 			m.detail = r.detail
@@ -668,7 +701,10 @@ func (m *tuiModel) done(r tuiResult) []tuiCmd {
 	default:
 		m.say(c.did+" "+c.label, false)
 	}
-	next := []tuiCmd{{op: opReload}}
+	next := []tuiCmd{{op: opRow, env: c.env}}
+	if c.env == "" {
+		next[0] = tuiCmd{op: opReload}
+	}
 	if m.showsDetail() {
 		if c.op == opDestroy && r.err == nil && c.env == m.detailEnv {
 			m.view, m.helpBack = viewList, viewList // it is gone
@@ -1048,7 +1084,8 @@ func tuiAge(now, t time.Time) string {
 // tuiEngine is what the UI asks of the engine. engineTUI implements it
 // over today's engine; a change of the engine changes only that.
 type tuiEngine interface {
-	list() ([]tuiEnv, error) // with an error, what could be read
+	list() ([]tuiEnv, error)           // with an error, what could be read
+	env(envID string) (*tuiEnv, error) // nil: there is none
 	detail(envID string) (*tuiDetail, error)
 	rename(envID, name string) error
 	setState(envID string, to envState) error // freeze, archive and back
@@ -1127,8 +1164,9 @@ type tuiApp struct {
 	t        *tty
 	errs     *stderrCapture
 	color    bool
-	giveBack func() // the terminal and stderr, as they were
-	prev     *screen
+	giveBack func()  // the terminal and stderr, as they were
+	prev     *screen // what the terminal shows; nil: unknown
+	spare    *screen
 
 	results  chan tuiResult
 	inflight map[string]bool // reads running, by op and env_id
@@ -1204,10 +1242,15 @@ func (a *tuiApp) resize() {
 }
 
 func (a *tuiApp) draw() error {
-	s := newScreen(a.m.w, a.m.h)
+	s := a.spare // the frame before the last one: drawn over
+	if s == nil || s.w != a.m.w || s.h != a.m.h {
+		s = newScreen(a.m.w, a.m.h)
+	} else {
+		s.clear()
+	}
 	a.m.render(s)
 	out := s.diff(a.prev, a.color)
-	a.prev = s
+	a.spare, a.prev = a.prev, s
 	if len(out) == 0 {
 		return nil
 	}
@@ -1243,7 +1286,7 @@ func (a *tuiApp) exec(cmds []tuiCmd) {
 			a.m.busyNote = "quitting when it ends"
 		case opRedraw:
 			a.prev = nil
-		case opReload, opDetail:
+		case opReload, opRow, opDetail:
 			a.fetch(c)
 		case opEnter:
 			a.enter(c)
@@ -1264,9 +1307,15 @@ func (a *tuiApp) fetch(c tuiCmd) {
 	a.inflight[k] = true
 	a.spawn(func() {
 		r := tuiResult{cmd: c}
-		if c.op == opReload {
+		switch c.op {
+		case opReload:
 			r.envs, r.err = a.eng.list()
-		} else {
+		case opRow:
+			var e *tuiEnv
+			if e, r.err = a.eng.env(c.env); e != nil {
+				r.envs = []tuiEnv{*e}
+			}
+		case opDetail:
 			r.detail, r.err = a.eng.detail(c.env)
 		}
 		a.results <- r
@@ -1313,7 +1362,7 @@ func (a *tuiApp) act(c tuiCmd) {
 
 func (a *tuiApp) finish(r tuiResult) {
 	c := r.cmd
-	if c.op == opReload || c.op == opDetail {
+	if !c.long() && c.op != opEnter {
 		k := string(c.op) + c.env
 		delete(a.inflight, k)
 		if a.again[k] {
@@ -1330,9 +1379,15 @@ func (a *tuiApp) finish(r tuiResult) {
 	}
 }
 
-// changed reads again what a change in the store touched.
+// changed reads again what a change in the store touched: the row of
+// the environment named, or the whole list. A change heard while the
+// list is read may have come after that read: it is read again after.
 func (a *tuiApp) changed(id string) {
-	a.fetch(tuiCmd{op: opReload})
+	if id == "" || a.inflight[string(opReload)] {
+		a.fetch(tuiCmd{op: opReload})
+	} else {
+		a.fetch(tuiCmd{op: opRow, env: id})
+	}
 	if a.m.showsDetail() && (id == "" || id == a.m.detailEnv) {
 		a.fetch(tuiCmd{op: opDetail, env: a.m.detailEnv})
 	}
@@ -1375,6 +1430,18 @@ func (a *engineTUI) list() ([]tuiEnv, error) {
 		return envs, storeErrorf("%v (and %d more damaged; run 'karapace verify-store')", errs[0], len(errs)-1)
 	}
 	return envs, nil
+}
+
+func (a *engineTUI) env(id string) (*tuiEnv, error) {
+	m, err := a.e.s.getMeta(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	e := a.row(m, a.e.state(m))
+	return &e, nil
 }
 
 func (a *engineTUI) row(m *envMeta, state envState) tuiEnv {

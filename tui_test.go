@@ -246,7 +246,7 @@ func TestTUINavigation(t *testing.T) {
 	for col := range tuiColumns {
 		for _, desc := range []bool{false, true} {
 			m.sortCol, m.desc = col, desc
-			m.arrange()
+			m.order()
 			for i := 1; i < len(m.rows); i++ {
 				c := tuiColumns[col].cmp(&m.envs[m.rows[i-1]], &m.envs[m.rows[i]])
 				if desc && c < 0 || !desc && c > 0 {
@@ -254,6 +254,36 @@ func TestTUINavigation(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A change heard puts one row anew, keeping the selection on its
+// environment.
+func TestTUISetRow(t *testing.T) {
+	m := newTestModel(fakeEnvs(10), 80, 24)
+	press(m, "j", "j")
+	sel := m.selected().EnvID
+	e := *m.find(fakeEnvs(10)[4].EnvID)
+	e.State, e.Name = stateRunning, "zzz-last"
+	m.done(tuiResult{cmd: tuiCmd{op: opRow, env: e.EnvID}, envs: []tuiEnv{e}})
+	if got := m.envs[m.rows[9]]; got.EnvID != e.EnvID || got.State != stateRunning || len(m.envs) != 10 {
+		t.Fatalf("changed row: the last is %+v", got)
+	}
+	if m.selected().EnvID != sel {
+		t.Fatal("the selection moved to another environment")
+	}
+	m.done(tuiResult{cmd: tuiCmd{op: opRow, env: e.EnvID}})
+	if len(m.envs) != 9 || m.find(e.EnvID) != nil {
+		t.Fatal("a removed environment stays")
+	}
+	n := tuiEnv{EnvID: strings.Repeat("0", 64), ShortID: strings.Repeat("0", 12), Name: "zzzz", State: stateBuilt}
+	m.done(tuiResult{cmd: tuiCmd{op: opRow, env: n.EnvID}, envs: []tuiEnv{n}})
+	if len(m.envs) != 10 || m.envs[m.rows[9]].EnvID != n.EnvID || m.selected().EnvID != sel {
+		t.Fatal("a new environment is not in its place")
+	}
+	m.done(tuiResult{cmd: tuiCmd{op: opRow, env: n.EnvID}, err: fmt.Errorf("metadata file x is corrupt\nmore")})
+	if len(m.envs) != 10 || m.status != "metadata file x is corrupt" {
+		t.Fatalf("an unreadable row: %d rows, status %q", len(m.envs), m.status)
 	}
 }
 
@@ -313,7 +343,7 @@ func TestTUIFilter(t *testing.T) {
 func TestTUIActions(t *testing.T) {
 	m := newTestModel(fakeEnvs(6), 80, 24)
 	m.sortCol = 0 // SHORT_ID: the fakes' order does not matter
-	m.arrange()
+	m.order()
 	pick := func(state envState) *tuiEnv {
 		for i, r := range m.rows {
 			if m.envs[r].State == state {
@@ -358,8 +388,14 @@ func TestTUIActions(t *testing.T) {
 			}
 		}
 		press(m, "j", "k")
+		// Done: the environment's row is read again, the whole list
+		// after a gc.
 		next := m.done(tuiResult{cmd: cmds[0]})
-		if m.busy.op != "" || len(next) != 1 || next[0].op != opReload {
+		want := tuiCmd{op: opRow, env: e.EnvID}
+		if c.op == opGC {
+			want = tuiCmd{op: opReload}
+		}
+		if m.busy.op != "" || len(next) != 1 || next[0] != want {
 			t.Fatalf("%s done: busy %+v, next %v", c.k, m.busy, next)
 		}
 	}
@@ -521,7 +557,7 @@ func BenchmarkTUIFrame(b *testing.B) {
 	for _, sz := range [][2]int{{80, 24}, {200, 60}} {
 		b.Run(fmt.Sprintf("%dx%d", sz[0], sz[1]), func(b *testing.B) {
 			m := newTestModel(fakeEnvs(1000), sz[0], sz[1])
-			prev := newScreen(m.w, m.h)
+			prev, s := newScreen(m.w, m.h), newScreen(m.w, m.h)
 			m.render(prev)
 			b.ReportAllocs()
 			for b.Loop() {
@@ -529,17 +565,17 @@ func BenchmarkTUIFrame(b *testing.B) {
 					m.move(0)
 				}
 				m.key("j")
-				s := newScreen(m.w, m.h)
+				s.clear()
 				m.render(s)
 				s.diff(prev, true)
-				prev = s
+				prev, s = s, prev
 			}
 		})
 	}
 }
 
-// Sorting and filtering a thousand environments, which each keystroke
-// of a filter does.
+// Filtering a thousand environments, which each keystroke of a filter
+// does.
 func BenchmarkTUIFilter(b *testing.B) {
 	m := newTestModel(fakeEnvs(1000), 80, 24)
 	m.filter = "web"
@@ -847,4 +883,36 @@ func TestTUIRealWithTmux(t *testing.T) {
 	}
 	term.keys("q")
 	term.restored(0)
+}
+
+// Reading a store of a thousand environments, as the UI does at every
+// change it hears: the metadata, each one's state and size.
+func BenchmarkTUIList(b *testing.B) {
+	dir := b.TempDir()
+	tinyImage(b, filepath.Join(dir, "image.tar.gz"))
+	env := map[string]string{"KARAPACE_STORE": filepath.Join(dir, "store"), "HOME": dir}
+	manifest := writeFile(b, dir, "karapace.toml", mockManifest(`"p"`))
+	if code, _, errOut := runCLI(b, env, "build", manifest); code != 0 {
+		b.Fatalf("build: %s", errOut)
+	}
+	s, err := openStore(env["KARAPACE_STORE"])
+	if err != nil {
+		b.Fatal(err)
+	}
+	metas, _ := s.listMeta()
+	for i := 1; i < 1000; i++ {
+		m := *metas[0]
+		m.EnvID = storeBlake3Hex([]byte(fmt.Sprint("clone", i)))
+		m.ShortID = m.EnvID[:12]
+		if err := s.writeMeta(&m); err != nil {
+			b.Fatal(err)
+		}
+	}
+	eng := &engineTUI{e: newEngine(s, func(k string) string { return env[k] }, nil), layers: map[string]int64{}}
+	for b.Loop() {
+		envs, err := eng.list()
+		if err != nil || len(envs) != 1000 || envs[999].Size <= 0 {
+			b.Fatalf("%d environments, %v", len(envs), err)
+		}
+	}
 }
