@@ -67,17 +67,17 @@ type tuiLayer struct {
 type tuiOp string
 
 const (
-	opReload  tuiOp = "reload"  // list the environments again
-	opRow     tuiOp = "row"     // read one environment's row again
-	opDetail  tuiOp = "detail"  // read one environment's detail
-	opRename  tuiOp = "rename"  // arg: the new name
-	opState   tuiOp = "state"   // arg: the state to move to
-	opDestroy tuiOp = "destroy" //
-	opCommit  tuiOp = "commit"  //
+	opReload  tuiOp = "reload" // list the environments again
+	opRow     tuiOp = "row"    // read one environment's row again
+	opDetail  tuiOp = "detail" // read one environment's detail
+	opRename  tuiOp = "rename" // arg: the new name
+	opState   tuiOp = "state"  // arg: the state to move to
+	opDestroy tuiOp = "destroy"
+	opCommit  tuiOp = "commit"
 	opRestore tuiOp = "restore" // arg: the snapshot
-	opGC      tuiOp = "gc"      //
-	opEnter   tuiOp = "enter"   // the UI steps aside for a login shell
-	opRedraw  tuiOp = "redraw"  // draw the whole screen again
+	opGC      tuiOp = "gc"
+	opEnter   tuiOp = "enter"  // the UI steps aside for a login shell
+	opRedraw  tuiOp = "redraw" // draw the whole screen again
 	opQuit    tuiOp = "quit"
 )
 
@@ -88,6 +88,14 @@ type tuiCmd struct {
 	arg        string
 	label      string // the environment, as the status line names it
 	doing, did string // how the status line says it: "destroying", "destroyed"
+}
+
+// says is verb said of the command's environment, if it has one.
+func (c tuiCmd) says(verb string) string {
+	if c.label == "" {
+		return verb
+	}
+	return verb + " " + c.label
 }
 
 // long reports whether the command changes the store: one runs at a
@@ -513,7 +521,7 @@ func (m *tuiModel) actionKey(k key) []tuiCmd {
 		}
 		return cmds
 	case "x":
-		return m.ask(tuiCmd{op: opGC, label: "the store", doing: "collecting garbage", did: "collected garbage"},
+		return m.ask(tuiCmd{op: opGC, doing: "collecting garbage", did: "collected garbage"},
 			"collect garbage: remove what no environment uses? y/N")
 	case "n", "f", "a", "d", "e", "c", "v":
 	default:
@@ -576,7 +584,7 @@ func (m *tuiModel) refuseBusy() bool {
 	if m.busy.op == "" {
 		return false
 	}
-	m.say("wait: "+m.busy.doing+" "+m.busy.label+" is still running", true)
+	m.say("wait: "+m.busy.says(m.busy.doing)+" is still running", true)
 	return true
 }
 
@@ -688,18 +696,16 @@ func (m *tuiModel) done(r tuiResult) []tuiCmd {
 		m.busyNote = ""
 	}
 	switch {
+	case r.err != nil && c.op == opEnter:
+		m.say(c.says("entering")+": "+firstLine(r.err.Error()), true)
 	case r.err != nil:
-		what := c.doing
-		if c.op == opEnter {
-			what = "entering"
-		}
-		m.say(what+" "+c.label+": "+firstLine(r.err.Error()), true)
+		m.say(c.says(c.doing)+": "+firstLine(r.err.Error()), true)
 	case c.op == opEnter:
-		m.say("back from "+c.label+" ("+r.text+")", false)
+		m.say(c.says("back from")+" ("+r.text+")", false)
 	case r.text != "":
-		m.say(c.did+" "+c.label+": "+r.text, false)
+		m.say(c.says(c.did)+": "+r.text, false)
 	default:
-		m.say(c.did+" "+c.label, false)
+		m.say(c.says(c.did), false)
 	}
 	next := []tuiCmd{{op: opRow, env: c.env}}
 	if c.env == "" {
@@ -1004,7 +1010,7 @@ func (m *tuiModel) renderStatus(s *screen) {
 		return
 	case m.busy.op != "":
 		el := m.now().Sub(m.busySince)
-		text := fmt.Sprintf("%c %s %s %ds", tuiSpinner[int(el/(100*time.Millisecond))%len(tuiSpinner)], m.busy.doing, m.busy.label, int(el.Seconds()))
+		text := fmt.Sprintf("%c %s %ds", tuiSpinner[int(el/(100*time.Millisecond))%len(tuiSpinner)], m.busy.says(m.busy.doing), int(el.Seconds()))
 		if m.busyNote != "" {
 			text += "  " + m.busyNote
 		}
@@ -1106,6 +1112,9 @@ func cmdTUI(c *cli) error {
 	out, _ := c.stdout.(*os.File)
 	if !isTerminal(c.stdin) || !isTerminal(out) {
 		return &codedError{exitManifest, "usage", errors.New("tui: not a terminal; use 'karapace list' (or 'karapace --json list') instead")}
+	}
+	if c.getenv("TERM") == "dumb" {
+		return &codedError{exitManifest, "usage", errors.New("tui: TERM=dumb cannot place the cursor; use 'karapace list' instead")}
 	}
 	e, err := c.engine()
 	if err != nil {

@@ -818,12 +818,61 @@ func init() {
 	}
 }
 
+// A thousand environments: listed, paged, searched, one changed
+// elsewhere shown.
+func TestTUIThousandWithTmux(t *testing.T) {
+	k := newMockKP(t, `"p"`)
+	k.ok("build", "--name", "clone-0000")
+	s, err := openStore(k.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	metas, _ := s.listMeta()
+	for i := 1; i < 1000; i++ {
+		m := *metas[0]
+		m.EnvID = storeBlake3Hex([]byte(fmt.Sprint("clone", i)))
+		m.ShortID, m.Name = m.EnvID[:12], fmt.Sprintf("clone-%04d", i)
+		if err := s.writeMeta(&m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	term := k.tuiSession(t, 100, 30)
+	term.waitFor("1000 environments")
+	term.keys("G")
+	term.waitFor("1000/1000")
+	term.waitFor("clone-0999")
+	term.keys("PageUp", "PageUp")
+	term.waitFor(fmt.Sprintf("%d/1000", 1000-2*27))
+	term.keys("g")
+	term.waitFor("1/1000")
+	term.keys("/")
+	term.do("send-keys", "-l", "clone-05")
+	term.keys("Enter")
+	term.waitFor("100 of 1000 environments")
+	term.keys("Escape", "G")
+	term.waitFor("1000/1000")
+	k.ok("rename", "clone-0999", "zz-renamed-elsewhere")
+	term.waitFor("zz-renamed-elsewhere")
+	term.keys("q")
+	term.restored(0)
+}
+
 // Not on a terminal, tui refuses and points at list.
 func TestTUINeedsTerminal(t *testing.T) {
 	k := newMockKP(t, `"p"`)
 	k.ok("build")
 	k.fails(2, "tui: not a terminal; use 'karapace list'", "tui")
 	k.fails(2, "does not apply to the terminal UI", "--json", "tui")
+	master, slave := openPTY(t)
+	defer master.Close()
+	cmd := k.cmd("", "tui")
+	cmd.Stdin, cmd.Stdout = slave, slave
+	cmd.Env = append(cmd.Env, "TERM=dumb")
+	var errb strings.Builder
+	cmd.Stderr = &errb
+	if err := cmd.Run(); cmd.ProcessState.ExitCode() != 2 || !strings.Contains(errb.String(), "TERM=dumb") {
+		t.Fatalf("TERM=dumb: %v %s", err, errb.String())
+	}
 	if code, _, errOut := runCLI(t, map[string]string{"KARAPACE_STORE": t.TempDir()}, "tui"); code != 2 || !strings.Contains(errOut, "not a terminal") {
 		t.Fatalf("in-process, no stdin: %d %q", code, errOut)
 	}
@@ -875,7 +924,7 @@ func TestTUIRealWithTmux(t *testing.T) {
 	term.waitFor("restored demo: snapshot " + snap)
 	term.waitFor("restored   " + snap)
 	term.keys("q", "q", "x", "y")
-	term.waitFor("collected garbage the store: removed ")
+	term.waitFor("collected garbage: removed ")
 	var envs []envInfo
 	k.jsonOut(&envs, "list")
 	if len(envs) != 1 || envs[0].UpperLayer == "" || !strings.HasPrefix(envs[0].UpperLayer, snap) {
