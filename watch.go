@@ -67,6 +67,8 @@ func watchStore(s *store, pidOf func(envID string) (int, bool)) (*storeWatch, er
 		return nil, err
 	}
 	w.wake = wake
+	// Before it returns, so that whatever happens after is heard.
+	w.scan()
 	go w.run(r)
 	return w, nil
 }
@@ -126,6 +128,9 @@ func (w *storeWatch) track(id string) {
 	if _, ok := w.pidfds[id]; ok {
 		return
 	}
+	if _, err := os.Lstat(w.s.envs().env(id).run().marker()); err != nil {
+		return // nothing runs: no need to ask
+	}
 	pid, ok := w.pidOf(id)
 	if !ok {
 		return
@@ -179,7 +184,6 @@ func (w *storeWatch) run(wake *os.File) {
 			unix.Close(fd)
 		}
 	}()
-	w.scan()
 	buf := make([]byte, 64<<10)
 	for {
 		fds := []unix.PollFd{{Fd: int32(wake.Fd()), Events: unix.POLLIN}, {Fd: int32(w.fd), Events: unix.POLLIN}}
