@@ -182,6 +182,7 @@ type tuiModel struct {
 	helpBack tuiView // the view help returns to
 	mode     tuiMode
 	input    []rune
+	naming   string // the env_id a name is typed for
 	filter   string
 	sortCol  int
 	desc     bool
@@ -538,7 +539,7 @@ func (m *tuiModel) actionKey(k key) []tuiCmd {
 		if m.refuseBusy() {
 			return nil
 		}
-		m.mode = modeRename
+		m.mode, m.naming = modeRename, e.EnvID
 		m.input = []rune(e.Name)
 	case "f":
 		c.op = opState
@@ -630,7 +631,7 @@ func (m *tuiModel) editKey(k key) []tuiCmd {
 			}
 			return nil
 		}
-		e := m.target()
+		e := m.find(m.naming)
 		name := string(m.input)
 		if e == nil || name == e.Name {
 			m.say("rename cancelled", false)
@@ -679,6 +680,11 @@ func (m *tuiModel) done(r tuiResult) []tuiCmd {
 		m.setRow(c.env, e)
 		return nil
 	case opDetail:
+		if c.env == m.detailEnv && r.detail == nil && r.err == nil && m.showsDetail() {
+			m.view, m.helpBack = viewList, viewList
+			m.say("the environment shown is gone", true)
+			return nil
+		}
 		if c.env == m.detailEnv {
 			m.detail = r.detail
 			if r.err != nil {
@@ -1000,7 +1006,10 @@ func (m *tuiModel) renderStatus(s *screen) {
 	case m.mode == modeFilter || m.mode == modeRename:
 		text := "/"
 		if m.mode == modeRename {
-			text = "name for " + m.target().label() + ": "
+			text = "name: "
+			if e := m.find(m.naming); e != nil {
+				text = "name for " + e.label() + ": "
+			}
 		}
 		x := s.put(1, y, text+string(m.input), 0)
 		s.put(x, y, " ", stReverse) // the cursor
@@ -1090,9 +1099,9 @@ func tuiAge(now, t time.Time) string {
 // tuiEngine is what the UI asks of the engine. engineTUI implements it
 // over today's engine; a change of the engine changes only that.
 type tuiEngine interface {
-	list() ([]tuiEnv, error)           // with an error, what could be read
-	env(envID string) (*tuiEnv, error) // nil: there is none
-	detail(envID string) (*tuiDetail, error)
+	list() ([]tuiEnv, error)                 // with an error, what could be read
+	env(envID string) (*tuiEnv, error)       // nil: there is none
+	detail(envID string) (*tuiDetail, error) // nil: there is none
 	rename(envID, name string) error
 	setState(envID string, to envState) error // freeze, archive and back
 	destroy(envID string) error
@@ -1499,6 +1508,9 @@ func (a *engineTUI) layerSize(h string) int64 {
 
 func (a *engineTUI) detail(id string) (*tuiDetail, error) {
 	m, err := a.e.s.getMeta(id)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -529,6 +529,19 @@ func TestTUIViews(t *testing.T) {
 	if m.view != viewHelp {
 		t.Fatal("? shows help")
 	}
+	// Gone elsewhere while shown (renaming it): back to the list.
+	gone := newTestModel(fakeEnvs(3), 80, 24)
+	press(gone, keyEnter, "n")
+	gone.setRow(gone.detailEnv, nil)
+	s := newScreen(80, 24)
+	gone.render(s)
+	gone.done(tuiResult{cmd: tuiCmd{op: opDetail, env: gone.detailEnv}})
+	if gone.view != viewList || gone.status != "the environment shown is gone" {
+		t.Fatalf("its detail gone: view %d, %q", gone.view, gone.status)
+	}
+	if cmds := press(gone, keyEnter); cmds != nil || gone.mode != modeNormal || gone.status != "rename cancelled" {
+		t.Fatalf("a name for nothing: %v %q", cmds, gone.status)
+	}
 	press(m, "j", "G")
 	if m.pageTop != len(tuiHelp)-m.pageRows() {
 		t.Fatalf("help scrolled to %d", m.pageTop)
