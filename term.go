@@ -176,6 +176,7 @@ const escTimeout = 25 // milliseconds
 type tty struct {
 	in, out *os.File
 	keys    chan key
+	crashed func() // after the terminal is given back on a panic of the reading goroutine
 
 	mu      sync.Mutex
 	restore func() // the terminal's own mode; nil while the UI is off it
@@ -198,12 +199,13 @@ const (
 )
 
 // openTTY takes the terminal: in must be one (out is where the screen
-// is written, usually the same terminal).
-func openTTY(in, out *os.File) (*tty, error) {
+// is written, usually the same terminal). Should the goroutine reading
+// keys panic, it gives the terminal back and calls crashed.
+func openTTY(in, out *os.File, crashed func()) (*tty, error) {
 	if !isTerminal(in) || !isTerminal(out) {
 		return nil, errors.New("not a terminal")
 	}
-	t := &tty{in: in, out: out, keys: make(chan key, 64)}
+	t := &tty{in: in, out: out, keys: make(chan key, 64), crashed: crashed}
 	return t, t.take()
 }
 
@@ -291,6 +293,13 @@ func (t *tty) startInput() (*ttyInput, error) {
 	go func() {
 		defer close(in.done)
 		defer r.Close()
+		defer func() {
+			if p := recover(); p != nil {
+				t.release()
+				t.crashed()
+				panic(p)
+			}
+		}()
 		t.readKeys(in, r)
 	}()
 	return in, nil

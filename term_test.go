@@ -259,7 +259,7 @@ func TestTTYOnPTY(t *testing.T) {
 			}
 		}
 	}
-	tt, err := openTTY(slave, slave)
+	tt, err := openTTY(slave, slave, func() {})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +318,7 @@ func TestTTYOnPTY(t *testing.T) {
 	if w, h := tt.size(); w != 40 || h != 10 {
 		t.Fatalf("size %dx%d, want 40x10", w, h)
 	}
-	if _, err := openTTY(os.NewFile(^uintptr(0), "none"), slave); err == nil {
+	if _, err := openTTY(os.NewFile(^uintptr(0), "none"), slave, nil); err == nil {
 		t.Fatal("openTTY took something that is not a terminal")
 	}
 }

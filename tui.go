@@ -1147,7 +1147,7 @@ func runTUI(eng tuiEngine, in, out *os.File, store string, color bool) (int, err
 	if err != nil {
 		return 0, err
 	}
-	t, err := openTTY(in, out)
+	t, err := openTTY(in, out, errs.close)
 	if err != nil {
 		errs.close()
 		return 0, err
