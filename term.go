@@ -19,14 +19,13 @@ import (
 // that goes out as the difference from the frame before it.
 
 // key is one key press: a printable character as itself, or the name of
-// another key (always longer than one character).
+// another key the UI uses (always longer than one character). Other keys
+// are dropped.
 type key string
 
 const (
 	keyUp        key = "up"
 	keyDown      key = "down"
-	keyLeft      key = "left"
-	keyRight     key = "right"
 	keyHome      key = "home"
 	keyEnd       key = "end"
 	keyPgUp      key = "pgup"
@@ -34,8 +33,6 @@ const (
 	keyEnter     key = "enter"
 	keyEsc       key = "esc"
 	keyBackspace key = "backspace"
-	keyDelete    key = "delete"
-	keyTab       key = "tab"
 	keyCtrlC     key = "ctrl-c"
 	keyCtrlL     key = "ctrl-l"
 	keyCtrlU     key = "ctrl-u"
@@ -82,8 +79,6 @@ func decodeKeys(b []byte, final bool) (keys []key, rest []byte) {
 			b = b[1:]
 		case c < 0x20:
 			switch c {
-			case '\t':
-				keys = append(keys, keyTab)
 			case 0x03:
 				keys = append(keys, keyCtrlC)
 			case 0x0c:
@@ -142,10 +137,6 @@ func csiKey(params string, final byte) key {
 		return keyUp
 	case 'B':
 		return keyDown
-	case 'C':
-		return keyRight
-	case 'D':
-		return keyLeft
 	case 'H':
 		return keyHome
 	case 'F':
@@ -161,8 +152,6 @@ func csiKey(params string, final byte) key {
 			return keyPgUp
 		case "6":
 			return keyPgDn
-		case "3":
-			return keyDelete
 		}
 	}
 	return ""

@@ -21,12 +21,12 @@ func TestDecodeKeys(t *testing.T) {
 		want []key
 	}{
 		{"jk/G", []key{"j", "k", "/", "G"}},
-		{"\x1b[A\x1b[B\x1b[C\x1b[D", []key{keyUp, keyDown, keyRight, keyLeft}},
+		{"\x1b[A\x1b[B\x1b[C\x1b[D", []key{keyUp, keyDown}},                  // left and right: not used
 		{"\x1bOA\x1bOB\x1bOH\x1bOF", []key{keyUp, keyDown, keyHome, keyEnd}}, // application cursor mode
 		{"\x1b[H\x1b[F\x1b[1~\x1b[4~\x1b[7~\x1b[8~", []key{keyHome, keyEnd, keyHome, keyEnd, keyHome, keyEnd}},
-		{"\x1b[5~\x1b[6~\x1b[3~", []key{keyPgUp, keyPgDn, keyDelete}},
+		{"\x1b[5~\x1b[6~\x1b[3~", []key{keyPgUp, keyPgDn}},
 		{"\x1b[1;5A\x1b[5;2~", []key{keyUp, keyPgUp}}, // with modifiers
-		{"\r\n\x7f\x08\t", []key{keyEnter, keyEnter, keyBackspace, keyBackspace, keyTab}},
+		{"\r\n\x7f\x08\t", []key{keyEnter, keyEnter, keyBackspace, keyBackspace}},
 		{"\x03\x0c\x15", []key{keyCtrlC, keyCtrlL, keyCtrlU}},
 		{"\x01\x02x", []key{"x"}},                      // other control keys mean nothing here
 		{"é✓日", []key{"é", "✓", "日"}},                  // UTF-8

@@ -541,22 +541,15 @@ func (m *tuiModel) actionKey(k key) []tuiCmd {
 		}
 		m.mode, m.naming = modeRename, e.EnvID
 		m.input = []rune(e.Name)
-	case "f":
+	case "f", "a":
+		t := tuiToggles[k]
 		c.op = opState
-		if e.State == stateFrozen {
-			c.arg, c.doing, c.did = string(stateBuilt), "unfreezing", "unfroze"
+		if e.State == t.state { // back, which loses nothing
+			c.arg, c.doing, c.did = string(stateBuilt), t.undoing, t.undid
 			return m.start(c)
 		}
-		c.arg, c.doing, c.did = string(stateFrozen), "freezing", "froze"
-		return m.ask(c, fmt.Sprintf("freeze %s (no more writes)? y/N", e.label()))
-	case "a":
-		c.op = opState
-		if e.State == stateArchived {
-			c.arg, c.doing, c.did = string(stateBuilt), "unarchiving", "unarchived"
-			return m.start(c)
-		}
-		c.arg, c.doing, c.did = string(stateArchived), "archiving", "archived"
-		return m.ask(c, fmt.Sprintf("archive %s (kept, but not entered)? y/N", e.label()))
+		c.arg, c.doing, c.did = string(t.state), t.doing, t.did
+		return m.ask(c, fmt.Sprintf(t.question, e.label()))
 	case "d":
 		c.op, c.doing, c.did = opDestroy, "destroying", "destroyed"
 		what := e.label()
@@ -578,6 +571,16 @@ func (m *tuiModel) actionKey(k key) []tuiCmd {
 		return m.open(viewSnapshots, e)
 	}
 	return nil
+}
+
+// tuiToggles are f and a: a state asked for with y/N, and the way back.
+var tuiToggles = map[key]struct {
+	state                      envState
+	doing, did, undoing, undid string
+	question                   string // of the environment's label
+}{
+	"f": {stateFrozen, "freezing", "froze", "unfreezing", "unfroze", "freeze %s (no more writes)? y/N"},
+	"a": {stateArchived, "archiving", "archived", "unarchiving", "unarchived", "archive %s (kept, but not entered)? y/N"},
 }
 
 // refuseBusy says so when a long command runs: one at a time.
