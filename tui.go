@@ -368,7 +368,7 @@ func (m *tuiModel) key(k key) []tuiCmd {
 			m.pageTop = 0
 			return nil
 		}
-		m.pageKey(k, len(tuiHelp))
+		m.pageKey(k)
 		return nil
 	case viewDetail:
 		switch k {
@@ -376,7 +376,7 @@ func (m *tuiModel) key(k key) []tuiCmd {
 			m.view = viewList
 			return nil
 		}
-		if m.pageKey(k, len(m.detailLines())) {
+		if m.pageKey(k) {
 			return nil
 		}
 	case viewSnapshots:
@@ -446,8 +446,8 @@ func (m *tuiModel) open(v tuiView, e *tuiEnv) []tuiCmd {
 	return []tuiCmd{{op: opDetail, env: e.EnvID}}
 }
 
-// pageKey scrolls the detail or help view of n lines.
-func (m *tuiModel) pageKey(k key, n int) bool {
+// pageKey scrolls the detail or help view.
+func (m *tuiModel) pageKey(k key) bool {
 	switch k {
 	case "j", keyDown:
 		m.pageTop++
@@ -456,7 +456,7 @@ func (m *tuiModel) pageKey(k key, n int) bool {
 	case "g", keyHome:
 		m.pageTop = 0
 	case "G", keyEnd:
-		m.pageTop = n
+		m.pageTop = m.pageLen()
 	case keyPgDn:
 		m.pageTop += m.pageRows()
 	case keyPgUp:
@@ -469,11 +469,15 @@ func (m *tuiModel) pageKey(k key, n int) bool {
 }
 
 func (m *tuiModel) clampPage() {
-	n := len(tuiHelp)
+	m.pageTop = max(0, min(m.pageTop, m.pageLen()-m.pageRows()))
+}
+
+// pageLen is how many lines the detail or help view has.
+func (m *tuiModel) pageLen() int {
 	if m.view == viewDetail {
-		n = len(m.detailLines())
+		return len(m.detailLines())
 	}
-	m.pageTop = max(0, min(m.pageTop, n-m.pageRows()))
+	return len(tuiHelp)
 }
 
 func (m *tuiModel) snapshotKey(k key) ([]tuiCmd, bool) {
