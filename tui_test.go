@@ -782,6 +782,28 @@ func TestTUIWithTmux(t *testing.T) {
 	term.restored(0)
 }
 
+// Colour where it is allowed, none with NO_COLOR; the selection is
+// reverse video either way.
+func TestTUIColourWithTmux(t *testing.T) {
+	k := newMockKP(t, `"p"`)
+	k.ok("build", "--name", "one")
+	colour := regexp.MustCompile(`\x1b\[(\d+;)*3[0-7]m`)
+	for _, noColour := range []bool{false, true} {
+		run := *k
+		if noColour {
+			run.env = append(append([]string{}, k.env...), "NO_COLOR=1")
+		}
+		term := run.tuiSession(t, 80, 24)
+		term.waitFor("1 environment")
+		pane := term.do("capture-pane", "-p", "-e")
+		if colour.MatchString(pane) == noColour || !strings.Contains(pane, "7m") {
+			t.Fatalf("NO_COLOR %v: colour %v, reverse %v:\n%q", noColour, colour.MatchString(pane), strings.Contains(pane, "7m"), pane)
+		}
+		term.keys("q")
+		term.restored(0)
+	}
+}
+
 // However the UI ends, the terminal is as it was: Ctrl-C, SIGTERM,
 // SIGHUP, and a panic.
 func TestTUIRestoresTerminal(t *testing.T) {
