@@ -398,3 +398,67 @@ func TestCleanLine(t *testing.T) {
 		}
 	}
 }
+
+// A frame as text and as a map of its styles: the golden screens.
+
+var styleNames = []string{"bold", "dim", "reverse", "underline"}
+var colorNames = []string{"", "black", "red", "green", "yellow", "blue", "magenta", "cyan"}
+
+func (st style) String() string {
+	var parts []string
+	for i, n := range styleNames {
+		if st&(1<<i) != 0 {
+			parts = append(parts, n)
+		}
+	}
+	if c := int(st&colorMask) >> 8; c > 0 && c < len(colorNames) {
+		parts = append(parts, colorNames[c])
+	}
+	if parts == nil {
+		return "plain"
+	}
+	return strings.Join(parts, "+")
+}
+
+// text is the frame as lines of text without trailing spaces.
+func (s *screen) text() string {
+	var b strings.Builder
+	for y := 0; y < s.h; y++ {
+		var line strings.Builder
+		for _, c := range s.cells[y*s.w : (y+1)*s.w] {
+			if c.r != 0 {
+				line.WriteRune(c.r)
+			}
+		}
+		b.WriteString(strings.TrimRight(line.String(), " "))
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// styles maps the frame's styles, one letter a cell ('.' plain), with a
+// legend of the letters: the half of a golden screen that text misses.
+func (s *screen) styles() string {
+	letters := map[style]byte{}
+	var legend []string
+	var b strings.Builder
+	for y := 0; y < s.h; y++ {
+		line := make([]byte, s.w)
+		for x, c := range s.cells[y*s.w : (y+1)*s.w] {
+			if c.st == 0 {
+				line[x] = '.'
+				continue
+			}
+			l, ok := letters[c.st]
+			if !ok {
+				l = byte('a' + len(letters))
+				letters[c.st] = l
+				legend = append(legend, string(l)+" "+c.st.String())
+			}
+			line[x] = l
+		}
+		b.WriteString(strings.TrimRight(string(line), "."))
+		b.WriteByte('\n')
+	}
+	return b.String() + strings.Join(legend, "\n") + "\n"
+}
