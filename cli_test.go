@@ -121,7 +121,7 @@ func (k *kpRun) writeManifest(body string) string {
 }
 
 // tinyImage writes a small gzip root filesystem tarball for mock builds.
-func tinyImage(t *testing.T, path string) {
+func tinyImage(t testing.TB, path string) {
 	t.Helper()
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)

@@ -113,6 +113,21 @@ without --json, which makes karapace's errors JSON on stderr.`,
 			minArgs: 1, maxArgs: 1, complete: "env", run: cmdInspect,
 		},
 		{
+			name: "tui", summary: "browse and manage the environments in a terminal UI",
+			help: `Shows the store's environments (SHORT_ID NAME STATE SIZE UPDATED) full screen, with
+vim keys: j/k or the arrows move, g/G or Home/End go to the first and last, Enter shows
+an environment's detail (its lock, layers, snapshots and mounts), / filters, s sorts by
+the next column and S reverses, r reads the store again, ? lists every key, q or Esc
+goes back and quits from the list. n renames, f freezes, a archives, d destroys (each
+that loses something asks y/N), e enters the environment (a login shell on this
+terminal; the UI comes back when it exits), c commits its writable layer, v lists its
+snapshots to restore one, x collects garbage. States follow the store as it changes,
+another terminal's exec included. Long actions run in the background, their progress
+on the status line. Needs a terminal: elsewhere it refuses (exit 2); use list. Colour
+only where allowed (not with NO_COLOR).`,
+			run: cmdTUI,
+		},
+		{
 			name: "diff", synopsis: "ENV", summary: "list paths added, modified or removed in the writable layer",
 			minArgs: 1, maxArgs: 1, complete: "env", run: cmdDiff,
 		},

@@ -336,6 +336,23 @@ func gcPlural(n int, one, many string) string {
 	return fmt.Sprintf("%d %s", n, many)
 }
 
+// summary is the report in one line, as gc prints it.
+func (rep gcReport) summary() string {
+	verb, freed := "removed", "freed"
+	if rep.DryRun {
+		verb, freed = "would remove", "would free"
+	}
+	msg := fmt.Sprintf("%s %s, %s, %s", verb, gcPlural(rep.Objects, "object", "objects"), gcPlural(rep.Layers, "layer", "layers"),
+		gcPlural(rep.EnvDirs, "environment directory", "environment directories"))
+	if rep.Staging > 0 {
+		msg += ", " + gcPlural(rep.Staging, "leftover temp file", "leftover temp files")
+	}
+	if rep.ImageCache > 0 {
+		msg += ", " + gcPlural(rep.ImageCache, "image cache file", "image cache files")
+	}
+	return fmt.Sprintf("%s; %s %s", msg, freed, humanBytes(rep.Bytes))
+}
+
 func runGC(c *cli) error {
 	s, err := c.openStore()
 	if errors.Is(err, errNoStore) {
@@ -357,19 +374,7 @@ func runGC(c *cli) error {
 	if c.json {
 		writeJSON(c.stdout, rep)
 	} else {
-		verb, freed := "removed", "freed"
-		if rep.DryRun {
-			verb, freed = "would remove", "would free"
-		}
-		msg := fmt.Sprintf("%s %s, %s, %s", verb, gcPlural(rep.Objects, "object", "objects"), gcPlural(rep.Layers, "layer", "layers"),
-			gcPlural(rep.EnvDirs, "environment directory", "environment directories"))
-		if rep.Staging > 0 {
-			msg += ", " + gcPlural(rep.Staging, "leftover temp file", "leftover temp files")
-		}
-		if rep.ImageCache > 0 {
-			msg += ", " + gcPlural(rep.ImageCache, "image cache file", "image cache files")
-		}
-		fmt.Fprintf(c.stdout, "%s; %s %s\n", msg, freed, humanBytes(rep.Bytes))
+		fmt.Fprintln(c.stdout, rep.summary())
 	}
 	if rep.Interrupted {
 		fmt.Fprintf(c.stderr, "karapace: gc interrupted; the store is consistent (run 'karapace gc' again to finish)\n")

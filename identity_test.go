@@ -12,7 +12,7 @@ import (
 	"testing"
 )
 
-var updateGolden = flag.Bool("update", false, "rewrite the golden identity vectors in testdata/identity")
+var updateGolden = flag.Bool("update", false, "rewrite the golden files: identity vectors (testdata/identity), terminal UI screens (testdata/tui)")
 
 // goldenLocks are the inputs of the golden vectors: if any env_id they
 // give changes, identity changed, and every existing lock with it.

@@ -689,11 +689,7 @@ func protections(l *lockFile, getenv func(string) string) [][2]string {
 	}
 	var mounts []string
 	for _, mt := range l.Mounts {
-		rw := "rw"
-		if mt.ReadOnly {
-			rw = "ro"
-		}
-		mounts = append(mounts, fmt.Sprintf("%s %s:%s (%s)", mt.Label, mt.Source, mt.Container, rw))
+		mounts = append(mounts, mt.String())
 	}
 	if mounts == nil {
 		mounts = []string{"none"}

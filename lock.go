@@ -40,6 +40,15 @@ type lockMount struct {
 	ReadOnly                 bool
 }
 
+// String is the mount as inspect shows it: "LABEL SOURCE:CONTAINER (rw)".
+func (mt lockMount) String() string {
+	rw := "rw"
+	if mt.ReadOnly {
+		rw = "ro"
+	}
+	return fmt.Sprintf("%s %s:%s (%s)", mt.Label, mt.Source, mt.Container, rw)
+}
+
 type lockedPackage struct{ Name, Version string }
 
 // lockPath is where the lock of a manifest lives: beside it, spelled the
