@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -136,6 +137,12 @@ type dbusService struct {
 	callers  map[string]bool         // unique names checked to be our user
 	held     map[string]*dbusHeldRun // RunEnvironment's instances, by env_id
 	calling  sync.WaitGroup          // calls in flight, for a clean exit
+	watch    *storeWatch             // other processes' changes to the store
+
+	sigMu    sync.Mutex
+	seen     map[string]string // what EnvironmentChanged last said of each: state and name
+	building int               // builds in flight
+	unseen   map[string]bool   // new environments the watch saw during a build
 }
 
 // dbusHeldRun is an environment RunEnvironment holds running.
@@ -171,9 +178,14 @@ func cmdDBus(c *cli) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	s := &dbusService{conn: conn, root: root, getenv: c.getenv, out: c.out, idle: idle, ctx: ctx, lastBusy: time.Now(),
-		callers: map[string]bool{}, held: map[string]*dbusHeldRun{}}
+		callers: map[string]bool{}, held: map[string]*dbusHeldRun{}, unseen: map[string]bool{}}
 	if err := s.requestName(); err != nil {
 		return err
+	}
+	// Opening the store starts watching it for other processes' changes;
+	// with no store yet, the first build does.
+	if _, err := s.store(false); err != nil && !errors.Is(err, errNoStore) {
+		s.out.warnf("the store %s: %v", root, err)
 	}
 	s.out.infof("serving %s on the session bus as %s (store %s)", dbusName, conn.name, root)
 	return s.serve()
@@ -264,8 +276,11 @@ func (s *dbusService) shutdown() error {
 	}
 	s.calling.Wait()
 	s.mu.Lock()
-	held := s.held
+	held, w := s.held, s.watch
 	s.mu.Unlock()
+	if w != nil {
+		w.close()
+	}
 	for _, h := range held {
 		h.stop.c <- syscall.SIGHUP
 		<-h.done
@@ -512,11 +527,101 @@ func (s *dbusService) emit(member, sig string, args ...any) {
 	}
 }
 
-// environmentChanged says an environment is now in state (or destroyed).
-// Only what the service changes is signalled; changes other processes
-// make are not watched for.
-func (s *dbusService) environmentChanged(envID string, state envState) {
-	s.emit("EnvironmentChanged", "ss", envID, string(state))
+// changed signals EnvironmentChanged(env_id, state) when an environment's
+// state or name is not what was last signalled: for the service's own
+// calls and, through the store watch, for what other processes do, each
+// change once whichever hears of it first.
+func (s *dbusService) changed(envID string) {
+	s.signalChange(envID, false)
+}
+
+// signalChange is changed; the watch's news of an environment not seen
+// before waits while a build runs: it is most likely that build's, whose
+// BuildProgress "finished" comes first.
+func (s *dbusService) signalChange(envID string, watched bool) {
+	if watched {
+		s.sigMu.Lock()
+		_, known := s.seen[envID]
+		if !known && s.building > 0 {
+			s.unseen[envID] = true
+			s.sigMu.Unlock()
+			return
+		}
+		s.sigMu.Unlock()
+	}
+	e, err := s.engine(false)
+	if err != nil {
+		return
+	}
+	state, name := string(stateDestroyed), ""
+	m, err := e.s.getMeta(envID)
+	switch {
+	case err == nil:
+		state, name = string(e.state(m)), m.Name
+	case !errors.Is(err, fs.ErrNotExist):
+		return
+	}
+	s.sigMu.Lock()
+	defer s.sigMu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]string{}
+	}
+	if s.seen[envID] == state+"\x00"+name {
+		return
+	}
+	if state == string(stateDestroyed) {
+		delete(s.seen, envID)
+	} else {
+		s.seen[envID] = state + "\x00" + name
+	}
+	s.emit("EnvironmentChanged", "ss", envID, state)
+}
+
+// watchStore hears of the changes other processes make to the store (a
+// karapace in a terminal, an instance ending) and signals them.
+func (s *dbusService) watchStore(st *store) {
+	e := newEngine(st, s.getenv, s.out)
+	w, err := watchStore(st, func(id string) (int, bool) {
+		m, err := st.getMeta(id)
+		if err != nil {
+			return 0, false
+		}
+		return e.running(m)
+	})
+	if err != nil {
+		s.out.warnf("D-Bus: changes made outside the service will not be signalled: %v", err)
+		return
+	}
+	s.mu.Lock()
+	s.watch = w
+	s.mu.Unlock()
+	s.sigMu.Lock()
+	s.seen = map[string]string{}
+	metas, _ := st.listMeta()
+	for _, m := range metas {
+		s.seen[m.EnvID] = string(e.state(m)) + "\x00" + m.Name
+	}
+	s.sigMu.Unlock()
+	for id := range w.changes() {
+		if id != "" {
+			s.signalChange(id, true)
+			continue
+		}
+		// Changes were lost: any environment may have changed.
+		s.sigMu.Lock()
+		ids := make([]string, 0, len(s.seen))
+		for id := range s.seen {
+			ids = append(ids, id)
+		}
+		s.sigMu.Unlock()
+		metas, _ := st.listMeta()
+		for _, m := range metas {
+			ids = append(ids, m.EnvID)
+		}
+		for _, id := range ids {
+			s.changed(id)
+		}
+	}
 }
 
 // buildProgress is where a build's progress goes: BuildProgress(job,
@@ -554,6 +659,7 @@ func (s *dbusService) store(create bool) (*store, error) {
 	}
 	st.lockWait = storeLockWait(s.getenv, s.out)
 	s.st = st
+	go s.watchStore(st)
 	return st, nil
 }
 
@@ -637,6 +743,24 @@ func (s *dbusService) buildEnvironment(call *dbusCall, args []any) (any, error) 
 	if err != nil {
 		return nil, err
 	}
+	s.sigMu.Lock()
+	s.building++
+	s.sigMu.Unlock()
+	defer func() {
+		s.sigMu.Lock()
+		s.building--
+		var ids []string
+		if s.building == 0 {
+			for id := range s.unseen {
+				ids = append(ids, id)
+			}
+			clear(s.unseen)
+		}
+		s.sigMu.Unlock()
+		for _, id := range ids {
+			s.changed(id)
+		}
+	}()
 	s.buildProgress(call.job, "started", 0, 0)
 	res, err := e.build(path, o)
 	if err != nil {
@@ -656,9 +780,9 @@ func (s *dbusService) buildEnvironment(call *dbusCall, args []any) (any, error) 
 	}
 	go s.desktopNotify("Build finished", "Environment "+name+" is built")
 	if res.Replaced != "" {
-		s.environmentChanged(res.Replaced, stateDestroyed)
+		s.changed(res.Replaced)
 	}
-	s.environmentChanged(res.EnvID, stateBuilt)
+	s.changed(res.EnvID)
 	return res, nil
 }
 
@@ -671,7 +795,7 @@ func (s *dbusService) destroyEnvironment(_ *dbusCall, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.environmentChanged(m.EnvID, stateDestroyed)
+	s.changed(m.EnvID)
 	return map[string]any{"env_id": m.EnvID, "destroyed": true, "ref_count": m.RefCount, "manifest_paths": m.manifests()}, nil
 }
 
@@ -737,13 +861,9 @@ func (s *dbusService) runEnvironment(_ *dbusCall, args []any) (any, error) {
 		delete(s.held, m.EnvID)
 		s.lastBusy = time.Now()
 		s.mu.Unlock()
+		s.changed(m.EnvID)
 		end <- ended{code, err}
 		close(h.done)
-		if err == nil {
-			if m2, err := e.s.getMeta(m.EnvID); err == nil {
-				s.environmentChanged(m.EnvID, e.state(m2))
-			}
-		}
 	}()
 	t := time.NewTicker(20 * time.Millisecond)
 	defer t.Stop()
@@ -756,7 +876,7 @@ func (s *dbusService) runEnvironment(_ *dbusCall, args []any) (any, error) {
 			return result(&r.code), nil
 		case <-t.C:
 			if _, ok := e.running(m); ok {
-				s.environmentChanged(m.EnvID, stateRunning)
+				s.changed(m.EnvID)
 				return result(nil), nil
 			}
 		}
@@ -778,7 +898,7 @@ func (s *dbusService) stopEnvironment(_ *dbusCall, args []any) (any, error) {
 	if h != nil {
 		<-h.done // its end signals the change
 	} else if res.WasRunning {
-		s.environmentChanged(m.EnvID, e.state(m))
+		s.changed(m.EnvID)
 	}
 	return map[string]any{"env_id": m.EnvID, "stopped": res.WasRunning, "killed": res.Killed}, nil
 }
@@ -792,7 +912,7 @@ func (s *dbusService) renameEnvironment(_ *dbusCall, args []any) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.environmentChanged(m.EnvID, e.state(m))
+	s.changed(m.EnvID)
 	return map[string]any{"env_id": m.EnvID, "name": m.Name}, nil
 }
 

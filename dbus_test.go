@@ -959,5 +959,48 @@ func TestDBusRealBuildAndRun(t *testing.T) {
 			t.Fatalf("signal %d: %q, want %q; all:\n%s", i, got[i], w, strings.Join(got, "\n"))
 		}
 	}
+	// A command run from a terminal, not through the service, is seen
+	// too: its instance starting, and ending.
+	k.ok("exec", br.EnvID, "--", "sleep", "1")
+	waitFor(t, "the signals of an exec from outside", func() bool {
+		got, _ = phases(mon.signals())
+		return len(got) >= 7
+	})
+	if got[5] != "EnvironmentChanged "+br.EnvID+" running" || got[6] != "EnvironmentChanged "+br.EnvID+" built" {
+		t.Fatalf("an exec from outside: %q", got[5:])
+	}
 	bus.call("DestroyEnvironment", "s", br.EnvID)
+}
+
+// What other processes do to the store is signalled once each, and what
+// the service does itself is not signalled twice though the watch sees it
+// as well.
+func TestDBusSignalsOthersChanges(t *testing.T) {
+	bus := startTestBus(t, "", "", "", nil)
+	k := newMockKP(t, "")
+	var br buildResult
+	k.jsonOut(&br, "build", "--name", "demo")
+	bus.serve(k)
+	mon := bus.monitor()
+	k.ok("rename", "demo", "other")
+	k.ok("freeze", "other")
+	k.ok("unfreeze", "other")
+	bus.call("RenameEnvironment", "ss", "other", "third")
+	k.ok("destroy", "third")
+	want := []string{"built", "frozen", "built", "built", "destroyed"}
+	var got []string
+	waitFor(t, "the signals", func() bool {
+		got = mon.signals()
+		return len(got) >= len(want)
+	})
+	time.Sleep(300 * time.Millisecond) // a double would come now
+	got = mon.signals()
+	if len(got) != len(want) {
+		t.Fatalf("signals:\n%s\nwant EnvironmentChanged %v", strings.Join(got, "\n"), want)
+	}
+	for i, w := range want {
+		if got[i] != "EnvironmentChanged "+br.EnvID+" "+w {
+			t.Fatalf("signal %d: %q, want %s; all:\n%s", i, got[i], w, strings.Join(got, "\n"))
+		}
+	}
 }
