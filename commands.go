@@ -267,9 +267,11 @@ $XDG_CONFIG_HOME/systemd/user.`,
 		{
 			name: "doctor", summary: "check what building and running environments needs",
 			help: `Checks user namespaces, the subordinate ID range and newuidmap/newgidmap, kernel
-overlayfs inside a user namespace (mounted for real), fuse-overlayfs, cgroup delegation
-for resource limits, and the store. One line each, with the fix for each problem; exit
-status 1 if a build could not work.`,
+overlayfs inside a user namespace (mounted for real), idmapped mounts, fuse-overlayfs,
+the sandbox's protections, what applies each resource limit (cgroup controllers), and the
+store: free disk space, who holds its lock, operations a crash left in the WAL and a
+re-hashed random sample of its objects. It only looks: nothing is rolled back or removed.
+One line each, with the fix for each problem; exit status 1 if a build could not work.`,
 			run: cmdDoctor,
 		},
 		{

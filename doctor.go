@@ -1,8 +1,10 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -94,14 +96,26 @@ func runtimeChecks() []check {
 		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
 	}
 	out = append(out, confinementChecks()...)
-	if _, why := cgroup2Parent([]string{"memory", "cpu", "pids"}); why == "" {
-		add("cgroup delegation", "ok", "memory and cpu limits can be applied (cgroup v2)", "")
-	} else if os.Geteuid() == 0 {
-		add("cgroup delegation", "ok", "running as root: limits use cgroup v1 where v2 lacks the controllers ("+why+")", "")
-	} else {
-		add("cgroup delegation", "warn", "resource limits cannot be applied: "+why, "boot with systemd's unified cgroup hierarchy (systemd.unified_cgroup_hierarchy=1) and run in a user session with delegation")
+	for _, l := range []struct{ controller, limit string }{{"memory", "memory_mb"}, {"cpu", "cpu_shares"}} {
+		out = append(out, limitCheck(l.controller, l.limit))
 	}
 	return out
+}
+
+// limitCheck says what applies a resource limit of manifests
+// ([runtime.resource_limits] limit) here: a cgroup v2 controller delegated
+// to this user, or as root a cgroup v1 hierarchy.
+func limitCheck(controller, limit string) check {
+	name := limit + " limit"
+	parent, why := cgroup2Parent([]string{controller})
+	switch {
+	case why == "":
+		return check{name, "ok", fmt.Sprintf("the cgroup v2 %s controller, below %s", controller, parent), ""}
+	case os.Geteuid() == 0 && unix.Access("/sys/fs/cgroup/"+controller, unix.W_OK) == nil:
+		return check{name, "ok", "the cgroup v1 " + controller + " hierarchy (/sys/fs/cgroup/" + controller + "), as root", ""}
+	}
+	return check{name, "warn", "manifests setting " + limit + " cannot be built here: " + why,
+		"boot with the unified cgroup hierarchy (systemd.unified_cgroup_hierarchy=1) and run karapace in a systemd user session with delegation (systemd-run --user --scope -p Delegate=yes karapace ...)"}
 }
 
 // confinementChecks say which of the sandbox's protections hold here,
@@ -328,7 +342,8 @@ func cmdDoctor(c *cli) error {
 	return nil
 }
 
-// storeChecks report on the store the command line names.
+// storeChecks report on the store the command line names. They only
+// look: a crash's leftovers stay for verify-store or the next change.
 func storeChecks(c *cli) []check {
 	root, err := c.storeRoot()
 	if err != nil {
@@ -337,13 +352,145 @@ func storeChecks(c *cli) []check {
 	if _, err := os.Stat(filepath.Join(root, "store", "version")); os.IsNotExist(err) {
 		return []check{{"store", "ok", root + ": not created yet (the first build creates it)", ""}}
 	}
-	s, err := openStore(root)
-	if err != nil {
+	s, v, err := openStoreAnyVersion(root, false)
+	switch {
+	case err != nil:
 		return []check{{"store", "fail", err.Error(), "see 'karapace verify-store' and 'karapace migrate'"}}
+	case v < storeFormatVersion:
+		return []check{{"store", "fail", fmt.Sprintf("%s has format version %d", root, v), "karapace migrate"}}
+	case v > storeFormatVersion:
+		return []check{{"store", "fail", fmt.Sprintf("%s has format version %d, newer than this karapace's %d", root, v, storeFormatVersion), "upgrade karapace"}}
 	}
+	var out []check
 	metas, errs := s.listMeta()
 	if len(errs) > 0 {
-		return []check{{"store", "fail", fmt.Sprintf("%s: %d damaged metadata file(s), first: %v", root, len(errs), errs[0]), "run 'karapace verify-store' for the full list"}}
+		out = append(out, check{"store", "fail", fmt.Sprintf("%s: %d damaged metadata file(s), first: %v", root, len(errs), errs[0]), "run 'karapace verify-store' for the full list"})
+	} else {
+		out = append(out, check{"store", "ok", fmt.Sprintf("%s: format %d, %d environment(s)", root, storeFormatVersion, len(metas)), ""})
 	}
-	return []check{{"store", "ok", fmt.Sprintf("%s: format %d, %d environment(s)", root, storeFormatVersion, len(metas)), ""}}
+	var st unix.Statfs_t
+	if err := unix.Statfs(s.dir, &st); err == nil {
+		out = append(out, diskCheck(st.Bavail*uint64(st.Bsize), st.Blocks*uint64(st.Bsize), st.Ffree, st.Files))
+	}
+	holder, held := lockHeld(s)
+	if held {
+		out = append(out, check{"store lock", "warn", "held by " + holder + ": commands that change the store wait for it (KARAPACE_LOCK_WAIT, 30s by default)", "let it finish, or set KARAPACE_LOCK_WAIT=10m to wait longer"})
+	} else {
+		out = append(out, check{"store lock", "ok", "free", ""})
+	}
+	out = append(out, walCheck(s, held))
+	return append(out, sampleCheck(s))
+}
+
+// diskCheck judges the space left where the store is: a build unpacks a
+// base and packages (a few hundred MiB to GiBs) before it stores them.
+func diskCheck(avail, total, freeInodes, inodes uint64) check {
+	const low, tight = 512 << 20, 2 << 30
+	detail := fmt.Sprintf("%s free of %s", humanBytes(int64(avail)), humanBytes(int64(total)))
+	fix := "karapace gc (removes what no environment uses), destroy environments no longer needed, or move the store to a larger filesystem (--store, KARAPACE_STORE)"
+	switch {
+	case avail < low:
+		return check{"disk space", "fail", detail + ": a build needs more", fix}
+	case inodes > 0 && freeInodes < 50000:
+		return check{"disk space", "warn", fmt.Sprintf("%s, but only %d free inodes: a base unpacks to tens of thousands of files", detail, freeInodes), fix}
+	case avail < tight || avail < total/20:
+		return check{"disk space", "warn", detail + ": a large build may run out", fix}
+	}
+	return check{"disk space", "ok", detail, ""}
+}
+
+// lockHeld says whether another process holds the store lock exclusively,
+// and who: a lock outlives no process, so a holder is alive. Shared
+// holders (push, export) only read, and hold up only writers briefly.
+func lockHeld(s *store) (string, bool) {
+	f, err := os.Open(s.path(".lock"))
+	if err != nil {
+		return "", false
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_SH|unix.LOCK_NB); err == nil {
+		unix.Flock(int(f.Fd()), unix.LOCK_UN)
+		return "", false
+	}
+	who := s.lockHolder()
+	if f := strings.Fields(who); len(f) >= 2 {
+		if cmd, err := os.ReadFile("/proc/" + f[1] + "/cmdline"); err == nil && len(cmd) > 0 {
+			who += ": " + strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))
+		}
+	}
+	return who, true
+}
+
+// walCheck reports operations the WAL holds. Under a held lock they are
+// the holder's, in progress; otherwise a crash left them, and the next
+// command that changes the store rolls them back.
+func walCheck(s *store, held bool) check {
+	names, err := s.listDir("wal")
+	if err != nil {
+		return check{"interrupted operations", "fail", err.Error(), "karapace verify-store"}
+	}
+	if len(names) == 0 {
+		return check{"interrupted operations", "ok", "none (the WAL is empty)", ""}
+	}
+	var ops []string
+	for _, name := range names {
+		o, err := s.readWAL(s.path("wal", name))
+		if err != nil {
+			ops = append(ops, name+" (unreadable: "+err.Error()+")")
+			continue
+		}
+		op := o.Kind
+		if o.EnvID != "" {
+			op += " of " + o.EnvID[:min(12, len(o.EnvID))]
+		}
+		ops = append(ops, op+" started "+o.Started)
+	}
+	if held {
+		return check{"interrupted operations", "ok", "in progress under the lock: " + strings.Join(ops, "; "), ""}
+	}
+	return check{"interrupted operations", "warn", fmt.Sprintf("%d left by a crash: %s; nothing is lost, the next command that changes the store rolls them back", len(ops), strings.Join(ops, "; ")),
+		"karapace verify-store (rolls them back now, then checks every object)"}
+}
+
+// doctorSample bounds the integrity sample: a quick look, where
+// verify-store reads everything.
+const (
+	doctorSampleObjects = 16
+	doctorSampleBytes   = 256 << 20
+)
+
+// sampleCheck re-hashes a random sample of the store's objects.
+func sampleCheck(s *store) check {
+	names, err := s.listObjects()
+	if err != nil {
+		return check{"integrity sample", "fail", err.Error(), "karapace verify-store"}
+	}
+	if len(names) == 0 {
+		return check{"integrity sample", "ok", "no objects yet", ""}
+	}
+	rand.Shuffle(len(names), func(i, j int) { names[i], names[j] = names[j], names[i] })
+	var pick []string
+	var total int64
+	for _, n := range names {
+		fi, err := os.Lstat(s.path("objects", n))
+		if len(pick) == doctorSampleObjects || err == nil && total+fi.Size() > doctorSampleBytes {
+			continue
+		}
+		if err == nil {
+			total += fi.Size()
+		}
+		pick = append(pick, n)
+	}
+	var bad []string
+	for _, r := range s.hashObjects(context.Background(), pick, nil) {
+		if r.problem != "" {
+			bad = append(bad, "objects/"+r.name+": "+r.problem)
+		}
+	}
+	detail := fmt.Sprintf("%d of %d objects re-hashed (%s)", len(pick), len(names), humanBytes(total))
+	if len(bad) > 0 {
+		return check{"integrity sample", "fail", detail + "; " + strings.Join(bad, "; "),
+			"karapace verify-store (checks every object and names the environments that use a damaged one); rebuild those, or pull them again"}
+	}
+	return check{"integrity sample", "ok", detail + ", all match their names", ""}
 }
