@@ -146,6 +146,26 @@ func serverExpect(t *testing.T, base string, r serverReq, code int, want string)
 	return resp
 }
 
+// serverRawExpect sends req in one write and reads the answer.
+func serverRawExpect(t *testing.T, base, req string, code int, want string) {
+	t.Helper()
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(time.Minute))
+	c.Write([]byte(req)) // the server may close before the last bytes: its answer is what counts
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("%.40q: %v", req, err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != code || !strings.Contains(string(body), want) {
+		t.Fatalf("%.40q: %d %q, want %d with %q", req, resp.StatusCode, body, code, want)
+	}
+}
+
 func TestServerTokenFile(t *testing.T) {
 	dir := t.TempDir()
 	good := writeFile(t, dir, "good", "# team tokens\n\n"+testTokenRW+" rw\n  "+testTokenRO+"   ro  \n")
@@ -208,8 +228,12 @@ func TestServerProtocol(t *testing.T) {
 	// Size limits: by Content-Length, and for a body without one.
 	big := bytes.Repeat([]byte("x"), 1<<20+1)
 	bh := storeBlake3Hex(big)
-	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: bytes.NewReader(big)}, 413, "limit")
-	serverExpect(t, u, serverReq{method: "PUT", path: "/blobs/object/" + bh, token: testTokenRW, body: io.MultiReader(bytes.NewReader(big))}, 413, "limit")
+	// Written on a connection of our own: a refusing server closes it
+	// with the body unread, and a client still writing would see the reset
+	// instead of the answer.
+	head := "PUT /blobs/object/" + bh + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + testTokenRW + "\r\n"
+	serverRawExpect(t, u, head+fmt.Sprintf("Content-Length: %d\r\n\r\n", len(big)), 413, "limit")
+	serverRawExpect(t, u, head+fmt.Sprintf("Transfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n", len(big), big), 413, "limit")
 	if n := dirNames(t, k.s.path("objects")); len(n) != 1 || len(dirNames(t, k.s.path("staging"))) != 0 {
 		t.Fatalf("objects %v, staging %v", n, dirNames(t, k.s.path("staging")))
 	}

@@ -437,8 +437,9 @@ func TestCrashInjection(t *testing.T) {
 			before[env] = c
 			args = []string{kind, env}
 			if kind == "restore" {
+				// --force: the marker is the change a restore drops.
 				snap = before[env].snapshots[rng.Intn(len(before[env].snapshots))]
-				args = append(args, snap)
+				args = append(args, "--force", snap)
 			}
 		case "destroy":
 			args = []string{"destroy", env}
