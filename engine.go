@@ -81,6 +81,9 @@ type buildOptions struct {
 	requirePinned bool
 	allowInsecure bool // an http:// base.image no digest pins
 	rebuild       bool // replace the environment the lock named, in the same operation
+	// archive is where the base was bootstrapped from, whose mirror the
+	// package manager fetches from; nil for an image.
+	archive *archiveSpec
 }
 
 // buildResult is what build reports (its --json, with stable names).
@@ -295,6 +298,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 	if spec != nil {
 		base, digest, err = e.archiveBase(op, spec, images, lock, o.locked)
 		src.Location = spec.Mirror + "/dists/" + spec.Suite
+		o.archive = spec
 	} else {
 		base, digest, err = e.baseLayer(op, src, images)
 	}
@@ -478,7 +482,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 	if l, ok := e.indexedBase(sha); ok {
 		return l, sha, nil
 	}
-	layer, err := e.storeTree(op, tree, layerBase, "")
+	layer, err := e.storeTree(op, tree, layerBase, "", 0)
 	if err != nil {
 		return "", "", err
 	}
@@ -517,11 +521,12 @@ func (e *engine) indexedLayer(index string) (string, bool) {
 	return l, true
 }
 
-// storeTree packs a tree into a layer of the given kind and makes the
-// tree that layer's lower directory.
-func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string) (string, error) {
+// storeTree packs a tree into a layer of the given kind, its file times
+// clamped to clamp (seconds since 1970; 0: all 0), and makes the tree
+// that layer's lower directory.
+func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string, clamp int64) (string, error) {
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: tree}, nil, pw)) }()
+	go func() { pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: tree, Clamp: int(clamp)}, nil, pw)) }()
 	obj, _, err := op.putObject(pr)
 	pr.CloseWithError(io.ErrClosedPipe)
 	if err != nil {
@@ -631,7 +636,7 @@ func (e *engine) archiveBase(op *walOp, spec *archiveSpec, images *imageEnv, loc
 	required := ""
 	if lock != nil {
 		digest := strings.TrimPrefix(lock.BaseImageDigest, "sha256:")
-		if l, ok := e.indexedBase(digest); ok {
+		if l, ok := e.indexedArchiveBase(digest); ok {
 			return l, digest, nil
 		}
 		if locked {

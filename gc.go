@@ -179,7 +179,7 @@ func (s *store) gcLocked(ctx context.Context, o gcOptions) (gcReport, error) {
 				switch {
 				case strings.HasPrefix(n, "sha256-"):
 					err = sweep(sub, nil, func(f string) bool {
-						if f == "base-layer" {
+						if strings.HasPrefix(f, "base-layer") { // an index (base-layer-v2: see archiveBaseIndex)
 							return dangling(filepath.Join(sub, f))
 						}
 						return o.Images
