@@ -213,7 +213,7 @@ type treeStats struct {
 
 type packer struct {
 	tw    *tar.Writer
-	clamp int64 // the latest time an entry may have (see packLayerClamped)
+	clamp int64                // the latest time an entry may have (see packLayerClamped)
 	links map[[2]uint64]string // dev, ino of multiply linked files → first name
 	st    treeStats
 	buf   []byte
