@@ -201,7 +201,6 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	if _, err := loadLimits(e.getenv); err != nil { // checked before any work, needed or not
 		return nil, err
 	}
-	var src imageSource
 	spec, err := archiveFor(ref, images.cfg)
 	if err != nil {
 		return nil, err
@@ -215,26 +214,11 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 		e.infof("%s: %s: resolving again", lp, drift)
 		lock = nil
 	}
-	switch {
-	case spec != nil: // resolved by the bootstrap
-		// A lock made from a snapshot mirror names the archive state it
-		// pins: with no mirror configured, that is where to get it.
-		if lock != nil && images.cfg.Mirrors[spec.Distro] == "" {
-			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+spec.Suite); ok {
-				if _, snap := snapshotTime(mirror); snap {
-					spec.Mirror = mirror
-				}
-			}
-		}
-	case lock != nil && lock.BaseImageURL != "":
-		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
-		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
-			src.Location = filepath.Join(filepath.Dir(lp), src.Location)
-		}
-		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
-			return nil, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
-		}
-	default:
+	src, fromLock, err := images.lockedSource(spec, lock, filepath.Dir(lp))
+	if err != nil {
+		return nil, err
+	}
+	if spec == nil && !fromLock {
 		if src, err = images.resolve(ref, m.Dir); err != nil {
 			return nil, err
 		}
@@ -276,6 +260,35 @@ func (e *engine) build(manifestPath string, o buildOptions) (*buildResult, error
 	return res, nil
 }
 
+// lockedSource is where the base a lock pins comes from. For an archive
+// (spec), that is the configured mirror, or with none the snapshot mirror
+// the lock names, since that serves the archive state it pins (spec.Mirror
+// is set). For an image, the URL or file the lock names (relative to
+// lockDir), pinned to its digest; fromLock is false when there is none.
+func (images *imageEnv) lockedSource(spec *archiveSpec, lock *lockFile, lockDir string) (src imageSource, fromLock bool, err error) {
+	switch {
+	case lock == nil:
+	case spec != nil:
+		if images.cfg.Mirrors[spec.Distro] == "" {
+			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+spec.Suite); ok {
+				if _, snap := snapshotTime(mirror); snap {
+					spec.Mirror = mirror
+				}
+			}
+		}
+	case lock.BaseImageURL != "":
+		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
+			return src, false, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
+		}
+		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
+			src.Location = filepath.Join(lockDir, src.Location)
+		}
+		return src, true, nil
+	}
+	return src, false, nil
+}
+
 // nameAvailable fails when another environment has the name: one built
 // from another manifest, and not the one a rebuild replaces.
 func (e *engine) nameAvailable(name, manifestPath string, replacing *envMeta) error {
@@ -292,46 +305,24 @@ func (e *engine) nameAvailable(name, manifestPath string, replacing *envMeta) er
 }
 
 func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, o buildOptions, replacing *envMeta) (*buildResult, error) {
-	importStart := time.Now()
-	var base, digest string
-	var err error
 	if spec != nil {
-		base, digest, err = e.archiveBase(op, spec, images, lock, o.locked)
 		src.Location = spec.Mirror + "/dists/" + spec.Suite
-		o.archive = spec
-	} else {
-		base, digest, err = e.baseLayer(op, src, images)
+	}
+	bl, err := e.storedLayers(lock)
+	if err == nil && bl == nil {
+		bl, err = e.makeLayers(op, lock, src, spec, images, m.Packages, m.Backend, o)
 	}
 	if err != nil {
 		return nil, err
 	}
-	importSeconds := time.Since(importStart).Seconds()
-	var pmSeconds float64
-	var deps []string
-	var pkgs []lockedPackage
-	if len(m.Packages) > 0 {
-		var want []lockedPackage
-		if lock != nil {
-			want = lock.Packages
-		}
-		b, err := e.backend(m.Backend)
-		if err != nil {
-			return nil, err
-		}
-		dep, closure, pmTime, err := b.packages(e, op, base, m.Packages, want, o)
-		pmSeconds = pmTime.Seconds()
-		if err != nil {
-			return nil, err
-		}
-		deps, pkgs = []string{dep}, closure
-	}
+	base, deps, pkgs := bl.base, bl.deps, bl.pkgs
 	location := src.Location
 	if ref, _ := parseImageRef(m.BaseImage); ref.Kind == imageFile && !filepath.IsAbs(ref.Name) {
 		// As given, relative to the manifest and the lock beside it, so
 		// the lock holds in every checkout.
 		location = ref.Name
 	}
-	l := newLock(m, "sha256:"+digest, location, pkgs)
+	l := newLock(m, bl.digest, location, pkgs)
 	if lock != nil && l.EnvID != lock.EnvID {
 		if o.locked {
 			return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", m.Path, l.ShortID, lock.ShortID)
@@ -342,7 +333,7 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		return nil, err
 	}
 	res := &buildResult{EnvID: l.EnvID, ShortID: l.ShortID, BaseLayer: base, DependencyLayers: deps, Packages: len(pkgs),
-		ImageDigest: "sha256:" + digest, ImportSeconds: importSeconds, PackageManagerSeconds: pmSeconds, lockBytes: lockBytes}
+		ImageDigest: bl.digest, ImportSeconds: bl.importSeconds, PackageManagerSeconds: bl.pmSeconds, lockBytes: lockBytes}
 	if replacing != nil && replacing.EnvID != l.EnvID {
 		// The old environment goes in this operation: its metadata now
 		// (its name is then free), its directory once the op commits.
@@ -394,6 +385,76 @@ func (e *engine) buildLocked(op *walOp, m *manifest, lock *lockFile, src imageSo
 		return nil, err
 	}
 	return res, nil
+}
+
+// builtLayers are what a build makes of a lock: the Base layer and the
+// digest of what it was made from (sha256:HEX), the Dependency layers and
+// the closure they install, and where the time went.
+type builtLayers struct {
+	base, digest             string
+	deps                     []string
+	pkgs                     []lockedPackage
+	importSeconds, pmSeconds float64
+}
+
+// storedLayers finds the layers of a lock whose environment the store
+// holds (built here, imported or pulled): those its env_id is bound to,
+// found by the lock alone, with no image, archive or package manager,
+// so a lock builds offline wherever its environment was carried. nil
+// when the store lacks them.
+func (e *engine) storedLayers(lock *lockFile) (*builtLayers, error) {
+	if lock == nil {
+		return nil, nil
+	}
+	known, err := e.s.knownLayers(lock.EnvID)
+	if err != nil || known == nil || known.BaseLayer == "" {
+		return nil, err
+	}
+	for _, l := range append([]string{known.BaseLayer}, known.DependencyLayers...) {
+		if !e.hasTree(l) {
+			return nil, nil
+		}
+	}
+	debugf("the layers of %s from the store, as its env_id is bound to them", lock.ShortID)
+	return &builtLayers{base: known.BaseLayer, digest: lock.BaseImageDigest, deps: known.DependencyLayers, pkgs: lock.Packages}, nil
+}
+
+// makeLayers makes the Base layer (or finds it in the store by its
+// digest) and, for packages, the Dependency layer on it (or finds it by
+// the locked closure). lock, when set, pins both.
+func (e *engine) makeLayers(op *walOp, lock *lockFile, src imageSource, spec *archiveSpec, images *imageEnv, packages []string, backendName string, o buildOptions) (*builtLayers, error) {
+	start := time.Now()
+	bl := &builtLayers{}
+	var err error
+	if spec != nil {
+		bl.base, bl.digest, err = e.archiveBase(op, spec, images, lock, o.locked)
+		o.archive = spec
+	} else {
+		bl.base, bl.digest, err = e.baseLayer(op, src, images)
+	}
+	if err != nil {
+		return nil, err
+	}
+	bl.digest = "sha256:" + bl.digest
+	bl.importSeconds = time.Since(start).Seconds()
+	if len(packages) == 0 {
+		return bl, nil
+	}
+	var want []lockedPackage
+	if lock != nil {
+		want = lock.Packages
+	}
+	b, err := e.backend(backendName)
+	if err != nil {
+		return nil, err
+	}
+	dep, closure, pmTime, err := b.packages(e, op, bl.base, packages, want, o)
+	bl.pmSeconds = pmTime.Seconds()
+	if err != nil {
+		return nil, err
+	}
+	bl.deps, bl.pkgs = []string{dep}, closure
+	return bl, nil
 }
 
 // nameFree fails when another environment has the name, or the name
@@ -509,16 +570,22 @@ func (e *engine) indexedLayer(index string) (string, bool) {
 		return "", false
 	}
 	l := strings.TrimSpace(string(data))
+	return l, e.hasTree(l)
+}
+
+// hasTree makes sure a layer is in the store with its tree, re-creating
+// the tree when it was removed.
+func (e *engine) hasTree(l string) bool {
 	if !validStoreHash(l) || !e.s.hasLayer(l) {
-		return "", false
+		return false
 	}
 	if _, err := os.Stat(e.s.envs().tree(l)); err != nil {
 		if err := e.unpackTree(l); err != nil {
 			warnf("re-creating the tree of layer %s: %v", l, err)
-			return "", false
+			return false
 		}
 	}
-	return l, true
+	return true
 }
 
 // storeTree packs a tree into a layer of the given kind, its file times
