@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -103,9 +104,10 @@ func debBuildTime(r io.Reader) (int64, error) {
 	if name != "debian-binary" {
 		return 0, fmt.Errorf("the first member is %q, not debian-binary", name)
 	}
-	var t int64
-	if _, err := fmt.Sscan(string(h[16:28]), &t); err != nil || t < 0 {
-		return 0, fmt.Errorf("member date %q is not a time", strings.TrimSpace(string(h[16:28])))
+	field := strings.TrimRight(string(h[16:28]), " ")
+	t, err := strconv.ParseInt(field, 10, 64)
+	if err != nil || t < 0 {
+		return 0, fmt.Errorf("member date %q is not a time", field)
 	}
 	return t, nil
 }
