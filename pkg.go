@@ -267,6 +267,9 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 		if when > 0 {
 			env = append(slices.Clone(pm.env), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when))
 		}
+		if when > time.Now().Unix() {
+			warnf("the packages were built at %s, after this machine's clock says it is: what the install writes keeps its own times, and another build of the lock may differ", time.Unix(when, 0).UTC().Format(time.RFC3339))
+		}
 	}
 	if err := run(install, nil); err != nil {
 		return "", nil, 0, err
