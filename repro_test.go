@@ -549,3 +549,52 @@ func TestReproducibleRootAndRootless(t *testing.T) {
 		t.Fatalf("debian.sources:\n%s", sources)
 	}
 }
+
+// An imported environment's layers serve builds of its own lock only, and
+// are trusted as its env_id's on first use, as any import is: an import
+// whose layers are not what its lock gives builds from the store all the
+// same, and verify-store --rebuild is what finds it out.
+func TestStoredLayersServeTheirLockOnly(t *testing.T) {
+	a := newMockKP(t, `"alpha"`)
+	id := strings.TrimSpace(a.ok("build"))
+	lock := readFile(t, filepath.Join(a.dir, "karapace.lock"))
+	a.writeManifest(mockManifest(`"beta"`))
+	other := strings.TrimSpace(a.ok("build"))
+	s, err := openStore(a.store)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl := mustLock(t, s, "test")
+	m, _ := s.getMeta(id)
+	o, _ := s.getMeta(other)
+	m.DependencyLayers = o.DependencyLayers
+	if err := s.putMeta(m); err != nil {
+		t.Fatal(err)
+	}
+	sl.unlock()
+	file := filepath.Join(a.base, "swapped.tar")
+	a.ok("export", id, file)
+
+	b := newMockKP(t, `"alpha"`)
+	writeFile(t, b.dir, "karapace.lock", lock)
+	b.ok("import", file)
+	if out := strings.TrimSpace(b.ok("build", "--locked", "--offline")); out != id {
+		t.Fatalf("build --locked of the imported lock: %s", out)
+	}
+	var got struct {
+		Environment envInfo `json:"environment"`
+	}
+	b.jsonOut(&got, "inspect", id)
+	if !slices.Equal(got.Environment.DependencyLayers, o.DependencyLayers) {
+		t.Fatalf("the imported environment's layers were not used: %v", got.Environment.DependencyLayers)
+	}
+	b.fails(exitStore, "other bytes", "verify-store", "--rebuild", id)
+	// Another lock on the same base gets layers of its own.
+	b.writeManifest(mockManifest(`"alpha", "gamma"`))
+	third := strings.TrimSpace(b.ok("build"))
+	b.jsonOut(&got, "inspect", third)
+	if third == id || slices.Equal(got.Environment.DependencyLayers, o.DependencyLayers) || slices.Equal(got.Environment.DependencyLayers, m.DependencyLayers) {
+		t.Fatalf("another lock got the imported layers: %s %v", third, got.Environment.DependencyLayers)
+	}
+	b.ok("verify-store", "--rebuild", third)
+}
