@@ -25,8 +25,9 @@ import (
 //     the packages a layer installs (the time dpkg-deb records in every
 //     .deb, SOURCE_DATE_EPOCH by the reproducible-builds convention). The
 //     lock pins the packages, so it fixes the time too, and old locks need
-//     no new field. Files from packages keep their own (older) times, so
-//     Python's caches stay valid; what the run made gets the lock's time.
+//     no new field. Files from packages keep their own (older) times;
+//     what the run made gets the lock's time. (Where karapace does not
+//     read the packages' times, dnf, zypper and pacman, every time is 0.)
 //     The package manager runs with SOURCE_DATE_EPOCH set to it, so tools
 //     that write a time into a file (py_compile, useradd) write that one.
 //   - What a run leaves whose bytes depend on the run is dropped:
