@@ -11,8 +11,9 @@ import (
 	"strings"
 )
 
-// An env_id names what was resolved (its lock), not the bytes built from
-// it: two builds of one lock may give other layers. Once an environment
+// An env_id names what was resolved (its lock). Builds of one lock give
+// the same layers (repro.go), but not those of an older karapace or of
+// every package manager, and a remote can claim any. Once an environment
 // is published, its env_id stands for the layers it was published with,
 // and every party holds that binding fixed:
 //

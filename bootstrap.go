@@ -397,7 +397,7 @@ func bootstrapDigest(spec *archiveSpec, set []*debPackage) string {
 // without a download.
 func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, locked string) (string, string, error) {
 	if locked != "" {
-		if l, ok := e.indexedBase(locked); ok {
+		if l, ok := e.indexedArchiveBase(locked); ok {
 			return l, locked, nil
 		}
 	}
@@ -424,10 +424,20 @@ func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, l
 	if locked != "" && digest != locked {
 		return "", "", manifestErrorf("--locked: %s %s at %s (Release dated %s) resolves to base sha256:%s, not the locked sha256:%s: this mirror does not serve the locked archive state (a snapshot mirror URL of the lock's time would)", spec.Distro, spec.Suite, spec.Mirror, ar.rel.Date.UTC().Format(time.RFC3339), digest, locked)
 	}
-	if l, ok := e.indexedBase(digest); ok {
+	if l, ok := e.indexedArchiveBase(digest); ok {
 		return l, digest, nil
 	}
 	debs, err := e.fetchDebs(images, spec, set)
+	if err != nil {
+		return "", "", err
+	}
+	// The base's time is its packages' (see repro.go): the digest pins
+	// them, so the same digest gives the same bytes.
+	var files []string
+	for _, p := range set {
+		files = append(files, debs[p.Name])
+	}
+	when, err := debsTime(files)
 	if err != nil {
 		return "", "", err
 	}
@@ -435,21 +445,32 @@ func (e *engine) bootstrapBase(op *walOp, spec *archiveSpec, images *imageEnv, l
 	if err != nil {
 		return "", "", err
 	}
-	if err := e.installArchive(tree, spec, ar, ix, set, essential, debs); err != nil {
+	if err := e.installArchive(tree, spec, ix, set, essential, debs, when); err != nil {
 		return "", "", err
 	}
-	layer, err := e.storeTree(op, tree, layerBase, "")
+	layer, err := e.storeTree(op, tree, layerBase, "", when)
 	if err != nil {
 		return "", "", err
 	}
-	dir := filepath.Join(imagesDir(e.s), "sha256-"+digest)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	index := e.archiveBaseIndex(digest)
+	if err := os.MkdirAll(filepath.Dir(index), 0o700); err != nil {
 		return "", "", err
 	}
-	if err := writeFileAtomic(filepath.Join(dir, "base-layer"), []byte(layer+"\n"), 0o600); err != nil {
+	if err := writeFileAtomic(index, []byte(layer+"\n"), 0o600); err != nil {
 		return "", "", err
 	}
 	return layer, digest, nil
+}
+
+// archiveBaseIndex names the Base layer bootstrapped from a digest. Bases
+// bootstrapped before they were reproducible (under base-layer) are not
+// reused for new environments.
+func (e *engine) archiveBaseIndex(digest string) string {
+	return filepath.Join(imagesDir(e.s), "sha256-"+digest, "base-layer-v2")
+}
+
+func (e *engine) indexedArchiveBase(digest string) (string, bool) {
+	return e.indexedLayer(e.archiveBaseIndex(digest))
 }
 
 // debFetchers is how many packages are downloaded at once.
@@ -518,7 +539,7 @@ func mergedUsrDirs(arch string) []string {
 // installArchive makes the root filesystem in tree: the merged-/usr
 // skeleton, the Essential packages' files, then dpkg installing the
 // Essential packages and the rest, inside the sandbox, offline.
-func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelease, ix *debIndex, set, essential []*debPackage, debs map[string]string) error {
+func (e *engine) installArchive(tree string, spec *archiveSpec, ix *debIndex, set, essential []*debPackage, debs map[string]string, when int64) error {
 	dirs := mergedUsrDirs(spec.Arch)
 	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(tree, "usr", d), 0o755); err != nil {
@@ -587,7 +608,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ar *archiveRelea
 		Binds: []bindMount{{Source: view, Target: "/var/cache/karapace-debs", Dir: true, ReadOnly: true, Why: "package cache"}}}
 	defer e.s.removeTree(string(r.Dir))
 	env := []string{"DEBIAN_FRONTEND=noninteractive", "DEBCONF_NONINTERACTIVE_SEEN=true", "LC_ALL=C.UTF-8",
-		fmt.Sprintf("SOURCE_DATE_EPOCH=%d", ar.rel.Date.Unix())}
+		fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when)}
 	logPath := tree + ".log"
 	logFile, err := os.Create(logPath)
 	if err != nil {
@@ -720,24 +741,38 @@ func appendDebData(tw *tar.Writer, debPath string, dirs []string) error {
 // finishArchiveTree writes the sources list and removes what differs
 // from one bootstrap to the next: caches, logs, machine identity.
 func finishArchiveTree(tree string, spec *archiveSpec) error {
-	keyring := "/usr/share/keyrings/" + spec.Distro + "-archive-keyring.gpg"
-	sources := fmt.Sprintf("Types: deb\nURIs: %s\nSuites: %s\nComponents: %s\nSigned-By: %s\n", spec.Mirror, spec.Suite, strings.Join(spec.Components, " "), keyring)
-	if err := os.MkdirAll(filepath.Join(tree, "etc/apt/sources.list.d"), 0o755); err != nil {
+	sources := filepath.Join(tree, archiveSourcesPath(spec))
+	if err := os.MkdirAll(filepath.Dir(sources), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(tree, "etc/apt/sources.list.d", spec.Distro+".sources"), []byte(sources), 0o644); err != nil {
+	if err := os.WriteFile(sources, []byte(archiveSources(spec, defaultMirror(spec.Distro, spec.Arch))), 0o644); err != nil {
 		return err
 	}
-	junk := []string{"var/cache/karapace-debs", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*",
-		"var/log/*.log", "var/log/apt/*", "var/cache/debconf/*-old", "var/lib/dpkg/*-old", "var/cache/ldconfig/aux-cache",
-		"etc/hostname", "etc/resolv.conf", "root/.bash_history"}
-	if err := treeInNS(treeJob{Op: "clean", Dir: tree, Paths: junk}, nil, nil); err != nil {
+	if err := treeInNS(treeJob{Op: "clean", Dir: tree, Paths: junkOf("apt", "bootstrap")}, nil, nil); err != nil {
 		return err
 	}
 	// systemd's convention: an empty machine-id is filled in on first boot.
 	if err := os.WriteFile(filepath.Join(tree, "etc/machine-id"), nil, 0o444); err != nil {
 		return err
 	}
-	return planIDMapping().own(filepath.Join(tree, "etc/apt/sources.list.d"), filepath.Join(tree, "etc/apt/sources.list.d", spec.Distro+".sources"),
-		filepath.Join(tree, "etc/machine-id"))
+	return planIDMapping().own(filepath.Dir(sources), sources, filepath.Join(tree, "etc/machine-id"))
+}
+
+// archiveSourcesPath is where a bootstrapped base has its sources list.
+func archiveSourcesPath(spec *archiveSpec) string {
+	return "etc/apt/sources.list.d/" + spec.Distro + ".sources"
+}
+
+// archiveSources is the sources list of the archive at uri. A base names
+// the distribution's canonical archive, whichever mirror it came from,
+// so that its bytes do not depend on the mirror; a build binds one naming
+// the configured mirror over it. A snapshot's Release files have expired
+// on purpose (the bootstrap judged them at the snapshot's time).
+func archiveSources(spec *archiveSpec, uri string) string {
+	s := fmt.Sprintf("Types: deb\nURIs: %s\nSuites: %s\nComponents: %s\nSigned-By: /usr/share/keyrings/%s-archive-keyring.gpg\n",
+		uri, spec.Suite, strings.Join(spec.Components, " "), spec.Distro)
+	if _, snap := snapshotTime(uri); snap {
+		s += "Check-Valid-Until: no\n"
+	}
+	return s
 }

@@ -24,6 +24,9 @@ type kpRun struct {
 	home  string
 	dir   string // working directory: the project
 	env   []string
+	// asUser runs karapace as this user (with runuser and env -i) from
+	// userBinary, a copy of this binary that the user can run.
+	asUser, userBinary string
 }
 
 func newKP(t *testing.T) *kpRun {
@@ -63,6 +66,10 @@ func newKP(t *testing.T) *kpRun {
 func (k *kpRun) cmd(stdin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = k.env
+	if k.asUser != "" {
+		argv := append(append([]string{"-u", k.asUser, "--", "env", "-i"}, k.env...), k.userBinary)
+		cmd = exec.Command("runuser", append(argv, args...)...)
+	}
 	cmd.Dir = k.dir
 	cmd.Stdin = strings.NewReader(stdin)
 	return cmd

@@ -308,8 +308,18 @@ consistent and exit status is 130.`,
 			summary: "re-hash every object, layer and metadata file and report damage",
 			help: `Checks every object against its hash (on all cores), every layer manifest
 and every metadata file (checksum, references). Lists each bad item and
-exits with status 3 if there is any.`,
-			run: runVerifyStore,
+exits with status 3 if there is any.
+
+With --rebuild ENV, checks instead that ENV's lock gives ENV's bytes: builds it
+again from the lock kept with it, as build --locked would, in a scratch store
+beside this one (STORE-rebuild-*, with its own downloads; removed afterwards),
+and compares its base and dependency layers with ENV's, naming each path that
+differs and how (content, mode, owner, time, link target, xattrs). Snapshots
+and the writable layer are the user's, not the lock's, and are not compared.
+It needs the network, or the mirror the configuration names. Exit status 0:
+the same bytes; 3: they differ; 1 or 2: the rebuild itself failed.`,
+			flags: []flagDef{{"rebuild", "", "ENV", "build ENV again from its lock in a scratch store and compare its layers byte for byte"}},
+			run:   runVerifyStore,
 		},
 		{
 			name:    "migrate",

@@ -77,6 +77,9 @@ type buildOptions struct {
 	requirePinned bool
 	allowInsecure bool // an http:// base.image no digest pins
 	rebuild       bool // replace the environment the lock named, in the same operation
+	// archive is where the base was bootstrapped from, whose mirror the
+	// package manager fetches from; nil for an image.
+	archive *archiveSpec
 }
 
 // buildResult is what build reports (its --json, with stable names).
@@ -257,27 +260,14 @@ func (e *engine) resolveBase(p *buildPlan) error {
 		e.out.notef("%s: %s: resolving again", p.lp, drift)
 		p.lock = nil
 	}
-	switch lock := p.lock; {
-	case p.spec != nil: // resolved by the bootstrap
-		// A lock made from a snapshot mirror names the archive state it
-		// pins: with no mirror configured, that is where to get it.
-		if lock != nil && p.images.cfg.Mirrors[p.spec.Distro] == "" {
-			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+p.spec.Suite); ok {
-				if _, snap := snapshotTime(mirror); snap {
-					p.spec.Mirror = mirror
-				}
-			}
-		}
+	var fromLock bool
+	if p.src, fromLock, err = p.images.lockedSource(p.spec, p.lock, filepath.Dir(p.lp)); err != nil {
+		return err
+	}
+	if p.spec != nil { // resolved by the bootstrap
 		return nil
-	case lock != nil && lock.BaseImageURL != "":
-		p.src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
-		if !strings.Contains(p.src.Location, "://") && !filepath.IsAbs(p.src.Location) {
-			p.src.Location = filepath.Join(filepath.Dir(p.lp), p.src.Location)
-		}
-		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
-			return lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
-		}
-	default:
+	}
+	if !fromLock {
 		if p.src, err = p.images.resolve(p.ref, p.m.Dir); err != nil {
 			return err
 		}
@@ -286,6 +276,35 @@ func (e *engine) resolveBase(p *buildPlan) error {
 		return manifestErrorf("%s: %v", p.m.Path, err)
 	}
 	return nil
+}
+
+// lockedSource is where the base a lock pins comes from. For an archive
+// (spec), that is the configured mirror, or with none the snapshot mirror
+// the lock names, since that serves the archive state it pins (spec.Mirror
+// is set). For an image, the URL or file the lock names (relative to
+// lockDir), pinned to its digest; fromLock is false when there is none.
+func (images *imageEnv) lockedSource(spec *archiveSpec, lock *lockFile, lockDir string) (src imageSource, fromLock bool, err error) {
+	switch {
+	case lock == nil:
+	case spec != nil:
+		if images.cfg.Mirrors[spec.Distro] == "" {
+			if mirror, ok := strings.CutSuffix(lock.BaseImageURL, "/dists/"+spec.Suite); ok {
+				if _, snap := snapshotTime(mirror); snap {
+					spec.Mirror = mirror
+				}
+			}
+		}
+	case lock.BaseImageURL != "":
+		if !strings.HasPrefix(lock.BaseImageDigest, "sha256:") {
+			return src, false, lock.src.errorf([]string{"base_image_digest"}, "%q: this lock needs a sha256 digest", lock.BaseImageDigest)
+		}
+		src = imageSource{Location: lock.BaseImageURL, SHA256: strings.TrimPrefix(lock.BaseImageDigest, "sha256:")}
+		if !strings.Contains(src.Location, "://") && !filepath.IsAbs(src.Location) {
+			src.Location = filepath.Join(lockDir, src.Location)
+		}
+		return src, true, nil
+	}
+	return src, false, nil
 }
 
 // buildInOp builds in one WAL operation: everything it puts in the store
@@ -347,31 +366,17 @@ func (e *engine) nameAvailable(name, manifestPath string, replacing *envMeta) er
 // buildLocked builds within op: the base layer, the packages' layer, the
 // lock, the environment's metadata.
 func (e *engine) buildLocked(op *walOp, p *buildPlan) (*buildResult, error) {
-	importStart := time.Now()
-	base, digest, location, err := e.buildBase(op, p)
+	bl, err := e.storedLayers(p.lock)
+	if err == nil && bl == nil {
+		bl, err = e.makeLayers(op, p)
+	}
 	if err != nil {
 		return nil, err
 	}
-	res := &buildResult{BaseLayer: base, DependencyLayers: []string{}, ImageDigest: "sha256:" + digest, ImportSeconds: time.Since(importStart).Seconds(),
-		BaseImage: p.m.BaseImage, Requested: append([]string{}, p.m.Packages...), BasePackages: installedPackages(e.s.envs().tree(base))}
-	var pkgs []lockedPackage
-	if len(p.m.Packages) > 0 {
-		var want []lockedPackage
-		if p.lock != nil {
-			want = p.lock.Packages
-		}
-		b, err := e.backend(p.m.Backend)
-		if err != nil {
-			return nil, err
-		}
-		dep, closure, pmTime, err := b.packages(e, op, base, p.m.Packages, want, p.o)
-		res.PackageManagerSeconds = pmTime.Seconds()
-		if err != nil {
-			return nil, err
-		}
-		res.DependencyLayers, pkgs = []string{dep}, closure
-	}
-	l := newLock(p.m, "sha256:"+digest, location, pkgs)
+	pkgs := bl.pkgs
+	res := &buildResult{BaseLayer: bl.base, DependencyLayers: append([]string{}, bl.deps...), ImageDigest: bl.digest, ImportSeconds: bl.importSeconds, PackageManagerSeconds: bl.pmSeconds,
+		BaseImage: p.m.BaseImage, Requested: append([]string{}, p.m.Packages...), BasePackages: installedPackages(e.s.envs().tree(bl.base))}
+	l := newLock(p.m, bl.digest, baseLocation(p), pkgs)
 	if p.lock != nil && l.EnvID != p.lock.EnvID && p.o.locked {
 		return nil, manifestErrorf("--locked: building %s gave environment %s, not the locked %s; the lock cannot be reproduced here", p.m.Path, l.ShortID, p.lock.ShortID)
 	}
@@ -393,21 +398,88 @@ func (e *engine) buildLocked(op *walOp, p *buildPlan) (*buildResult, error) {
 	return res, e.putBuiltMeta(op, p, res)
 }
 
-// buildBase makes (or finds) the base layer, and returns it with the
-// image's sha256 and where the lock says it came from.
-func (e *engine) buildBase(op *walOp, p *buildPlan) (layer, digest, location string, err error) {
-	if p.spec != nil {
-		layer, digest, err = e.archiveBase(op, p.spec, p.images, p.lock, p.o.locked)
-		return layer, digest, p.spec.Mirror + "/dists/" + p.spec.Suite, err
+// builtLayers are what a build makes of a lock: the Base layer and the
+// digest of what it was made from (sha256:HEX), the Dependency layers and
+// the closure they install, and where the time went.
+type builtLayers struct {
+	base, digest             string
+	deps                     []string
+	pkgs                     []lockedPackage
+	importSeconds, pmSeconds float64
+}
+
+// storedLayers finds the layers of a lock whose environment the store
+// holds (built here, imported or pulled): those its env_id is bound to,
+// found by the lock alone, with no image, archive or package manager,
+// so a lock builds offline wherever its environment was carried. nil
+// when the store lacks them.
+func (e *engine) storedLayers(lock *lockFile) (*builtLayers, error) {
+	if lock == nil {
+		return nil, nil
 	}
-	layer, digest, err = e.baseLayer(op, p.src, p.images)
-	location = p.src.Location
-	if p.ref.Kind == imageFile && !filepath.IsAbs(p.ref.Name) {
+	known, err := e.s.knownLayers(lock.EnvID)
+	if err != nil || known == nil || known.BaseLayer == "" {
+		return nil, err
+	}
+	for _, l := range append([]string{known.BaseLayer}, known.DependencyLayers...) {
+		if !e.hasTree(l) {
+			return nil, nil
+		}
+	}
+	e.out.debugf("the layers of %s from the store, as its env_id is bound to them", lock.ShortID)
+	return &builtLayers{base: known.BaseLayer, digest: lock.BaseImageDigest, deps: known.DependencyLayers, pkgs: lock.Packages}, nil
+}
+
+// makeLayers makes the Base layer (or finds it in the store by its
+// digest) and, for packages, the Dependency layer on it (or finds it by
+// the locked closure). The plan's lock, when set, pins both.
+func (e *engine) makeLayers(op *walOp, p *buildPlan) (*builtLayers, error) {
+	start := time.Now()
+	bl := &builtLayers{}
+	var err error
+	o := p.o
+	if p.spec != nil {
+		bl.base, bl.digest, err = e.archiveBase(op, p.spec, p.images, p.lock, p.o.locked)
+		o.archive = p.spec
+	} else {
+		bl.base, bl.digest, err = e.baseLayer(op, p.src, p.images)
+	}
+	if err != nil {
+		return nil, err
+	}
+	bl.digest = "sha256:" + bl.digest
+	bl.importSeconds = time.Since(start).Seconds()
+	if len(p.m.Packages) == 0 {
+		return bl, nil
+	}
+	var want []lockedPackage
+	if p.lock != nil {
+		want = p.lock.Packages
+	}
+	b, err := e.backend(p.m.Backend)
+	if err != nil {
+		return nil, err
+	}
+	dep, closure, pmTime, err := b.packages(e, op, bl.base, p.m.Packages, want, o)
+	bl.pmSeconds = pmTime.Seconds()
+	if err != nil {
+		return nil, err
+	}
+	bl.deps, bl.pkgs = []string{dep}, closure
+	return bl, nil
+}
+
+// baseLocation is where the lock says the base came from.
+func baseLocation(p *buildPlan) string {
+	switch {
+	case p.spec != nil:
+		return p.spec.Mirror + "/dists/" + p.spec.Suite
+	case p.ref.Kind == imageFile && !filepath.IsAbs(p.ref.Name):
 		// As given, relative to the manifest and the lock beside it, so
 		// the lock holds in every checkout.
-		location = p.ref.Name
+		return p.ref.Name
 	}
-	return layer, digest, location, err
+	return p.src.Location
 }
 
 // putBuiltMeta records the built environment: a new one with its
@@ -540,7 +612,7 @@ func (e *engine) baseLayer(op *walOp, src imageSource, images *imageEnv) (string
 	if l, ok := e.indexedBase(sha); ok {
 		return l, sha, nil
 	}
-	layer, err := e.storeTree(op, tree, layerBase, "")
+	layer, err := e.storeTree(op, tree, layerBase, "", 0)
 	if err != nil {
 		return "", "", err
 	}
@@ -567,23 +639,30 @@ func (e *engine) indexedLayer(index string) (string, bool) {
 		return "", false
 	}
 	l := strings.TrimSpace(string(data))
+	return l, e.hasTree(l)
+}
+
+// hasTree makes sure a layer is in the store with its tree, re-creating
+// the tree when it was removed.
+func (e *engine) hasTree(l string) bool {
 	if !validStoreHash(l) || !e.s.hasLayer(l) {
-		return "", false
+		return false
 	}
 	if _, err := os.Stat(e.s.envs().tree(l)); err != nil {
 		if err := e.unpackTree(l); err != nil {
 			e.out.warnf("re-creating the tree of layer %s: %v", l, err)
-			return "", false
+			return false
 		}
 	}
-	return l, true
+	return true
 }
 
-// storeTree packs a tree into a layer of the given kind and makes the
-// tree that layer's lower directory.
-func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string) (string, error) {
+// storeTree packs a tree into a layer of the given kind, its file times
+// clamped to clamp (seconds since 1970; 0: all 0), and makes the tree
+// that layer's lower directory.
+func (e *engine) storeTree(op *walOp, tree string, kind layerKind, parent string, clamp int64) (string, error) {
 	pr, pw := io.Pipe()
-	go func() { pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: tree}, nil, pw)) }()
+	go func() { pw.CloseWithError(treeInNS(treeJob{Op: "pack", Dir: tree, Clamp: int(clamp)}, nil, pw)) }()
 	obj, _, err := op.putObject(pr)
 	pr.CloseWithError(io.ErrClosedPipe)
 	if err != nil {
@@ -693,7 +772,7 @@ func (e *engine) archiveBase(op *walOp, spec *archiveSpec, images *imageEnv, loc
 	required := ""
 	if lock != nil {
 		digest := strings.TrimPrefix(lock.BaseImageDigest, "sha256:")
-		if l, ok := e.indexedBase(digest); ok {
+		if l, ok := e.indexedArchiveBase(digest); ok {
 			return l, digest, nil
 		}
 		if locked {

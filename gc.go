@@ -232,7 +232,7 @@ func (sw *gcSweeper) imageCache() error {
 		switch {
 		case strings.HasPrefix(n, "sha256-"):
 			err = sw.sweep(sub, nil, func(f string) bool {
-				if f == "base-layer" {
+				if strings.HasPrefix(f, "base-layer") { // an index (base-layer-v2: see archiveBaseIndex)
 					return dangling(filepath.Join(sub, f))
 				}
 				return sw.o.Images

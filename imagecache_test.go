@@ -329,7 +329,7 @@ func TestImageAliasBuildWithPackages(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != id {
 		t.Fatalf("offline locked build: %d %q\n%s", code, out, errOut)
 	}
-	mustContain(t, "offline build", errOut, "from the store, no apt run")
+	mustContain(t, "offline build", errOut, "the layers of "+id[:12]+" from the store")
 	if strings.Contains(errOut, "installing") {
 		t.Fatalf("the package manager ran:\n%s", errOut)
 	}

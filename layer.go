@@ -213,6 +213,7 @@ type treeStats struct {
 
 type packer struct {
 	tw    *tar.Writer
+	clamp int64                // the latest time an entry may have (see packLayerClamped)
 	links map[[2]uint64]string // dev, ino of multiply linked files → first name
 	st    treeStats
 	buf   []byte
@@ -222,15 +223,23 @@ type packer struct {
 var layerEpoch = time.Unix(0, 0)
 
 // packLayer writes the tree under dir to w as a deterministic tar stream:
-// depth first with each directory's names sorted bytewise, times 0,
+// depth first with each directory's names sorted bytewise, times 0 (see
+// packLayerClamped),
 // numeric owners without names, permission bits with setuid, setgid and
 // sticky, symlinks, hardlinks (to the first name in stream order), FIFOs,
 // the xattrs security.capability and user.* (PAX SCHILY.xattr.*), and
 // overlay whiteouts and opaque directories as OCI-style ".wh." files.
 // Device nodes (the runtime mounts its own /dev), sockets and other xattrs
 // are left out and counted. The root directory is the entry "./".
-func packLayer(dir string, w io.Writer) (treeStats, error) {
-	p := &packer{tw: tar.NewWriter(w), links: map[[2]uint64]string{}}
+func packLayer(dir string, w io.Writer) (treeStats, error) { return packLayerClamped(dir, w, 0) }
+
+// packLayerClamped is packLayer with each entry's time its modification
+// time in whole seconds, but no later than clamp (seconds since 1970) nor
+// before 1970: a build's files keep the times their packages gave them,
+// and what the build made gets clamp, whenever it ran. With clamp 0 every
+// time is 0.
+func packLayerClamped(dir string, w io.Writer, clamp int64) (treeStats, error) {
+	p := &packer{tw: tar.NewWriter(w), links: map[[2]uint64]string{}, clamp: clamp}
 	bp := storeBufPool.Get().(*[]byte)
 	defer storeBufPool.Put(bp)
 	p.buf = *bp
@@ -252,13 +261,17 @@ func packLayer(dir string, w io.Writer) (treeStats, error) {
 }
 
 func (p *packer) header(name string, st *unix.Stat_t, typ byte) *tar.Header {
+	t := layerEpoch
+	if sec := min(st.Mtim.Sec, p.clamp); sec > 0 {
+		t = time.Unix(sec, 0)
+	}
 	return &tar.Header{
 		Typeflag: typ,
 		Name:     name,
 		Mode:     int64(st.Mode & 0o7777),
 		Uid:      int(st.Uid),
 		Gid:      int(st.Gid),
-		ModTime:  layerEpoch,
+		ModTime:  t,
 		Format:   tar.FormatPAX,
 	}
 }

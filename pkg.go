@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -26,7 +27,15 @@ type pkgManager struct {
 	pin   func(lockedPackage) string
 	query []string                       // lists installed packages
 	parse func(string) map[string]string // query output → name: version
-	junk  []string                       // caches and logs left out of the layer (globs)
+	// download: extra options that make install only download, into
+	// downloads (.deb files), whose build times give the layer's time (see
+	// repro.go); nil where karapace does not read the packages' times.
+	download  []string
+	downloads string
+	// auto lists the packages marked as installed automatically, and
+	// markAuto (followed by packages) marks them so: a locked install
+	// names every package, which would mark them all as asked for.
+	auto, markAuto []string
 }
 
 var pkgManagers = []pkgManager{
@@ -48,8 +57,8 @@ var pkgManagers = []pkgManager{
 			}
 			return m
 		},
-		junk: []string{"var/lib/apt/lists/*_*", "var/cache/apt/*.bin", "var/cache/apt/archives/*.deb", "var/log/apt/*",
-			"var/log/dpkg.log", "var/log/alternatives.log", "var/cache/debconf/*-old", "var/lib/dpkg/*-old"},
+		download: []string{"--download-only"}, downloads: "var/cache/apt/archives",
+		auto: []string{"apt-mark", "showauto"}, markAuto: []string{"apt-mark", "auto"},
 	},
 	{
 		name: "dnf", marker: "usr/bin/dnf",
@@ -57,7 +66,6 @@ var pkgManagers = []pkgManager{
 		pin:     func(p lockedPackage) string { return p.Name + "-" + p.Version },
 		query:   []string{"rpm", "-qa", "--qf", "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\n"},
 		parse:   parseTabPairs,
-		junk:    []string{"var/cache/dnf/*", "var/log/dnf*", "var/log/hawkey.log"},
 	},
 	{
 		name: "zypper", marker: "usr/bin/zypper",
@@ -67,7 +75,6 @@ var pkgManagers = []pkgManager{
 		pin:     func(p lockedPackage) string { return p.Name + "=" + p.Version },
 		query:   []string{"rpm", "-qa", "--qf", "%{NAME}\t%{VERSION}-%{RELEASE}\n"},
 		parse:   parseTabPairs,
-		junk:    []string{"var/cache/zypp/*", "var/log/zypper.log", "var/log/zypp/*"},
 	},
 	{
 		name: "pacman", marker: "usr/bin/pacman",
@@ -84,7 +91,6 @@ var pkgManagers = []pkgManager{
 			}
 			return m
 		},
-		junk: []string{"var/cache/pacman/pkg/*", "var/lib/pacman/sync/*", "var/log/pacman.log"},
 	},
 }
 
@@ -137,7 +143,8 @@ func depKey(base, pm string, closure []lockedPackage) string {
 	for _, p := range closure {
 		b.WriteString(p.Name + "=" + p.Version + "\n")
 	}
-	return hashHex([]byte("karapace dependency layer v1\n"), []byte(b.String()))
+	// v2: the layers of reproducible builds (repro.go), not those before.
+	return hashHex([]byte("karapace dependency layer v2\n"), []byte(b.String()))
 }
 
 func (e *engine) depIndex(key string) string {
@@ -191,10 +198,20 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	defer logFile.Close()
 	id := hashHex([]byte(dir))
 	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{baseTree}, Build: true}
+	if o.archive != nil && pm.name == "apt" {
+		// The base's sources list names the canonical archive; this
+		// build fetches from the configured mirror, which no layer records.
+		src := filepath.Join(dir, "sources")
+		if err := os.WriteFile(src, []byte(archiveSources(o.archive, o.archive.Mirror)), 0o644); err != nil {
+			return "", nil, 0, err
+		}
+		r.Binds = append(r.Binds, bindMount{Source: src, Target: "/" + archiveSourcesPath(o.archive), ReadOnly: true, Why: "the configured mirror"})
+	}
 	b := nsBackend{getenv: e.getenv}
 	// On a terminal, the latest line of the install's output shows.
 	status := e.out.status(pm.name)
 	defer status.finish()
+	env := pm.env
 	run := func(argv []string, stdout io.Writer) error {
 		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))
 		var stderr io.Writer = logFile
@@ -202,7 +219,7 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 			stdout = io.MultiWriter(logFile, status)
 			stderr = stdout
 		}
-		code, err := runCaptured(b, r, argv, pm.env, stdout, stderr)
+		code, err := runCaptured(b, r, argv, env, stdout, stderr)
 		if err == nil && code != 0 {
 			err = fmt.Errorf("%s exited with status %d", argv[0], code)
 		}
@@ -211,39 +228,71 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 		}
 		return nil
 	}
-	query := func() (map[string]string, error) {
+	output := func(argv []string) (string, error) {
 		var out bytes.Buffer
-		if err := run(pm.query, &out); err != nil {
-			return nil, err
-		}
-		return pm.parse(out.String()), nil
+		err := run(argv, &out)
+		return out.String(), err
 	}
-	before, err := query()
+	out, err := output(pm.query)
 	if err != nil {
 		return "", nil, 0, err
 	}
+	before := pm.parse(out)
+	var autoBefore map[string]bool
+	if locked != nil && pm.auto != nil {
+		if out, err = output(pm.auto); err != nil {
+			return "", nil, 0, err
+		}
+		autoBefore = setOf(strings.Fields(out))
+	}
 	e.out.notef("installing %s with %s", strings.Join(requested, " "), pm.name)
 	start := time.Now()
-	for _, cmd := range cmds {
+	install := cmds[len(cmds)-1]
+	for _, cmd := range cmds[:len(cmds)-1] {
 		if err := run(cmd, nil); err != nil {
 			return "", nil, 0, err
 		}
 	}
+	// The layer's time is that of the packages (see repro.go): they are
+	// downloaded first to read it, then installed with it.
+	var when int64
+	if pm.download != nil {
+		n := len(pm.install)
+		if err := run(slices.Concat(install[:n], pm.download, install[n:]), nil); err != nil {
+			return "", nil, 0, err
+		}
+		if when, err = downloadedDebsTime(r.Dir.upper(), pm.downloads); err != nil {
+			return "", nil, 0, fmt.Errorf("reading the build times of the downloaded packages: %w", err)
+		}
+		if when > 0 {
+			env = append(slices.Clone(pm.env), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when))
+		}
+		if when > time.Now().Unix() {
+			e.out.warnf("the packages were built at %s, after this machine's clock says it is: what the install writes keeps its own times, and another build of the lock may differ", time.Unix(when, 0).UTC().Format(time.RFC3339))
+		}
+	}
+	if err := run(install, nil); err != nil {
+		return "", nil, 0, err
+	}
 	pmTime := time.Since(start)
 	status.finish()
 	e.out.debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
-	after, err := query()
-	if err != nil {
+	if out, err = output(pm.query); err != nil {
 		return "", nil, 0, err
 	}
-	closure := installedClosure(before, after, requested)
+	closure := installedClosure(before, pm.parse(out), requested)
 	if locked != nil && !sameClosure(closure, locked) {
 		return "", nil, 0, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
 	}
-	if err := treeInNS(treeJob{Op: "clean", Dir: r.Dir.upper(), Paths: pm.junk}, nil, nil); err != nil {
+	if autos := lockedAutos(closure, requested, before, autoBefore); len(autos) > 0 {
+		if err := run(append(slices.Clone(pm.markAuto), autos...), &bytes.Buffer{}); err != nil {
+			return "", nil, 0, err
+		}
+	}
+	if err := treeInNS(treeJob{Op: "clean", Dir: r.Dir.upper(), Paths: junkOf(pm.name)}, nil, nil); err != nil {
 		return "", nil, 0, fmt.Errorf("removing package caches: %w", err)
 	}
-	layer, err := e.storeTree(op, r.Dir.upper(), layerDependency, base)
+	layer, err := e.storeTree(op, r.Dir.upper(), layerDependency, base, when)
 	if err != nil {
 		return "", nil, 0, err
 	}
@@ -258,6 +307,23 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 		return "", nil, 0, err
 	}
 	return layer, closure, pmTime, nil
+}
+
+// lockedAutos are the packages of a locked install to mark as installed
+// automatically, as resolving would have: those not asked for that the
+// install added, or changed while they were marked so.
+func lockedAutos(closure []lockedPackage, requested []string, before map[string]string, autoBefore map[string]bool) []string {
+	if autoBefore == nil {
+		return nil // not a locked install, or no marks to keep
+	}
+	var out []string
+	for _, p := range closure {
+		_, had := before[p.Name]
+		if !contains(requested, p.Name) && (!had || autoBefore[p.Name]) {
+			out = append(out, p.Name)
+		}
+	}
+	return out
 }
 
 // installedClosure is what the install added or changed, plus every
@@ -405,6 +471,6 @@ func (e *engine) mockDependencyLayer(op *walOp, base string, requested []string)
 		}
 		closure = append(closure, lockedPackage{p, "0-mock"})
 	}
-	layer, err := e.storeTree(op, dir, layerDependency, base)
+	layer, err := e.storeTree(op, dir, layerDependency, base, 0)
 	return layer, closure, err
 }

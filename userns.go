@@ -553,6 +553,7 @@ type treeJob struct {
 	Paths   []string // clean: globs under Dir to remove
 	Overlay bool     // unpack whiteouts as overlay whiteouts
 	Image   bool     // a base image: leave out its device nodes
+	Clamp   int      // pack: the latest file time, in seconds since 1970 (0: every time is 0)
 	// unpack: what the stream may create at most, 0 for the default, and
 	// the configuration file that sets it, for messages.
 	MaxSize, MaxEntries int
@@ -580,7 +581,7 @@ func treeStage(cfg wireMsg, _ []int, _ *output) int {
 		_, err = unpackLayer(bufio.NewReaderSize(os.Stdin, 256<<10), job.Dir, unpackOptions{overlay: job.Overlay, chown: true, skipDevices: job.Image, limits: job.limits()})
 	case "pack":
 		w := bufio.NewWriterSize(os.Stdout, 256<<10)
-		if _, err = packLayer(job.Dir, w); err == nil {
+		if _, err = packLayerClamped(job.Dir, w, int64(job.Clamp)); err == nil {
 			err = w.Flush()
 		}
 	case "remove":

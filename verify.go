@@ -399,6 +399,9 @@ func blake3File(f *os.File, size int64, workers int, buf []byte) (string, error)
 }
 
 func runVerifyStore(c *cli) error {
+	if c.has("rebuild") {
+		return runRebuildCheck(c)
+	}
 	s, err := c.openStore()
 	if errors.Is(err, errNoStore) {
 		return storeErrorf("nothing to verify: %v", err)

@@ -255,6 +255,7 @@ func (j *treeJob) encode(w *wireWriter) {
 	w.strs(j.Paths)
 	w.bool(j.Overlay)
 	w.bool(j.Image)
+	w.int(j.Clamp)
 	w.int(j.MaxSize)
 	w.int(j.MaxEntries)
 	w.str(j.Config)
@@ -262,7 +263,7 @@ func (j *treeJob) encode(w *wireWriter) {
 
 func (j *treeJob) decode(r *wireReader) {
 	j.Op, j.Dir, j.Paths = r.str(), r.str(), r.strs()
-	j.Overlay, j.Image = r.bool(), r.bool()
+	j.Overlay, j.Image, j.Clamp = r.bool(), r.bool(), r.int()
 	j.MaxSize, j.MaxEntries, j.Config = r.int(), r.int(), r.str()
 }
 
