@@ -255,9 +255,10 @@ StopEnvironment, 'karapace stop' or the service's exit; exec, enter and launcher
 it. A build's end shows a desktop notification where a notification server runs. Calls
 run side by side; only the service's own user may make them. It exits after
 --idle-timeout without calls (the bus starts it again), and refuses to start when
-another process has the name. --install writes the bus activation file and a hardened
-systemd user unit for this binary and store into $XDG_DATA_HOME/dbus-1/services and
-$XDG_CONFIG_HOME/systemd/user.`,
+another process has the name. --install writes the bus activation file and a systemd
+user unit for this binary and store into $XDG_DATA_HOME/dbus-1/services and
+$XDG_CONFIG_HOME/systemd/user (without systemd's sandboxing, which would take away the
+subordinate ID range builds need; the environments are sandboxed by karapace).`,
 			flags: []flagDef{
 				{"idle-timeout", "", "DURATION", "exit after this long without calls (default 30s; 0: never)"},
 				{"install", "", "", "write the activation file and the systemd user unit, then exit"},

@@ -53,7 +53,8 @@ func runtimeChecks() []check {
 	case os.Geteuid() == 0:
 		fix := ""
 		if !strings.HasPrefix(m.rootRange, "root's") {
-			fix = "to choose the range: sudo usermod --add-subuids N-M --add-subgids N-M root (65537 IDs, unused by any user)"
+			free := freeSubordinateStart("/etc/subuid", "/etc/subgid")
+			fix = fmt.Sprintf("to choose the range: sudo usermod --add-subuids %d-%d --add-subgids %d-%d root (a range no entry of /etc/subuid or /etc/subgid uses)", free, free+subordinateIDs, free, free+subordinateIDs)
 		}
 		add("ID mapping", "ok", fmt.Sprintf("running as root: an environment's IDs 0-%d are %s, no user of the host", subordinateIDs, m.rootRange), fix)
 	case m.reduced == "":

@@ -70,7 +70,9 @@ func planIDMapping() idMapping {
 	if u, err := user.LookupId(name); err == nil {
 		name = u.Username
 	}
-	fix := fmt.Sprintf("to fix: sudo apt install uidmap && sudo usermod --add-subuids 100000-165535 --add-subgids 100000-165535 %s", name)
+	free := freeSubordinateStart("/etc/subuid", "/etc/subgid")
+	fix := fmt.Sprintf("to fix: sudo apt install uidmap && sudo usermod --add-subuids %d-%d --add-subgids %d-%d %s (a range no entry of /etc/subuid or /etc/subgid uses)",
+		free, free+subordinateIDs-1, free, free+subordinateIDs-1, name)
 	subU, okU := subordinateRange("/etc/subuid", name, uid)
 	subG, okG := subordinateRange("/etc/subgid", name, uid)
 	_, errU := exec.LookPath("newuidmap")
@@ -144,6 +146,27 @@ func subordinateRange(file, name string, uid int) (idRange, bool) {
 		}
 	}
 	return idRange{}, false
+}
+
+// freeSubordinateStart is where a new range of 65536 IDs can begin: at
+// 100000 or the next multiple of 65536 after every range the files give.
+func freeSubordinateStart(files ...string) int {
+	end := 100000
+	for _, file := range files {
+		data, _ := os.ReadFile(file)
+		for line := range strings.Lines(string(data)) {
+			fields := strings.Split(strings.TrimSpace(line), ":")
+			if len(fields) != 3 {
+				continue
+			}
+			start, err1 := strconv.Atoi(fields[1])
+			count, err2 := strconv.Atoi(fields[2])
+			if err1 == nil && err2 == nil && count > 0 {
+				end = max(end, start+count)
+			}
+		}
+	}
+	return (end + 65535) / 65536 * 65536
 }
 
 // apply maps the user namespace of process pid with newuidmap and

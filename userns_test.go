@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"path/filepath"
 	"testing"
 )
 
@@ -31,5 +32,24 @@ func TestNSOwnership(t *testing.T) {
 	want := "/ root:root 755\n/etc/shadow root:shadow 640\n/var/cache/apt/archives/partial _apt:root 700\n/tmp root:root 1777\n"
 	if code != 0 || out != want {
 		t.Fatalf("status %d\n%s%s\nwant:\n%s", code, out, errOut, want)
+	}
+}
+
+func TestFreeSubordinateStart(t *testing.T) {
+	dir := t.TempDir()
+	none := filepath.Join(dir, "none")
+	u := writeFile(t, dir, "subuid", "alice:100000:65536\nbob:165536:65536\n# junk\nbad:x:1\n")
+	g := writeFile(t, dir, "subgid", "alice:100000:65536\ncarol:300000:1000\n")
+	for _, c := range []struct {
+		files []string
+		want  int
+	}{
+		{[]string{none}, 131072}, // 100000 rounded up
+		{[]string{u}, 262144},    // after bob's 165536+65536
+		{[]string{u, g}, 327680}, // after carol's 301000
+	} {
+		if got := freeSubordinateStart(c.files...); got != c.want {
+			t.Errorf("%v: %d, want %d", c.files, got, c.want)
+		}
 	}
 }
