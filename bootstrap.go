@@ -541,6 +541,21 @@ func mergedUsrDirs(arch string) []string {
 // Essential packages and the rest, inside the sandbox, offline.
 func (e *engine) installArchive(tree string, spec *archiveSpec, ix *debIndex, set, essential []*debPackage, debs map[string]string, when int64) error {
 	dirs := mergedUsrDirs(spec.Arch)
+	if err := archiveSkeleton(tree, dirs); err != nil {
+		return err
+	}
+	if err := e.unpackEssential(tree, essential, debs, dirs); err != nil {
+		return err
+	}
+	if err := e.dpkgInstall(tree, spec, ix, set, essential, debs, when); err != nil {
+		return err
+	}
+	return finishArchiveTree(tree, spec)
+}
+
+// archiveSkeleton makes the merged-/usr links and what dpkg expects to
+// find, owned by the environment's root.
+func archiveSkeleton(tree string, dirs []string) error {
 	for _, d := range dirs {
 		if err := os.MkdirAll(filepath.Join(tree, "usr", d), 0o755); err != nil {
 			return err
@@ -562,11 +577,12 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ix *debIndex, se
 		}
 	}
 	// The skeleton is the environment's root's, as what dpkg makes is.
-	if err := planIDMapping().ownTree(tree); err != nil {
-		return err
-	}
-	// dpkg needs a shell, itself and its libraries before it can run:
-	// unpack the Essential packages' files, as one stream.
+	return planIDMapping().ownTree(tree)
+}
+
+// unpackEssential puts the Essential packages' files in place, as one
+// stream: dpkg needs a shell, itself and its libraries before it can run.
+func (e *engine) unpackEssential(tree string, essential []*debPackage, debs map[string]string, dirs []string) error {
 	prog := e.out.progress("unpacking the essential packages", int64(len(essential)), false)
 	pr, pw := io.Pipe()
 	go func() {
@@ -590,7 +606,12 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ix *debIndex, se
 	if err != nil {
 		return fmt.Errorf("unpacking the essential packages: %w", err)
 	}
+	return nil
+}
 
+// dpkgInstall installs the packages with dpkg inside the sandbox, with no
+// network: the Essential ones first, then the rest in rounds.
+func (e *engine) dpkgInstall(tree string, spec *archiveSpec, ix *debIndex, set, essential []*debPackage, debs map[string]string, when int64) error {
 	// The packages, under names dpkg's messages can be read by.
 	view := tree + ".debs"
 	if err := os.Mkdir(view, 0o755); err != nil {
@@ -651,7 +672,7 @@ func (e *engine) installArchive(tree string, spec *archiveSpec, ix *debIndex, se
 			return fmt.Errorf("installing the %s base with dpkg: %w\nlast lines of %s:\n%s", spec.Distro, err, e.s.keepLog(logPath, spec.Distro+"-bootstrap"), tailFile(logPath, 25))
 		}
 	}
-	return finishArchiveTree(tree, spec)
+	return nil
 }
 
 // dpkgRounds orders packages for dpkg, which does not reorder unpacking

@@ -167,146 +167,212 @@ func (e *engine) dependencyLayer(op *walOp, base string, requested []string, loc
 	if err != nil {
 		return "", nil, 0, err
 	}
-	if locked != nil {
-		if l, ok := e.indexedDep(depKey(base, pm.name, locked)); ok {
-			e.out.debugf("dependency layer %s from the store, no %s run", l, pm.name)
-			return l, locked, 0, nil
-		}
-		if pm.pin == nil && !o.locked {
-			e.out.warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
-			locked = nil
-		} else if o.offline {
-			return "", nil, 0, errors.New("the locked packages are not in this store (never built here, or removed by 'karapace gc' since the environment was destroyed), and --offline forbids downloading them; build once online, or import the environment ('karapace import')")
-		}
-	}
-	if locked == nil && o.offline {
-		return "", nil, 0, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
+	layer, locked, err := e.storedDependency(base, pm, locked, o)
+	if err != nil || layer != "" {
+		return layer, locked, 0, err
 	}
 	cmds, err := pm.installCommands(requested, locked)
 	if err != nil {
 		return "", nil, 0, err
 	}
+	b, err := e.newPkgBuild(op, pm, baseTree, o.archive)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	defer b.log.Close()
+	defer b.status.finish()
+	closure, when, pmTime, err := b.install(cmds, requested, locked)
+	if err != nil {
+		return "", nil, 0, err
+	}
+	layer, err = b.keep(op, base, closure, when)
+	return layer, closure, pmTime, err
+}
+
+// storedDependency finds the layer of a locked closure in the store, and
+// says whether an install pins the lock's versions (locked) or resolves
+// again (nil); --offline refuses what would need the network.
+func (e *engine) storedDependency(base string, pm *pkgManager, locked []lockedPackage, o buildOptions) (string, []lockedPackage, error) {
+	if locked != nil {
+		if l, ok := e.indexedDep(depKey(base, pm.name, locked)); ok {
+			e.out.debugf("dependency layer %s from the store, no %s run", l, pm.name)
+			return l, locked, nil
+		}
+		if pm.pin == nil && !o.locked {
+			e.out.warnf("%s cannot install the locked versions: resolving the packages again (build --locked refuses to)", pm.name)
+			locked = nil
+		} else if o.offline {
+			return "", nil, errors.New("the locked packages are not in this store (never built here, or removed by 'karapace gc' since the environment was destroyed), and --offline forbids downloading them; build once online, or import the environment ('karapace import')")
+		}
+	}
+	if locked == nil && o.offline {
+		return "", nil, errors.New("installing system.packages needs the network, and --offline forbids it; build online once (the lock and the store then hold them)")
+	}
+	return "", locked, nil
+}
+
+// pkgBuild is one package manager's work in a build environment: a
+// staging directory whose writable layer becomes the layer, the log of
+// every command, and the variables the commands get.
+type pkgBuild struct {
+	e       *engine
+	pm      *pkgManager
+	r       *runSpec
+	dir     string
+	logPath string
+	log     *os.File
+	status  *progress // on a terminal, the latest line of the output
+	env     []string
+}
+
+// newPkgBuild makes the staging directory and the build environment over
+// baseTree. With an archive base, apt fetches from the configured mirror
+// through a sources list bound over the base's, which names the
+// canonical archive: no layer records the mirror.
+func (e *engine) newPkgBuild(op *walOp, pm *pkgManager, baseTree string, archive *archiveSpec) (*pkgBuild, error) {
 	dir, err := e.s.envs().staging(op, "build")
 	if err != nil {
-		return "", nil, 0, err
+		return nil, err
 	}
-	logPath := filepath.Join(dir, "install.log")
-	logFile, err := os.Create(logPath)
-	if err != nil {
-		return "", nil, 0, err
-	}
-	defer logFile.Close()
+	b := &pkgBuild{e: e, pm: pm, dir: dir, logPath: filepath.Join(dir, "install.log"), env: pm.env}
 	id := hashHex([]byte(dir))
-	r := &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{baseTree}, Build: true}
-	if o.archive != nil && pm.name == "apt" {
-		// The base's sources list names the canonical archive; this
-		// build fetches from the configured mirror, which no layer records.
+	b.r = &runSpec{ID: id, ShortID: id[:12], Dir: envDir(dir), Lower: []string{baseTree}, Build: true}
+	if archive != nil && pm.name == "apt" {
 		src := filepath.Join(dir, "sources")
-		if err := os.WriteFile(src, []byte(archiveSources(o.archive, o.archive.Mirror)), 0o644); err != nil {
-			return "", nil, 0, err
+		if err := os.WriteFile(src, []byte(archiveSources(archive, archive.Mirror)), 0o644); err != nil {
+			return nil, err
 		}
-		r.Binds = append(r.Binds, bindMount{Source: src, Target: "/" + archiveSourcesPath(o.archive), ReadOnly: true, Why: "the configured mirror"})
+		b.r.Binds = append(b.r.Binds, bindMount{Source: src, Target: "/" + archiveSourcesPath(archive), ReadOnly: true, Why: "the configured mirror"})
 	}
-	b := nsBackend{getenv: e.getenv}
-	// On a terminal, the latest line of the install's output shows.
-	status := e.out.status(pm.name)
-	defer status.finish()
-	env := pm.env
-	run := func(argv []string, stdout io.Writer) error {
-		fmt.Fprintf(logFile, "+ %s\n", strings.Join(argv, " "))
-		var stderr io.Writer = logFile
-		if stdout == nil {
-			stdout = io.MultiWriter(logFile, status)
-			stderr = stdout
-		}
-		code, err := runCaptured(b, r, argv, env, stdout, stderr)
-		if err == nil && code != 0 {
-			err = fmt.Errorf("%s exited with status %d", argv[0], code)
-		}
-		if err != nil {
-			return fmt.Errorf("installing packages with %s: %w\nlast lines of %s:\n%s", pm.name, err, e.s.keepLog(logPath, pm.name+"-install"), tailFile(logPath, 25))
-		}
-		return nil
+	if b.log, err = os.Create(b.logPath); err != nil {
+		return nil, err
 	}
-	output := func(argv []string) (string, error) {
-		var out bytes.Buffer
-		err := run(argv, &out)
-		return out.String(), err
+	b.status = e.out.status(pm.name)
+	return b, nil
+}
+
+// run runs argv in the build environment: its output to stdout, or with
+// none to the log and the status line. A failure keeps the log and
+// quotes its end.
+func (b *pkgBuild) run(argv []string, stdout io.Writer) error {
+	fmt.Fprintf(b.log, "+ %s\n", strings.Join(argv, " "))
+	var stderr io.Writer = b.log
+	if stdout == nil {
+		stdout = io.MultiWriter(b.log, b.status)
+		stderr = stdout
 	}
-	out, err := output(pm.query)
+	code, err := runCaptured(nsBackend{getenv: b.e.getenv}, b.r, argv, b.env, stdout, stderr)
+	if err == nil && code != 0 {
+		err = fmt.Errorf("%s exited with status %d", argv[0], code)
+	}
 	if err != nil {
-		return "", nil, 0, err
+		return fmt.Errorf("installing packages with %s: %w\nlast lines of %s:\n%s", b.pm.name, err, b.e.s.keepLog(b.logPath, b.pm.name+"-install"), tailFile(b.logPath, 25))
+	}
+	return nil
+}
+
+func (b *pkgBuild) output(argv []string) (string, error) {
+	var out bytes.Buffer
+	err := b.run(argv, &out)
+	return out.String(), err
+}
+
+// install runs the install commands and returns the closure installed,
+// the layer's time (see repro.go) and the package manager's own time.
+// A locked install must give the locked closure, with apt's automatic
+// marks as resolving would have left them.
+func (b *pkgBuild) install(cmds [][]string, requested []string, locked []lockedPackage) ([]lockedPackage, int64, time.Duration, error) {
+	pm := b.pm
+	out, err := b.output(pm.query)
+	if err != nil {
+		return nil, 0, 0, err
 	}
 	before := pm.parse(out)
 	var autoBefore map[string]bool
 	if locked != nil && pm.auto != nil {
-		if out, err = output(pm.auto); err != nil {
-			return "", nil, 0, err
+		if out, err = b.output(pm.auto); err != nil {
+			return nil, 0, 0, err
 		}
 		autoBefore = setOf(strings.Fields(out))
 	}
-	e.out.notef("installing %s with %s", strings.Join(requested, " "), pm.name)
+	b.e.out.notef("installing %s with %s", strings.Join(requested, " "), pm.name)
 	start := time.Now()
-	install := cmds[len(cmds)-1]
 	for _, cmd := range cmds[:len(cmds)-1] {
-		if err := run(cmd, nil); err != nil {
-			return "", nil, 0, err
+		if err := b.run(cmd, nil); err != nil {
+			return nil, 0, 0, err
 		}
 	}
-	// The layer's time is that of the packages (see repro.go): they are
-	// downloaded first to read it, then installed with it.
-	var when int64
-	if pm.download != nil {
-		n := len(pm.install)
-		if err := run(slices.Concat(install[:n], pm.download, install[n:]), nil); err != nil {
-			return "", nil, 0, err
-		}
-		if when, err = downloadedDebsTime(r.Dir.upper(), pm.downloads); err != nil {
-			return "", nil, 0, fmt.Errorf("reading the build times of the downloaded packages: %w", err)
-		}
-		if when > 0 {
-			env = append(slices.Clone(pm.env), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when))
-		}
-		if when > time.Now().Unix() {
-			e.out.warnf("the packages were built at %s, after this machine's clock says it is: what the install writes keeps its own times, and another build of the lock may differ", time.Unix(when, 0).UTC().Format(time.RFC3339))
-		}
+	install := cmds[len(cmds)-1]
+	when, err := b.packagesTime(install)
+	if err != nil {
+		return nil, 0, 0, err
 	}
-	if err := run(install, nil); err != nil {
-		return "", nil, 0, err
+	if err := b.run(install, nil); err != nil {
+		return nil, 0, 0, err
 	}
 	pmTime := time.Since(start)
-	status.finish()
-	e.out.debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
-	if out, err = output(pm.query); err != nil {
-		return "", nil, 0, err
+	b.status.finish()
+	b.e.out.debugf("%s took %s", pm.name, pmTime.Round(time.Millisecond))
+	if out, err = b.output(pm.query); err != nil {
+		return nil, 0, 0, err
 	}
 	closure := installedClosure(before, pm.parse(out), requested)
 	if locked != nil && !sameClosure(closure, locked) {
-		return "", nil, 0, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
+		return nil, 0, 0, fmt.Errorf("installing the locked packages gave a different set of packages (%s) than the lock lists; the archive no longer has the locked versions", describeClosureDiff(closure, locked))
 	}
 	if autos := lockedAutos(closure, requested, before, autoBefore); len(autos) > 0 {
-		if err := run(append(slices.Clone(pm.markAuto), autos...), &bytes.Buffer{}); err != nil {
-			return "", nil, 0, err
+		if err := b.run(append(slices.Clone(pm.markAuto), autos...), &bytes.Buffer{}); err != nil {
+			return nil, 0, 0, err
 		}
 	}
-	if err := treeInNS(treeJob{Op: "clean", Dir: r.Dir.upper(), Paths: junkOf(pm.name)}, nil, nil); err != nil {
-		return "", nil, 0, fmt.Errorf("removing package caches: %w", err)
+	return closure, when, pmTime, nil
+}
+
+// packagesTime is the layer's time, that of the packages (see repro.go):
+// they are downloaded first to read it, and the install then runs with
+// it as SOURCE_DATE_EPOCH. 0 for package managers that cannot tell.
+func (b *pkgBuild) packagesTime(install []string) (int64, error) {
+	pm := b.pm
+	if pm.download == nil {
+		return 0, nil
 	}
-	layer, err := e.storeTree(op, r.Dir.upper(), layerDependency, base, when)
+	n := len(pm.install)
+	if err := b.run(slices.Concat(install[:n], pm.download, install[n:]), nil); err != nil {
+		return 0, err
+	}
+	when, err := downloadedDebsTime(b.r.Dir.upper(), pm.downloads)
 	if err != nil {
-		return "", nil, 0, err
+		return 0, fmt.Errorf("reading the build times of the downloaded packages: %w", err)
+	}
+	if when > 0 {
+		b.env = append(slices.Clone(pm.env), fmt.Sprintf("SOURCE_DATE_EPOCH=%d", when))
+	}
+	if when > time.Now().Unix() {
+		b.e.out.warnf("the packages were built at %s, after this machine's clock says it is: what the install writes keeps its own times, and another build of the lock may differ", time.Unix(when, 0).UTC().Format(time.RFC3339))
+	}
+	return when, nil
+}
+
+// keep stores the writable layer, without what layers leave out, as the
+// dependency layer of base, indexed by its closure, and removes the
+// staging directory.
+func (b *pkgBuild) keep(op *walOp, base string, closure []lockedPackage, when int64) (string, error) {
+	e := b.e
+	if err := treeInNS(treeJob{Op: "clean", Dir: b.r.Dir.upper(), Paths: junkOf(b.pm.name)}, nil, nil); err != nil {
+		return "", fmt.Errorf("removing package caches: %w", err)
+	}
+	layer, err := e.storeTree(op, b.r.Dir.upper(), layerDependency, base, when)
+	if err != nil {
+		return "", err
 	}
 	if err := os.MkdirAll(filepath.Dir(e.depIndex("x")), 0o700); err != nil {
-		return "", nil, 0, err
+		return "", err
 	}
-	if err := writeFileAtomic(e.depIndex(depKey(base, pm.name, closure)), []byte(layer+"\n"), 0o600); err != nil {
-		return "", nil, 0, err
+	if err := writeFileAtomic(e.depIndex(depKey(base, b.pm.name, closure)), []byte(layer+"\n"), 0o600); err != nil {
+		return "", err
 	}
-	logFile.Close()
-	if err := e.s.removeTree(dir); err != nil {
-		return "", nil, 0, err
-	}
-	return layer, closure, pmTime, nil
+	b.log.Close()
+	return layer, e.s.removeTree(b.dir)
 }
 
 // lockedAutos are the packages of a locked install to mark as installed

@@ -328,45 +328,9 @@ func (e *engine) rebuildCheck(ref string) (*rebuildReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := lock.verifyIntegrity(); err != nil {
-		return nil, err
-	}
-	if lock.EnvID != m.EnvID {
-		return nil, storeErrorf("the lock kept with environment %s is the lock of %s", m.ShortID, lock.ShortID)
-	}
-	if lock.Requested == nil && len(lock.Packages) > 0 {
-		return nil, manifestErrorf("the lock of %s was written by an older karapace and does not say which packages were asked for: it cannot be built again as it is", m.ShortID)
-	}
-	images, err := newImageEnv(e.getenv, false, e.out)
+	src, spec, images, err := e.rebuildSource(m, lock)
 	if err != nil {
 		return nil, err
-	}
-	imgRef, _ := parseImageRef(lock.BaseImage)
-	spec, err := archiveFor(imgRef, images.cfg)
-	if err != nil {
-		return nil, err
-	}
-	if drift := archiveSourceDrift(imgRef, spec, lock); drift != "" {
-		return nil, manifestErrorf("the lock of %s: %s; it cannot be built again from the configured source", m.ShortID, drift)
-	}
-	lockDir := ""
-	if m.ManifestPath != "" {
-		lockDir = filepath.Dir(m.ManifestPath)
-	}
-	src, fromLock, err := images.lockedSource(spec, lock, lockDir)
-	if err != nil {
-		return nil, err
-	}
-	if spec == nil {
-		switch {
-		case !fromLock:
-			return nil, manifestErrorf("the lock of %s names no image to build it from", m.ShortID)
-		case !filepath.IsAbs(src.Location) && !strings.Contains(src.Location, "://"):
-			return nil, fmt.Errorf("the lock of %s names its image %s relative to its manifest, and no manifest of it is known here; build it from its project with 'build --locked' instead", m.ShortID, lock.BaseImageURL)
-		}
-		if err := checkImageSource(src, lock.BaseImage, false); err != nil {
-			return nil, err
-		}
 	}
 	scratch, err := os.MkdirTemp(filepath.Dir(e.s.root), filepath.Base(e.s.root)+"-rebuild-")
 	if err != nil {
@@ -420,6 +384,52 @@ func (e *engine) rebuildCheck(ref string) (*rebuildReport, error) {
 	}
 	rep.Seconds = time.Since(start).Seconds()
 	return rep, nil
+}
+
+// rebuildSource checks that an environment's lock can be built again
+// here, and says from what: an archive (spec) or the image it pins.
+func (e *engine) rebuildSource(m *envMeta, lock *lockFile) (src imageSource, spec *archiveSpec, images *imageEnv, err error) {
+	if err := lock.verifyIntegrity(); err != nil {
+		return imageSource{}, nil, nil, err
+	}
+	if lock.EnvID != m.EnvID {
+		return imageSource{}, nil, nil, storeErrorf("the lock kept with environment %s is the lock of %s", m.ShortID, lock.ShortID)
+	}
+	if lock.Requested == nil && len(lock.Packages) > 0 {
+		return imageSource{}, nil, nil, manifestErrorf("the lock of %s was written by an older karapace and does not say which packages were asked for: it cannot be built again as it is", m.ShortID)
+	}
+	images, err = newImageEnv(e.getenv, false, e.out)
+	if err != nil {
+		return imageSource{}, nil, nil, err
+	}
+	imgRef, _ := parseImageRef(lock.BaseImage)
+	spec, err = archiveFor(imgRef, images.cfg)
+	if err != nil {
+		return imageSource{}, nil, nil, err
+	}
+	if drift := archiveSourceDrift(imgRef, spec, lock); drift != "" {
+		return imageSource{}, nil, nil, manifestErrorf("the lock of %s: %s; it cannot be built again from the configured source", m.ShortID, drift)
+	}
+	lockDir := ""
+	if m.ManifestPath != "" {
+		lockDir = filepath.Dir(m.ManifestPath)
+	}
+	src, fromLock, err := images.lockedSource(spec, lock, lockDir)
+	if err != nil {
+		return imageSource{}, nil, nil, err
+	}
+	if spec == nil {
+		switch {
+		case !fromLock:
+			return imageSource{}, nil, nil, manifestErrorf("the lock of %s names no image to build it from", m.ShortID)
+		case !filepath.IsAbs(src.Location) && !strings.Contains(src.Location, "://"):
+			return imageSource{}, nil, nil, fmt.Errorf("the lock of %s names its image %s relative to its manifest, and no manifest of it is known here; build it from its project with 'build --locked' instead", m.ShortID, lock.BaseImageURL)
+		}
+		if err := checkImageSource(src, lock.BaseImage, false); err != nil {
+			return imageSource{}, nil, nil, err
+		}
+	}
+	return src, spec, images, nil
 }
 
 // rebuildLayers makes the layers of a lock in a store of their own.
