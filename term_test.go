@@ -323,6 +323,10 @@ func TestTTYOnPTY(t *testing.T) {
 	}
 }
 
+// fd2 is file descriptor 2 itself: 'go test -json' makes os.Stderr the
+// test's stdout. A package variable, so no finalizer ever closes it.
+var fd2 = os.NewFile(2, "/dev/stderr")
+
 // While the UI runs, what anything writes to stderr (the logger,
 // progress lines, helper processes) becomes status lines; after, stderr
 // is the same file again.
@@ -344,11 +348,11 @@ func TestStderrCapture(t *testing.T) {
 		}
 		return ""
 	}
-	if isTerminal(os.Stderr) != true {
+	if !isTerminal(fd2) {
 		t.Fatal("progress lines are drawn only on a terminal")
 	}
 	c.setWidth(50)
-	out := newOutput("warn", false, false, os.Stderr)
+	out := newOutput("warn", false, false, fd2)
 	if out.term == nil {
 		t.Fatal("progress is not drawn on the capture")
 	}
@@ -373,7 +377,7 @@ func TestStderrCapture(t *testing.T) {
 	if err := c.resume(); err != nil {
 		t.Fatal(err)
 	}
-	fmt.Fprintln(os.Stderr, "karapace: after resuming")
+	fmt.Fprintln(fd2, "karapace: after resuming")
 	if l := next(); l != "after resuming" {
 		t.Fatalf("line %q", l)
 	}
