@@ -442,8 +442,9 @@ func TestXZBitFlips(t *testing.T) {
 		b := slices.Clone(xz)
 		for i := range len(b) * 8 {
 			// Every bit of the stream header and of the index and
-			// footer; one bit of each byte elsewhere.
-			if i/8 >= 64 && i/8 < len(b)-96 && i%8 != i/8%8 {
+			// footer; one bit of each byte elsewhere (of every seventh
+			// with -short, the race detector's pass).
+			if i/8 >= 64 && i/8 < len(b)-96 && (i%8 != i/8%8 || testing.Short() && i/8%7 != 0) {
 				continue
 			}
 			b[i/8] ^= 1 << (i % 8)
