@@ -5,10 +5,9 @@
 #   bwrap --unshare-user --unshare-pid  on the same root filesystem
 #   the original tool's path            fuse-overlayfs + unshare + sh + chroot
 #   karapace --version                  one start of the binary, doing nothing
-#   podman exec CONTAINER /bin/true     joining a running container of the same rootfs
+# (podman exec on the same root filesystem: bench/oci.sh)
 # and the ratios between them (of medians). Needs hyperfine, bwrap,
-# fuse-overlayfs, unshare (util-linux), podman and a Debian root filesystem
-# tarball.
+# fuse-overlayfs, unshare (util-linux) and a Debian root filesystem tarball.
 # Run it as root and as an ordinary user with a subordinate ID range.
 #
 #   bench/exec.sh [ROOTFS.tar]      (default: $KARAPACE_TEST_ROOTFS_TAR or /var/tmp/kp/bookworm.tar)
@@ -18,7 +17,7 @@ cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/local/go/bin
 rootfs=${1:-${KARAPACE_TEST_ROOTFS_TAR:-/var/tmp/kp/bookworm.tar}}
 runs=${RUNS:-200}
-for t in hyperfine bwrap fuse-overlayfs unshare podman; do
+for t in hyperfine bwrap fuse-overlayfs unshare; do
 	command -v "$t" >/dev/null || { echo "bench/exec.sh: $t is needed" >&2; exit 1; }
 done
 
@@ -26,8 +25,6 @@ tmp=$(mktemp -d /var/tmp/karapace-bench-exec.XXXXXX)
 kp=$tmp/karapace
 cleanup() {
 	[ -n "${bg:-}" ] && kill "$bg" 2>/dev/null || true
-	[ -n "${ctr:-}" ] && podman rm -f -t 0 "$ctr" >/dev/null 2>&1 || true
-	[ -n "${img:-}" ] && podman rmi -f "$img" >/dev/null 2>&1 || true
 	mountpoint -q "$tmp/seed/merged" && fusermount3 -u "$tmp/seed/merged" || true
 	KARAPACE_STORE=$tmp/store "$kp" stop bench >/dev/null 2>&1 || true
 	rm -rf "$tmp" 2>/dev/null || unshare --user --map-root-user rm -rf "$tmp"
@@ -71,15 +68,10 @@ for _ in $(seq 100); do
 	"$kp" list | grep -q running && break
 	sleep 0.05
 done
-# podman: the same root filesystem as an image, one container kept running.
-img=localhost/karapace-bench-exec:$$
-podman import -q "$rootfs" "$img" >/dev/null
-ctr=$(podman run -d --rm "$img" sleep 3600)
 json2=$tmp/join.json
 hyperfine -N --style basic --warmup 10 --runs "$runs" --export-json "$json2" \
 	-n karapace-join "$kp exec bench -- /bin/true" \
-	-n bwrap "$bwrap_cmd" \
-	-n podman-exec "podman exec $ctr /bin/true" >/dev/null
+	-n bwrap "$bwrap_cmd" >/dev/null
 
 # Medians: a few runs the machine delays must not move the figures.
 median() { # file name -> median seconds
@@ -87,11 +79,10 @@ median() { # file name -> median seconds
 }
 cold=$(median "$json" karapace-cold); bw=$(median "$json" bwrap); seed=$(median "$json" seed-path)
 start=$(median "$json" karapace-start)
-join=$(median "$json2" karapace-join); bw2=$(median "$json2" bwrap); pod=$(median "$json2" podman-exec)
-awk -v c="$cold" -v b="$bw" -v s="$seed" -v j="$join" -v b2="$bw2" -v k="$start" -v p="$pod" 'BEGIN {
+join=$(median "$json2" karapace-join); bw2=$(median "$json2" bwrap)
+awk -v c="$cold" -v b="$bw" -v s="$seed" -v j="$join" -v b2="$bw2" -v k="$start" 'BEGIN {
 	printf "cold exec        %7.2f ms   bwrap %7.2f ms   ratio %.2fx (goal <= 2.5x)\n", c*1000, b*1000, c/b
 	printf "joining exec     %7.2f ms   bwrap %7.2f ms   ratio %.2fx (goal <= 1.2x)\n", j*1000, b2*1000, j/b2
-	printf "podman exec      %7.2f ms   karapace joining is %.1fx faster, cold %.1fx\n", p*1000, p/j, p/c
 	printf "original path    %7.2f ms   karapace cold is %.1fx faster (goal >= 4x)\n", s*1000, s/c
 	printf "karapace start   %7.2f ms   = %.2fx bwrap: a cold exec starts the binary twice (client, init), a join once\n", k*1000, k/b
 }'
