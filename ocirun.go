@@ -32,11 +32,10 @@ import (
 //
 // The overlay is mounted in a mount namespace of its own, which the
 // container's is copied from, so the host never sees it: as root, on a
-// thread of ours, the runtime then running as the host's root and mapping
-// the container's IDs to the subordinate range itself; as a user, in a
-// stage with the namespace backend's user namespace (the subordinate
-// range, by newuidmap), in which the runtime runs as its root and maps
-// the container's IDs one to one.
+// thread of ours; as a user, in a stage whose user namespace maps the
+// environment's host IDs to themselves (see ociCreateInStage). Either way
+// the runtime maps the container's IDs as config.json says: those of the
+// namespace backend (planIDMapping).
 
 // ociRuntimes are the runtimes looked for on PATH, in this order.
 var ociRuntimes = []string{"crun", "runc", "youki"}
@@ -692,11 +691,17 @@ func ociCreateAsRoot(j *ociCreateJob, out *output) error {
 	return <-done
 }
 
-// ociCreateInStage runs ociCreate in a stage: a user namespace with the
-// environment's mapping, and a mount namespace.
+// ociCreateInStage runs ociCreate in a stage: a user namespace and a
+// mount namespace. The stage's user namespace maps the host's IDs of the
+// environment's mapping to themselves, and the stage runs as the user
+// with all capabilities there (see startStage): the runtime, as the user,
+// then makes the container's user namespace with the very mapping of
+// config.json, and what it records of the container (its root's host ID)
+// holds on the host too, where its later commands run. With no
+// subordinate range, only the user is mapped: the same, one ID.
 func ociCreateInStage(j *ociCreateJob, m idMapping, out *output) error {
 	var said bytes.Buffer
-	p, err := startStage("oci-create", j, m, stageOptions{cloneFlags: unix.CLONE_NEWNS, stdout: &said, stderr: &said, out: out})
+	p, err := startStage("oci-create", j, ociStageMapping(m), stageOptions{cloneFlags: unix.CLONE_NEWNS, stdout: &said, stderr: &said, out: out})
 	if err != nil {
 		return err
 	}
@@ -707,6 +712,19 @@ func ociCreateInStage(j *ociCreateJob, m idMapping, out *output) error {
 		return err
 	}
 	return nil
+}
+
+// ociStageMapping is m's host IDs, each mapped to itself, by newuidmap
+// (which keeps the stage's capabilities, as the user, across its exec).
+func ociStageMapping(m idMapping) idMapping {
+	same := func(rs []idRange) []idRange {
+		var out []idRange
+		for _, r := range rs {
+			out = append(out, idRange{r.outside, r.outside, r.count})
+		}
+		return out
+	}
+	return idMapping{uids: same(m.uids), gids: same(m.gids), helper: true}
 }
 
 // The container's init: this binary, bound read-only into the container's
@@ -1175,27 +1193,13 @@ func ociSeccompFilter() *ociSeccomp {
 		Syscalls: []ociSyscall{{Names: names, Action: "SCMP_ACT_ERRNO", ErrnoRet: &eperm}}}
 }
 
-// ociIDMaps is a mapping in the runtime's terms. A user's runtime runs in
-// the namespace backend's user namespace (see ociCreateInStage), where
-// the mapping's IDs are its own: there, each maps to itself.
-func ociIDMaps(rs []idRange, inStage bool) []ociIDMap {
+// ociIDMaps is a mapping in the runtime's terms.
+func ociIDMaps(rs []idRange) []ociIDMap {
 	var out []ociIDMap
 	for _, r := range rs {
-		host := r.outside
-		if inStage {
-			host = r.inside
-		}
-		out = append(out, ociIDMap{ContainerID: uint32(r.inside), HostID: uint32(host), Size: uint32(r.count)})
+		out = append(out, ociIDMap{ContainerID: uint32(r.inside), HostID: uint32(r.outside), Size: uint32(r.count)})
 	}
 	return out
-}
-
-func idRangesString(rs []idRange) string {
-	var s []string
-	for _, r := range rs {
-		s = append(s, fmt.Sprintf("%d:%d:%d", r.inside, r.outside, r.count))
-	}
-	return strings.Join(s, ",")
 }
 
 // ociRlimits: with no cgroup to hold the pids limit, RLIMIT_NPROC holds
@@ -1218,7 +1222,6 @@ func ociRlimits(pids int64, cgroups bool) []ociRlimit {
 // what it reaches (as for the namespace backend), m its IDs; init is
 // this binary.
 func ociSpecFor(r *runSpec, cfg *initConfig, acc *hostAccess, m idMapping, j *ociCreateJob, rt string, cgroups bool) *ociSpec {
-	inStage := os.Geteuid() != 0
 	s := &ociSpec{
 		OCIVersion: "1.0.2",
 		Root:       ociRoot{Path: j.root(), Readonly: !cfg.Writable && !cfg.Direct},
@@ -1229,8 +1232,6 @@ func ociSpecFor(r *runSpec, cfg *initConfig, acc *hostAccess, m idMapping, j *oc
 		},
 		Annotations: map[string]string{
 			"org.karapace.env_id":  r.ID,
-			"org.karapace.uid_map": idRangesString(m.uids),
-			"org.karapace.gid_map": idRangesString(m.gids),
 			"org.karapace.backend": "oci",
 		},
 	}
@@ -1262,8 +1263,8 @@ func ociSpecFor(r *runSpec, cfg *initConfig, acc *hostAccess, m idMapping, j *oc
 		s.Mounts = append(s.Mounts, ociMount{Destination: b.Target, Type: "bind", Source: j.source(i), Options: opts})
 	}
 	s.Linux = ociLinux{
-		UIDMappings: ociIDMaps(m.uids, inStage),
-		GIDMappings: ociIDMaps(m.gids, inStage),
+		UIDMappings: ociIDMaps(m.uids),
+		GIDMappings: ociIDMaps(m.gids),
 		Namespaces:  []ociNamespace{{"pid"}, {"ipc"}, {"uts"}, {"mount"}, {"user"}},
 		Seccomp:     ociSeccompFilter(),
 		// What acts on the whole machine stays read-only, as with the
