@@ -449,7 +449,11 @@ func (b ociBackend) create(rt ociRuntime, r *runSpec, acc *hostAccess) (int, err
 	job.Create = rt.args(d.state(), cgroups, "create", "--bundle", d.bundle(), "--pid-file", d.pidFile(), containerID(r))
 	job.Start = rt.args(d.state(), cgroups, "start", containerID(r))
 	if os.Geteuid() == 0 {
+		if job.mounts, err = ociBindMounts(cfg.Binds, mapping, b.out); err != nil {
+			return 0, err
+		}
 		err = ociCreateAsRoot(job, b.out)
+		closeAll(job.mounts)
 	} else {
 		err = ociCreateInStage(job, mapping, b.out)
 	}
@@ -541,11 +545,100 @@ func (j *ociCreateJob) stage(out *output) error {
 		if b.Tmpfs {
 			continue
 		}
-		if err := bind(b.Source, j.source(i), b.Dir, b.Resolved, b.Why); err != nil {
+		if i >= len(j.mounts) {
+			if err := bind(b.Source, j.source(i), b.Dir, b.Resolved, b.Why); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := attachAt(j.mounts[i], j.source(i), b); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// attachAt puts a mount made beforehand at dst, made for it.
+func attachAt(mnt int, dst string, b bindMount) error {
+	var err error
+	if b.Dir {
+		err = os.Mkdir(dst, 0o755)
+	} else {
+		err = os.WriteFile(dst, nil, 0o644)
+	}
+	if err != nil {
+		return fmt.Errorf("%s: creating %s: %w", b.Why, dst, err)
+	}
+	if err := unix.MoveMount(mnt, "", unix.AT_FDCWD, dst, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
+		return fmt.Errorf("%s: attaching the mount of %s at %s: %w", b.Why, b.Source, dst, err)
+	}
+	return nil
+}
+
+// ociBindMounts makes, as root, the binds' mounts as the namespace
+// backend does (bindMountOf): idmapped through a user namespace of the
+// environment's mapping, so that the host's files keep their owners
+// inside (host root as the environment's root), which neither runtime
+// here does itself (runc 1.1 cannot; crun 1.8 only for its own mounts).
+func ociBindMounts(binds []bindMount, m idMapping, out *output) ([]int, error) {
+	need := false
+	for _, b := range binds {
+		need = need || !b.Tmpfs
+	}
+	if !need {
+		return nil, nil
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	p, err := startStage("oci-userns", ociNoConfig{}, m, stageOptions{extraFiles: []*os.File{r}, out: out})
+	r.Close()
+	if err != nil {
+		w.Close()
+		return nil, err
+	}
+	defer func() {
+		w.Close()
+		p.wait()
+	}()
+	userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", p.cmd.Process.Pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the environment's user namespace: %w", err)
+	}
+	defer unix.Close(userns)
+	var fds []int
+	for _, b := range binds {
+		if b.Tmpfs {
+			fds = append(fds, -1)
+			continue
+		}
+		fd, idmapped, err := bindMountOf(b, userns)
+		if err != nil {
+			closeAll(fds)
+			return nil, err
+		}
+		if b.Idmap && !idmapped && !b.ReadOnly {
+			out.warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
+}
+
+// ociNoConfig is the configuration of a stage that needs none.
+type ociNoConfig struct{}
+
+func (ociNoConfig) encode(*wireWriter) {}
+func (ociNoConfig) decode(*wireReader) {}
+
+// oci-userns holds a user namespace of an environment's mapping for as
+// long as its fd 4 stays open.
+func init() {
+	stages["oci-userns"] = stage{func() wireMsg { return ociNoConfig{} }, func(wireMsg, []int, *output) int {
+		unix.Read(4, make([]byte, 1))
+		return exitOK
+	}}
 }
 
 // ociExplain adds, to a runtime's refusal, why it refused here and what
@@ -607,6 +700,9 @@ type ociCreateJob struct {
 	Staging       string // as root: see ociStaging
 	Log           string // what the runtime says
 	Create, Start []string
+	// As root, the binds' mounts, made beforehand (see ociBindMounts),
+	// by the binds' order; -1 for a tmpfs. Never sent to a stage.
+	mounts []int
 }
 
 func (j *ociCreateJob) encode(w *wireWriter) {
@@ -753,9 +849,29 @@ func ociInit() int {
 			continue
 		}
 		unix.Kill(-1, unix.SIGTERM)
-		time.AfterFunc(instanceStopGrace, func() { os.Exit(exitOK) })
+		go func() {
+			// Sessions came in from outside: they are not all our
+			// children, but /proc lists them.
+			for end := time.Now().Add(instanceStopGrace); time.Now().Before(end) && othersRun(); {
+				time.Sleep(20 * time.Millisecond)
+			}
+			os.Exit(exitOK)
+		}()
 	}
 	return exitOK
+}
+
+// othersRun says whether a process besides init runs in the container.
+func othersRun() bool {
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		if pid, err := strconv.Atoi(e.Name()); err == nil && pid != 1 {
+			if _, err := procStartTime(pid); err == nil { // zombies do not count
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // session runs one command in the running container, with "runtime exec",
@@ -789,7 +905,16 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 			return 0, err
 		}
 		defer console.close()
-		args = append(args, "--console-socket", console.path)
+		args = append(args, "--tty", "--console-socket", console.path)
+	}
+	// runc takes a console socket only from a detached exec: the command
+	// is then reparented to us, a subreaper, and we wait for it ourselves.
+	detach := e.TTY && rt.name == "runc"
+	if detach {
+		if err := unix.Prctl(unix.PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0); err != nil {
+			return 0, fmt.Errorf("becoming the subreaper of the session: %w", err)
+		}
+		args = append(args, "--detach")
 	}
 	args = append(args, containerID(r))
 	cmd := exec.Command(rt.path, args...)
@@ -828,6 +953,7 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 	}
 	// Signals go to the command (its process group, when it leads one).
 	pid := 0
+	exited := make(chan unix.WaitStatus, 1)
 	for {
 		select {
 		case sig := <-sigs.c:
@@ -848,6 +974,11 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 				unix.Kill(target, sig.(unix.Signal))
 			}
 		case err := <-waited:
+			if detach && err == nil {
+				pid = readPidFile(pidFile)
+				go func() { exited <- waitChild(pid) }()
+				continue
+			}
 			if relay != nil {
 				relay.finish()
 			}
@@ -865,6 +996,25 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 				return 0, fmt.Errorf("%s exec: %s", rt.name, strings.TrimSpace(said.String()))
 			}
 			return ee.ExitCode(), nil
+		case ws := <-exited:
+			if relay != nil {
+				relay.finish()
+			}
+			if ws.Signaled() {
+				return 128 + int(ws.Signal()), nil
+			}
+			return ws.ExitStatus(), nil
+		}
+	}
+}
+
+// waitChild waits for pid, a child of ours, and returns how it ended.
+func waitChild(pid int) unix.WaitStatus {
+	var ws unix.WaitStatus
+	for {
+		_, err := unix.Wait4(pid, &ws, 0, nil)
+		if !errors.Is(err, unix.EINTR) {
+			return ws
 		}
 	}
 }
@@ -1029,6 +1179,14 @@ func (c *ociConsole) receive(waited chan error) (int, error) {
 		return g.fd, g.err
 	case err := <-waited:
 		waited <- err // the caller waits for it too
+		if err == nil {
+			// A detached exec sends the terminal, then exits.
+			select {
+			case g := <-got:
+				return g.fd, g.err
+			case <-time.After(2 * time.Second):
+			}
+		}
 		unix.Shutdown(c.fd, unix.SHUT_RDWR)
 		return -1, errors.New("the runtime exited without sending the terminal")
 	}

@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -102,5 +105,292 @@ func TestOCIExecBasics(t *testing.T) {
 		if _, ok := r.runDir().running(); ok {
 			t.Fatal("the container still runs after the last session")
 		}
+	})
+}
+
+// oci-exec runs the oci backend's exec in a child process of the test
+// binary, for tests that signal it or drive it through a terminal.
+func init() {
+	testHelpers["oci-exec"] = func() {
+		var r runSpec
+		if err := jsonUnmarshalString(os.Getenv("KARAPACE_TEST_SPEC"), &r); err != nil {
+			panic(err)
+		}
+		var argv []string
+		jsonUnmarshalString(os.Getenv("KARAPACE_TEST_ARGV"), &argv)
+		e := &execSpec{Argv: argv, Login: len(argv) == 0, TTY: os.Getenv("KARAPACE_TEST_TTY") != "", Stdio: [3]*os.File{os.Stdin, os.Stdout, os.Stderr}, Env: os.Environ()}
+		code, err := ociBackend{getenv: os.Getenv, out: testOutput}.exec(&r, e)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(125)
+		}
+		os.Exit(code)
+	}
+}
+
+func ociHelperCmd(t *testing.T, r *runSpec, env []string, argv ...string) *exec.Cmd {
+	t.Helper()
+	spec, _ := jsonMarshalString(r)
+	args, _ := jsonMarshalString(argv)
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(append(os.Environ(), env...), "KARAPACE_TEST_HELPER=oci-exec", "KARAPACE_TEST_SPEC="+spec, "KARAPACE_TEST_ARGV="+args)
+	return cmd
+}
+
+// ociStart starts a session in a child process and returns once it has
+// printed "ready"; the channel brings how it ended.
+func ociStart(t *testing.T, r *runSpec, env []string, argv ...string) (<-chan error, *exec.Cmd) {
+	t.Helper()
+	cmd := ociHelperCmd(t, r, env, argv...)
+	out, _ := cmd.StdoutPipe()
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 6)
+	if _, err := io.ReadFull(out, buf); err != nil || string(buf) != "ready\n" {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("the session did not start: %q %v: %s", buf, err, errb.String())
+	}
+	done := make(chan error, 1)
+	go func() {
+		io.Copy(io.Discard, out)
+		err := cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 0 {
+			err = &codedError{code, "session", fmt.Errorf("%v: %s", err, errb.String())}
+		}
+		done <- err
+	}()
+	return done, cmd
+}
+
+// What a command inside may not do to the host, even as root: the same
+// confinement as the namespace backend's.
+func TestOCIConfinement(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		code, out, errOut := ociRun(t, r, env, "", "/bin/sh", "-c", `
+stat -f -c %T /dev/pts /dev/shm /proc /sys
+touch /sys/kernel/x 2>/dev/null && echo sys-writable || echo sys-refused
+(echo 1 > /proc/sys/vm/drop_caches) 2>/dev/null && echo sysctl-written || echo sysctl-refused
+(echo h > /proc/sysrq-trigger) 2>/dev/null && echo sysrq-written || echo sysrq-refused
+perl -e 'syscall(250, 0, 0) == -1 and print "keyctl: ", ($!{EPERM} ? "EPERM" : $!+0), "\n"'
+perl -e 'syscall(169, 0, 0, 0, 0) == -1 and print "reboot: ", ($!{EPERM} ? "EPERM" : $!+0), "\n"'
+grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\t'
+cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'
+grep -E '^CapBnd' /proc/self/status
+cat /etc/resolv.conf /etc/hosts | md5sum`)
+		host, _ := exec.Command("sh", "-c", "cat /etc/resolv.conf /etc/hosts | md5sum").Output()
+		want := "devpts\ntmpfs\nproc\nsysfs\nsys-refused\nsysctl-refused\nsysrq-refused\nkeyctl: EPERM\nreboot: EPERM\nNoNewPrivs:1\nSeccomp:2\n"
+		if code != 0 || !strings.HasPrefix(out, want) || !strings.HasSuffix(out, string(host)) {
+			t.Fatalf("status %d\n%s\nwant it to begin with:\n%s\nand end with %s(stderr %s)", code, out, want, host, errOut)
+		}
+		// The IDs inside are the namespace backend's: never the host's root.
+		m := planIDMapping()
+		for _, u := range m.uids {
+			line := fmt.Sprintf("%d %d %d\n", u.inside, u.outside, u.count)
+			if !strings.Contains(out, line) {
+				t.Fatalf("uid_map lacks %q:\n%s", line, out)
+			}
+			if os.Geteuid() == 0 && u.outside == 0 {
+				t.Fatal("the host's root is mapped inside")
+			}
+		}
+		var bnd uint64
+		if _, err := fmt.Sscanf(out[strings.Index(out, "CapBnd:"):], "CapBnd: %x", &bnd); err != nil || bnd&(1<<19) != 0 || bnd&(1<<21) != 0 {
+			t.Fatalf("bounding set holds CAP_SYS_PTRACE (19) or CAP_SYS_ADMIN (21): %v\n%s", err, out)
+		}
+		// The host's variables go through the policy's filter.
+		env2 := append(append([]string{}, env...), "SSH_AUTH_SOCK=/tmp/agent", "AWS_SECRET_ACCESS_KEY=s3cret", "LANG=C.UTF-8", "DOCKER_HOST=tcp://x")
+		_, out, _ = ociRun(t, r, env2, "", "/bin/sh", "-c", "env | sort")
+		if strings.Contains(out, "SSH_AUTH_SOCK") || strings.Contains(out, "s3cret") || strings.Contains(out, "DOCKER_HOST") ||
+			!strings.Contains(out, "LANG=C.UTF-8\n") || !strings.Contains(out, "KARAPACE_ENV=1\n") || !strings.Contains(out, "KARAPACE_ENV_ID="+r.ID+"\n") {
+			t.Fatalf("environment inside:\n%s", out)
+		}
+	})
+}
+
+func TestOCISignalsForwarded(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP} {
+			done, cmd := ociStart(t, r, env, "/bin/sh", "-c", "echo ready; exec sleep 100")
+			cmd.Process.Signal(sig)
+			if code := exitCodeOf(<-done); code != 128+int(sig) {
+				t.Fatalf("%v: exit %d, want %d", sig, code, 128+int(sig))
+			}
+		}
+	})
+}
+
+// Sessions join the running container (one /dev/shm, one init); stop
+// ends them, SIGTERM first, SIGKILL after the timeout; a container a
+// crash left behind is found and replaced.
+func TestOCISessionsStopAndCrash(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		b := ociTestBackend(env)
+		done, _ := ociStart(t, r, env, "/bin/sh", "-c", "echo first > /dev/shm/mark; trap 'exit 42' TERM; echo ready; while :; do sleep 0.1; done")
+		pid, ok := b.status(r)
+		if !ok {
+			t.Fatal("not running while a session runs")
+		}
+		_, out, _ := ociRun(t, r, env, "", "/bin/sh", "-c", "cat /dev/shm/mark; tr '\\0' ' ' < /proc/1/cmdline")
+		if out != "first\n"+ociInitPath+" " {
+			t.Fatalf("the second session is not in the first one's container: %q", out)
+		}
+		if p, ok := b.status(r); !ok || p != pid {
+			t.Fatalf("the container changed: %d %v, was %d", p, ok, pid)
+		}
+		if res, err := b.stop(r, 5*time.Second); err != nil || res != (stopResult{WasRunning: true}) {
+			t.Fatal(res, err)
+		}
+		if code := exitCodeOf(<-done); code != 42 {
+			t.Fatalf("the session ended with %d, want 42 from its TERM trap", code)
+		}
+		if _, ok := b.status(r); ok {
+			t.Fatal("still running after stop")
+		}
+		if _, err := os.Stat(ociDirOf(r).state() + "/" + containerID(r)); !os.IsNotExist(err) {
+			t.Fatalf("the runtime's state of the container is left: %v", err)
+		}
+		done, _ = ociStart(t, r, env, "/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 0.1; done")
+		if res, err := b.stop(r, 300*time.Millisecond); err != nil || res != (stopResult{WasRunning: true, Killed: true}) {
+			t.Fatal(res, err)
+		}
+		if code := exitCodeOf(<-done); code != 128+9 {
+			t.Fatalf("the killed session ended with %d, want 137", code)
+		}
+		// A crash: the container's init dies, its state stays.
+		done, _ = ociStart(t, r, env, "/bin/sh", "-c", "echo ready; exec sleep 100")
+		pid, _ = b.status(r)
+		syscall.Kill(pid, syscall.SIGKILL)
+		<-done
+		if _, ok := b.status(r); ok {
+			t.Fatal("a dead container counted as running")
+		}
+		if code, out, errOut := ociRun(t, r, env, "", "/bin/sh", "-c", "echo again"); code != 0 || out != "again\n" {
+			t.Fatalf("after a crash: %d %q %q", code, out, errOut)
+		}
+	})
+}
+
+func TestOCINetwork(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hello from the host\n"))
+			c.Close()
+		}
+	}()
+	probe := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && cat <&3", ln.Addr().(*net.TCPAddr).Port)
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		shared := ociTestSpec(t, env)
+		if code, out, errOut := ociRun(t, shared, env, "", "/bin/bash", "-c", probe); code != 0 || out != "hello from the host\n" {
+			t.Fatalf("shared network: status %d %q %q", code, out, errOut)
+		}
+		isolated := ociTestSpec(t, env)
+		isolated.Isolated = true
+		code, _, errOut := ociRun(t, isolated, env, "", "/bin/bash", "-c", probe)
+		if code == 0 || !strings.Contains(errOut, "Connection refused") {
+			t.Fatalf("isolated: the host's loopback was reachable: %d %q", code, errOut)
+		}
+		code, out, errOut := ociRun(t, isolated, env, "", "/bin/bash", "-c",
+			"cat /proc/net/dev | tail -n +3 | cut -d: -f1 | tr -d ' '; cat /sys/class/net/lo/flags; grep -c -e ' /etc/resolv.conf ' -e ' /etc/hosts ' /proc/self/mountinfo; exec 3<>/dev/tcp/192.0.2.1/80")
+		if !strings.HasPrefix(out, "lo\n0x9\n0\n") || !strings.Contains(errOut, "Network is unreachable") {
+			t.Fatalf("isolated network: status %d\nstdout %q\nstderr %q", code, out, errOut)
+		}
+	})
+}
+
+// Manifest mounts go through the policy as with the namespace backend:
+// ":ro" is read-only inside, and a path outside the allowed prefixes is
+// refused as a manifest error before anything starts.
+func TestOCIMounts(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		src, err := os.MkdirTemp("/tmp", "karapace-oci-mount-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(src) })
+		os.WriteFile(src+"/host-file", []byte("from the host\n"), 0o644)
+		r.Mounts = []lockMount{{Label: "data", Source: src, Container: "/data", ReadOnly: true}}
+		code, out, errOut := ociRun(t, r, env, "", "/bin/sh", "-c", "cat /data/host-file; touch /data/new 2>&1 || echo refused")
+		if code != 0 || !strings.HasPrefix(out, "from the host\n") || !strings.Contains(out, "Read-only file system") || !strings.HasSuffix(out, "refused\n") {
+			t.Fatalf("a :ro mount: %d %q %q", code, out, errOut)
+		}
+		if _, err := os.Stat(src + "/new"); err == nil {
+			t.Fatal("a file was written through the :ro mount")
+		}
+		// The mount point came from a layer of its own, not the
+		// environment's writable one.
+		if _, err := os.Stat(r.Dir.upper() + "/data"); err == nil {
+			t.Fatal("the mount point was written into the writable layer")
+		}
+		b := ociTestBackend(env)
+		b.stop(r, time.Second)
+		r.Mounts = []lockMount{{Label: "etc", Source: "/etc", Container: "/hostetc"}}
+		code, err = b.exec(r, &execSpec{Argv: []string{"true"}, Stdio: [3]*os.File{os.Stdin, os.Stdout, os.Stderr}, Env: env})
+		if err == nil || exitCodeOf(err) != 2 {
+			t.Fatalf("a mount of /etc: %d %v (exit code %d), want a manifest error", code, err, exitCodeOf(err))
+		}
+		if _, ok := b.status(r); ok {
+			t.Fatal("a refused mount started the container")
+		}
+	})
+}
+
+func TestOCIAptInstall(t *testing.T) {
+	need(t, planIDMapping().reduced == "", "a subordinate ID range and newuidmap/newgidmap for this user")
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		code, out, errOut := ociRun(t, r, env, "", "/bin/sh", "-c",
+			"apt-get -q update >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get -q -y install --no-install-recommends hello >/dev/null && hello && dpkg-query -W -f '${Status}' hello")
+		if code != 0 || out != "Hello, world!\ninstall ok installed" {
+			t.Fatalf("status %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+		}
+	})
+}
+
+// enter through a real terminal (tmux): a login shell with job control,
+// the window size followed, Ctrl-C to the shell's job.
+func TestOCITerminalWithTmux(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		spec, _ := jsonMarshalString(r)
+		script := filepath.Join(t.TempDir(), "enter.sh")
+		os.WriteFile(script, []byte(fmt.Sprintf("#!/bin/sh\nexport %s KARAPACE_TEST_HELPER=oci-exec KARAPACE_TEST_TTY=1 KARAPACE_TEST_SPEC='%s' KARAPACE_TEST_ARGV=null\n%s\necho karapace-exited-$?\nsleep 30\n", env[len(env)-1], spec, os.Args[0])), 0o755)
+		term := newTmuxSession(t, script, 100, 30)
+		term.keys("echo $((6*7)) $(tty) $0", "Enter")
+		term.waitFor("42 /dev/pts/0 /bin/bash") // a login shell (bash -l)
+		term.keys("shopt -q login_shell && echo login-$((1+1))", "Enter")
+		term.waitFor("login-2")
+		term.keys("stty size", "Enter")
+		term.waitFor("30 100")
+		term.do("resize-window", "-x", "120", "-y", "40")
+		term.keys("clear; stty size", "Enter")
+		term.waitFor("40 120")
+		term.keys(`sh -c 'trap "echo INT-reached-$((40+2)); exit 5" INT; echo armed-$((1+1)); while :; do sleep 0.1; done'`, "Enter")
+		term.waitFor("armed-2")
+		term.keys("C-c")
+		term.waitFor("INT-reached-42")
+		term.keys("echo after-interrupt-$?", "Enter")
+		term.waitFor("after-interrupt-5")
+		term.keys("sleep 1000 &", "Enter")
+		term.keys("jobs", "Enter")
+		term.waitFor("Running")
+		term.keys("kill %1; exit 3", "Enter")
+		term.waitFor("karapace-exited-3")
 	})
 }
