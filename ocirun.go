@@ -1057,12 +1057,18 @@ func ociProcessFor(initPid int, e *execSpec, env []string, cwd string) (*ociProc
 	} else {
 		return nil, commandErr(127, errors.New("no command"))
 	}
+	return newOCIProcess(args, e.TTY, env, cwd), nil
+}
+
+// newOCIProcess is a session's process: as root, with the capabilities a
+// command of either backend holds.
+func newOCIProcess(args []string, tty bool, env []string, cwd string) *ociProcess {
 	return &ociProcess{
-		Terminal: e.TTY, Args: args, Env: env, Cwd: cwd,
+		Terminal: tty, Args: args, Env: env, Cwd: cwd,
 		User:            ociUser{UID: 0, GID: 0},
 		Capabilities:    ociCaps(),
 		NoNewPrivileges: true,
-	}, nil
+	}
 }
 
 // lookPathInRoot finds a command in the container's root, with the PATH

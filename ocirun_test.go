@@ -2,17 +2,23 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // These tests run the oci backend for real, with crun and with runc, on
@@ -104,6 +110,21 @@ func TestOCIExecBasics(t *testing.T) {
 		// After the last session, nothing runs.
 		if _, ok := r.runDir().running(); ok {
 			t.Fatal("the container still runs after the last session")
+		}
+		// The config.json the runtime ran is valid, and maps the IDs as
+		// the namespace backend does.
+		data, err := os.ReadFile(ociDirOf(r).bundle() + "/config.json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if errs := validateOCI(t, "config-schema.json#", data); len(errs) > 0 {
+			t.Fatalf("the config.json that ran breaks the schema:\n%s", strings.Join(errs, "\n"))
+		}
+		var spec ociSpec
+		json.Unmarshal(data, &spec)
+		m := planIDMapping()
+		if fmt.Sprint(spec.Linux.UIDMappings) != fmt.Sprint(ociIDMaps(m.uids)) || fmt.Sprint(spec.Linux.GIDMappings) != fmt.Sprint(ociIDMaps(m.gids)) {
+			t.Fatalf("mappings %v %v, want the namespace backend's %v %v", spec.Linux.UIDMappings, spec.Linux.GIDMappings, m.uids, m.gids)
 		}
 	})
 }
@@ -393,4 +414,373 @@ func TestOCITerminalWithTmux(t *testing.T) {
 		term.keys("kill %1; exit 3", "Enter")
 		term.waitFor("karapace-exited-3")
 	})
+}
+
+// jsonSchemas validates JSON documents against the runtime-spec's JSON
+// schema (testdata/oci-schema), with what of draft-04 those files use.
+type jsonSchemas struct {
+	dir  string
+	docs map[string]any
+}
+
+func (s *jsonSchemas) doc(t *testing.T, file string) any {
+	t.Helper()
+	if d, ok := s.docs[file]; ok {
+		return d
+	}
+	data, err := os.ReadFile(filepath.Join(s.dir, file))
+	if err != nil {
+		t.Fatalf("schema %s: %v", file, err)
+	}
+	var d any
+	if err := json.Unmarshal(data, &d); err != nil {
+		t.Fatalf("schema %s: %v", file, err)
+	}
+	s.docs[file] = d
+	return d
+}
+
+// resolve follows a reference ("file.json#/a/b" or "#/a/b") from file.
+func (s *jsonSchemas) resolve(t *testing.T, file, ref string) (string, any) {
+	t.Helper()
+	target, pointer, _ := strings.Cut(ref, "#")
+	if target != "" {
+		file = target
+	}
+	node := s.doc(t, file)
+	for _, part := range strings.Split(strings.Trim(pointer, "/"), "/") {
+		if part == "" {
+			continue
+		}
+		m, ok := node.(map[string]any)
+		if !ok || m[part] == nil {
+			t.Fatalf("schema %s: reference %q does not resolve", file, ref)
+		}
+		node = m[part]
+	}
+	return file, node
+}
+
+// The keywords the validator knows; any other in a schema it meets fails
+// the test, so that none is silently ignored.
+var jsonSchemaKeywords = map[string]bool{
+	"$ref": true, "type": true, "properties": true, "patternProperties": true, "additionalProperties": true,
+	"required": true, "items": true, "minItems": true, "maxItems": true, "enum": true, "pattern": true,
+	"minimum": true, "maximum": true, "allOf": true, "anyOf": true, "oneOf": true, "not": true,
+	"minLength": true, "maxLength": true, "uniqueItems": true,
+	"description": true, "id": true, "$schema": true, "definitions": true, "title": true, "default": true,
+}
+
+// validate returns the ways v breaks schema (found in file), each with
+// its path in the document.
+func (s *jsonSchemas) validate(t *testing.T, file string, schema any, v any, path string) []string {
+	t.Helper()
+	sch, ok := schema.(map[string]any)
+	if !ok {
+		t.Fatalf("schema %s at %s: not an object", file, path)
+	}
+	for k := range sch {
+		if !jsonSchemaKeywords[k] {
+			t.Fatalf("schema %s: keyword %q is not supported by the test's validator", file, k)
+		}
+	}
+	if ref, ok := sch["$ref"].(string); ok {
+		f, target := s.resolve(t, file, ref)
+		return s.validate(t, f, target, v, path)
+	}
+	var errs []string
+	fail := func(format string, a ...any) { errs = append(errs, path+": "+fmt.Sprintf(format, a...)) }
+	if ty, ok := sch["type"]; ok {
+		var types []string
+		switch ty := ty.(type) {
+		case string:
+			types = []string{ty}
+		case []any:
+			for _, x := range ty {
+				types = append(types, x.(string))
+			}
+		}
+		match := false
+		for _, ty := range types {
+			match = match || jsonTypeIs(v, ty)
+		}
+		if !match {
+			fail("%s is not of type %v", jsonShort(v), types)
+			return errs
+		}
+	}
+	if en, ok := sch["enum"].([]any); ok {
+		found := false
+		for _, x := range en {
+			found = found || reflect.DeepEqual(x, v)
+		}
+		if !found {
+			fail("%s is not one of %v", jsonShort(v), en)
+		}
+	}
+	switch v := v.(type) {
+	case string:
+		if p, ok := sch["pattern"].(string); ok && !regexp.MustCompile(p).MatchString(v) {
+			fail("%q does not match %s", v, p)
+		}
+		if n, ok := sch["minLength"].(float64); ok && float64(len([]rune(v))) < n {
+			fail("shorter than %v", n)
+		}
+		if n, ok := sch["maxLength"].(float64); ok && float64(len([]rune(v))) > n {
+			fail("longer than %v", n)
+		}
+	case float64:
+		if n, ok := sch["minimum"].(float64); ok && v < n {
+			fail("%v is below the minimum %v", v, n)
+		}
+		if n, ok := sch["maximum"].(float64); ok && v > n {
+			fail("%v is above the maximum %v", v, n)
+		}
+	case []any:
+		if n, ok := sch["minItems"].(float64); ok && float64(len(v)) < n {
+			fail("fewer than %v items", n)
+		}
+		if n, ok := sch["maxItems"].(float64); ok && float64(len(v)) > n {
+			fail("more than %v items", n)
+		}
+		if u, _ := sch["uniqueItems"].(bool); u {
+			for i := range v {
+				for j := i + 1; j < len(v); j++ {
+					if reflect.DeepEqual(v[i], v[j]) {
+						fail("items %d and %d are the same", i, j)
+					}
+				}
+			}
+		}
+		switch items := sch["items"].(type) {
+		case map[string]any:
+			for i, x := range v {
+				errs = append(errs, s.validate(t, file, items, x, fmt.Sprintf("%s[%d]", path, i))...)
+			}
+		case []any:
+			for i, x := range v {
+				if i < len(items) {
+					errs = append(errs, s.validate(t, file, items[i], x, fmt.Sprintf("%s[%d]", path, i))...)
+				}
+			}
+		}
+	case map[string]any:
+		if req, ok := sch["required"].([]any); ok {
+			for _, k := range req {
+				if _, ok := v[k.(string)]; !ok {
+					fail("required %q is missing", k)
+				}
+			}
+		}
+		props, _ := sch["properties"].(map[string]any)
+		patterns, _ := sch["patternProperties"].(map[string]any)
+		for k, x := range v {
+			matched := false
+			if p, ok := props[k]; ok {
+				matched = true
+				errs = append(errs, s.validate(t, file, p, x, path+"."+k)...)
+			}
+			for pat, p := range patterns {
+				if regexp.MustCompile(pat).MatchString(k) {
+					matched = true
+					errs = append(errs, s.validate(t, file, p, x, path+"."+k)...)
+				}
+			}
+			switch add := sch["additionalProperties"].(type) {
+			case bool:
+				if !add && !matched {
+					fail("property %q is not allowed", k)
+				}
+			case map[string]any:
+				if !matched {
+					errs = append(errs, s.validate(t, file, add, x, path+"."+k)...)
+				}
+			}
+		}
+	}
+	if all, ok := sch["allOf"].([]any); ok {
+		for _, sub := range all {
+			errs = append(errs, s.validate(t, file, sub, v, path)...)
+		}
+	}
+	if anyOf, ok := sch["anyOf"].([]any); ok {
+		n := 0
+		for _, sub := range anyOf {
+			if len(s.validate(t, file, sub, v, path)) == 0 {
+				n++
+			}
+		}
+		if n == 0 {
+			fail("matches none of anyOf")
+		}
+	}
+	if oneOf, ok := sch["oneOf"].([]any); ok {
+		n := 0
+		for _, sub := range oneOf {
+			if len(s.validate(t, file, sub, v, path)) == 0 {
+				n++
+			}
+		}
+		if n != 1 {
+			fail("matches %d of oneOf, not exactly one", n)
+		}
+	}
+	if not, ok := sch["not"]; ok && len(s.validate(t, file, not, v, path)) == 0 {
+		fail("matches what \"not\" excludes")
+	}
+	return errs
+}
+
+func jsonTypeIs(v any, ty string) bool {
+	switch ty {
+	case "object":
+		_, ok := v.(map[string]any)
+		return ok
+	case "array":
+		_, ok := v.([]any)
+		return ok
+	case "string":
+		_, ok := v.(string)
+		return ok
+	case "boolean":
+		_, ok := v.(bool)
+		return ok
+	case "null":
+		return v == nil
+	case "number":
+		_, ok := v.(float64)
+		return ok
+	case "integer":
+		f, ok := v.(float64)
+		return ok && f == math.Trunc(f)
+	}
+	return false
+}
+
+func jsonShort(v any) string {
+	b, _ := json.Marshal(v)
+	if len(b) > 60 {
+		b = append(b[:60], "..."...)
+	}
+	return string(b)
+}
+
+// validateOCI checks a document (JSON) against the schema at ref.
+func validateOCI(t *testing.T, ref string, data []byte) []string {
+	t.Helper()
+	s := &jsonSchemas{dir: "testdata/oci-schema", docs: map[string]any{}}
+	var v any
+	if err := json.Unmarshal(data, &v); err != nil {
+		t.Fatal(err)
+	}
+	file, schema := s.resolve(t, "", ref)
+	return s.validate(t, file, schema, v, "$")
+}
+
+// The validator finds what breaks the schema: a test of it that could not
+// fail would prove nothing of the configurations below.
+func TestOCISchemaValidatorRejects(t *testing.T) {
+	good := `{"ociVersion": "1.0.2", "root": {"path": "/r"}, "linux": {"namespaces": [{"type": "pid"}], "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 1}]}}`
+	if errs := validateOCI(t, "config-schema.json#", []byte(good)); len(errs) != 0 {
+		t.Fatalf("a valid configuration: %v", errs)
+	}
+	for _, c := range []struct{ doc, want string }{
+		{`{"root": {"path": "/r"}}`, `required "ociVersion" is missing`},
+		{`{"ociVersion": "1.0.2", "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "rlimits": [{"type": "NPROC", "hard": 1, "soft": 1}]}}`, `"NPROC" does not match ^RLIMIT_[A-Z]+$`},
+		{`{"ociVersion": "1.0.2", "root": {"path": 5}}`, `$.root.path: 5 is not of type [string]`},
+		{`{"ociVersion": "1.0.2", "linux": {"namespaces": [{"type": "bogus"}]}}`, `matches none of anyOf`},
+		{`{"ociVersion": "1.0.2", "linux": {"uidMappings": [{"containerID": -1, "hostID": 0, "size": 1}]}}`, `below the minimum`},
+		{`{"ociVersion": "1.0.2", "linux": {"uidMappings": [{"containerID": 1.5, "hostID": 0, "size": 1}]}}`, `is not of type [integer]`},
+		{`{"ociVersion": "1.0.2", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": [], "action": "SCMP_ACT_ERRNO"}]}}}`, `fewer than 1 items`},
+		{`{"ociVersion": "1.0.2", "linux": {"seccomp": {"defaultAction": "SCMP_ACT_MAYBE"}}}`, `is not one of`},
+		{`{"ociVersion": "1.0.2", "annotations": {"a": 1}}`, `$.annotations.a: 1 is not of type [string]`},
+		{`{"ociVersion": "1.0.2", "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "rlimits": [{"type": "RLIMIT_NPROC", "hard": 1}]}}`, `required "soft" is missing`},
+	} {
+		errs := validateOCI(t, "config-schema.json#", []byte(c.doc))
+		if !strings.Contains(strings.Join(errs, "\n"), c.want) {
+			t.Errorf("%s: want an error with %q, got %v", c.doc, c.want, errs)
+		}
+	}
+}
+
+// Every configuration the backend writes is valid: as root (staged
+// sources, cgroups) and as a user, plain, isolated with mounts and
+// limits, frozen; and every session's process.
+func TestOCIConfigMatchesSchema(t *testing.T) {
+	dir := t.TempDir()
+	home := t.TempDir()
+	getenv := func(k string) string { return map[string]string{"HOME": home}[k] }
+	for _, variant := range []struct {
+		name string
+		r    runSpec
+	}{
+		{"plain", runSpec{}},
+		{"isolated-mounts-limits", runSpec{Isolated: true, Mounts: []lockMount{{Label: "w", Source: dir, Container: "/w", ReadOnly: true}}, MemoryMB: 512, CPUShares: 512, PidsLimit: 300}},
+		{"frozen", runSpec{ReadOnly: true}},
+	} {
+		r := variant.r
+		r.ID, r.ShortID, r.Dir, r.Lower = strings.Repeat("ab", 32), "abababababab", envDir(t.TempDir()), []string{t.TempDir()}
+		acc, err := resolveAccess(&r, getenv, testOutput)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, m, _, err := nsBackend{getenv: getenv, out: testOutput}.initConfig(&r, acc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, staging := range []string{"", ociStaging} {
+			for _, rt := range []string{"crun", "runc"} {
+				j := &ociCreateJob{Init: *cfg, Self: "/usr/bin/karapace", Staging: staging}
+				spec := ociSpecFor(&r, cfg, acc, m, j, rt, staging != "")
+				data, _ := json.Marshal(spec)
+				if errs := validateOCI(t, "config-schema.json#", data); len(errs) > 0 {
+					t.Errorf("%s, %s, staging %q: config.json breaks the schema:\n%s\n%s", variant.name, rt, staging, strings.Join(errs, "\n"), data)
+				}
+				if staging != "" && (spec.Linux.Resources == nil || spec.Linux.Resources.Pids == nil) {
+					t.Errorf("%s: as root, no pids limit in the cgroup", variant.name)
+				}
+				for _, rl := range spec.Process.Rlimits {
+					var cur unix.Rlimit
+					unix.Getrlimit(unix.RLIMIT_NPROC, &cur)
+					if rl.Hard > cur.Max || rl.Soft > rl.Hard {
+						t.Errorf("%s: %s above the caller's hard limit %d: %+v", variant.name, rl.Type, cur.Max, rl)
+					}
+				}
+			}
+		}
+	}
+	for _, tty := range []bool{false, true} {
+		p := newOCIProcess([]string{"/bin/sh", "-c", "true"}, tty, []string{"PATH=/bin"}, "/root")
+		p.Rlimits = ociRlimits(100, false)
+		p.ConsoleSize = &ociBox{Height: 24, Width: 80}
+		data, _ := json.Marshal(p)
+		if errs := validateOCI(t, "config-schema.json#/properties/process", data); len(errs) > 0 {
+			t.Errorf("process.json breaks the schema:\n%s\n%s", strings.Join(errs, "\n"), data)
+		}
+	}
+}
+
+// The runtime is the one named, else the first found; a named one that
+// is missing is an error that says so.
+func TestOCIRuntimeChoice(t *testing.T) {
+	home := t.TempDir()
+	env := map[string]string{"HOME": home, "PATH": os.Getenv("PATH"), "KARAPACE_OCI_RUNTIME": "no-such-runtime"}
+	getenv := func(k string) string { return env[k] }
+	if _, err := findOCIRuntime(getenv); err == nil || !strings.Contains(err.Error(), `KARAPACE_OCI_RUNTIME names the OCI runtime "no-such-runtime"`) {
+		t.Fatalf("a missing runtime: %v", err)
+	}
+	delete(env, "KARAPACE_OCI_RUNTIME")
+	writeFile(t, home, ".config/karapace/config.toml", "[runtime]\noci_runtime = \"no-such-runtime\"\n")
+	if _, err := findOCIRuntime(getenv); err == nil || !strings.Contains(err.Error(), "runtime.oci_runtime") {
+		t.Fatalf("a missing runtime in the configuration: %v", err)
+	}
+	writeFile(t, home, ".config/karapace/config.toml", "[runtime]\noci_runtime = 3\n")
+	if _, err := findOCIRuntime(getenv); err == nil || exitCodeOf(err) != 2 {
+		t.Fatalf("a bad runtime.oci_runtime: %v (exit code %d)", err, exitCodeOf(err))
+	}
+	writeFile(t, home, ".config/karapace/config.toml", "")
+	t.Setenv("PATH", t.TempDir())
+	if _, err := findOCIRuntime(getenv); err == nil || !strings.Contains(err.Error(), "no OCI runtime found") {
+		t.Fatalf("no runtime at all: %v", err)
+	}
 }
