@@ -109,6 +109,31 @@ func (rt ociRuntime) version() (string, error) {
 	return line, nil
 }
 
+// ociRuntimeChecks are doctor's lines for the oci backend: each runtime
+// found on PATH, with its version, and what this host does to them.
+func ociRuntimeChecks() []check {
+	var out []check
+	for _, n := range ociRuntimes {
+		p, err := exec.LookPath(n)
+		if err != nil {
+			continue
+		}
+		v, err := ociRuntime{n, p}.version()
+		if err != nil {
+			out = append(out, check{"OCI runtime " + n, "warn", p + ": " + err.Error(), "reinstall it (sudo apt install --reinstall " + n + ")"})
+			continue
+		}
+		out = append(out, check{"OCI runtime " + n, "ok", p + ", " + v, ""})
+	}
+	if len(out) == 0 {
+		return []check{{"OCI runtime", "warn", "none of crun, runc, youki on PATH: runtime.backend = \"oci\" cannot run", "sudo apt install crun (or runc)"}}
+	}
+	if c := hybridControllers(); c != "" {
+		out = append(out, check{"OCI cgroups", "ok", fmt.Sprintf("hybrid cgroup host, the unified hierarchy holds %q: crun refuses such hosts, so the runtime is shown only cgroup v1", c), ""})
+	}
+	return out
+}
+
 // args are the runtime's global options for an environment whose state
 // lives in state; cgroups says whether the runtime manages its cgroups.
 func (rt ociRuntime) args(state string, cgroups bool, sub ...string) []string {

@@ -784,3 +784,17 @@ func TestOCIRuntimeChoice(t *testing.T) {
 		t.Fatalf("no runtime at all: %v", err)
 	}
 }
+
+// doctor names each runtime on PATH with its version.
+func TestOCIDoctorListsRuntimes(t *testing.T) {
+	needTool(t, "crun")
+	var line string
+	for _, c := range ociRuntimeChecks() {
+		if c.Name == "OCI runtime crun" {
+			line = c.Status + " " + c.Detail
+		}
+	}
+	if !strings.HasPrefix(line, "ok ") || !strings.Contains(line, "crun version") {
+		t.Fatalf("doctor's line for crun: %q", line)
+	}
+}
