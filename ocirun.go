@@ -171,6 +171,7 @@ func ociDirOf(r *runSpec) ociDir           { return ociDir(string(r.runDir()) + 
 func (d ociDir) state() string             { return string(d) + "/state" }
 func (d ociDir) bundle() string            { return string(d) + "/bundle" }
 func (d ociDir) sessions() string          { return string(d) + "/sessions" }
+func (d ociDir) runtimeFile() string       { return string(d) + "/runtime" }
 func (d ociDir) pidFile() string           { return string(d) + "/init.pid" }
 func (d ociDir) procFile(id string) string { return string(d) + "/process-" + id + ".json" }
 
@@ -184,7 +185,7 @@ func (b ociBackend) status(r *runSpec) (int, bool) {
 	if !ok {
 		return 0, false
 	}
-	rt, err := findOCIRuntime(b.getenv)
+	rt, err := b.runtimeOf(r)
 	if err != nil {
 		return pid, true
 	}
@@ -294,7 +295,7 @@ func (b ociBackend) exec(r *runSpec, e *execSpec) (int, error) {
 		start.Close()
 		return 0, err
 	}
-	initPid, err := b.ensureContainer(rt, r, acc)
+	rt, initPid, err := b.ensureContainer(rt, r, acc)
 	start.Close()
 	if err != nil {
 		sess.Close()
@@ -393,7 +394,7 @@ func waitPidGone(pid int, timeout time.Duration) bool {
 // stop ends the container: its init passes SIGTERM to every session and
 // kills what is left after instanceStopGrace; SIGKILL after timeout.
 func (b ociBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) {
-	rt, err := findOCIRuntime(b.getenv)
+	rt, err := b.runtimeOf(r)
 	if err != nil {
 		return stopResult{}, err
 	}
@@ -405,26 +406,45 @@ func (b ociBackend) stop(r *runSpec, timeout time.Duration) (stopResult, error) 
 	return b.remove(rt, r, max(timeout, time.Millisecond))
 }
 
-// ensureContainer returns the pid of the running container's init,
-// creating and starting the container when none runs; one a crash left
-// behind is deleted first.
-func (b ociBackend) ensureContainer(rt ociRuntime, r *runSpec, acc *hostAccess) (int, error) {
-	st, err := b.state(rt, r)
+// ensureContainer returns the pid of the running container's init and
+// the runtime running it, creating and starting the container with rt
+// when none runs; one a crash left behind is deleted first.
+func (b ociBackend) ensureContainer(rt ociRuntime, r *runSpec, acc *hostAccess) (ociRuntime, int, error) {
+	cur, err := b.runtimeOf(r)
+	if err != nil {
+		return rt, 0, err
+	}
+	st, err := b.state(cur, r)
 	if err == nil && st.Status == "running" {
 		if _, ok := r.runDir().running(); ok {
-			return st.Pid, nil
+			return cur, st.Pid, nil
 		}
 	}
 	if err != nil && !errors.Is(err, errNoContainer) {
-		return 0, err
+		return cur, 0, err
 	}
 	if err == nil {
 		b.out.debugf("removing the container a crash left (%s)", st.Status)
-		if _, err := b.remove(rt, r, 0); err != nil {
-			return 0, fmt.Errorf("removing the container a crash left: %w", err)
+		if _, err := b.remove(cur, r, 0); err != nil {
+			return cur, 0, fmt.Errorf("removing the container a crash left: %w", err)
 		}
 	}
-	return b.create(rt, r, acc)
+	if err := os.WriteFile(ociDirOf(r).runtimeFile(), []byte(rt.name+"\n"+rt.path+"\n"), 0o600); err != nil {
+		return rt, 0, fmt.Errorf("recording the environment's runtime: %w", err)
+	}
+	pid, err := b.create(rt, r, acc)
+	return rt, pid, err
+}
+
+// runtimeOf is the runtime that made the environment's container (its
+// state is that runtime's own), else the one a new one would be made with.
+func (b ociBackend) runtimeOf(r *runSpec) (ociRuntime, error) {
+	if data, err := os.ReadFile(ociDirOf(r).runtimeFile()); err == nil {
+		if name, path, ok := strings.Cut(strings.TrimSpace(string(data)), "\n"); ok && unix.Access(path, unix.X_OK) == nil {
+			return ociRuntime{name, path}, nil
+		}
+	}
+	return findOCIRuntime(b.getenv)
 }
 
 // create writes the container's bundle and creates and starts it.
