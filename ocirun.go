@@ -691,10 +691,16 @@ func init() {
 func ociExplain(rt ociRuntime, err error) error {
 	msg := err.Error()
 	switch {
-	case strings.Contains(msg, "RLIMIT") || strings.Contains(msg, "rlimit"):
-		return fmt.Errorf("%w (a resource limit above the caller's hard limit cannot be set without privilege: lower runtime.resource_limits.pids_limit or the policy's default_pids_limit, or raise the hard limit, ulimit -Hu)", err)
+	case strings.Contains(msg, "rlimit"):
+		return fmt.Errorf("%w (%s may not raise a resource limit above the hard limit it was started with: lower runtime.resource_limits.pids_limit or the policy's default_pids_limit below 'ulimit -Hu', or raise the hard limit)", err, rt.name)
 	case strings.Contains(msg, "cgroup"):
-		return fmt.Errorf("%w (%s cannot manage this environment's cgroups on this host (cgroup v1 or hybrid: the unified hierarchy at /sys/fs/cgroup/unified has no controllers); remove memory_mb and cpu_shares from runtime.resource_limits, or boot with systemd.unified_cgroup_hierarchy=1, or use runtime.backend = \"namespace\")", err, rt.name)
+		mode := "cgroup v2"
+		if c := hybridControllers(); c != "" {
+			mode = "a hybrid cgroup host, shown only cgroup v1"
+		} else if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err != nil {
+			mode = "cgroup v1"
+		}
+		return fmt.Errorf("%w (%s could not set up the environment's cgroups on %s: remove memory_mb and cpu_shares from runtime.resource_limits, or use runtime.backend = \"namespace\")", err, rt.name, mode)
 	}
 	return err
 }
@@ -881,6 +887,9 @@ func init() {
 }
 
 func ociInit() int {
+	// Nothing inside may reach init's memory (its sessions run as its
+	// user).
+	unix.Prctl(unix.PR_SET_DUMPABLE, 0, 0, 0, 0)
 	sigs := make(chan os.Signal, 16)
 	signal.Notify(sigs, unix.SIGCHLD, unix.SIGTERM, unix.SIGINT, unix.SIGHUP)
 	for sig := range sigs {
@@ -1037,8 +1046,14 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 			if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
 				return 128 + int(ws.Signal()), nil
 			}
-			if readPidFile(pidFile) == 0 && said.Len() > 0 {
-				return 0, fmt.Errorf("%s exec: %s", rt.name, strings.TrimSpace(said.String()))
+			if readPidFile(pidFile) == 0 {
+				// The command never started: the runtime said why (on
+				// the session's stderr, which is the command's too).
+				msg := strings.TrimSpace(said.String())
+				if msg == "" {
+					msg = "see its message above"
+				}
+				return 0, fmt.Errorf("%s exec failed before the command started (%v): %s", rt.name, ee.ProcessState, msg)
 			}
 			return ee.ExitCode(), nil
 		case ws := <-exited:

@@ -83,10 +83,10 @@ func TestOCIExecBasics(t *testing.T) {
 		if code != 7 || out != "from stdin\nto-stdout\n" || errOut != "to-stderr\n" {
 			t.Fatalf("status %d, stdout %q, stderr %q", code, out, errOut)
 		}
-		code, out, _ = ociRun(t, r, env, "", "/bin/sh", "-c", "id -u; id -g; hostname; cat /etc/debian_version; echo $HOME $USER $KARAPACE_ENV; pwd")
+		code, out, errOut = ociRun(t, r, env, "", "/bin/sh", "-c", "id -u; id -g; hostname; cat /etc/debian_version; echo $HOME $USER $KARAPACE_ENV; pwd")
 		want := fmt.Sprintf("0\n0\nkarapace-%s\n12.", r.ShortID)
 		if code != 0 || !strings.HasPrefix(out, want) || !strings.Contains(out, "/root root 1\n/root\n") {
-			t.Fatalf("status %d, output:\n%s", code, out)
+			t.Fatalf("status %d, output:\n%s\nstderr: %s", code, out, errOut)
 		}
 		code, _, _ = ociRun(t, r, env, "", "/bin/sh", "-c", "kill -TERM $$")
 		if code != 128+int(syscall.SIGTERM) {
