@@ -1017,7 +1017,9 @@ func (b ociBackend) session(rt ociRuntime, r *runSpec, e *execSpec, initPid int,
 				}
 				continue
 			}
-			if pid == 0 {
+			// The command may run before the runtime has written its
+			// pid: a signal waits for it, never lost.
+			for end := time.Now().Add(2 * time.Second); pid == 0 && time.Now().Before(end); time.Sleep(5 * time.Millisecond) {
 				pid = readPidFile(pidFile)
 			}
 			if pid > 0 {
@@ -1378,9 +1380,17 @@ type ociSeccomp struct {
 }
 
 type ociSyscall struct {
-	Names    []string `json:"names"`
-	Action   string   `json:"action"`
-	ErrnoRet *uint    `json:"errnoRet,omitempty"`
+	Names    []string        `json:"names"`
+	Action   string          `json:"action"`
+	ErrnoRet *uint           `json:"errnoRet,omitempty"`
+	Args     []ociSyscallArg `json:"args,omitempty"`
+}
+
+type ociSyscallArg struct {
+	Index    uint   `json:"index"`
+	Value    uint64 `json:"value"`
+	ValueTwo uint64 `json:"valueTwo"`
+	Op       string `json:"op"`
 }
 
 // ociCapNames are the names of commandCapabilities, which a command of
@@ -1404,7 +1414,7 @@ func ociCaps() *ociCapSet {
 }
 
 // ociSeccompFilter is seccomp.go's filter in the runtime's terms: every
-// system call it refuses fails with EPERM; another ABI's (i386, x32) are
+// system call and terminal request it refuses fails with EPERM; another ABI's (i386, x32) are
 // refused whole, the architecture not being listed.
 func ociSeccompFilter() *ociSeccomp {
 	eperm := uint(unix.EPERM)
@@ -1413,8 +1423,15 @@ func ociSeccompFilter() *ociSeccomp {
 		names = append(names, r.name)
 	}
 	arch := map[string]string{"amd64": "SCMP_ARCH_X86_64", "arm64": "SCMP_ARCH_AARCH64"}[runtime.GOARCH]
-	return &ociSeccomp{DefaultAction: "SCMP_ACT_ALLOW", Architectures: []string{arch},
+	f := &ociSeccomp{DefaultAction: "SCMP_ACT_ALLOW", Architectures: []string{arch},
 		Syscalls: []ociSyscall{{Names: names, Action: "SCMP_ACT_ERRNO", ErrnoRet: &eperm}}}
+	// The terminal requests, by the low half of ioctl's request as the
+	// kernel reads it (an unsigned int): high bits set do not pass.
+	for _, r := range seccompIoctls {
+		f.Syscalls = append(f.Syscalls, ociSyscall{Names: []string{"ioctl"}, Action: "SCMP_ACT_ERRNO", ErrnoRet: &eperm,
+			Args: []ociSyscallArg{{Index: 1, Value: 0xffffffff, ValueTwo: uint64(r.nr), Op: "SCMP_CMP_MASKED_EQ"}}})
+	}
+	return f
 }
 
 // ociIDMaps is a mapping in the runtime's terms.
