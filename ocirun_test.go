@@ -799,3 +799,50 @@ func TestOCIDoctorListsRuntimes(t *testing.T) {
 		t.Fatalf("doctor's line for crun: %q", line)
 	}
 }
+
+// The command line with runtime.backend = "oci": build, exec through the
+// project's mount (read-write, and its files keep their owner), list
+// and inspect while running, stop; the environment's files persist.
+func TestOCICLIEndToEnd(t *testing.T) {
+	rootfs := testRootfsTar(t)
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		k := newKP(t)
+		k.env = append(k.env, env[len(env)-1])
+		os.MkdirAll(filepath.Join(k.dir, "src"), 0o755)
+		k.writeManifest(fmt.Sprintf("manifest_version = 1\n[base]\nimage = %q\n[mounts]\nsrc = \"./src:/src\"\n[runtime]\nbackend = \"oci\"\n", rootfs))
+		k.ok("build", "--name", "demo")
+		k.ok("exec", "demo", "--", "sh", "-c", "echo made > /src/out.txt && echo kept > /root/kept")
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(k.dir, "src", "out.txt"), &st); err != nil || st.Uid != uint32(os.Getuid()) {
+			t.Fatalf("a file written through the mount: %v, owner %d, want %d", err, st.Uid, os.Getuid())
+		}
+		if code, _, _ := k.run("exec", "demo", "--", "sh", "-c", "exit 9"); code != 9 {
+			t.Fatalf("exit status %d, want 9", code)
+		}
+		cmd := k.cmd("", "exec", "demo", "--", "sh", "-c", "echo ready; exec sleep 100")
+		out, _ := cmd.StdoutPipe()
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 6)
+		io.ReadFull(out, buf)
+		mustContain(t, "list", k.ok("list"), " demo ", "running")
+		mustContain(t, "inspect", k.ok("inspect", "demo"), "backend", "oci")
+		// The overlay is mounted in the container's own mount namespace,
+		// never on the host.
+		if mi, _ := os.ReadFile("/proc/self/mountinfo"); strings.Contains(string(mi), k.store) {
+			t.Fatalf("the host sees a mount of the store:\n%s", mi)
+		}
+		k.ok("stop", "demo")
+		cmd.Wait()
+		if code := cmd.ProcessState.ExitCode(); code != 128+15 {
+			t.Fatalf("the session stopped with %d, want 143 (SIGTERM)", code)
+		}
+		if l := k.ok("list"); strings.Contains(l, "running") {
+			t.Fatalf("running after stop:\n%s", l)
+		}
+		if got := k.ok("exec", "demo", "--", "cat", "/root/kept"); got != "kept\n" {
+			t.Fatalf("the environment's file: %q", got)
+		}
+	})
+}
