@@ -725,10 +725,7 @@ func ociLayers(cfg *initConfig, m idMapping) error {
 	if cfg.Direct {
 		return nil
 	}
-	binds := cfg.Binds
-	cfg.Binds = append(append([]bindMount{}, binds...), bindMount{Target: "/run", Dir: true}, bindMount{Target: "/tmp", Dir: true})
 	layer, err := writeMountpointLayer(filepath.Join(cfg.run(), "mountpoints"), cfg)
-	cfg.Binds = binds
 	if err != nil {
 		return err
 	}
