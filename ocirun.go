@@ -414,16 +414,18 @@ func (b ociBackend) ensureContainer(rt ociRuntime, r *runSpec, acc *hostAccess) 
 	if err != nil {
 		return rt, 0, err
 	}
-	st, err := b.state(cur, r)
-	if err == nil && st.Status == "running" {
-		if _, ok := r.runDir().running(); ok {
-			return cur, st.Pid, nil
-		}
+	// The marker, checked against the live process, says it runs: a
+	// joining session costs no runtime's "state".
+	if pid, ok := r.runDir().running(); ok {
+		return cur, pid, nil
 	}
+	st, err := b.state(cur, r)
 	if err != nil && !errors.Is(err, errNoContainer) {
 		return cur, 0, err
 	}
 	if err == nil {
+		// No live init behind it: a crash (of its init, or of the
+		// session that was starting it) left it.
 		b.out.debugf("removing the container a crash left (%s)", st.Status)
 		if _, err := b.remove(cur, r, 0); err != nil {
 			return cur, 0, fmt.Errorf("removing the container a crash left: %w", err)
