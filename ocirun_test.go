@@ -846,3 +846,17 @@ func TestOCICLIEndToEnd(t *testing.T) {
 		}
 	})
 }
+
+// A frozen environment's root is read-only, its writable layer one more
+// lower layer.
+func TestOCIFrozenIsReadOnly(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		ociRun(t, r, env, "", "/bin/sh", "-c", "echo before > /root/f")
+		r.ReadOnly = true
+		code, out, errOut := ociRun(t, r, env, "", "/bin/sh", "-c", "cat /root/f; echo x > /root/g")
+		if code == 0 || out != "before\n" || !strings.Contains(errOut, "Read-only file system") {
+			t.Fatalf("frozen: status %d %q %q", code, out, errOut)
+		}
+	})
+}
