@@ -200,12 +200,15 @@ touch /sys/kernel/x 2>/dev/null && echo sys-writable || echo sys-refused
 perl -e 'syscall(250, 0, 0) == -1 and print "keyctl: ", ($!{EPERM} ? "EPERM" : $!+0), "\n"'
 perl -e 'syscall(169, 0, 0, 0, 0) == -1 and print "reboot: ", ($!{EPERM} ? "EPERM" : $!+0), "\n"'
 perl -e 'for $r (0x5412, 0x100005412) { my $b = "x"; ioctl(STDIN, $r, $b) or print "TIOCSTI: ", ($!{EPERM} ? "EPERM" : $!+0), "\n" }'
+(echo x >> /dev/.karapace-init) 2>/dev/null && echo init-binary-written || echo init-binary-refused
+cat /proc/1/environ >/dev/null 2>&1 && echo init-env-readable || echo init-env-hidden
+readlink /proc/1/exe >/dev/null 2>&1 && echo init-exe-reachable || echo init-exe-hidden
 grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status | tr -d '\t'
 cat /proc/self/uid_map | tr -s ' ' | sed 's/^ //'
 grep -E '^CapBnd' /proc/self/status
 cat /etc/resolv.conf /etc/hosts | md5sum`)
 		host, _ := exec.Command("sh", "-c", "cat /etc/resolv.conf /etc/hosts | md5sum").Output()
-		want := "devpts\ntmpfs\nproc\nsysfs\nsys-refused\nsysctl-refused\nsysrq-refused\nkeyctl: EPERM\nreboot: EPERM\nTIOCSTI: EPERM\nTIOCSTI: EPERM\nNoNewPrivs:1\nSeccomp:2\n"
+		want := "devpts\ntmpfs\nproc\nsysfs\nsys-refused\nsysctl-refused\nsysrq-refused\nkeyctl: EPERM\nreboot: EPERM\nTIOCSTI: EPERM\nTIOCSTI: EPERM\ninit-binary-refused\ninit-env-hidden\ninit-exe-hidden\nNoNewPrivs:1\nSeccomp:2\n"
 		if code != 0 || !strings.HasPrefix(out, want) || !strings.HasSuffix(out, string(host)) {
 			t.Fatalf("status %d\n%s\nwant it to begin with:\n%s\nand end with %s(stderr %s)", code, out, want, host, errOut)
 		}
