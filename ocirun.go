@@ -516,6 +516,14 @@ func (b ociBackend) create(rt ociRuntime, r *runSpec, acc *hostAccess) (int, err
 	if err != nil {
 		return 0, fmt.Errorf("%s: %w", d.pidFile(), err)
 	}
+	// "start" returns before the container's process has exec'd our
+	// init; until it has, the runtime's own setup holds it, and an exec
+	// may not join it (crun, rootless: setns fails with EPERM).
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); time.Sleep(time.Millisecond) {
+		if cmd, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid)); string(cmd) == ociInitPath+"\x00" {
+			break
+		}
+	}
 	if stt, err := procStartTime(pid); err == nil {
 		if err := r.runDir().mark(instanceMarker{Pid: pid, StartTime: stt, Backend: "oci"}); err != nil {
 			b.out.warnf("recording the running environment in %s: %v", r.runDir().marker(), err)

@@ -863,3 +863,17 @@ func TestOCIFrozenIsReadOnly(t *testing.T) {
 		}
 	})
 }
+
+// Each exec that starts the container joins it at once: start returns
+// before the container's process has become our init, and an exec in
+// between was refused (crun, rootless: setns EPERM) about one time in 40.
+func TestOCIColdStartsRepeatedly(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		for i := 0; i < 15; i++ {
+			if code, out, errOut, err := ociRunErr(r, env, "", "/bin/echo", "up"); err != nil || code != 0 || out != "up\n" {
+				t.Fatalf("cold start %d: %d %q %q %v", i, code, out, errOut, err)
+			}
+		}
+	})
+}
