@@ -32,7 +32,7 @@ cleanup() {
 	for e in ns oci; do KARAPACE_STORE=$tmp/store "$kp" stop "$e" >/dev/null 2>&1 || true; done
 	if [ -n "$podman" ]; then
 		"${pod[@]}" rm -f -t 0 bench >/dev/null 2>&1 || true
-		umount "$tmp/podman/overlay" 2>/dev/null || true
+		umount -l "$tmp/podman/overlay" 2>/dev/null || true
 	fi
 	rm -rf "$tmp" 2>/dev/null || unshare --user --map-root-user rm -rf "$tmp" 2>/dev/null || true
 }
