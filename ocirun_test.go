@@ -877,3 +877,33 @@ func TestOCIColdStartsRepeatedly(t *testing.T) {
 		}
 	})
 }
+
+// Sessions started at once share one container: one init, started once.
+func TestOCIConcurrentSessionsShareOneContainer(t *testing.T) {
+	forEachOCIRuntime(t, func(t *testing.T, env []string) {
+		r := ociTestSpec(t, env)
+		outs := make([]string, 4)
+		errs := make([]error, 4)
+		var wg sync.WaitGroup
+		for i := range outs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				var code int
+				code, outs[i], _, errs[i] = ociRunErr(r, env, "", "/bin/sh", "-c", "cut -d' ' -f22 /proc/1/stat; sleep 1")
+				if errs[i] == nil && code != 0 {
+					errs[i] = fmt.Errorf("status %d", code)
+				}
+			}()
+		}
+		wg.Wait()
+		for i := range outs {
+			if errs[i] != nil || outs[i] == "" || outs[i] != outs[0] {
+				t.Fatalf("session %d: %q %v; the first saw init start at %q", i, outs[i], errs[i], outs[0])
+			}
+		}
+		if _, ok := r.runDir().running(); ok {
+			t.Fatal("the container still runs after its last session")
+		}
+	})
+}
