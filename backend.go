@@ -50,6 +50,8 @@ func backendFor(name string, getenv func(string) string, out *output) (backend, 
 	switch name {
 	case "namespace":
 		return nsBackend{getenv: getenv, out: out}, nil
+	case "oci":
+		return ociBackend{getenv: getenv, out: out}, nil
 	case "mock":
 		return mockBackend{}, nil
 	}

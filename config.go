@@ -38,7 +38,7 @@ func loadConfig(getenv func(string) string) (map[string]any, *schemaChecker, err
 	if err != nil {
 		return nil, nil, err
 	}
-	if _, err := sc.table(nil, doc, "policy", "images", "remote", "limits"); err != nil {
+	if _, err := sc.table(nil, doc, "policy", "images", "remote", "limits", "runtime"); err != nil {
 		return nil, nil, err
 	}
 	return doc, sc, nil

@@ -97,6 +97,7 @@ func runtimeChecks() []check {
 		add("fuse-overlayfs", "ok", p+" (fallback for kernels without overlayfs in user namespaces)", "")
 	}
 	out = append(out, confinementChecks()...)
+	out = append(out, ociRuntimeChecks()...)
 	for _, l := range []struct{ controller, limit string }{{"memory", "memory_mb"}, {"cpu", "cpu_shares"}} {
 		out = append(out, limitCheck(l.controller, l.limit))
 	}

@@ -175,9 +175,6 @@ func (e *engine) planBuild(manifestPath string, o buildOptions) (*buildPlan, err
 			return nil, usageErrorf("--name: %v", err)
 		}
 	}
-	if m.Backend == "oci" {
-		return nil, manifestErrorf("%s: runtime.backend \"oci\" is not available in this version of karapace; use \"namespace\"", manifestPath)
-	}
 	// What exec would refuse, build refuses, pointing at the manifest.
 	pol, err := loadPolicy(e.getenv)
 	if err != nil {
