@@ -161,23 +161,33 @@ func bindMounts(binds []bindMount, out *output) func(pid int) ([]int, error) {
 			return nil, fmt.Errorf("opening the environment's user namespace: %w", err)
 		}
 		defer unix.Close(userns)
-		var fds []int
-		for _, b := range binds {
-			if b.Tmpfs {
-				continue
-			}
-			fd, idmapped, err := bindMountOf(b, userns)
-			if err != nil {
-				closeAll(fds)
-				return nil, err
-			}
-			if b.Idmap && !idmapped && !b.ReadOnly {
-				out.warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
-			}
-			fds = append(fds, fd)
-		}
-		return fds, nil
+		return openBindMounts(binds, userns, out, false)
 	}
+}
+
+// openBindMounts makes the mount of every bind but tmpfs ones, idmapped
+// through userns where asked; tmpfsSlots keeps a -1 in their places, so
+// the result lines up with binds.
+func openBindMounts(binds []bindMount, userns int, out *output, tmpfsSlots bool) ([]int, error) {
+	var fds []int
+	for _, b := range binds {
+		if b.Tmpfs {
+			if tmpfsSlots {
+				fds = append(fds, -1)
+			}
+			continue
+		}
+		fd, idmapped, err := bindMountOf(b, userns)
+		if err != nil {
+			closeAll(fds)
+			return nil, err
+		}
+		if b.Idmap && !idmapped && !b.ReadOnly {
+			out.warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
+		}
+		fds = append(fds, fd)
+	}
+	return fds, nil
 }
 
 // bindMountOf is one bind's mount, detached, read-only and idmapped as

@@ -662,23 +662,7 @@ func ociBindMounts(binds []bindMount, m idMapping, out *output) ([]int, error) {
 		return nil, fmt.Errorf("opening the environment's user namespace: %w", err)
 	}
 	defer unix.Close(userns)
-	var fds []int
-	for _, b := range binds {
-		if b.Tmpfs {
-			fds = append(fds, -1)
-			continue
-		}
-		fd, idmapped, err := bindMountOf(b, userns)
-		if err != nil {
-			closeAll(fds)
-			return nil, err
-		}
-		if b.Idmap && !idmapped && !b.ReadOnly {
-			out.warnf("%s: %s is on a filesystem that cannot be idmapped: inside, its files belong to nobody, and root there cannot change them", b.Why, b.Source)
-		}
-		fds = append(fds, fd)
-	}
-	return fds, nil
+	return openBindMounts(binds, userns, out, true)
 }
 
 // ociNoConfig is the configuration of a stage that needs none.
