@@ -200,12 +200,15 @@ func TestNSAptInstall(t *testing.T) {
 	}
 }
 
-func TestNSNetwork(t *testing.T) {
+// hostGreeting serves "hello from the host" on the host's loopback until
+// the test ends, and returns the bash line that reads it from inside.
+func hostGreeting(t *testing.T) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -216,8 +219,11 @@ func TestNSNetwork(t *testing.T) {
 			c.Close()
 		}
 	}()
-	port := ln.Addr().(*net.TCPAddr).Port
-	probe := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && cat <&3", port)
+	return fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && cat <&3", ln.Addr().(*net.TCPAddr).Port)
+}
+
+func TestNSNetwork(t *testing.T) {
+	probe := hostGreeting(t)
 
 	shared := testEnvSpec(t)
 	if code, out, errOut := nsRun(t, shared, baseEnv(), "", "/bin/bash", "-c", probe); code != 0 || out != "hello from the host\n" {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -303,22 +302,7 @@ func TestOCISessionsStopAndCrash(t *testing.T) {
 }
 
 func TestOCINetwork(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			c.Write([]byte("hello from the host\n"))
-			c.Close()
-		}
-	}()
-	probe := fmt.Sprintf("exec 3<>/dev/tcp/127.0.0.1/%d && cat <&3", ln.Addr().(*net.TCPAddr).Port)
+	probe := hostGreeting(t)
 	forEachOCIRuntime(t, func(t *testing.T, env []string) {
 		shared := ociTestSpec(t, env)
 		if code, out, errOut := ociRun(t, shared, env, "", "/bin/bash", "-c", probe); code != 0 || out != "hello from the host\n" {
@@ -401,20 +385,7 @@ func TestOCITerminalWithTmux(t *testing.T) {
 		term.waitFor("42 /dev/pts/0 /bin/bash") // a login shell (bash -l)
 		term.keys("shopt -q login_shell && echo login-$((1+1))", "Enter")
 		term.waitFor("login-2")
-		term.keys("stty size", "Enter")
-		term.waitFor("30 100")
-		term.do("resize-window", "-x", "120", "-y", "40")
-		term.keys("clear; stty size", "Enter")
-		term.waitFor("40 120")
-		term.keys(`sh -c 'trap "echo INT-reached-$((40+2)); exit 5" INT; echo armed-$((1+1)); while :; do sleep 0.1; done'`, "Enter")
-		term.waitFor("armed-2")
-		term.keys("C-c")
-		term.waitFor("INT-reached-42")
-		term.keys("echo after-interrupt-$?", "Enter")
-		term.waitFor("after-interrupt-5")
-		term.keys("sleep 1000 &", "Enter")
-		term.keys("jobs", "Enter")
-		term.waitFor("Running")
+		term.jobControl()
 		term.keys("kill %1; exit 3", "Enter")
 		term.waitFor("karapace-exited-3")
 	})
