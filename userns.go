@@ -70,18 +70,21 @@ func planIDMapping() idMapping {
 	if u, err := user.LookupId(name); err == nil {
 		name = u.Username
 	}
-	free := freeSubordinateStart("/etc/subuid", "/etc/subgid")
-	fix := fmt.Sprintf("to fix: sudo apt install uidmap && sudo usermod --add-subuids %d-%d --add-subgids %d-%d %s (a range no entry of /etc/subuid or /etc/subgid uses)",
-		free, free+subordinateIDs-1, free, free+subordinateIDs-1, name)
+	// Read only for a mapping that needs fixing: every exec plans one.
+	fix := func() string {
+		free := freeSubordinateStart("/etc/subuid", "/etc/subgid")
+		return fmt.Sprintf("to fix: sudo apt install uidmap && sudo usermod --add-subuids %d-%d --add-subgids %d-%d %s (a range no entry of /etc/subuid or /etc/subgid uses)",
+			free, free+subordinateIDs-1, free, free+subordinateIDs-1, name)
+	}
 	subU, okU := subordinateRange("/etc/subuid", name, uid)
 	subG, okG := subordinateRange("/etc/subgid", name, uid)
 	_, errU := exec.LookPath("newuidmap")
 	_, errG := exec.LookPath("newgidmap")
 	switch {
 	case !okU || !okG:
-		m.reduced = fmt.Sprintf("user %s has no subordinate ID range in /etc/subuid and /etc/subgid; only root is mapped inside, so package managers cannot create files for system users (%s)", name, fix)
+		m.reduced = fmt.Sprintf("user %s has no subordinate ID range in /etc/subuid and /etc/subgid; only root is mapped inside, so package managers cannot create files for system users (%s)", name, fix())
 	case errU != nil || errG != nil:
-		m.reduced = fmt.Sprintf("newuidmap/newgidmap are not installed; only root is mapped inside, so package managers cannot create files for system users (%s)", fix)
+		m.reduced = fmt.Sprintf("newuidmap/newgidmap are not installed; only root is mapped inside, so package managers cannot create files for system users (%s)", fix())
 	default:
 		m.helper = true
 		m.uids = append(m.uids, idRange{1, subU.outside, min(subU.count, subordinateIDs)})
