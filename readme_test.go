@@ -136,7 +136,6 @@ func TestReadme(t *testing.T) {
 	shell := func(i int, dir string) string {
 		cmd := exec.Command("/bin/sh", "-ec", blocks[i])
 		cmd.Dir, cmd.Env = dir, env
-		cmd.Stdin = nil
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("README block %d, run in %s: %v\n%s\noutput:\n%s", i+1, dir, err, blocks[i], out)
